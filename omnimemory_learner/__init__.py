@@ -1,0 +1,3 @@
+"""omnimemory-learner: learns workflow patterns from OmniMemory activity events."""
+
+__version__ = "0.1.0"

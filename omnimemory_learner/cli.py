@@ -1,0 +1,161 @@
+"""The `omnimemory-learner` command: run (default), status, doctor, backfill,
+check-config, outbox.  Exit statuses follow sysexits and the LSB."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .config import EX_CONFIG, ConfigError, load_config, to_toml
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_NOT_RUNNING = 3  # LSB: program is not running
+EX_NO_STATE = 4  # LSB: program or service status is unknown
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+
+log = logging.getLogger("omnimemory_learner")
+
+
+def _global_options(suppress: bool) -> argparse.ArgumentParser:
+    """The global flags, accepted before or after the command."""
+    default = argparse.SUPPRESS if suppress else None
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("global options")
+    group.add_argument("--config", metavar="PATH", default=default, help="configuration file (TOML)")
+    group.add_argument("--db", metavar="PATH", default=default, help="memory daemon database")
+    group.add_argument("--api-url", metavar="URL", default=default, help="procedural memory API")
+    group.add_argument("--state-dir", metavar="DIR", default=default, help="where the learner keeps its state")
+    group.add_argument("--log-level", metavar="LEVEL", default=default, help="DEBUG, INFO, WARNING or ERROR")
+    group.add_argument("--idle-minutes", metavar="MINUTES", default=default, help="session idle threshold")
+    group.add_argument("--poll-seconds", metavar="SECONDS", default=default, help="database poll interval")
+    group.add_argument("--min-commands", metavar="N", default=default, help="fewest commands worth learning")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnimemory-learner",
+        description="Learns workflow patterns from OmniMemory activity events.",
+        parents=[_global_options(suppress=False)],
+        epilog="See omnimemory-learner(1) and omnimemory-learner.toml(5).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = [_global_options(suppress=True)]
+
+    commands.add_parser("run", parents=common, help="run the service in the foreground (the default)",
+                        description="Run the service in the foreground until SIGTERM or SIGINT.")
+    status = commands.add_parser("status", parents=common, help="is it running, and what has it learned",
+                                 description="Show whether the service runs and its statistics. "
+                                 "Exit 0 running, 3 not running, 4 no state at all.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor = commands.add_parser("doctor", parents=common, help="check the set-up and say what to fix",
+                                 description="Check configuration, database, API, service manager and "
+                                 "state; exit 0 when all pass, 1 otherwise.")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    backfill = commands.add_parser("backfill", parents=common, help="learn from the history already recorded",
+                                   description="Read the database to its end, close every session, deliver "
+                                   "everything and exit. Refuses while the service runs.")
+    backfill.add_argument("--until-delivered-timeout", metavar="SECONDS", type=float, default=None,
+                          help="give up waiting for the API after SECONDS (exit 69, all kept pending)")
+    commands.add_parser("check-config", parents=common, help="print the effective configuration",
+                        description="Print the effective configuration as TOML with the origin of each "
+                        "value; exit 78 when it is invalid.")
+    outbox = commands.add_parser("outbox", parents=common, help="list, retry or drop undelivered sessions",
+                                 description="Show pending and rejected sessions; retry rejected ones; drop one.")
+    outbox.add_argument("action", nargs="?", choices=("list", "retry", "drop"), default="list")
+    outbox.add_argument("ids", nargs="*", type=int, metavar="ID", help="session ids (retry: default all)")
+    outbox.add_argument("--yes", action="store_true", help="drop without asking")
+    outbox.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    flags = {
+        "db_path": args.db,
+        "api_url": args.api_url,
+        "state_dir": args.state_dir,
+        "log_level": args.log_level,
+        "session_idle_minutes": args.idle_minutes,
+        "poll_interval_seconds": args.poll_seconds,
+        "min_commands_for_learning": args.min_commands,
+    }
+    return load_config(Path(args.config) if args.config else None, os.environ, flags)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "run"
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        print(f"omnimemory-learner: configuration error: {error}", file=sys.stderr)
+        if command == "doctor":
+            from .doctor import report_config_error
+
+            return report_config_error(error, getattr(args, "json", False))
+        return EX_CONFIG
+    if command == "run":
+        return run(config, args)
+    if command == "check-config":
+        sys.stdout.write(to_toml(config))
+        return EX_OK
+    if command == "status":
+        from .operator import status
+
+        return status(config, args.json)
+    if command == "doctor":
+        from .doctor import doctor
+
+        return doctor(config, args.json)
+    if command == "backfill":
+        from .backfill import backfill
+
+        return backfill(config, args.until_delivered_timeout)
+    if command == "outbox":
+        from .operator import outbox
+
+        return outbox(config, args.action, args.ids, args.yes, args.json)
+    parser.error(f"unknown command {command}")
+    return 2
+
+
+def run(config, args: argparse.Namespace) -> int:
+    from .logs import enable_faulthandler, setup_logging
+    from .service import Service
+    from .state import AlreadyRunning, StateError
+
+    setup_logging(config.log_level, config.log_file)
+    enable_faulthandler()
+
+    def reload_config():
+        return config_from_args(args)
+
+    def on_reload(new_config):
+        # SIGHUP also reopens the log file (and applies a new level or path).
+        setup_logging(new_config.log_level, new_config.log_file)
+
+    service = Service(config, reload_config=reload_config, on_reload=on_reload)
+    service.install_signal_handlers()
+    try:
+        return service.run()
+    except AlreadyRunning as error:
+        log.error("%s; not starting a second instance", error)
+        return EX_TEMPFAIL
+    except StateError as error:
+        log.error("%s", error)
+        return EX_CANTCREAT
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")

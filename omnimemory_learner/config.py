@@ -1,0 +1,265 @@
+"""Configuration: built-in defaults < TOML file < environment < command-line flags.
+
+Every value remembers where it came from, for `check-config`.  Anything
+invalid raises ConfigError naming the key, the value and the source; the CLI
+turns that into exit status 78 (EX_CONFIG) before anything starts.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+from urllib.parse import urlsplit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+from .mapping import build_event_map
+
+EX_CONFIG = 78
+ENV_PREFIX = "OMNIMEMORY_LEARNER_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """An invalid configuration; the message names key, value and source."""
+
+
+def _home() -> Path:
+    return Path(os.path.expanduser("~"))
+
+
+def _xdg(variable: str, fallback: str, env: Mapping[str, str]) -> Path:
+    value = env.get(variable, "")
+    # The XDG spec says relative values are invalid and must be ignored.
+    if value and os.path.isabs(value):
+        return Path(value)
+    return _home() / fallback
+
+
+def default_config_path(env: Mapping[str, str] = os.environ) -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config", env) / "omnimemory" / "learner.toml"
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state", env) / "omnimemory-learner"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    db_path: Path
+    api_url: str
+    state_dir: Path
+    log_file: Path
+    session_idle_minutes: float = 5.0
+    poll_interval_seconds: float = 30.0
+    min_commands_for_learning: int = 3
+    batch_size: int = 1000
+    log_level: str = "INFO"
+    max_session_commands: int = 1000
+    max_open_sessions: int = 10000
+    retry_max_seconds: float = 300.0
+    request_timeout_seconds: float = 10.0
+    watch: bool = True
+    event_map: Mapping[str, str] = dataclasses.field(default_factory=build_event_map)
+    # key -> "default" | "file PATH" | "environment VAR" | "flag --x"
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    config_file: Optional[Path] = dataclasses.field(default=None, compare=False)
+
+    @property
+    def idle_seconds(self) -> float:
+        return self.session_idle_minutes * 60.0
+
+
+# key -> (kind, lower bound) for the scalar keys.
+_SCALARS: Dict[str, tuple] = {
+    "db_path": ("path", None),
+    "api_url": ("url", None),
+    "state_dir": ("path", None),
+    "log_file": ("path", None),
+    "session_idle_minutes": ("float", 0.0),
+    "poll_interval_seconds": ("float", 0.0),
+    "min_commands_for_learning": ("int", 1),
+    "batch_size": ("int", 1),
+    "log_level": ("level", None),
+    "max_session_commands": ("int", 1),
+    "max_open_sessions": ("int", 1),
+    "retry_max_seconds": ("float", 0.0),
+    "request_timeout_seconds": ("float", 0.0),
+    "watch": ("bool", None),
+}
+KEYS = tuple(_SCALARS) + ("event_map",)
+
+# Command-line flag -> key (the CLI defines the flags; this names them in messages).
+FLAG_KEYS = {
+    "--db": "db_path",
+    "--api-url": "api_url",
+    "--state-dir": "state_dir",
+    "--log-level": "log_level",
+    "--idle-minutes": "session_idle_minutes",
+    "--poll-seconds": "poll_interval_seconds",
+    "--min-commands": "min_commands_for_learning",
+}
+
+
+def defaults(env: Mapping[str, str] = os.environ) -> Dict[str, Any]:
+    home = _home()
+    return {
+        "db_path": home / ".memory-daemon" / "storage" / "memory_data.db",
+        "api_url": "http://localhost:8002",
+        "state_dir": default_state_dir(env),
+        "log_file": home / ".omnimemory" / "logs" / "workflow-learner.log",
+    }
+
+
+def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
+    kind, lower = _SCALARS[key]
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{source}: invalid value {value!r} for '{key}': {why}")
+
+    if kind in ("path", "url", "level"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad("expected a non-empty string")
+        value = value.strip()
+        if kind == "path":
+            return Path(os.path.expanduser(value)).absolute()
+        if kind == "level":
+            if value.upper() not in LOG_LEVELS:
+                raise bad("expected one of " + ", ".join(LOG_LEVELS))
+            return value.upper()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise bad("expected an http:// or https:// URL with a host")
+        return value.rstrip("/")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        raise bad("expected true or false")
+    # Numbers: TOML gives typed values; text (environment, flags) is parsed.
+    if isinstance(value, bool):
+        raise bad("expected a number")
+    if from_text and isinstance(value, str):
+        try:
+            value = int(value) if kind == "int" else float(value)
+        except ValueError:
+            raise bad("expected " + ("a whole number" if kind == "int" else "a number")) from None
+    if kind == "int" and not isinstance(value, int):
+        raise bad("expected a whole number")
+    if kind == "float":
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("expected a finite number")
+        value = float(value)
+    if value <= lower if kind == "float" else value < lower:
+        raise bad(f"must be {'greater than' if kind == 'float' else 'at least'} {lower:g}")
+    return value
+
+
+def _event_map(value: Any, source: str) -> Dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: invalid value {value!r} for 'event_map': expected a table")
+    for event_type, command in value.items():
+        if not event_type.strip() or not isinstance(command, str) or not command.strip():
+            raise ConfigError(
+                f"{source}: invalid value {command!r} for 'event_map.{event_type}': "
+                "expected a non-empty command name"
+            )
+    return {event_type: command.strip() for event_type, command in value.items()}
+
+
+def read_file(path: Path) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {error}") from None
+
+
+def load_config(
+    config_path: Optional[Path] = None,
+    env: Mapping[str, str] = os.environ,
+    flags: Optional[Mapping[str, Any]] = None,
+) -> Config:
+    """Build the effective configuration.
+
+    `config_path` is the --config file (must exist); without it the default
+    file is read if present.  `flags` maps keys to command-line values (text).
+    """
+    values: Dict[str, Any] = dict(defaults(env))
+    origins = {key: "default" for key in KEYS}
+    event_overrides: Dict[str, str] = {}
+
+    if config_path is None and env.get(ENV_PREFIX + "CONFIG"):
+        config_path = Path(env[ENV_PREFIX + "CONFIG"])
+    explicit = config_path is not None
+    path = Path(os.path.expanduser(str(config_path))) if explicit else default_config_path(env)
+    used_file: Optional[Path] = None
+    if explicit or path.exists():
+        data = read_file(path)
+        used_file = path
+        source = f"file {path}"
+        for key, value in data.items():
+            if key == "event_map":
+                event_overrides.update(_event_map(value, source))
+            elif key in _SCALARS:
+                values[key] = _convert(key, value, source, from_text=False)
+            else:
+                raise ConfigError(f"{source}: unknown key '{key}' (known keys: {', '.join(KEYS)})")
+            origins[key] = source
+
+    for key in _SCALARS:
+        variable = ENV_PREFIX + key.upper()
+        if variable in env:
+            values[key] = _convert(key, env[variable], f"environment {variable}", from_text=True)
+            origins[key] = f"environment {variable}"
+
+    flag_names = {key: flag for flag, key in FLAG_KEYS.items()}
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        if key not in _SCALARS:
+            raise ConfigError(f"unknown configuration key '{key}'")
+        source = f"flag {flag_names.get(key, key)}"
+        values[key] = _convert(key, value, source, from_text=True)
+        origins[key] = source
+
+    return Config(event_map=build_event_map(event_overrides), origins=origins, config_file=used_file, **values)
+
+
+def to_toml(config: Config, with_origins: bool = True) -> str:
+    """The effective configuration as TOML, each value commented with its origin."""
+
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+
+    lines = []
+    for key in _SCALARS:
+        line = f"{key} = {literal(getattr(config, key))}"
+        if with_origins:
+            line += f"  # {config.origins.get(key, 'default')}"
+        lines.append(line)
+    lines.append("")
+    header = "[event_map]"
+    if with_origins:
+        header += f"  # defaults, {config.origins.get('event_map', 'default')}"
+    lines.append(header)
+    for event_type, command in sorted(config.event_map.items()):
+        lines.append(f"{literal(event_type)} = {literal(command)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,230 @@
+"""Reading activity events from the memory daemon's database (read-only).
+
+The database belongs to another program: it is opened with `mode=ro`, never
+created, and every batch is one complete SELECT in autocommit mode, so no read
+transaction stays open between batches to hold back the writer's checkpoints.
+"""
+
+import datetime as _dt
+import logging
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+# Unix seconds later than this are taken for milliseconds (as INTERFACES.md says).
+MILLISECONDS_ABOVE = 1e11
+# Event times outside 1970..9999 are not real activity.
+MAX_TIMESTAMP = 253402300799.0
+MAX_SESSION_ID_LENGTH = 512
+DEFAULT_SESSION_ID = "default"
+
+_BATCH_SQL = "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
+
+Event = Tuple[int, str, float, str]  # (rowid, session_id, timestamp, event_type)
+
+
+class Unavailable(Exception):
+    """The events cannot be read now (missing, locked, corrupt); try again later."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind  # missing, no-table, locked, corrupt, unreadable
+
+
+def parse_timestamp(value) -> Optional[float]:
+    """Unix seconds from the forms the writer uses, or None when it is not one."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            parsed = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            if text[-1:] in ("Z", "z"):
+                # Python < 3.11 does not read the Z suffix.
+                try:
+                    parsed = _dt.datetime.fromisoformat(text[:-1] + "+00:00")
+                except ValueError:
+                    return None
+            else:
+                try:
+                    return _seconds(float(text))
+                except ValueError:
+                    return None
+        try:
+            # A naive value is the writer's local time, as timestamp() assumes.
+            seconds = parsed.timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+        return _seconds(seconds)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return _seconds(float(value))
+    return None
+
+
+def _seconds(number: float) -> Optional[float]:
+    if not math.isfinite(number):
+        return None
+    if abs(number) > MILLISECONDS_ABOVE:
+        number /= 1000.0
+    if number <= 0 or number > MAX_TIMESTAMP:
+        return None
+    return number
+
+
+def _session_id(value) -> Optional[str]:
+    if value is None:
+        return DEFAULT_SESSION_ID
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    if not value:
+        return DEFAULT_SESSION_ID
+    if len(value) > MAX_SESSION_ID_LENGTH:
+        return None
+    return value
+
+
+def validate_rows(rows) -> Tuple[List[Event], int]:
+    """Keep the well-formed rows; returns them and the number of bad ones."""
+    events: List[Event] = []
+    append = events.append
+    bad = 0
+    for rowid, timestamp, event_type, session_id in rows:
+        seconds = parse_timestamp(timestamp)
+        if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
+            sid = session_id  # the common case, without a call
+        else:
+            sid = _session_id(session_id)
+        if seconds is None or sid is None or type(event_type) is not str or not event_type:
+            bad += 1
+            continue
+        append((rowid, sid, seconds, event_type))
+    return events, bad
+
+
+def _decode_lossy(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def file_identity(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
+
+
+class EventReader:
+    """One long-lived read-only connection to the events database."""
+
+    def __init__(self, db_path: Path, busy_timeout: float = 0.2):
+        self.db_path = Path(db_path)
+        self.busy_timeout = busy_timeout
+        self._connection: Optional[sqlite3.Connection] = None
+        self.identity: Optional[Tuple[int, int]] = None
+        self._data_version: Optional[int] = None
+
+    # -- connection ------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        identity = file_identity(self.db_path)
+        if identity is None:
+            raise Unavailable("missing", f"database {self.db_path} does not exist")
+        uri = "file:" + _uri_path(self.db_path) + "?mode=ro"
+        try:
+            connection = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise Unavailable("unreadable", f"cannot open {self.db_path}: {error}") from None
+        # Autocommit: each SELECT is its own short read transaction.
+        connection.isolation_level = None
+        self._connection = connection
+        self.identity = identity
+        self._data_version = None
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def replaced(self) -> bool:
+        """Whether the path now names another file than the open connection."""
+        if self._connection is None:
+            return False
+        return file_identity(self.db_path) != self.identity
+
+    def changed(self) -> bool:
+        """Cheaply: did anyone commit (or replace the file) since the last check?"""
+        if self._connection is None or self.replaced():
+            return True
+        try:
+            version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return True
+        if version != self._data_version:
+            self._data_version = version
+            return True
+        return False
+
+    # -- reading ---------------------------------------------------------------
+
+    def read_batch(self, after_rowid: int, limit: int) -> Tuple[list, int]:
+        """Raw rows with rowid > after_rowid, at most `limit`; and the max rowid seen."""
+        connection = self._open()
+        try:
+            rows = connection.execute(_BATCH_SQL, (after_rowid, limit)).fetchall()
+        except sqlite3.OperationalError as error:
+            if "decode" in str(error).lower():
+                # Text that is not UTF-8 in some row: read this batch losslessly
+                # enough to validate it, and go back to the fast decoder after.
+                connection.text_factory = _decode_lossy
+                try:
+                    rows = connection.execute(_BATCH_SQL, (after_rowid, limit)).fetchall()
+                finally:
+                    connection.text_factory = str
+            else:
+                raise self._unavailable(error) from None
+        except sqlite3.DatabaseError as error:
+            raise self._unavailable(error) from None
+        return rows
+
+    def head(self) -> int:
+        """The largest rowid in the table (0 when empty)."""
+        connection = self._open()
+        try:
+            value = connection.execute("SELECT max(rowid) FROM events").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise self._unavailable(error) from None
+        return value or 0
+
+    def _unavailable(self, error: sqlite3.Error) -> Unavailable:
+        message = str(error)
+        lowered = message.lower()
+        if "no such table" in lowered:
+            # The writer may create the table later; a new connection sees it.
+            self.close()
+            return Unavailable("no-table", f"database {self.db_path} has no events table yet")
+        if "locked" in lowered or "busy" in lowered:
+            return Unavailable("locked", f"database {self.db_path} is locked: {message}")
+        self.close()
+        if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+            return Unavailable("corrupt", f"database {self.db_path} is corrupt: {message}")
+        return Unavailable("unreadable", f"cannot read {self.db_path}: {message}")
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(Path(path).absolute()), safe="/")

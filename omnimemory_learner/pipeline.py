@@ -1,0 +1,245 @@
+"""From database rows to the outbox: read, map, group, commit.
+
+Shared by the service loop and `backfill`.  Owns the read position, the
+session tracker, the state store and the delivery thread; knows nothing of
+signals, watching or the service manager.
+"""
+
+import bisect
+import dataclasses
+import logging
+import time
+from typing import Dict, List, Optional
+
+from .config import Config
+from .delivery import Deliverer
+from .events import EventReader, Unavailable, file_identity, validate_rows
+from .mapping import map_events
+from .sessions import ClosedSession, SessionTracker, drop_replayed
+from .state import StateError, StateStore
+
+log = logging.getLogger(__name__)
+
+# During a long catch-up, commit at least this often so delivery can start
+# and a crash loses little work.
+COMMIT_EVERY_SECONDS = 1.0
+
+
+class Pipeline:
+    def __init__(self, config: Config, clock=time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.state = StateStore(config.state_dir)
+        self.reader = EventReader(config.db_path)
+        self.tracker = self._new_tracker(config)
+        position = self.state.position()
+        self.read_after = position.resume_after
+        self.replay_until = position.replay_until
+        self.db_identity = position.db_identity
+        self.closed_ranges = self.state.closed_ranges(position.resume_after) if self.replay_until > self.read_after else {}
+        self._closed: List[ClosedSession] = []
+        self._counters: Dict[str, int] = {}
+        self._dirty = False
+        self._last_commit = clock()
+        self.commit_failing: Optional[str] = None
+        self.unavailable: Optional[Unavailable] = None
+        self.last_event_time: Optional[float] = None
+        self.head = 0
+        self.caught_up = False
+        # What was written while we were not reading is a backlog, however short.
+        self._unread_history = True
+        self.events_this_run = 0
+        self.deliverer = Deliverer(
+            config.state_dir, config.api_url, config.request_timeout_seconds, config.retry_max_seconds
+        )
+
+    @staticmethod
+    def _new_tracker(config: Config) -> SessionTracker:
+        return SessionTracker(
+            config.idle_seconds, config.min_commands_for_learning, config.max_session_commands, config.max_open_sessions
+        )
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration.  Open sessions keep their events."""
+        if config.db_path != self.config.db_path:
+            log.warning("db_path changed to %s; a restart applies it", config.db_path)
+        if config.state_dir != self.config.state_dir:
+            log.warning("state_dir changed to %s; a restart applies it", config.state_dir)
+        tracker = self.tracker
+        tracker.idle_seconds = config.idle_seconds
+        tracker.min_commands = config.min_commands_for_learning
+        tracker.max_commands = config.max_session_commands
+        tracker.max_open = config.max_open_sessions
+        self.deliverer.api_url = config.api_url.rstrip("/")
+        self.deliverer.timeout = config.request_timeout_seconds
+        self.deliverer.backoff.cap = config.retry_max_seconds
+        self.config = dataclasses.replace(config, db_path=self.config.db_path, state_dir=self.config.state_dir)
+
+    # -- reading ---------------------------------------------------------------
+
+    def drain(self, should_stop=lambda: False, between_batches=None, force_backlog: bool = False) -> bool:
+        """Read batches until caught up; False if the database could not be read."""
+        batch_size = self.config.batch_size
+        backlog = force_backlog or self._unread_history
+        first = True
+        while not should_stop():
+            if self.commit_failing:
+                return False
+            try:
+                if first:
+                    self._check_replaced()
+                rows = self.reader.read_batch(self.read_after, batch_size)
+                if not rows and self.read_after > 0 and self.reader.head() < self.read_after:
+                    self._database_replaced(f"its newest rowid is below our position {self.read_after}")
+                    continue
+            except Unavailable as problem:
+                self._note_unavailable(problem)
+                return False
+            self._note_available()
+            if first:
+                # A full first batch means there is a backlog: cut it by event time.
+                backlog = backlog or len(rows) >= batch_size
+                first = False
+            if rows:
+                self._process(rows, backlog)
+            if len(rows) < batch_size:
+                self.caught_up = True
+                self._unread_history = False
+                break
+            self.caught_up = False
+            if between_batches is not None:
+                between_batches()
+            if self.clock() - self._last_commit >= COMMIT_EVERY_SECONDS:
+                self.commit()
+        self.commit()
+        return True
+
+    def _process(self, rows: list, backlog: bool) -> None:
+        now = self.clock()
+        last_rowid = rows[-1][0]
+        if rows[0][0] <= self.replay_until:
+            # Rows read before a restart: their sessions are rebuilt, but they
+            # were counted then and closed sessions among them are skipped.
+            split = bisect.bisect_right([row[0] for row in rows], self.replay_until)
+            replayed, rows = rows[:split], rows[split:]
+            events, _ = validate_rows(replayed)
+            mapped, _ = map_events(events, self.config.event_map)
+            mapped = drop_replayed(mapped, self.closed_ranges)
+            self._closed.extend(self.tracker.feed(mapped, now, backlog))
+            if last_rowid >= self.replay_until:
+                self.closed_ranges = {}
+        if rows:
+            events, bad = validate_rows(rows)
+            mapped, ignored = map_events(events, self.config.event_map)
+            self._closed.extend(self.tracker.feed(mapped, now, backlog))
+            self._count("events_processed", len(mapped))
+            self._count("events_ignored", ignored)
+            self._count("events_skipped", bad)
+            self.events_this_run += len(rows)
+            if bad:
+                log.debug("Skipped %d malformed rows up to rowid %d", bad, last_rowid)
+            if mapped:
+                self.last_event_time = max(self.last_event_time or 0.0, self.tracker.newest_event_time)
+        self.read_after = last_rowid
+        self.head = max(self.head, last_rowid)
+        self._dirty = True
+
+    def _count(self, name: str, amount: int) -> None:
+        if amount:
+            self._counters[name] = self._counters.get(name, 0) + amount
+
+    def close_idle(self) -> int:
+        """Close sessions idle by processing time (only once caught up)."""
+        if not self.caught_up:
+            return 0
+        closed = self.tracker.close_idle(self.clock())
+        self._closed.extend(closed)
+        return len(closed)
+
+    def close_all(self, reason: str = "end") -> None:
+        self._closed.extend(self.tracker.close_all(reason))
+        self._dirty = True
+
+    # -- the database's identity -------------------------------------------------
+
+    def _check_replaced(self) -> None:
+        identity = file_identity(self.config.db_path)
+        if identity is None:
+            return
+        if self.db_identity is not None and identity != self.db_identity:
+            self._database_replaced("it is a different file (new inode)")
+        elif self.db_identity is None:
+            self.db_identity = identity
+            self._dirty = True
+
+    def _database_replaced(self, why: str) -> None:
+        log.warning("The events database %s was replaced (%s); reading it from its start", self.config.db_path, why)
+        # Open sessions had real events: they close now, as they are.
+        self.close_all("replaced")
+        self.commit()
+        if self.commit_failing:
+            raise Unavailable("state", self.commit_failing)
+        self.state.forget_database()
+        self.reader.close()
+        self.read_after = self.replay_until = 0
+        self.closed_ranges = {}
+        self.db_identity = file_identity(self.config.db_path)
+        self.head = 0
+        self._unread_history = True
+        self._dirty = True
+
+    def _note_unavailable(self, problem: Unavailable) -> None:
+        previous = self.unavailable
+        self.unavailable = problem
+        self.caught_up = True
+        if previous is not None and previous.kind == problem.kind:
+            return  # said once, not every poll
+        if problem.kind in ("missing", "no-table"):
+            log.warning("%s; waiting for the memory daemon to create it", problem)
+        elif problem.kind == "locked":
+            log.info("%s; will retry", problem)
+        else:
+            log.error("%s; will retry", problem)
+
+    def _note_available(self) -> None:
+        if self.unavailable is not None:
+            self._unread_history = True
+            log.info("The events database %s is readable", self.config.db_path)
+            self.unavailable = None
+
+    # -- committing --------------------------------------------------------------
+
+    def commit(self) -> bool:
+        """Write closed sessions and the position in one transaction."""
+        if not self._dirty and not self._closed:
+            return True
+        low_water = self.tracker.low_water()
+        resume_after = self.read_after if low_water is None else low_water - 1
+        closed = self._closed
+        counters = dict(self._counters)
+        counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
+        counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
+        try:
+            added = self.state.commit(
+                resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters
+            )
+        except StateError as error:
+            if self.commit_failing is None:
+                log.error("%s; reading pauses until the state can be written (nothing is lost)", error)
+            self.commit_failing = str(error)
+            return False
+        if self.commit_failing:
+            log.info("The state store is writable again")
+            self.commit_failing = None
+        self._closed = []
+        self._counters = {}
+        self._dirty = False
+        self._last_commit = self.clock()
+        if added:
+            self.deliverer.wake()
+        return True
+
+    def close(self) -> None:
+        self.commit()
+        self.reader.close()
+        self.state.close()

@@ -1,0 +1,277 @@
+"""The service loop: one thread waits on one Event, the rest wake it.
+
+The loop sleeps until the nearest of: a re-check after a file event, the next
+session idle deadline, the next watchdog ping, the next status refresh and the
+poll interval (always running, as a safety net under the watcher).  Signal
+handlers and the file watcher only set flags and wake it; delivery runs in its
+own thread.  Like uvicorn's Server, stopping is a flag the loop checks.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+from .config import Config, ConfigError
+from .notify import Notifier
+from .pipeline import Pipeline
+from .snapshot import statistics, write_snapshot
+from .state import InstanceLock
+from .watching import DatabaseWatcher, RecheckSchedule
+
+log = logging.getLogger(__name__)
+
+STATUS_EVERY_SECONDS = 5.0
+STOP_GRACE_SECONDS = 5.0
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        reload_config: Optional[Callable[[], Config]] = None,
+        notifier: Optional[Notifier] = None,
+        on_reload: Optional[Callable[[Config], None]] = None,
+    ):
+        self.config = config
+        self._reload_config = reload_config
+        self._on_reload = on_reload
+        self.notifier = notifier or Notifier()
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._file_event = False
+        self.schedule = RecheckSchedule()
+        self.pipeline: Optional[Pipeline] = None
+        self.watcher: Optional[DatabaseWatcher] = None
+        self.lock = InstanceLock(config.state_dir)
+        self.started_at = time.time()
+        self.mode = "poll"
+        self._last_batch_ping = float("-inf")
+        self._last_batch_status = float("-inf")
+
+    # -- called from signal handlers and other threads -----------------------------
+
+    def request_stop(self, *_args) -> None:
+        self._stop_requested = True
+        self._wake.set()
+
+    def request_reload(self, *_args) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def _on_file_change(self) -> None:
+        self._file_event = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    # -- life cycle --------------------------------------------------------------
+
+    def run(self) -> int:
+        self.lock.acquire()  # AlreadyRunning propagates: one instance per state store
+        try:
+            self._start()
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        config = self.config
+        log.info("=" * 60)
+        log.info("OmniMemory Autonomous Workflow Learner")
+        log.info("=" * 60)
+        log.info("Memory daemon DB: %s", config.db_path)
+        log.info("Procedural API: %s", config.api_url)
+        log.info("Session idle threshold: %g minutes", config.session_idle_minutes)
+        log.info("Poll interval: %g seconds", config.poll_interval_seconds)
+        log.info("State: %s", config.state_dir)
+        self.pipeline = Pipeline(config)
+        self.pipeline.deliverer.start()
+        self._start_watching(first=True)
+        # Ready once set up; a long backlog is progress, reported in STATUS=.
+        self.notifier.ready(self._status_line())
+
+    def _start_watching(self, first: bool = False) -> None:
+        if not self.config.watch:
+            if first:
+                log.info("Watching is off (watch = false); polling every %g s", self.config.poll_interval_seconds)
+            self.mode = "poll"
+            return
+        if self.watcher is None:
+            self.watcher = DatabaseWatcher(self.config.db_path, self._on_file_change)
+        if self.watcher.start():
+            if self.mode != "watch":
+                log.info("Watching %s for changes (and polling every %g s)", self.watcher.directory,
+                         self.config.poll_interval_seconds)
+            self.mode = "watch"
+            # A change may have happened before the watch began.
+            self._on_file_change()
+        else:
+            if first or self.mode == "watch":
+                log.warning("Cannot watch for changes (%s); polling every %g s instead", self.watcher.reason,
+                            self.config.poll_interval_seconds)
+            self.mode = "poll"
+
+    def _loop(self) -> None:
+        pipeline = self.pipeline
+        clock = pipeline.clock
+        poll_interval = self.config.poll_interval_seconds
+        next_poll = clock()
+        next_status = clock() + STATUS_EVERY_SECONDS
+        ping_every = self.notifier.watchdog_interval
+        next_ping = clock() if ping_every else None
+        while not self._stop_requested:
+            now = clock()
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
+                poll_interval = self.config.poll_interval_seconds
+            read = False
+            if self._file_event:
+                self._file_event = False
+                self.schedule.on_event(now)
+                read = True
+            if self.schedule.take_due(now):
+                read = True
+            forced = now >= next_poll
+            if forced:
+                next_poll = now + poll_interval
+                self._maintain()
+            if forced or (read and pipeline.reader.changed()):
+                pipeline.drain(lambda: self._stop_requested, self._between_batches)
+            pipeline.close_idle()
+            pipeline.commit()
+            now = clock()
+            if now >= next_status:
+                self._publish()
+                next_status = now + STATUS_EVERY_SECONDS
+            if next_ping is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + ping_every
+            wake_at = min(t for t in (next_poll, next_status, next_ping, self.schedule.next_due(),
+                                      pipeline.tracker.next_deadline()) if t is not None)
+            self._wake.wait(max(0.0, wake_at - clock()))
+            self._wake.clear()
+
+    def _between_batches(self) -> None:
+        """During a long catch-up: keep pinging and reporting, stay responsive."""
+        now = self.pipeline.clock()
+        ping_every = self.notifier.watchdog_interval
+        if ping_every and now - self._last_batch_ping >= ping_every:
+            self._last_batch_ping = now
+            self.notifier.watchdog()
+        if now - self._last_batch_status >= STATUS_EVERY_SECONDS:
+            self._last_batch_status = now
+            self._publish(backlog=True)
+
+    def _maintain(self) -> None:
+        """Once per poll tick: restart what died, take up watching again."""
+        if not self.pipeline.deliverer.alive:
+            log.warning("The delivery thread was not running; starting it again")
+            self.pipeline.deliverer.start()
+        if self.config.watch and (self.watcher is None or not self.watcher.check()):
+            if self.mode == "watch":
+                log.warning("Watching stopped (%s); polling every %g s until it can resume",
+                            self.watcher.reason if self.watcher else "unknown", self.config.poll_interval_seconds)
+                self.mode = "poll"
+            self._start_watching()
+
+    def _reload(self) -> None:
+        log.info("Reloading the configuration")
+        self.notifier.reloading()
+        try:
+            if self._reload_config is None:
+                raise ConfigError("no configuration source to reload from")
+            config = self._reload_config()
+        except ConfigError as error:
+            log.error("The new configuration is invalid and was not applied: %s", error)
+        else:
+            watch_changed = config.watch != self.config.watch
+            self.pipeline.apply_config(config)
+            self.config = self.pipeline.config
+            if self._on_reload is not None:
+                self._on_reload(self.config)
+            if watch_changed:
+                if self.watcher is not None:
+                    self.watcher.stop()
+                self._start_watching(first=True)
+            log.info("Configuration reloaded")
+        self.notifier.ready(self._status_line())
+
+    def _shutdown(self) -> None:
+        try:
+            self.notifier.stopping()
+            if self.watcher is not None:
+                self.watcher.stop()
+            if self.pipeline is not None:
+                self.pipeline.commit()
+                if not self.pipeline.deliverer.stop(STOP_GRACE_SECONDS):
+                    log.warning("A delivery was still in flight at exit; it will be sent again with the same key")
+                self._publish(running=False)
+                self.pipeline.close()
+            log.info("Workflow learner stopped")
+        finally:
+            self.lock.release()
+
+    # -- reporting ---------------------------------------------------------------
+
+    def snapshot(self, running: bool = True, backlog: bool = False) -> dict:
+        pipeline = self.pipeline
+        stats = statistics(pipeline.state, pipeline.tracker.open_count)
+        stats["last_event_time"] = pipeline.last_event_time
+        deliverer = pipeline.deliverer
+        return {
+            "running": running,
+            "active_sessions": pipeline.tracker.open_count,
+            "stats": stats,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "mode": self.mode,
+            "catching_up": backlog,
+            "db_path": str(self.config.db_path),
+            "api_url": self.config.api_url,
+            "db_head": pipeline.head,
+            "database_problem": str(pipeline.unavailable) if pipeline.unavailable else None,
+            "state_problem": pipeline.commit_failing,
+            "api_down_since": deliverer.api_down_since,
+            "next_retry_at": deliverer.retry_at,
+            "notify_failures": self.notifier.failures,
+            "service_manager": _service_manager(),
+        }
+
+    def _status_line(self, snapshot: Optional[dict] = None) -> str:
+        if snapshot is None:
+            return f"Starting: {self.mode} mode, reading {self.config.db_path.name}"
+        stats = snapshot["stats"]
+        prefix = "Catching up" if snapshot["catching_up"] else "Learning"
+        return (
+            f"{prefix}: {stats['events_processed']} events read, {snapshot['active_sessions']} open sessions, "
+            f"{stats['patterns_learned']} learned, {stats['outbox_pending']} pending, {self.mode} mode"
+        )
+
+    def _publish(self, running: bool = True, backlog: bool = False) -> None:
+        try:
+            snapshot = self.snapshot(running, backlog)
+            write_snapshot(self.config.state_dir, snapshot)
+        except Exception as error:  # noqa: BLE001 - reporting must never stop the service
+            log.warning("Cannot publish the status snapshot: %s", error)
+            return
+        if running:
+            self.notifier.status(self._status_line(snapshot))
+
+
+def _service_manager() -> str:
+    if os.environ.get("INVOCATION_ID") or os.environ.get("NOTIFY_SOCKET"):
+        return "systemd"
+    if os.environ.get("XPC_SERVICE_NAME", "0") != "0" or os.environ.get("LAUNCH_JOBKEY_LABEL"):
+        return "launchd"
+    return "none"
+

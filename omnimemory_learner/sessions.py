@@ -1,0 +1,217 @@
+"""Grouping commands into workflow sessions (pure: no I/O, no threads, no clock).
+
+A session closes when it has been idle for the threshold, judged two ways:
+
+* by event time, while reading a backlog: once the newest event time read is
+  the threshold past a session's last event.  Checked on every arrival, so
+  the sessions do not depend on where batch boundaries fall, and a backlog is
+  cut exactly as reading it live would have cut it;
+* by processing time, once caught up: no event for the session has arrived
+  for the threshold on the caller's monotonic clock.  Live, the writer's
+  clock is not trusted: a jump of its clock cannot cut or stretch a session.
+
+Callers pass `now` (monotonic seconds) in; nothing here reads a clock.
+"""
+
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .outcome import infer_outcome
+
+# One command as it is kept: (command, timestamp, event_type).  A tuple, not a
+# dict: 10,000 open sessions of 1,000 commands stay a few tens of MB, and
+# appending a tuple is the cheapest thing the per-event path can do.
+Command = Tuple[str, float, str]
+# One mapped event: (rowid, session_id, command, timestamp, event_type).
+MappedEvent = Tuple[int, str, str, float, str]
+
+
+class _OpenSession:
+    __slots__ = ("session_id", "commands", "first_rowid", "last_rowid", "last_time", "last_arrival")
+
+    def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
+        self.session_id = session_id
+        self.commands: List[Command] = []
+        self.first_rowid = rowid
+        self.last_rowid = rowid
+        self.last_time = timestamp
+        self.last_arrival = now
+
+
+class ClosedSession:
+    """A finished session, ready for the outbox (or counted as too short)."""
+
+    __slots__ = ("session_id", "commands", "first_rowid", "last_rowid", "reason", "learnable")
+
+    def __init__(self, session_id, commands, first_rowid, last_rowid, reason, learnable):
+        self.session_id: str = session_id
+        self.commands: Sequence[Command] = commands
+        self.first_rowid: int = first_rowid
+        self.last_rowid: int = last_rowid
+        self.reason: str = reason  # idle, chunk, evicted, end
+        self.learnable: bool = learnable
+
+    @property
+    def outcome(self) -> str:
+        return infer_outcome([command for command, _, _ in self.commands])
+
+    def payload_commands(self) -> List[dict]:
+        """The `session_commands` list of the API's /learn body."""
+        return [
+            {"command": command, "timestamp": timestamp, "context": {"event_type": event_type}}
+            for command, timestamp, event_type in self.commands
+        ]
+
+    def __repr__(self):
+        return (
+            f"ClosedSession({self.session_id!r}, {len(self.commands)} commands, "
+            f"rows {self.first_rowid}-{self.last_rowid}, {self.reason})"
+        )
+
+
+class SessionTracker:
+    def __init__(
+        self,
+        idle_seconds: float,
+        min_commands: int = 3,
+        max_commands: int = 1000,
+        max_open: int = 10000,
+    ):
+        if idle_seconds <= 0 or min_commands < 1 or max_commands < 1 or max_open < 1:
+            raise ValueError("idle_seconds, min_commands, max_commands and max_open must be positive")
+        self.idle_seconds = idle_seconds
+        self.min_commands = min_commands
+        self.max_commands = max_commands
+        self.max_open = max_open
+        # Ordered by last arrival: the first entry is always the longest idle,
+        # so the next deadline and eviction are O(1).
+        self._open: "OrderedDict[str, _OpenSession]" = OrderedDict()
+        self.newest_event_time = float("-inf")
+        self.closed_count = 0
+        self.too_short_count = 0
+
+    # -- feeding -------------------------------------------------------------
+
+    def feed(self, events: Iterable[MappedEvent], now: float, backlog: bool) -> List[ClosedSession]:
+        """Add mapped events in rowid order; returns the sessions they closed."""
+        closed: List[ClosedSession] = []
+        sessions = self._open
+        idle = self.idle_seconds
+        max_commands = self.max_commands
+        newest = self.newest_event_time
+        for rowid, session_id, command, timestamp, event_type in events:
+            if timestamp > newest:
+                newest = timestamp
+            session = sessions.get(session_id)
+            if session is not None:
+                if backlog and newest - session.last_time >= idle:
+                    del sessions[session_id]
+                    closed.append(self._finish(session, "idle"))
+                    session = None
+                else:
+                    sessions.move_to_end(session_id)
+            if session is None:
+                session = _OpenSession(session_id, rowid, timestamp, now)
+                sessions[session_id] = session
+                if len(sessions) > self.max_open:
+                    oldest_id = next(iter(sessions))
+                    closed.append(self._finish(sessions.pop(oldest_id), "evicted"))
+            session.commands.append((command, timestamp, event_type))
+            session.last_rowid = rowid
+            session.last_arrival = now
+            if timestamp > session.last_time:
+                session.last_time = timestamp
+            if len(session.commands) >= max_commands:
+                del sessions[session_id]
+                closed.append(self._finish(session, "chunk"))
+        self.newest_event_time = newest
+        if backlog:
+            closed.extend(self._close_idle_by_event_time())
+        return closed
+
+    # -- closing -------------------------------------------------------------
+
+    def _close_idle_by_event_time(self) -> List[ClosedSession]:
+        # Sessions are in arrival order, which in a backlog is rowid order and
+        # nearly event-time order; stopping at the first one still active keeps
+        # the sweep O(closed).  A session missed here is still cut correctly on
+        # its next arrival.
+        closed = []
+        sessions = self._open
+        horizon = self.newest_event_time - self.idle_seconds
+        while sessions:
+            session = sessions[next(iter(sessions))]
+            if session.last_time > horizon:
+                break
+            del sessions[session.session_id]
+            closed.append(self._finish(session, "idle"))
+        return closed
+
+    def close_idle(self, now: float) -> List[ClosedSession]:
+        """Close the sessions no event has reached for the threshold (processing time)."""
+        closed = []
+        sessions = self._open
+        deadline_arrival = now - self.idle_seconds
+        while sessions:
+            session = sessions[next(iter(sessions))]
+            if session.last_arrival > deadline_arrival:
+                break
+            del sessions[session.session_id]
+            closed.append(self._finish(session, "idle"))
+        return closed
+
+    def close_all(self, reason: str = "end") -> List[ClosedSession]:
+        """Close every open session (end of a backfill, a replaced database)."""
+        closed = [self._finish(session, reason) for session in self._open.values()]
+        self._open.clear()
+        return closed
+
+    def _finish(self, session: _OpenSession, reason: str) -> ClosedSession:
+        learnable = len(session.commands) >= self.min_commands
+        self.closed_count += 1
+        if not learnable:
+            self.too_short_count += 1
+        return ClosedSession(
+            session.session_id, session.commands, session.first_rowid, session.last_rowid, reason, learnable
+        )
+
+    # -- questions the service loop asks ---------------------------------------
+
+    def next_deadline(self) -> Optional[float]:
+        """When the longest-idle session reaches the threshold (processing time)."""
+        if not self._open:
+            return None
+        return self._open[next(iter(self._open))].last_arrival + self.idle_seconds
+
+    def low_water(self) -> Optional[int]:
+        """The smallest rowid an open session still needs, or None."""
+        if not self._open:
+            return None
+        return min(session.first_rowid for session in self._open.values())
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @property
+    def open_commands(self) -> int:
+        return sum(len(session.commands) for session in self._open.values())
+
+
+def drop_replayed(events: Sequence[MappedEvent], closed_ranges: Dict[str, List[Tuple[int, int]]]):
+    """Leave out events that belong to sessions already closed before a restart.
+
+    After a restart the reader goes back to the low-water mark; the events of
+    sessions that were already closed (and are in the outbox or delivered)
+    come by again and must not form a session a second time.  A closed
+    session owns every event of its id between its first and last rowid.
+    """
+    if not closed_ranges:
+        return events
+    kept = []
+    for event in events:
+        ranges = closed_ranges.get(event[1])
+        if ranges and any(first <= event[0] <= last for first, last in ranges):
+            continue
+        kept.append(event)
+    return kept

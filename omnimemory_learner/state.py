@@ -1,0 +1,402 @@
+"""Durable state: the read position, the outbox of closed sessions, counters.
+
+Exactly once, without storing open sessions:
+
+* the committed position is a low-water mark: every event after `resume_after`
+  may still be needed by an open session; `replay_until` is how far the
+  reader had read;
+* each closed session is written in the same transaction that advances the
+  position, so a session is either closed and in the outbox, or will be
+  rebuilt from the events on restart; never both, never neither;
+* a closed session stays recorded (delivered or not, learnable or too short)
+  while its rows are above the low-water mark, so the replay after a restart
+  skips its events instead of forming it again.
+
+The state store is SQLite in WAL mode with synchronous=FULL: a commit that
+returned survives a crash of the process and of the machine.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+from .sessions import ClosedSession
+
+STATE_FILE = "state.db"
+LOCK_FILE = "lock"
+SNAPSHOT_FILE = "status.json"
+
+PENDING, REJECTED, LEARNED, NOT_LEARNED, TOO_SHORT = "pending", "rejected", "learned", "not_learned", "too_short"
+DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT)
+
+COUNTERS = (
+    "events_processed",
+    "events_skipped",
+    "events_ignored",
+    "sessions_created",
+    "sessions_too_short",
+    "patterns_learned",
+    "sessions_not_learned",
+    "sessions_rejected",
+    "errors",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    session_id TEXT NOT NULL,
+    first_rowid INTEGER NOT NULL,
+    last_rowid INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    outcome TEXT,
+    n_commands INTEGER NOT NULL,
+    commands TEXT,
+    reason TEXT,
+    closed_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    pattern_id TEXT,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
+CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
+"""
+
+
+class StateError(Exception):
+    """The state store cannot be used (permissions, disk, corruption)."""
+
+
+class AlreadyRunning(Exception):
+    """Another process holds the state store's lock."""
+
+
+class Position(NamedTuple):
+    resume_after: int  # low-water mark: re-read every rowid above it
+    replay_until: int  # how far the reader had read when it was committed
+    db_identity: Optional[Tuple[int, int]]
+
+
+class PendingSession(NamedTuple):
+    id: int
+    idempotency_key: str
+    session_id: str
+    outcome: str
+    commands: list  # [[command, timestamp, event_type], ...]
+    attempts: int
+
+    def body(self) -> dict:
+        return {
+            "session_commands": [
+                {"command": command, "timestamp": timestamp, "context": {"event_type": event_type}}
+                for command, timestamp, event_type in self.commands
+            ],
+            "session_outcome": self.outcome,
+            "session_id": self.session_id,
+            "tool_id": "omnimemory-learner",
+        }
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+class InstanceLock:
+    """An flock on state_dir/lock: one service (or backfill) per state store."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise AlreadyRunning(f"another omnimemory-learner holds {self.path} (pid {read_lock_pid(self.path)})")
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_lock_pid(path: Path) -> Optional[int]:
+    try:
+        return int(Path(path).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def lock_is_held(state_dir: Path) -> bool:
+    """Whether a running process holds the state lock (without taking it for long)."""
+    path = Path(state_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class StateStore:
+    """One connection to the state database; each thread opens its own."""
+
+    def __init__(self, state_dir: Path, create: bool = True):
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / STATE_FILE
+        if not create and not self.path.exists():
+            raise StateError(f"no state at {self.path}")
+        try:
+            if create:
+                ensure_private_dir(self.state_dir)
+                # Create the file 0600 ourselves: sqlite3 would honour the umask.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            if create:
+                self._db.executescript(_SCHEMA)
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(name,) for name in COUNTERS]
+                )
+        except (OSError, sqlite3.Error) as error:
+            raise StateError(f"cannot use state store {self.path}: {error}") from None
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.chmod(str(self.path) + suffix, 0o600)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    # -- position --------------------------------------------------------------
+
+    def _meta(self, key: str) -> Optional[str]:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def position(self) -> Position:
+        identity = self._meta("db_identity")
+        return Position(
+            int(self._meta("resume_after") or 0),
+            int(self._meta("replay_until") or 0),
+            tuple(json.loads(identity)) if identity else None,
+        )
+
+    def closed_ranges(self, after_rowid: int) -> Dict[str, List[Tuple[int, int]]]:
+        """Row ranges of closed sessions still above the low-water mark."""
+        ranges: Dict[str, List[Tuple[int, int]]] = {}
+        for session_id, first, last in self._db.execute(
+            "SELECT session_id, first_rowid, last_rowid FROM sessions WHERE last_rowid > ?", (after_rowid,)
+        ):
+            ranges.setdefault(session_id, []).append((first, last))
+        return ranges
+
+    def commit(
+        self,
+        resume_after: int,
+        replay_until: int,
+        db_identity: Optional[Tuple[int, int]],
+        closed: Iterable[ClosedSession],
+        counters: Dict[str, int],
+    ) -> int:
+        """Record closed sessions and advance the position, atomically.
+
+        Returns the number of sessions added to the outbox.
+        """
+        now = time.time()
+        rows = []
+        for session in closed:
+            if session.learnable:
+                commands = json.dumps([list(command) for command in session.commands], separators=(",", ":"))
+                rows.append((uuid.uuid4().hex, session.session_id, session.first_rowid, session.last_rowid,
+                             PENDING, session.outcome, len(session.commands), commands, session.reason, now))
+            elif session.last_rowid > resume_after:
+                # Too short: kept only as a marker while a replay could meet its rows.
+                rows.append((uuid.uuid4().hex, session.session_id, session.first_rowid, session.last_rowid,
+                             TOO_SHORT, None, len(session.commands), None, session.reason, now))
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
+                " n_commands, commands, reason, closed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("resume_after", str(resume_after)),
+                    ("replay_until", str(replay_until)),
+                    ("db_identity", json.dumps(list(db_identity)) if db_identity else None),
+                    ("committed_at", repr(now)),
+                ],
+            )
+            self._add_counters(db, counters)
+            # Markers below the low-water mark can never be met again.
+            db.execute(
+                "DELETE FROM sessions WHERE last_rowid <= ? AND status IN (?, ?, ?)", (resume_after, *DONE_STATUSES)
+            )
+        return sum(1 for row in rows if row[4] == PENDING)
+
+    def forget_database(self) -> None:
+        """The events database was replaced: its rowids mean nothing any more."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM sessions WHERE status IN (?, ?, ?)", DONE_STATUSES)
+            # Undelivered sessions stay; their rows are renumbered so no replay meets them.
+            db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None)],
+            )
+
+    @staticmethod
+    def _add_counters(db: sqlite3.Connection, counters: Dict[str, int]) -> None:
+        db.executemany(
+            "UPDATE counters SET value = value + ? WHERE name = ?",
+            [(delta, name) for name, delta in counters.items() if delta],
+        )
+
+    # -- outbox ----------------------------------------------------------------
+
+    def pending(self, limit: int = 100, after_id: int = 0) -> List[PendingSession]:
+        return [
+            PendingSession(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+            for row in self._db.execute(
+                "SELECT id, idempotency_key, session_id, outcome, commands, attempts FROM sessions"
+                " WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
+                (PENDING, after_id, limit),
+            )
+        ]
+
+    def mark_delivered(self, session_id: int, pattern_id: Optional[str]) -> None:
+        status = LEARNED if pattern_id else NOT_LEARNED
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET status = ?, pattern_id = ?, delivered_at = ?, commands = NULL,"
+                " attempts = attempts + 1 WHERE id = ?",
+                (status, pattern_id, time.time(), session_id),
+            )
+            self._add_counters(db, {"patterns_learned" if pattern_id else "sessions_not_learned": 1})
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_delivery_at', ?)", (repr(time.time()),))
+
+    def mark_rejected(self, session_id: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET status = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?",
+                (REJECTED, error, session_id),
+            )
+            self._add_counters(db, {"sessions_rejected": 1, "errors": 1})
+
+    def note_failure(self, session_id: int, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET last_error = ?, attempts = attempts + 1 WHERE id = ?", (error, session_id)
+            )
+            self._add_counters(db, {"errors": 1})
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_error', ?)", (f"{time.time()!r} {error}",)
+            )
+
+    def retry_rejected(self, session_ids: Optional[List[int]] = None) -> int:
+        with self._transaction() as db:
+            if session_ids:
+                marks = ",".join("?" * len(session_ids))
+                cursor = db.execute(
+                    f"UPDATE sessions SET status = ? WHERE status = ? AND id IN ({marks})",
+                    (PENDING, REJECTED, *session_ids),
+                )
+            else:
+                cursor = db.execute("UPDATE sessions SET status = ? WHERE status = ?", (PENDING, REJECTED))
+            return cursor.rowcount
+
+    def drop(self, session_id: int) -> bool:
+        """Remove an undelivered session for good (the operator asked)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE sessions SET status = ?, commands = NULL WHERE id = ? AND status IN (?, ?)",
+                (TOO_SHORT, session_id, PENDING, REJECTED),
+            )
+            return cursor.rowcount == 1
+
+    def outbox(self, statuses=(PENDING, REJECTED)) -> List[dict]:
+        marks = ",".join("?" * len(statuses))
+        return [
+            {
+                "id": row[0], "session_id": row[1], "status": row[2], "outcome": row[3], "commands": row[4],
+                "attempts": row[5], "last_error": row[6], "closed_at": row[7],
+                "first_rowid": row[8], "last_rowid": row[9],
+            }
+            for row in self._db.execute(
+                "SELECT id, session_id, status, outcome, n_commands, attempts, last_error, closed_at,"
+                f" first_rowid, last_rowid FROM sessions WHERE status IN ({marks}) ORDER BY id",
+                tuple(statuses),
+            )
+        ]
+
+    # -- figures ---------------------------------------------------------------
+
+    def counters(self) -> Dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters"))
+
+    def status_counts(self) -> Dict[str, int]:
+        return dict(self._db.execute("SELECT status, count(*) FROM sessions GROUP BY status"))
+
+    def meta_value(self, key: str) -> Optional[str]:
+        return self._meta(key)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            raise StateError(f"cannot write the state store: {error}") from None
+        return self._db
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+                return False
+            except sqlite3.Error as error:
+                self._db.execute("ROLLBACK")
+                raise StateError(f"cannot write the state store: {error}") from None
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        if isinstance(value, sqlite3.Error):
+            raise StateError(f"cannot write the state store: {value}") from value
+        return False

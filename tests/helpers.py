@@ -1,0 +1,188 @@
+"""Real parts for the tests: an events database written by a real SQLite
+writer, and a recording procedural API on 127.0.0.1."""
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCHEMA_ID = """CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT, event_type TEXT, session_id TEXT, payload BLOB)"""
+SCHEMA_ROWID = "CREATE TABLE IF NOT EXISTS events (timestamp TEXT, event_type TEXT, session_id TEXT, payload BLOB)"
+
+
+def create_db(path, wal=True, schema=SCHEMA_ID):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path))
+    if wal:
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute(schema)
+    db.commit()
+    db.close()
+    return path
+
+
+def insert_events(path, events, synchronous="NORMAL"):
+    """events: (timestamp, event_type, session_id) tuples, written in one transaction."""
+    db = sqlite3.connect(str(path), timeout=30)
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.executemany(
+        "INSERT INTO events (timestamp, event_type, session_id, payload) VALUES (?, ?, ?, x'00ff')",
+        list(events),
+    )
+    db.commit()
+    db.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RecordingAPI:
+    """A real HTTP server on 127.0.0.1 that records every POST /learn.
+
+    `script` is a list of behaviours consumed one per POST (then `default`):
+    an int status, ("status", code, body), ("delay", seconds), ("garbage", text).
+    """
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.received = []  # (idempotency_key, body)
+        self.attempts = 0
+        self.script = []
+        self.default = 200
+        self.lock = threading.Lock()
+        self._server = None
+        self._thread = None
+
+    def start(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body, content_type="application/json"):
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path == "/health":
+                    self._send(200, json.dumps({"status": "healthy", "service": "procedural-memory",
+                                                "version": "1.0.0", "engine_initialized": True}))
+                else:
+                    self._send(404, json.dumps({"detail": "Not Found"}))
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                with api.lock:
+                    api.attempts += 1
+                    behaviour = api.script.pop(0) if api.script else api.default
+                if isinstance(behaviour, tuple) and behaviour[0] == "delay":
+                    time.sleep(behaviour[1])
+                    behaviour = 200
+                if isinstance(behaviour, tuple) and behaviour[0] == "garbage":
+                    self._send(200, behaviour[1], "text/html")
+                    return
+                code = behaviour if isinstance(behaviour, int) else behaviour[1]
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    self._send(422, json.dumps({"detail": "invalid JSON"}))
+                    return
+                if self.path != "/learn":
+                    self._send(404, json.dumps({"detail": "Not Found"}))
+                    return
+                if code == 200:
+                    commands = body.get("session_commands")
+                    if not isinstance(commands, list):
+                        self._send(422, json.dumps({"detail": "session_commands required"}))
+                        return
+                    if not commands:
+                        self._send(200, json.dumps({"pattern_id": None, "message": "too short"}))
+                        return
+                    with api.lock:
+                        api.received.append((self.headers.get("Idempotency-Key"), body))
+                        pattern = f"p{len(api.received):06d}"
+                    self._send(200, json.dumps({"pattern_id": pattern, "message": f"learned {pattern}"}))
+                else:
+                    self._send(code, json.dumps({"detail": f"scripted {code}"}))
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def sessions(self):
+        with self.lock:
+            return list(self.received)
+
+    def wait_for(self, count, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.received) >= count:
+                return True
+            time.sleep(0.02)
+        return len(self.received) >= count
+
+
+def learner_env(tmp_path, api_url, db_path, **extra):
+    env = dict(os.environ)
+    for key in list(env):
+        if key.startswith("OMNIMEMORY_LEARNER_") or key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                                             "JOURNAL_STREAM", "INVOCATION_ID"):
+            del env[key]
+    env.update({
+        "HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"),
+        "XDG_STATE_HOME": str(tmp_path / "home" / ".local" / "state"),
+        "OMNIMEMORY_LEARNER_DB_PATH": str(db_path),
+        "OMNIMEMORY_LEARNER_API_URL": api_url,
+        "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
+        "OMNIMEMORY_LEARNER_LOG_FILE": str(tmp_path / "learner.log"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def start_learner(env, *args, **popen):
+    return subprocess.Popen(
+        [sys.executable, "-m", "omnimemory_learner", *args], env=env, cwd=str(ROOT),
+        stdout=popen.pop("stdout", subprocess.PIPE), stderr=popen.pop("stderr", subprocess.STDOUT), **popen,
+    )
+
+
+def run_learner(env, *args, timeout=60, input=None):
+    return subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", *args], env=env, cwd=str(ROOT),
+        capture_output=True, text=True, timeout=timeout, input=input,
+    )
