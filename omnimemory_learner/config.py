@@ -118,9 +118,10 @@ def defaults(env: Mapping[str, str] = os.environ) -> Dict[str, Any]:
 
 def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
     kind, lower = _SCALARS[key]
+    given = value
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"{source}: invalid value {value!r} for '{key}': {why}")
+        return ConfigError(f"{source}: invalid value {given!r} for '{key}': {why}")
 
     if kind in ("path", "url", "level"):
         if not isinstance(value, str) or not value.strip():

@@ -80,7 +80,7 @@ class Pipeline:
     def drain(self, should_stop=lambda: False, between_batches=None, force_backlog: bool = False) -> bool:
         """Read batches until caught up; False if the database could not be read."""
         batch_size = self.config.batch_size
-        backlog = force_backlog or self._unread_history
+        backlog = force_backlog
         first = True
         while not should_stop():
             if self.commit_failing:
@@ -98,7 +98,7 @@ class Pipeline:
             self._note_available()
             if first:
                 # A full first batch means there is a backlog: cut it by event time.
-                backlog = backlog or len(rows) >= batch_size
+                backlog = backlog or self._unread_history or len(rows) >= batch_size
                 first = False
             if rows:
                 self._process(rows, backlog)

@@ -1,0 +1,274 @@
+"""`doctor`: the original Troubleshooting section, run for the operator.
+
+One line per check: ok, warning or problem, and for the last two what to do.
+Exit 0 when nothing is a problem, 1 otherwise.
+"""
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, NamedTuple, Optional
+
+import httpx
+
+from .config import Config, ConfigError
+from .events import file_identity, parse_timestamp
+from .state import LOCK_FILE, STATE_FILE, StateError, StateStore, lock_is_held
+
+UNIT_NAME = "omnimemory-learner.service"
+LAUNCHD_LABEL = "com.omnimemory.learner"
+REQUIRED_COLUMNS = ("timestamp", "event_type", "session_id")
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+
+
+class Check(NamedTuple):
+    name: str
+    level: str
+    message: str
+    fix: Optional[str] = None
+
+
+def report_config_error(error: ConfigError, as_json: bool) -> int:
+    _print([Check("configuration", PROBLEM, str(error), "correct the value named above, then run "
+                  "'omnimemory-learner check-config'")], as_json)
+    return 1
+
+
+def doctor(config: Config, as_json: bool) -> int:
+    checks: List[Check] = [Check("configuration", OK, f"valid ({config.config_file or 'no file; defaults'})")]
+    checks += check_database(config)
+    checks += check_position(config)
+    checks += check_api(config)
+    checks += check_service_manager()
+    checks += check_paths(config)
+    checks += check_outbox(config)
+    _print(checks, as_json)
+    return 1 if any(check.level == PROBLEM for check in checks) else 0
+
+
+def _print(checks: List[Check], as_json: bool) -> None:
+    if as_json:
+        json.dump([check._asdict() for check in checks], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for check in checks:
+        line = f"{check.level:<8} {check.name}: {check.message}"
+        if check.fix:
+            line += f"\n{'':9}fix: {check.fix}"
+        print(line)
+
+
+def check_database(config: Config) -> List[Check]:
+    path = config.db_path
+    start_daemon = "start the memory daemon (./omnimemory_launcher.sh start) and let it record activity"
+    if not path.exists():
+        return [Check("database", PROBLEM, f"{path} does not exist", start_daemon)]
+    if not os.access(path, os.R_OK):
+        return [Check("database", PROBLEM, f"{path} is not readable by this user", f"chmod u+r {path}")]
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
+            journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+            if not columns:
+                return [Check("database", PROBLEM, f"{path} has no events table", start_daemon)]
+            missing = [column for column in REQUIRED_COLUMNS if column not in columns]
+            if missing:
+                return [Check("database", PROBLEM, f"the events table lacks columns {', '.join(missing)}",
+                              "the memory daemon's schema is not the one this learner reads; update it")]
+            count, head = db.execute("SELECT count(*), max(rowid) FROM events").fetchone()
+            newest = db.execute("SELECT timestamp FROM events ORDER BY rowid DESC LIMIT 1").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        return [Check("database", PROBLEM, f"cannot read {path}: {error}",
+                      "if it is corrupt, stop the memory daemon and restore or remove the file")]
+    newest_time = parse_timestamp(newest[0]) if newest else None
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest_time)) if newest_time else "none"
+    return [Check("database", OK, f"{path}: {count} events, newest rowid {head or 0}, newest event {when}, "
+                  f"journal mode {journal}")]
+
+
+def check_position(config: Config) -> List[Check]:
+    if not (config.state_dir / STATE_FILE).exists():
+        return [Check("position", WARNING, "the learner has not run yet (no state)",
+                      "start it: systemctl --user start omnimemory-learner, or omnimemory-learner backfill")]
+    try:
+        store = StateStore(config.state_dir, create=False)
+        position = store.position()
+        store.close()
+    except StateError as error:
+        return [Check("position", PROBLEM, str(error), f"check the permissions of {config.state_dir}")]
+    identity = file_identity(config.db_path)
+    if identity is None:
+        return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is missing")]
+    try:
+        db = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=2)
+        head = db.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+        db.close()
+    except sqlite3.Error:
+        return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
+    if position.db_identity is not None and tuple(position.db_identity) != identity or head < position.replay_until:
+        return [Check("position", WARNING, "the database was replaced since the learner last read it",
+                      "nothing to do: the learner reads the new database from its start")]
+    behind = head - position.replay_until
+    level = OK if behind < 10000 or lock_is_held(config.state_dir) else WARNING
+    return [Check("position", level, f"read to rowid {position.replay_until} of {head} ({behind} behind)",
+                  None if level == OK else "the learner is not running: start it to catch up")]
+
+
+def check_api(config: Config) -> List[Check]:
+    url = config.api_url
+    start_api = "start the procedural service (./omnimemory_launcher.sh start), then: curl " + url + "/health"
+    try:
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            health = client.get(url + "/health")
+            if health.status_code != 200:
+                return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}", start_api)]
+            try:
+                body = health.json()
+            except ValueError:
+                return [Check("api", PROBLEM, f"GET {url}/health did not answer JSON; is api_url right?",
+                              "set api_url to the procedural memory API")]
+            checks = [Check("api", OK, f"{url}/health: {body.get('status', '?')} ({body.get('service', '?')} "
+                            f"{body.get('version', '')})".rstrip())]
+            # An empty session teaches nothing: the server answers "too short".
+            learn = client.post(url + "/learn", json={"session_commands": [], "session_outcome": "success",
+                                                      "tool_id": "omnimemory-learner-doctor"})
+    except httpx.HTTPError as error:
+        return [Check("api", PROBLEM, f"{url} is not answering: {error or type(error).__name__}", start_api)]
+    if learn.status_code == 200:
+        try:
+            contract = "pattern_id" in learn.json()
+        except ValueError:
+            contract = False
+        if contract:
+            checks.append(Check("api contract", OK, "POST /learn accepts the learner's sessions"))
+        else:
+            checks.append(Check("api contract", PROBLEM, "POST /learn answered 200 without a pattern_id",
+                                "api_url does not point at the procedural memory API"))
+    elif learn.status_code == 422:
+        checks.append(Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)"))
+    else:
+        checks.append(Check("api contract", PROBLEM, f"POST /learn answered HTTP {learn.status_code}: "
+                            f"{learn.text[:200]}", "check the procedural service's log"))
+    return checks
+
+
+def _run(command: List[str]) -> Optional[subprocess.CompletedProcess]:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def check_service_manager() -> List[Check]:
+    if sys.platform == "darwin":
+        result = _run(["launchctl", "print", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"])
+        plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+        if not plist.exists():
+            return [Check("service", WARNING, f"{plist} is not installed", "run: make install")]
+        if result is None or result.returncode != 0:
+            return [Check("service", PROBLEM, f"launchd has not loaded {LAUNCHD_LABEL}",
+                          f"launchctl bootstrap gui/{os.getuid()} {plist}")]
+        return [Check("service", OK, f"launchd agent {LAUNCHD_LABEL} is loaded")]
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    unit = config_home / "systemd" / "user" / UNIT_NAME
+    if not unit.exists():
+        return [Check("service", WARNING, f"the user unit is not installed at {unit}",
+                      "run: make install (or run 'omnimemory-learner run' by hand)")]
+    checks = []
+    executable = _exec_start(unit)
+    if executable and not os.access(executable, os.X_OK):
+        checks.append(Check("unit file", PROBLEM, f"{unit} runs {executable}, which is not there any more",
+                            "run: make install (it rewrites the unit for this installation)"))
+    else:
+        checks.append(Check("unit file", OK, f"{unit} runs {executable}"))
+    if shutil.which("systemctl") is None:
+        return checks + [Check("service", WARNING, "systemctl is not available")]
+    active = _run(["systemctl", "--user", "is-active", UNIT_NAME])
+    enabled = _run(["systemctl", "--user", "is-enabled", UNIT_NAME])
+    if active is None or enabled is None:
+        return checks + [Check("service", WARNING, "no systemd user manager answered")]
+    state, enablement = active.stdout.strip(), enabled.stdout.strip()
+    if state != "active":
+        checks.append(Check("service", PROBLEM, f"{UNIT_NAME} is {state or 'unknown'} ({enablement})",
+                            "systemctl --user start omnimemory-learner; "
+                            "then journalctl --user -u omnimemory-learner -p warning"))
+    elif enablement != "enabled":
+        checks.append(Check("service", WARNING, f"{UNIT_NAME} is active but {enablement}: it will not start at login",
+                            "systemctl --user enable omnimemory-learner"))
+    else:
+        checks.append(Check("service", OK, f"{UNIT_NAME} is active and enabled"))
+    return checks
+
+
+def _exec_start(unit: Path) -> Optional[str]:
+    try:
+        for line in unit.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                return line.split("=", 1)[1].split()[0].lstrip("-@!+:")
+    except OSError:
+        pass
+    return None
+
+
+def check_paths(config: Config) -> List[Check]:
+    checks = []
+    state_dir = config.state_dir
+    if state_dir.exists():
+        mode = stat.S_IMODE(state_dir.stat().st_mode)
+        if not os.access(state_dir, os.W_OK):
+            checks.append(Check("state directory", PROBLEM, f"{state_dir} is not writable",
+                                f"chmod u+w {state_dir}"))
+        elif mode & 0o077:
+            checks.append(Check("state directory", WARNING, f"{state_dir} is mode {mode:o}, readable by others",
+                                f"chmod 700 {state_dir}"))
+        else:
+            loose = [p.name for p in state_dir.iterdir()
+                     if p.is_file() and p.name in (STATE_FILE, LOCK_FILE) and stat.S_IMODE(p.stat().st_mode) & 0o077]
+            checks.append(Check("state directory", WARNING if loose else OK,
+                                f"{state_dir}" + (f": {', '.join(loose)} readable by others" if loose else " (0700)"),
+                                f"chmod 600 {state_dir}/*" if loose else None))
+    else:
+        parent = next((p for p in state_dir.parents if p.exists()), Path("/"))
+        ok = os.access(parent, os.W_OK)
+        checks.append(Check("state directory", OK if ok else PROBLEM,
+                            f"{state_dir} will be created" if ok else f"cannot create {state_dir}",
+                            None if ok else f"make {parent} writable or set state_dir"))
+    log_file = config.log_file
+    target = log_file if log_file.exists() else next((p for p in log_file.parents if p.exists()), Path("/"))
+    if os.access(target, os.W_OK):
+        checks.append(Check("log file", OK, f"{log_file} is writable"))
+    else:
+        checks.append(Check("log file", PROBLEM, f"{log_file} is not writable", f"check the permissions of {target}"))
+    return checks
+
+
+def check_outbox(config: Config) -> List[Check]:
+    if not (config.state_dir / STATE_FILE).exists():
+        return []
+    try:
+        store = StateStore(config.state_dir, create=False)
+        counts = store.status_counts()
+        store.close()
+    except StateError as error:
+        return [Check("outbox", PROBLEM, str(error))]
+    pending, rejected = counts.get("pending", 0), counts.get("rejected", 0)
+    checks = []
+    if rejected:
+        checks.append(Check("outbox", PROBLEM, f"{rejected} session(s) rejected by the API",
+                            "see 'omnimemory-learner outbox'; after fixing the API: 'omnimemory-learner outbox retry'"))
+    if pending > 100:
+        checks.append(Check("outbox", WARNING, f"{pending} session(s) waiting for delivery",
+                            "check that the procedural API is up; they are sent when it answers"))
+    if not checks:
+        checks.append(Check("outbox", OK, f"{pending} pending, 0 rejected"))
+    return checks

@@ -1,0 +1,172 @@
+"""`status` and `outbox`: what the operator asks of a running or stopped learner."""
+
+import sys
+import time
+from typing import List, Optional
+
+from .config import Config
+from .events import EventReader, Unavailable
+from .snapshot import read_snapshot, statistics
+from .state import LOCK_FILE, STATE_FILE, StateError, StateStore, lock_is_held, read_lock_pid
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}min {seconds % 60}s ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}min ago"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h ago"
+
+
+def _when(timestamp: Optional[float]) -> str:
+    if not timestamp:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) + f" ({_ago(time.time() - timestamp)})"
+
+
+def collect_status(config: Config) -> Optional[dict]:
+    """The status object, or None when the learner never ran with this state."""
+    if not (config.state_dir / STATE_FILE).exists():
+        return None
+    running = lock_is_held(config.state_dir)
+    snapshot = read_snapshot(config.state_dir) or {}
+    store = StateStore(config.state_dir, create=False)
+    try:
+        active = snapshot.get("active_sessions", 0) if running else 0
+        stats = statistics(store, active)
+    finally:
+        store.close()
+    stats["last_event_time"] = snapshot.get("stats", {}).get("last_event_time")
+    head = None
+    database_problem = None
+    reader = EventReader(config.db_path)
+    try:
+        head = reader.head()
+    except Unavailable as problem:
+        database_problem = str(problem)
+    finally:
+        reader.close()
+    return {
+        "running": running,
+        "active_sessions": active,
+        "stats": stats,
+        "pid": read_lock_pid(config.state_dir / LOCK_FILE) if running else None,
+        "since": snapshot.get("started_at") if running else None,
+        "mode": snapshot.get("mode") if running else None,
+        "service_manager": snapshot.get("service_manager") if running else None,
+        "snapshot_updated_at": snapshot.get("updated_at"),
+        "db_path": str(config.db_path),
+        "api_url": config.api_url,
+        "state_dir": str(config.state_dir),
+        "db_head": head,
+        "behind": max(0, head - stats["read_position"]) if head is not None else None,
+        "database_problem": database_problem,
+        "api_down_since": snapshot.get("api_down_since") if running else None,
+    }
+
+
+def status(config: Config, as_json: bool) -> int:
+    from .cli import EX_NO_STATE, EX_NOT_RUNNING, EX_OK, print_json
+
+    try:
+        report = collect_status(config)
+    except StateError as error:
+        print(f"omnimemory-learner: {error}", file=sys.stderr)
+        return EX_NO_STATE
+    if report is None:
+        if as_json:
+            print_json({"running": False, "active_sessions": 0, "stats": None, "state_dir": str(config.state_dir)})
+        else:
+            print(f"omnimemory-learner has never run with state directory {config.state_dir}")
+        return EX_NO_STATE
+    if as_json:
+        print_json(report)
+    else:
+        print(_human_status(report))
+    return EX_OK if report["running"] else EX_NOT_RUNNING
+
+
+def _human_status(report: dict) -> str:
+    stats = report["stats"]
+    if report["running"]:
+        manager = report["service_manager"] or "none"
+        head = (f"active (running), pid {report['pid']}, {report['mode']} mode, under "
+                f"{'no service manager' if manager == 'none' else manager}, since {_when(report['since'])}")
+    else:
+        head = "inactive (not running)"
+    if report["db_head"] is None:
+        position = f"read to rowid {stats['read_position']}; database not readable: {report['database_problem']}"
+    else:
+        position = f"read to rowid {stats['read_position']} of {report['db_head']} ({report['behind']} behind)"
+    last_error = stats["last_error"]
+    lines = [
+        f"omnimemory-learner: {head}",
+        f"       Database: {report['db_path']}",
+        f"       Position: {position}",
+        f"            API: {report['api_url']}" + (
+            f" (down since {_when(report['api_down_since'])})" if report.get("api_down_since") else ""),
+        f"  Open sessions: {report['active_sessions']}",
+        f"         Events: {stats['events_processed']} processed, {stats['events_skipped']} malformed skipped,"
+        f" {stats['events_ignored']} of other types",
+        f"       Sessions: {stats['sessions_created']} created, {stats['patterns_learned']} learned,"
+        f" {stats['sessions_too_short']} too short, {stats['sessions_not_learned']} not learned by the API",
+        f"         Outbox: {stats['outbox_pending']} pending, {stats['rejected']} rejected",
+        f"         Errors: {stats['errors']}",
+        f"     Last event: {_when(stats['last_event_time'])}",
+        f"  Last delivery: {_when(stats['last_delivery_at'])}",
+        f"     Last error: {(_when(last_error['at']) + ': ' + last_error['message']) if last_error else 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool) -> int:
+    from .cli import EX_FAILURE, EX_NO_STATE, EX_OK, print_json
+
+    try:
+        store = StateStore(config.state_dir, create=False)
+    except StateError as error:
+        print(f"omnimemory-learner: {error}", file=sys.stderr)
+        return EX_NO_STATE
+    try:
+        if action == "list":
+            entries = store.outbox()
+            if ids:
+                entries = [entry for entry in entries if entry["id"] in ids]
+            if as_json:
+                print_json(entries)
+            elif not entries:
+                print("The outbox is empty: every closed session was delivered.")
+            else:
+                print(f"{'ID':>8}  {'STATUS':8}  {'SESSION':24}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  LAST ERROR")
+                for entry in entries:
+                    print(f"{entry['id']:>8}  {entry['status']:8}  {entry['session_id'][:24]:24}  "
+                          f"{entry['commands']:>5}  {entry['outcome'] or '':8}  {entry['attempts']:>5}  "
+                          f"{(entry['last_error'] or '')[:60]}")
+            return EX_OK
+        if action == "retry":
+            moved = store.retry_rejected(ids or None)
+            print(f"{moved} rejected session(s) moved back to pending; the running service sends them "
+                  "within a minute.")
+            return EX_OK
+        # drop
+        if len(ids) != 1:
+            print("omnimemory-learner: outbox drop takes exactly one ID", file=sys.stderr)
+            return 2
+        if not yes:
+            if not sys.stdin.isatty():
+                print("omnimemory-learner: refusing to drop without confirmation; add --yes", file=sys.stderr)
+                return EX_FAILURE
+            answer = input(f"Drop session {ids[0]} for good? It will never be learned. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("Not dropped.")
+                return EX_FAILURE
+        if store.drop(ids[0]):
+            print(f"Session {ids[0]} dropped.")
+            return EX_OK
+        print(f"omnimemory-learner: no pending or rejected session with id {ids[0]}", file=sys.stderr)
+        return EX_FAILURE
+    finally:
+        store.close()
