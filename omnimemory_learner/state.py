@@ -162,6 +162,19 @@ def lock_is_held(state_dir: Path) -> bool:
     return False
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (sqlite3 would honour the umask).
+
+    Only when it does not exist: opening and closing a descriptor on a file
+    SQLite has open drops every POSIX lock this process holds on it, and
+    another process could then rebuild the WAL index under our connections.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class StateStore:
     """One connection to the state database; each thread opens its own."""
 
@@ -173,8 +186,7 @@ class StateStore:
         try:
             if create:
                 ensure_private_dir(self.state_dir)
-                # Create the file 0600 ourselves: sqlite3 would honour the umask.
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                _create_private(self.path)
             self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
