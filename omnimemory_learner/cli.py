@@ -11,6 +11,7 @@ from typing import List, Optional
 
 from . import __version__
 from .config import EX_CONFIG, ConfigError, load_config, to_toml
+from .logs import print_error
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -98,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as error:
-        print(f"omnimemory-learner: configuration error: {error}", file=sys.stderr)
+        print_error(f"omnimemory-learner: configuration error: {error}")
         if command == "doctor":
             from .doctor import report_config_error
 

@@ -158,7 +158,9 @@ class Deliverer:
             for session in batch:
                 if self._stop.is_set():
                     return True
-                while not self._deliver_one(store, client, session):
+                announce = True
+                while not self._deliver_one(store, client, session, announce):
+                    announce = False
                     # The API is down: wait, then probe again with the same session.
                     delay = self.backoff.next_delay()
                     self.retry_at = time.time() + delay
@@ -169,10 +171,10 @@ class Deliverer:
                 after_id = session.id
         return True
 
-    def _deliver_one(self, store: StateStore, client: httpx.Client, session: PendingSession) -> bool:
+    def _deliver_one(self, store: StateStore, client: httpx.Client, session: PendingSession, announce: bool) -> bool:
         """One attempt; True when the session is settled (learned, not learned, rejected)."""
         body = session.body()
-        if session.attempts == 0:
+        if announce:
             log.info(
                 "Learning from session %s: %d commands, outcome=%s",
                 session.session_id, len(body["session_commands"]), session.outcome,

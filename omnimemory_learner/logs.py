@@ -48,6 +48,15 @@ def under_journald(stream: TextIO, env: Mapping[str, str] = os.environ) -> bool:
     return expected == f"{status.st_dev}:{status.st_ino}"
 
 
+def print_error(message: str, stream: TextIO = None, env: Mapping[str, str] = os.environ) -> None:
+    """An error before logging is set up (bad configuration): an error in the journal too."""
+    stream = stream or sys.stderr
+    prefix = f"<{_PRIORITIES[logging.ERROR]}>" if under_journald(stream, env) else ""
+    for line in message.splitlines() or [""]:
+        stream.write(prefix + line + "\n")
+    stream.flush()
+
+
 def setup_logging(
     level: str,
     log_file: Optional[Path],
