@@ -8,6 +8,7 @@ counts and logs failures, and reconnects when a send fails.  Outside systemd
 
 import logging
 import os
+import socket
 import time
 from typing import Mapping, Optional
 
@@ -52,8 +53,23 @@ class Notifier:
     def _connect(self):
         import sdnotify
 
-        # debug=True: let connection and send errors reach us.
-        return sdnotify.SystemdNotifier(debug=True)
+        # sdnotify takes its address from os.environ at construction and
+        # connects once; we connect to the address we were given (the "@"
+        # form is an abstract socket) and let it do the sending, with
+        # debug=True so that errors reach us.
+        address = self.socket_address
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        notifier = sdnotify.SystemdNotifier.__new__(sdnotify.SystemdNotifier)
+        notifier.debug = True
+        notifier.socket = sock
+        return notifier
 
     def send(self, message: str) -> bool:
         if not self.enabled:
@@ -64,7 +80,7 @@ class Notifier:
                     self._notifier = self._connect()
                 self._notifier.notify(message)
                 return True
-            except (OSError, TypeError, IndexError) as error:
+            except (OSError, UnicodeEncodeError) as error:
                 # The socket may have gone away: connect afresh and try once more.
                 self._close()
                 if attempt == 2:
