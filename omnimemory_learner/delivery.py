@@ -9,6 +9,7 @@ a session carries the same Idempotency-Key.
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -123,11 +124,16 @@ class Deliverer:
         store = None
         client = None
         try:
-            store = StateStore(self.state_dir)
+            store = StateStore(self.state_dir, synchronous="NORMAL")
             client = httpx.Client(
                 timeout=self.timeout,
                 headers={"User-Agent": USER_AGENT},
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                # Request headers and body are two writes: without TCP_NODELAY the
+                # body can wait for the server's delayed ACK (40 ms a session).
+                transport=httpx.HTTPTransport(
+                    limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                ),
                 # No proxies from the environment: the API is local.
                 trust_env=False,
             )

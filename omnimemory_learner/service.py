@@ -24,6 +24,8 @@ from .watching import DatabaseWatcher, RecheckSchedule
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_SECONDS = 5.0
+# While the database directory does not exist, look for it this often (a stat).
+DIRECTORY_CHECK_SECONDS = 1.0
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -97,6 +99,7 @@ class Service:
         self._start_watching(first=True)
         # Ready once set up; a long backlog is progress, reported in STATUS=.
         self.notifier.ready(self._status_line())
+        self._publish()
 
     def _start_watching(self, first: bool = False) -> None:
         if not self.config.watch:
@@ -127,8 +130,13 @@ class Service:
         next_status = clock() + STATUS_EVERY_SECONDS
         ping_every = self.notifier.watchdog_interval
         next_ping = clock() if ping_every else None
+        next_directory_check = None
         while not self._stop_requested:
             now = clock()
+            if next_directory_check is not None and now >= next_directory_check:
+                if self.watcher.directory.is_dir():
+                    self._start_watching()
+                    next_poll = now  # read what the new database holds at once
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
@@ -155,8 +163,10 @@ class Service:
             if next_ping is not None and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + ping_every
+            next_directory_check = (now + DIRECTORY_CHECK_SECONDS
+                                    if self.watcher is not None and self.watcher.directory_missing else None)
             wake_at = min(t for t in (next_poll, next_status, next_ping, self.schedule.next_due(),
-                                      pipeline.tracker.next_deadline()) if t is not None)
+                                      pipeline.tracker.next_deadline(), next_directory_check) if t is not None)
             self._wake.wait(max(0.0, wake_at - clock()))
             self._wake.clear()
 
