@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from .config import Config
 from .delivery import Deliverer
 from .events import EventReader, Unavailable, file_identity, validate_rows
-from .mapping import map_events
+from .mapping import command_pairs, map_events
 from .sessions import ClosedSession, SessionTracker, drop_replayed
 from .state import StateError, StateStore
 
@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # During a long catch-up, commit at least this often so delivery can start
 # and a crash loses little work.
 COMMIT_EVERY_SECONDS = 1.0
+# A position that moved with no session closed is committed at most this
+# often: nothing is lost by waiting (a restart re-reads a few events), and an
+# fsync per live event would put disk latency on every event's path.
+POSITION_COMMIT_SECONDS = 5.0
 
 
 class Pipeline:
@@ -32,6 +36,7 @@ class Pipeline:
         self.state = StateStore(config.state_dir)
         self.reader = EventReader(config.db_path)
         self.tracker = self._new_tracker(config)
+        self.pairs = command_pairs(config.event_map)
         position = self.state.position()
         self.read_after = position.resume_after
         self.replay_until = position.replay_until
@@ -42,6 +47,7 @@ class Pipeline:
         self._dirty = False
         self._last_commit = clock()
         self.commit_failing: Optional[str] = None
+        self._retry_commit_at = 0.0
         self.unavailable: Optional[Unavailable] = None
         self.last_event_time: Optional[float] = None
         self.head = 0
@@ -70,6 +76,7 @@ class Pipeline:
         tracker.min_commands = config.min_commands_for_learning
         tracker.max_commands = config.max_session_commands
         tracker.max_open = config.max_open_sessions
+        self.pairs = command_pairs(config.event_map)
         self.deliverer.api_url = config.api_url.rstrip("/")
         self.deliverer.timeout = config.request_timeout_seconds
         self.deliverer.backoff.cap = config.retry_max_seconds
@@ -111,7 +118,7 @@ class Pipeline:
                 between_batches()
             if self.clock() - self._last_commit >= COMMIT_EVERY_SECONDS:
                 self.commit()
-        self.commit()
+        self.commit_due()
         return True
 
     def _process(self, rows: list, backlog: bool) -> None:
@@ -123,14 +130,14 @@ class Pipeline:
             split = bisect.bisect_right([row[0] for row in rows], self.replay_until)
             replayed, rows = rows[:split], rows[split:]
             events, _ = validate_rows(replayed)
-            mapped, _ = map_events(events, self.config.event_map)
+            mapped, _ = map_events(events, self.pairs)
             mapped = drop_replayed(mapped, self.closed_ranges)
             self._closed.extend(self.tracker.feed(mapped, now, backlog))
             if last_rowid >= self.replay_until:
                 self.closed_ranges = {}
         if rows:
             events, bad = validate_rows(rows)
-            mapped, ignored = map_events(events, self.config.event_map)
+            mapped, ignored = map_events(events, self.pairs)
             self._closed.extend(self.tracker.feed(mapped, now, backlog))
             self._count("events_processed", len(mapped))
             self._count("events_ignored", ignored)
@@ -209,6 +216,23 @@ class Pipeline:
 
     # -- committing --------------------------------------------------------------
 
+    def next_commit_at(self) -> Optional[float]:
+        """When a moved position is due to be committed (None: nothing waits)."""
+        if self.commit_failing:
+            return self._retry_commit_at
+        if self._closed:
+            return self._last_commit
+        if self._dirty:
+            return self._last_commit + POSITION_COMMIT_SECONDS
+        return None
+
+    def commit_due(self) -> bool:
+        """Commit closed sessions at once, a moved position only when due."""
+        due = self.next_commit_at()
+        if due is None or self.clock() < due:
+            return True
+        return self.commit()
+
     def commit(self) -> bool:
         """Write closed sessions and the position in one transaction."""
         if not self._dirty and not self._closed:
@@ -224,6 +248,7 @@ class Pipeline:
                 resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters
             )
         except StateError as error:
+            self._retry_commit_at = self.clock() + POSITION_COMMIT_SECONDS
             if self.commit_failing is None:
                 log.error("%s; reading pauses until the state can be written (nothing is lost)", error)
             self.commit_failing = str(error)

@@ -155,7 +155,7 @@ class Service:
             if forced or (read and pipeline.reader.changed()):
                 pipeline.drain(lambda: self._stop_requested, self._between_batches)
             pipeline.close_idle()
-            pipeline.commit()
+            pipeline.commit_due()
             now = clock()
             if now >= next_status:
                 self._publish()
@@ -166,7 +166,8 @@ class Service:
             next_directory_check = (now + DIRECTORY_CHECK_SECONDS
                                     if self.watcher is not None and self.watcher.directory_missing else None)
             wake_at = min(t for t in (next_poll, next_status, next_ping, self.schedule.next_due(),
-                                      pipeline.tracker.next_deadline(), next_directory_check) if t is not None)
+                                      pipeline.tracker.next_deadline(), next_directory_check,
+                                      pipeline.next_commit_at()) if t is not None)
             self._wake.wait(max(0.0, wake_at - clock()))
             self._wake.clear()
 

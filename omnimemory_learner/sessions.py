@@ -13,25 +13,29 @@ A session closes when it has been idle for the threshold, judged two ways:
 Callers pass `now` (monotonic seconds) in; nothing here reads a clock.
 """
 
+from array import array
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .outcome import infer_outcome
 
-# One command as it is kept: (command, timestamp, event_type).  A tuple, not a
-# dict: 10,000 open sessions of 1,000 commands stay a few tens of MB, and
-# appending a tuple is the cheapest thing the per-event path can do.
+# One command as the API gets it: (command, timestamp, event_type).
 Command = Tuple[str, float, str]
-# One mapped event: (rowid, session_id, command, timestamp, event_type).
-MappedEvent = Tuple[int, str, str, float, str]
+# One mapped event: (rowid, session_id, (command, event_type), timestamp).  The
+# pair is shared by every event of its type (mapping.command_pairs).
+MappedEvent = Tuple[int, str, Tuple[str, str], float]
 
 
 class _OpenSession:
-    __slots__ = ("session_id", "commands", "first_rowid", "last_rowid", "last_time", "last_arrival")
+    # A session is a list of references to the shared (command, event_type)
+    # pairs and an array of timestamps: 16 bytes a command, where a tuple per
+    # command with its own strings and float cost about 150.
+    __slots__ = ("session_id", "pairs", "times", "first_rowid", "last_rowid", "last_time", "last_arrival")
 
     def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
         self.session_id = session_id
-        self.commands: List[Command] = []
+        self.pairs: list = []
+        self.times = array("d")
         self.first_rowid = rowid
         self.last_rowid = rowid
         self.last_time = timestamp
@@ -41,19 +45,30 @@ class _OpenSession:
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
-    __slots__ = ("session_id", "commands", "first_rowid", "last_rowid", "reason", "learnable")
+    __slots__ = ("session_id", "pairs", "times", "first_rowid", "last_rowid", "reason", "learnable")
 
-    def __init__(self, session_id, commands, first_rowid, last_rowid, reason, learnable):
+    def __init__(self, session_id, pairs, times, first_rowid, last_rowid, reason, learnable):
         self.session_id: str = session_id
-        self.commands: Sequence[Command] = commands
+        self.pairs: Sequence[Tuple[str, str]] = pairs
+        self.times: Sequence[float] = times
         self.first_rowid: int = first_rowid
         self.last_rowid: int = last_rowid
-        self.reason: str = reason  # idle, chunk, evicted, end
+        self.reason: str = reason  # idle, chunk, evicted, end, replaced
         self.learnable: bool = learnable
+
+    @classmethod
+    def from_commands(cls, session_id, commands: Sequence[Command], first_rowid, last_rowid, reason="idle",
+                      learnable=True) -> "ClosedSession":
+        return cls(session_id, [(command, event_type) for command, _, event_type in commands],
+                   array("d", [timestamp for _, timestamp, _ in commands]), first_rowid, last_rowid, reason, learnable)
+
+    @property
+    def commands(self) -> List[Command]:
+        return [(command, timestamp, event_type) for (command, event_type), timestamp in zip(self.pairs, self.times)]
 
     @property
     def outcome(self) -> str:
-        return infer_outcome([command for command, _, _ in self.commands])
+        return infer_outcome([command for command, _ in self.pairs])
 
     def payload_commands(self) -> List[dict]:
         """The `session_commands` list of the API's /learn body."""
@@ -64,7 +79,7 @@ class ClosedSession:
 
     def __repr__(self):
         return (
-            f"ClosedSession({self.session_id!r}, {len(self.commands)} commands, "
+            f"ClosedSession({self.session_id!r}, {len(self.pairs)} commands, "
             f"rows {self.first_rowid}-{self.last_rowid}, {self.reason})"
         )
 
@@ -99,7 +114,7 @@ class SessionTracker:
         idle = self.idle_seconds
         max_commands = self.max_commands
         newest = self.newest_event_time
-        for rowid, session_id, command, timestamp, event_type in events:
+        for rowid, session_id, pair, timestamp in events:
             if timestamp > newest:
                 newest = timestamp
             session = sessions.get(session_id)
@@ -116,12 +131,13 @@ class SessionTracker:
                 if len(sessions) > self.max_open:
                     oldest_id = next(iter(sessions))
                     closed.append(self._finish(sessions.pop(oldest_id), "evicted"))
-            session.commands.append((command, timestamp, event_type))
+            session.pairs.append(pair)
+            session.times.append(timestamp)
             session.last_rowid = rowid
             session.last_arrival = now
             if timestamp > session.last_time:
                 session.last_time = timestamp
-            if len(session.commands) >= max_commands:
+            if len(session.pairs) >= max_commands:
                 del sessions[session_id]
                 closed.append(self._finish(session, "chunk"))
         self.newest_event_time = newest
@@ -136,25 +152,21 @@ class SessionTracker:
         # nearly event-time order; stopping at the first one still active keeps
         # the sweep O(closed).  A session missed here is still cut correctly on
         # its next arrival.
-        closed = []
-        sessions = self._open
         horizon = self.newest_event_time - self.idle_seconds
-        while sessions:
-            session = sessions[next(iter(sessions))]
-            if session.last_time > horizon:
-                break
-            del sessions[session.session_id]
-            closed.append(self._finish(session, "idle"))
-        return closed
+        return self._close_from_front(lambda session: session.last_time > horizon)
 
     def close_idle(self, now: float) -> List[ClosedSession]:
         """Close the sessions no event has reached for the threshold (processing time)."""
+        deadline_arrival = now - self.idle_seconds
+        return self._close_from_front(lambda session: session.last_arrival > deadline_arrival)
+
+    def _close_from_front(self, still_active) -> List[ClosedSession]:
+        """Close idle sessions from the longest idle on, up to the first still active."""
         closed = []
         sessions = self._open
-        deadline_arrival = now - self.idle_seconds
         while sessions:
             session = sessions[next(iter(sessions))]
-            if session.last_arrival > deadline_arrival:
+            if still_active(session):
                 break
             del sessions[session.session_id]
             closed.append(self._finish(session, "idle"))
@@ -167,12 +179,13 @@ class SessionTracker:
         return closed
 
     def _finish(self, session: _OpenSession, reason: str) -> ClosedSession:
-        learnable = len(session.commands) >= self.min_commands
+        learnable = len(session.pairs) >= self.min_commands
         self.closed_count += 1
         if not learnable:
             self.too_short_count += 1
         return ClosedSession(
-            session.session_id, session.commands, session.first_rowid, session.last_rowid, reason, learnable
+            session.session_id, session.pairs, session.times, session.first_rowid, session.last_rowid, reason,
+            learnable,
         )
 
     # -- questions the service loop asks ---------------------------------------
@@ -195,7 +208,7 @@ class SessionTracker:
 
     @property
     def open_commands(self) -> int:
-        return sum(len(session.commands) for session in self._open.values())
+        return sum(len(session.pairs) for session in self._open.values())
 
 
 def drop_replayed(events: Sequence[MappedEvent], closed_ranges: Dict[str, List[Tuple[int, int]]]):

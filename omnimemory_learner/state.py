@@ -24,6 +24,7 @@ per delivered session would cap delivery at the disk's fsync rate.
 import errno
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -33,7 +34,10 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from .sessions import ClosedSession
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "state.db"
+_compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 LOCK_FILE = "lock"
 SNAPSHOT_FILE = "status.json"
 
@@ -188,13 +192,12 @@ class StateStore:
         self.path = self.state_dir / STATE_FILE
         if not create and not self.path.exists():
             raise StateError(f"no state at {self.path}")
+        self._synchronous = "NORMAL" if synchronous == "NORMAL" else "FULL"
         try:
             if create:
                 ensure_private_dir(self.state_dir)
                 _create_private(self.path)
-            self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
+            self._connect()
             if create:
                 self._db.executescript(_SCHEMA)
                 self._db.executemany(
@@ -208,11 +211,45 @@ class StateStore:
             except OSError:
                 pass
 
+    def _connect(self) -> None:
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        status = os.stat(self.path)
+        self._identity = (status.st_dev, status.st_ino)
+
     def close(self) -> None:
         self._db.close()
 
     def _transaction(self):
+        self._ensure_file()
         return _Transaction(self._db)
+
+    def _ensure_file(self) -> None:
+        """Writes must reach the file at our path, not one deleted under us.
+
+        If state.db was deleted while we run, our connection still holds the
+        whole state: write it back with VACUUM INTO.  If another connection did
+        that already (or the file was replaced), reopen the one at the path.
+        """
+        try:
+            status = os.stat(self.path)
+            if (status.st_dev, status.st_ino) == self._identity:
+                return
+        except FileNotFoundError:
+            try:
+                ensure_private_dir(self.state_dir)
+                self._db.execute("VACUUM INTO ?", (str(self.path),))
+                os.chmod(self.path, 0o600)
+                log.warning("The state store %s was deleted while running; restored it from the open connection",
+                            self.path)
+            except (sqlite3.Error, OSError) as error:
+                if not self.path.exists():
+                    raise StateError(f"the state store {self.path} was deleted and cannot be restored: {error}")
+        except OSError as error:
+            raise StateError(f"cannot check the state store {self.path}: {error}") from None
+        self._db.close()
+        self._connect()
 
     # -- position --------------------------------------------------------------
 
@@ -253,13 +290,14 @@ class StateStore:
         rows = []
         for session in closed:
             if session.learnable:
-                commands = json.dumps([list(command) for command in session.commands], separators=(",", ":"))
+                # Tuples encode as JSON arrays: no copy into lists needed.
+                commands = _compact_json(session.commands)
                 rows.append((uuid.uuid4().hex, session.session_id, session.first_rowid, session.last_rowid,
-                             PENDING, session.outcome, len(session.commands), commands, session.reason, now))
+                             PENDING, session.outcome, len(session.pairs), commands, session.reason, now))
             elif session.last_rowid > resume_after:
                 # Too short: kept only as a marker while a replay could meet its rows.
                 rows.append((uuid.uuid4().hex, session.session_id, session.first_rowid, session.last_rowid,
-                             TOO_SHORT, None, len(session.commands), None, session.reason, now))
+                             TOO_SHORT, None, len(session.pairs), None, session.reason, now))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"

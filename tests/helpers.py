@@ -156,6 +156,16 @@ class RecordingAPI:
         return len(self.received) >= count
 
 
+def wait_until(predicate, timeout=30.0, step=0.05):
+    """Poll `predicate` until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
 def learner_env(tmp_path, api_url, db_path, **extra):
     env = dict(os.environ)
     for key in list(env):

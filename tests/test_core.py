@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, build_event_map, map_events
+from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, build_event_map, command_pairs, map_events
 from omnimemory_learner.outcome import infer_outcome
 from omnimemory_learner.sessions import SessionTracker, drop_replayed
 
@@ -11,7 +11,7 @@ IDLE = 300.0
 
 
 def event(rowid, sid, command, ts, etype=None):
-    return (rowid, sid, command, float(ts), etype or command)
+    return (rowid, sid, (command, etype or command), float(ts))
 
 
 def summary(closed):
@@ -37,9 +37,13 @@ def test_event_map_overrides_and_additions():
 
 def test_map_events_leaves_out_other_types():
     events = [(1, "s", 10.0, "file_open"), (2, "s", 11.0, "mouse_move"), (3, "s", 12.0, "git_commit")]
-    mapped, ignored = map_events(events, DEFAULT_EVENT_MAP)
-    assert mapped == [(1, "s", "open_file", 10.0, "file_open"), (3, "s", "commit_changes", 12.0, "git_commit")]
+    pairs = command_pairs(DEFAULT_EVENT_MAP)
+    mapped, ignored = map_events(events, pairs)
+    assert mapped == [(1, "s", ("open_file", "file_open"), 10.0), (3, "s", ("commit_changes", "git_commit"), 12.0)]
     assert ignored == 1
+    # One shared pair per type, whatever the number of events.
+    again, _ = map_events([(4, "t", 13.0, "file_open")], pairs)
+    assert again[0][2] is mapped[0][2]
 
 
 # -- outcome ----------------------------------------------------------------------
@@ -167,7 +171,7 @@ def event_streams(draw):
     events = []
     for i in range(n):
         t += gaps[i]
-        events.append((i + 1, ids[i], commands[i], t, "x"))
+        events.append((i + 1, ids[i], (commands[i], "x"), t))
     return events
 
 

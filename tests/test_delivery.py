@@ -14,7 +14,7 @@ from omnimemory_learner.state import AlreadyRunning, InstanceLock, StateStore, l
 
 def closed(sid, first, n=3, learnable=True, commands=None):
     commands = commands or [("open_file", 100.0 + i, "file_open") for i in range(n - 1)] + [("save_file", 200.0, "file_save")]
-    return ClosedSession(sid, commands[:n], first, first + n - 1, "idle", learnable)
+    return ClosedSession.from_commands(sid, commands[:n], first, first + n - 1, "idle", learnable)
 
 
 @pytest.fixture
@@ -203,3 +203,28 @@ def test_slow_api_past_the_timeout_is_retried(tmp_path, api):
     # the duplicate carries the same key, which is the documented in-flight case.
     keys = [k for k, _ in api.sessions()]
     assert len(set(keys)) == 1 and api.attempts == 2
+
+
+def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog):
+    state_dir = tmp_path / "s"
+    reader_side = StateStore(state_dir)
+    reader_side.commit(0, 5, (1, 2), [closed("a", 1)], {"events_processed": 5})
+    delivery_side = StateStore(state_dir, synchronous="NORMAL")
+    a = delivery_side.pending()[0]
+    for name in os.listdir(state_dir):
+        if name.startswith("state.db"):
+            os.unlink(state_dir / name)
+    # The next write notices, writes the open state back, and carries on.
+    reader_side.commit(5, 10, (1, 2), [closed("b", 6)], {"events_processed": 5})
+    assert "was deleted while running; restored it" in caplog.text
+    assert stat.S_IMODE(os.stat(state_dir / "state.db").st_mode) == 0o600
+    # The other connection moves to the restored file before it writes.
+    delivery_side.mark_delivered(a.id, "p1")
+    reader_side.close()
+    delivery_side.close()
+    fresh = StateStore(state_dir)
+    assert fresh.position() == (5, 10, (1, 2))
+    assert fresh.counters()["events_processed"] == 10 and fresh.counters()["patterns_learned"] == 1
+    assert sorted((row["session_id"], row["status"]) for row in fresh.outbox(("pending", "learned"))) == [
+        ("a", "learned"), ("b", "pending")]
+    fresh.close()

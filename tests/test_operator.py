@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import RecordingAPI, create_db, free_port, insert_events, learner_env, run_learner, start_learner
+from helpers import (RecordingAPI, create_db, free_port, insert_events, learner_env, run_learner, start_learner,
+                     wait_until)
 from omnimemory_learner import __version__
 
 
@@ -32,12 +33,7 @@ def history(db, sessions=20, per=3, start=None):
 
 
 def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    return wait_until(predicate, timeout, step=0.1)
 
 
 def test_version_and_help():

@@ -5,9 +5,7 @@ import plistlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, RecordingAPI, create_db, insert_events, learner_env, run_learner, start_learner
+from helpers import (ROOT, RecordingAPI, create_db, insert_events, learner_env, run_learner, start_learner,
+                     wait_until)
 from omnimemory_learner.events import validate_rows
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, map_events
+from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs, map_events
 from omnimemory_learner.sessions import SessionTracker
 
 IDLE_MINUTES = 0.02  # 1.2 s
@@ -34,7 +35,7 @@ def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
     rows = conn.execute("SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid").fetchall()
     conn.close()
     events, _ = validate_rows(rows)
-    mapped, _ = map_events(events, DEFAULT_EVENT_MAP)
+    mapped, _ = map_events(events, command_pairs(DEFAULT_EVENT_MAP))
     tracker = SessionTracker(idle, min_commands)
     closed = tracker.feed(mapped, 0.0, backlog=True) + tracker.close_all()
     return sorted((c.session_id, tuple(cmd for cmd, _, _ in c.commands), c.outcome) for c in closed if c.learnable)
@@ -49,15 +50,6 @@ def stop(process, sig=signal.SIGTERM, timeout=15):
     process.send_signal(sig)
     out, _ = process.communicate(timeout=timeout)
     return process.returncode, out.decode(errors="replace")
-
-
-def wait_until(predicate, timeout=30.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def pending(state_dir):

@@ -4,7 +4,6 @@ On a machine without systemd these tests fail unless
 OMNIMEMORY_LEARNER_ALLOW_NO_SYSTEMD=1 allows skipping them: never silently.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, RecordingAPI, create_db, free_port, insert_events
+from helpers import ROOT, RecordingAPI, create_db, insert_events, wait_until
 
 pytestmark = pytest.mark.systemd
 UNIT = "omnimemory-learner.service"
@@ -51,13 +50,9 @@ class UserManager:
     def journal(self, *args):
         return self.run("journalctl", "-u", "omnimemory-learner", "--no-pager", "-o", "cat", *args).stdout
 
-    def wait(self, predicate, timeout=30.0, step=0.1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(step)
-        return predicate()
+    @staticmethod
+    def wait(predicate, timeout=30.0):
+        return wait_until(predicate, timeout, step=0.1)
 
 
 @pytest.fixture
