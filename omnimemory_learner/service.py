@@ -152,7 +152,12 @@ class Service:
             if forced:
                 next_poll = now + poll_interval
                 self._maintain()
-            if forced or (read and pipeline.reader.changed()):
+            deadline = pipeline.tracker.next_deadline()
+            closing = deadline is not None and now >= deadline
+            # Before closing a session by processing time, read what is there:
+            # after a pause (SIGSTOP, suspend) its events may be committed but
+            # not yet read, and a file event may not have woken us yet.
+            if forced or ((read or closing) and pipeline.reader.changed()):
                 pipeline.drain(lambda: self._stop_requested, self._between_batches)
             pipeline.close_idle()
             pipeline.commit_due()
