@@ -3,6 +3,7 @@ writer, and a recording procedural API on 127.0.0.1."""
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -11,6 +12,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from omnimemory_learner.events import validate_rows
+from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs, map_events
+from omnimemory_learner.sessions import SessionTracker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +69,7 @@ class RecordingAPI:
         self.attempts = 0
         self.script = []
         self.default = 200
+        self.kill_hook = lambda: None
         self.lock = threading.Lock()
         self._server = None
         self._thread = None
@@ -107,6 +113,22 @@ class RecordingAPI:
                 if isinstance(behaviour, tuple) and behaviour[0] == "garbage":
                     self._send(200, behaviour[1], "text/html")
                     return
+                if isinstance(behaviour, tuple) and behaviour[0] == "kill":
+                    # The server learns the session, and the client dies before
+                    # it hears the answer ("before") or right after ("after").
+                    body = json.loads(raw)
+                    with api.lock:
+                        api.received.append((self.headers.get("Idempotency-Key"), body))
+                        pattern = f"p{len(api.received):06d}"
+                    if behaviour[1] == "before":
+                        api.kill_hook()
+                    try:
+                        self._send(200, json.dumps({"pattern_id": pattern, "message": "learned"}))
+                    except OSError:
+                        pass
+                    if behaviour[1] == "after":
+                        api.kill_hook()
+                    return
                 code = behaviour if isinstance(behaviour, int) else behaviour[1]
                 try:
                     body = json.loads(raw)
@@ -133,6 +155,8 @@ class RecordingAPI:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        # A client killed mid-request is part of the tests, not an error to print.
+        self._server.handle_error = lambda request, address: None
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -199,3 +223,66 @@ def run_learner(env, *args, timeout=60, input=None):
         [sys.executable, "-m", "omnimemory_learner", *args], env=env, cwd=str(ROOT),
         capture_output=True, text=True, timeout=timeout, input=input,
     )
+
+
+# -- the service under test ----------------------------------------------------------------
+
+IDLE_MINUTES = 0.02  # 1.2 s: long enough apart from the writer's gaps, short for tests
+WRITER = str(ROOT / "tests" / "writer.py")
+
+
+def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
+    """Ground truth: the pure core over every row, by event time."""
+    conn = sqlite3.connect(str(db_path))
+    rows = conn.execute("SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid").fetchall()
+    conn.close()
+    events, _ = validate_rows(rows)
+    mapped, _ = map_events(events, command_pairs(DEFAULT_EVENT_MAP))
+    tracker = SessionTracker(idle, min_commands)
+    closed = tracker.feed(mapped, 0.0, backlog=True) + tracker.close_all()
+    return sorted((c.session_id, tuple(cmd for cmd, _, _ in c.commands), c.outcome) for c in closed if c.learnable)
+
+
+def received(api):
+    return sorted((body["session_id"], tuple(c["command"] for c in body["session_commands"]), body["session_outcome"])
+                  for _, body in api.sessions())
+
+
+def stop(process, sig=signal.SIGTERM, timeout=15):
+    process.send_signal(sig)
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out.decode(errors="replace")
+
+
+def pending(state_dir):
+    conn = sqlite3.connect(str(Path(state_dir) / "state.db"))
+    try:
+        return conn.execute("SELECT count(*) FROM sessions WHERE status = 'pending'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+
+
+def delivered_once(api):
+    """The sessions the API got, each counted once, and how many POSTs were resends.
+
+    A resend is only acceptable for a POST in flight at a crash: it must carry
+    the same idempotency key and the same body as the first.
+    """
+    by_key = {}
+    for key, body in api.sessions():
+        by_key.setdefault(key, []).append(body)
+    for key, bodies in by_key.items():
+        assert all(body == bodies[0] for body in bodies), f"key {key} was sent with different bodies"
+    unique = sorted((b[0]["session_id"], tuple(c["command"] for c in b[0]["session_commands"]),
+                     b[0]["session_outcome"]) for b in by_key.values())
+    return unique, len(api.sessions()) - len(by_key)
+
+
+def compare(truth, unique):
+    """Figures of a run against the ground truth: lost, unexpected."""
+    lost = [s for s in truth if s not in unique]
+    extra = [s for s in unique if s not in truth]
+    return {"sessions": len(truth), "lost": len(lost), "unexpected": len(extra),
+            "detail": f"lost {lost[:5]} unexpected {extra[:5]}"}

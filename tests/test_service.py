@@ -4,22 +4,16 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers import (ROOT, RecordingAPI, create_db, insert_events, learner_env, run_learner, start_learner,
-                     wait_until)
-from omnimemory_learner.events import validate_rows
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs, map_events
-from omnimemory_learner.sessions import SessionTracker
+from helpers import (RecordingAPI, create_db, insert_events, learner_env, pending, received, run_learner,
+                     start_learner, stop, true_sessions, wait_until)
 
-IDLE_MINUTES = 0.02  # 1.2 s
-WRITER = str(ROOT / "tests" / "writer.py")
+from helpers import IDLE_MINUTES, WRITER
 
 
 @pytest.fixture
@@ -27,37 +21,6 @@ def api():
     server = RecordingAPI().start()
     yield server
     server.stop()
-
-
-def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
-    """Ground truth: the pure core over every row, by event time."""
-    conn = sqlite3.connect(str(db_path))
-    rows = conn.execute("SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid").fetchall()
-    conn.close()
-    events, _ = validate_rows(rows)
-    mapped, _ = map_events(events, command_pairs(DEFAULT_EVENT_MAP))
-    tracker = SessionTracker(idle, min_commands)
-    closed = tracker.feed(mapped, 0.0, backlog=True) + tracker.close_all()
-    return sorted((c.session_id, tuple(cmd for cmd, _, _ in c.commands), c.outcome) for c in closed if c.learnable)
-
-
-def received(api):
-    return sorted((body["session_id"], tuple(c["command"] for c in body["session_commands"]), body["session_outcome"])
-                  for _, body in api.sessions())
-
-
-def stop(process, sig=signal.SIGTERM, timeout=15):
-    process.send_signal(sig)
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out.decode(errors="replace")
-
-
-def pending(state_dir):
-    conn = sqlite3.connect(str(Path(state_dir) / "state.db"))
-    try:
-        return conn.execute("SELECT count(*) FROM sessions WHERE status = 'pending'").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def test_live_writer_and_backlog_give_the_same_sessions(tmp_path, api):
