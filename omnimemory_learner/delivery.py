@@ -185,6 +185,22 @@ class Deliverer:
                 after_id = session.id
         return True
 
+    def _record(self, write, *args) -> bool:
+        """Write a delivery result, retrying while the state store cannot be written.
+
+        False only when the service stops before the record could be made.
+        """
+        wait = FIRST_BACKOFF_SECONDS
+        while True:
+            try:
+                write(*args)
+                return True
+            except StateError as error:
+                log.error("Cannot record a delivery result (will retry in %.0f s): %s", wait, error)
+            if self._stop.wait(wait):
+                return False
+            wait = min(wait * 2, 30.0)
+
     def _deliver_one(self, store: StateStore, client: httpx.Client, session: PendingSession, announce: bool) -> bool:
         """One attempt; True when the session is settled (learned, not learned, rejected)."""
         body = session.body()
@@ -210,33 +226,31 @@ class Deliverer:
             problem = f"Procedural API did not answer: {detail}"
         finally:
             self.in_flight = False
-        try:
-            if outcome == Outcome.RETRY:
-                log.error("%s", problem)
-                store.note_failure(session.id, detail or "")
-                if self.api_down_since is None:
-                    self.api_down_since = time.time()
-                self.last_error = detail
-                return False
-            if outcome == Outcome.REJECTED:
-                log.error(
-                    "Procedural API rejected session %s; kept as rejected (see 'omnimemory-learner outbox'): %s",
-                    session.session_id, detail,
-                )
-                store.mark_rejected(session.id, detail or "")
-            else:
-                store.mark_delivered(session.id, detail)
-                if detail:
-                    log.info(
-                        "Successfully learned pattern %s from session %s (%d commands)",
-                        detail, session.session_id, len(body["session_commands"]),
-                    )
-                else:
-                    log.info("Session %s was not learned (the API judged it too short)", session.session_id)
-        except StateError as error:
-            # Sent but not recorded: the next attempt resends with the same key.
-            log.error("Cannot record the delivery of session %s: %s", session.session_id, error)
+        if outcome == Outcome.RETRY:
+            log.error("%s", problem)
+            self._record(store.note_failure, session.id, detail or "")
+            if self.api_down_since is None:
+                self.api_down_since = time.time()
+            self.last_error = detail
             return False
+        if outcome == Outcome.REJECTED:
+            log.error(
+                "Procedural API rejected session %s; kept as rejected (see 'omnimemory-learner outbox'): %s",
+                session.session_id, detail,
+            )
+            self._record(store.mark_rejected, session.id, detail or "")
+        else:
+            # The API has learned it: from here on only the record may be
+            # retried, never the POST (that would teach the session twice).
+            if not self._record(store.mark_delivered, session.id, detail):
+                return True  # stopping: unrecorded, it is resent with the same key after a restart
+            if detail:
+                log.info(
+                    "Successfully learned pattern %s from session %s (%d commands)",
+                    detail, session.session_id, len(body["session_commands"]),
+                )
+            else:
+                log.info("Session %s was not learned (the API judged it too short)", session.session_id)
         if self.api_down_since is not None:
             log.info("Procedural API is answering again after %.0f s", time.time() - self.api_down_since)
             self.api_down_since = None

@@ -47,6 +47,7 @@ class Pipeline:
         self._dirty = False
         self._last_commit = clock()
         self.commit_failing: Optional[str] = None
+        self.resume_reading = False
         self._retry_commit_at = 0.0
         self.unavailable: Optional[Unavailable] = None
         self.last_event_time: Optional[float] = None
@@ -256,6 +257,7 @@ class Pipeline:
         if self.commit_failing:
             log.info("The state store is writable again")
             self.commit_failing = None
+            self.resume_reading = True  # reading paused mid-way: go on at once
         self._closed = []
         self._counters = {}
         self._dirty = False

@@ -157,10 +157,13 @@ class Service:
             # Before closing a session by processing time, read what is there:
             # after a pause (SIGSTOP, suspend) its events may be committed but
             # not yet read, and a file event may not have woken us yet.
-            if forced or ((read or closing) and pipeline.reader.changed()):
+            if forced or pipeline.resume_reading or ((read or closing) and pipeline.reader.changed()):
+                pipeline.resume_reading = False
                 pipeline.drain(lambda: self._stop_requested, self._between_batches)
             pipeline.close_idle()
             pipeline.commit_due()
+            if pipeline.resume_reading:
+                continue  # the state became writable: read on without waiting
             now = clock()
             if now >= next_status:
                 self._publish()

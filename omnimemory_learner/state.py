@@ -341,6 +341,7 @@ class StateStore:
     # -- outbox ----------------------------------------------------------------
 
     def pending(self, limit: int = 100, after_id: int = 0) -> List[PendingSession]:
+        self._ensure_file()  # another connection may have restored a deleted file
         return [
             PendingSession(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
             for row in self._db.execute(
@@ -430,6 +431,15 @@ class StateStore:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
 
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (a COMMIT failing with "disk
+        # full" does): then there is no transaction left to roll back.
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
     def __init__(self, db: sqlite3.Connection):
         self._db = db
 
@@ -446,12 +456,9 @@ class _Transaction:
                 self._db.execute("COMMIT")
                 return False
             except sqlite3.Error as error:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise StateError(f"cannot write the state store: {error}") from None
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        self._rollback()
         if isinstance(value, sqlite3.Error):
             raise StateError(f"cannot write the state store: {value}") from value
         return False

@@ -6,7 +6,6 @@ import sys
 import threading
 import time
 
-import pytest
 from conftest import LONG
 
 from helpers import (IDLE_MINUTES, WRITER, RecordingAPI, compare, delivered_once, free_port, learner_env, pending,

@@ -1,0 +1,134 @@
+"""Database faults, the writer's clock, and a suspend-like pause."""
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import (IDLE_MINUTES, RecordingAPI, create_db, insert_events, learner_env, received, stop,
+                     start_learner)
+
+
+@pytest.fixture
+def api():
+    server = RecordingAPI().start()
+    yield server
+    server.stop()
+
+
+def stamp(offset=0.0):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + offset))
+
+
+def burst(sid, offset=0.0, kinds=("file_open", "code_edit", "file_save")):
+    return [(stamp(offset), kind, sid) for kind in kinds]
+
+
+def service(tmp_path, api, db, **extra):
+    settings = {"OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": IDLE_MINUTES, "OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS": 1}
+    env = learner_env(tmp_path, api.url, db, **{**settings, **extra})
+    return start_learner(env), env
+
+
+def test_writer_holding_the_write_lock_for_10_seconds(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db", wal=False)  # rollback journal: the lock blocks readers
+    learner, _ = service(tmp_path, api, db)
+    insert_events(db, burst("before"))
+    assert api.wait_for(1, timeout=20)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"db = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "db.execute('BEGIN EXCLUSIVE')\n"
+        "db.executemany('INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)',"
+        f" {burst('during')!r})\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(10)\n"
+        "db.execute('COMMIT')\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    time.sleep(3)
+    assert learner.poll() is None  # still running while locked out
+    assert holder.wait(30) == 0
+    assert api.wait_for(2, timeout=20)
+    code, out = stop(learner)
+    assert code == 0 and "is locked" in out
+    assert [s[0] for s in received(api)] == ["before", "during"]
+
+
+def test_wal_checkpointed_and_truncated_while_reading(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    base = time.time() - 7200
+    insert_events(db, [(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + s * 1000 + i)), k, f"c{s}")
+                       for s in range(300) for i, k in enumerate(["file_open", "code_edit", "file_save"])])
+    learner, _ = service(tmp_path, api, db, OMNIMEMORY_LEARNER_BATCH_SIZE=10)
+    writer = sqlite3.connect(str(db), isolation_level=None)
+    for _ in range(20):  # checkpoint and truncate the WAL while the learner reads in small batches
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        time.sleep(0.05)
+    writer.close()
+    assert api.wait_for(300, timeout=60)
+    code, _ = stop(learner)
+    assert code == 0 and len(api.sessions()) == 300
+
+
+def test_corrupt_database_then_a_good_one_and_the_directory_deleted_and_recreated(tmp_path, api):
+    directory = tmp_path / "db"
+    directory.mkdir()
+    db = directory / "memory_data.db"
+    db.write_bytes(b"garbage, not SQLite" * 500)
+    learner, _ = service(tmp_path, api, db)
+    time.sleep(3)
+    assert learner.poll() is None  # waiting, not crashing or looping
+    os.unlink(db)
+    create_db(db)
+    insert_events(db, burst("good"))
+    assert api.wait_for(1, timeout=20)
+    shutil.rmtree(directory)
+    time.sleep(1.5)
+    create_db(db)
+    insert_events(db, burst("again", 10))
+    assert api.wait_for(2, timeout=30)
+    code, out = stop(learner)
+    assert code == 0
+    assert out.count("is corrupt") == 1  # said once, not every poll
+    assert [b["session_id"] for _, b in api.sessions()] == ["good", "again"]
+
+
+def test_the_writers_clock_jumping_by_hours_neither_cuts_nor_loses_live_sessions(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    learner, _ = service(tmp_path, api, db)
+    time.sleep(1)
+    insert_events(db, [(stamp(), "file_open", "jumpy")])
+    time.sleep(0.3)
+    insert_events(db, [(stamp(3 * 3600), "code_edit", "jumpy")])  # three hours ahead
+    time.sleep(0.3)
+    insert_events(db, [(stamp(-5 * 3600), "file_save", "jumpy")])  # five hours back
+    time.sleep(0.3)
+    insert_events(db, [(stamp(), "git_commit", "jumpy")])
+    assert api.wait_for(1, timeout=20)
+    time.sleep(2)
+    code, _ = stop(learner)
+    assert code == 0
+    assert received(api) == [("jumpy", ("open_file", "edit_code", "save_file", "commit_changes"), "success")]
+
+
+def test_a_pause_longer_than_the_idle_threshold_neither_loses_nor_cuts(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    insert_events(db, burst("paused", kinds=("file_open", "code_edit")))
+    # Neither a file event nor a poll may come to the rescue: after the pause,
+    # reaching the idle deadline alone must make it read before it closes.
+    learner, _ = service(tmp_path, api, db, OMNIMEMORY_LEARNER_WATCH="false",
+                         OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=60, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=0.1)
+    time.sleep(2.5)  # started; its first poll read the session's first two events
+    learner.send_signal(signal.SIGSTOP)
+    time.sleep(9)  # suspended past the 6 s idle deadline
+    insert_events(db, burst("paused", kinds=("file_save", "git_commit")))  # the user went on meanwhile
+    learner.send_signal(signal.SIGCONT)
+    assert api.wait_for(1, timeout=20), "the session was cut in two and dropped as too short"
+    code, _ = stop(learner)
+    assert code == 0
+    assert received(api) == [("paused", ("open_file", "edit_code", "save_file", "commit_changes"), "success")]
