@@ -2,7 +2,7 @@
 # PREFIX/DESTDIR, stage a system-wide install for a distribution package.
 #   make install            user install; enables and starts the service
 #   make uninstall          removes it all; PURGE=1 also removes state and logs
-#   make test / lint / run / bench / soak
+#   make test / lint / run / bench / soak (reliability long forms)
 
 PYTHON     ?= python3
 UNAME      := $(shell uname -s)
@@ -58,8 +58,9 @@ bench:
 bench-full:
 	$(PYTHON) bench/run.py
 
+# The reliability suite's long forms: 100 SIGKILLs, larger writers, an hour of soak.
 soak:
-	$(PYTHON) -m pytest -ra -m slow tests
+	RELIABILITY_LONG=1 $(PYTHON) -m pytest -ra -s tests/reliability
 
 install:
 	@test -n "$(HOME)" || { echo "HOME is not set" >&2; exit 1; }

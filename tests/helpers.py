@@ -286,3 +286,33 @@ def compare(truth, unique):
     extra = [s for s in unique if s not in truth]
     return {"sessions": len(truth), "lost": len(lost), "unexpected": len(extra),
             "detail": f"lost {lost[:5]} unexpected {extra[:5]}"}
+
+
+class Flapper:
+    """Takes a RecordingAPI down and up again every `period` seconds, in a thread."""
+
+    def __init__(self, api, period=1.0):
+        self.api, self.period = api, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        up = False
+        while not self._stop.is_set():
+            if up:
+                self.api.stop()
+            else:
+                self.api.start()
+            up = not up
+            self._stop.wait(self.period)
+        if not up:
+            self.api.start()
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop flapping, leaving the API up."""
+        self._stop.set()
+        self._thread.join(5)

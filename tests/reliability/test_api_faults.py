@@ -3,12 +3,11 @@
 import random
 import subprocess
 import sys
-import threading
 import time
 
 from conftest import LONG
 
-from helpers import (IDLE_MINUTES, WRITER, RecordingAPI, compare, delivered_once, free_port, learner_env, pending,
+from helpers import (IDLE_MINUTES, WRITER, Flapper, RecordingAPI, compare, delivered_once, free_port, learner_env, pending,
                      run_learner, start_learner, stop, true_sessions, wait_until)
 
 
@@ -63,26 +62,10 @@ def test_api_flapping_every_second(tmp_path):
     received = RecordingAPI(port)  # one record across restarts of the server
 
     def disturb(writer):
-        stop_flapping = threading.Event()
-
-        def flap():
-            up = False
-            while not stop_flapping.is_set():
-                if up:
-                    received.stop()
-                else:
-                    received.start()
-                up = not up
-                stop_flapping.wait(1.0)
-            if not up:
-                received.start()
-
-        thread = threading.Thread(target=flap, daemon=True)
-        thread.start()
+        flapper = Flapper(received).start()
         while writer.poll() is None:
             time.sleep(0.2)
-        stop_flapping.set()
-        thread.join(5)
+        flapper.stop()
         return received
 
     figures, resent, out, _ = run_with(tmp_path, port, disturb)
