@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -212,10 +213,26 @@ def learner_env(tmp_path, api_url, db_path, **extra):
 
 
 def start_learner(env, *args, **popen):
-    return subprocess.Popen(
+    """The learner as a subprocess.  Its output goes to a temporary file, not a
+    pipe: a pipe nobody reads fills up and then blocks the learner's logging."""
+    output = None
+    if "stdout" not in popen:
+        output = tempfile.TemporaryFile()
+        popen["stdout"] = output
+    process = subprocess.Popen(
         [sys.executable, "-m", "omnimemory_learner", *args], env=env, cwd=str(ROOT),
-        stdout=popen.pop("stdout", subprocess.PIPE), stderr=popen.pop("stderr", subprocess.STDOUT), **popen,
+        stderr=popen.pop("stderr", subprocess.STDOUT), **popen,
     )
+    process.output_file = output
+    return process
+
+
+def output_of(process):
+    """What the learner printed so far (when start_learner kept it)."""
+    if process.output_file is None:
+        return ""
+    process.output_file.seek(0)
+    return process.output_file.read().decode(errors="replace")
 
 
 def run_learner(env, *args, timeout=60, input=None):
@@ -250,8 +267,8 @@ def received(api):
 
 def stop(process, sig=signal.SIGTERM, timeout=15):
     process.send_signal(sig)
-    out, _ = process.communicate(timeout=timeout)
-    return process.returncode, out.decode(errors="replace")
+    process.wait(timeout)
+    return process.returncode, output_of(process)
 
 
 def pending(state_dir):

@@ -4,7 +4,6 @@ the file watcher and its fallback, signals."""
 import io
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import create_db, insert_events, learner_env, start_learner
+from helpers import create_db, insert_events, learner_env, start_learner, stop
 from omnimemory_learner.logs import JournaldFormatter, print_error, setup_logging, under_journald
 from omnimemory_learner.notify import Notifier, ascii_text
 from omnimemory_learner.watching import DatabaseWatcher, RecheckSchedule, RECHECK_OFFSETS
@@ -205,9 +204,8 @@ def test_poll_only_when_the_watcher_cannot_start(tmp_path):
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         insert_events(db, [(now, "file_open", "p"), (now, "code_edit", "p"), (now, "file_save", "p")])
         assert api.wait_for(1, timeout=20)
-        learner.send_signal(signal.SIGTERM)
-        out = learner.communicate(timeout=10)[0].decode()
-        assert learner.returncode == 0
+        code, out = stop(learner)
+        assert code == 0
         assert "polling every 0.5 s instead" in out
         assert "Watching" in out  # watching resumed once the directory appeared
     finally:
@@ -224,9 +222,8 @@ def test_sigterm_during_a_backlog_exits_promptly_and_cleanly(tmp_path):
         learner = start_learner(env)
         time.sleep(1.5)
         started = time.monotonic()
-        learner.send_signal(signal.SIGTERM)
-        out = learner.communicate(timeout=20)[0].decode()
-        assert learner.returncode == 0, out
+        code, out = stop(learner, timeout=20)
+        assert code == 0, out
         assert time.monotonic() - started < 5
         assert "Workflow learner stopped" in out
     finally:

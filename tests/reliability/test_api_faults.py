@@ -11,7 +11,7 @@ from helpers import (IDLE_MINUTES, WRITER, Flapper, RecordingAPI, compare, deliv
                      run_learner, start_learner, stop, true_sessions, wait_until)
 
 
-def run_with(tmp_path, port, disturb, sessions=None, **extra):
+def run_with(tmp_path, port, disturb, sessions=None, drain_timeout=120.0, **extra):
     """Write sessions with another process while `disturb(api)` runs; then let everything drain."""
     sessions = sessions or (1500 if LONG else 120)
     db = tmp_path / "db" / "memory_data.db"
@@ -23,14 +23,15 @@ def run_with(tmp_path, port, disturb, sessions=None, **extra):
     api = disturb(writer)
     assert writer.wait(900) == 0
     truth = true_sessions(db)
-    assert wait_until(lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0,
-                      timeout=120)
+    drained = wait_until(lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0,
+                         timeout=drain_timeout)
     time.sleep(IDLE_MINUTES * 60 + 0.5)
     code, out = stop(learner)
     api.stop()
-    assert code == 0
     unique, resent = delivered_once(api)
     figures = compare(truth, unique)
+    assert drained, f"not all delivered in {drain_timeout:.0f} s: {figures}"
+    assert code == 0
     return figures, resent, out, env
 
 
@@ -82,7 +83,10 @@ def test_api_answering_500_503_429_garbage_and_hanging_at_random(tmp_path):
               ("garbage", "null"), ("delay", 2.5)]
     api.script = [rng.choice(faults) if rng.random() < 0.5 else 200 for _ in range(400)]
     api.start()
-    figures, resent, out, _ = run_with(tmp_path, port, lambda writer: api, OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS=1)
+    # Each fault costs a retry after up to 2 s of backoff: wait for all of them.
+    faults = sum(1 for behaviour in api.script if behaviour != 200)
+    figures, resent, out, _ = run_with(tmp_path, port, lambda writer: api, drain_timeout=120 + 3 * faults,
+                                       OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS=1)
     print(f"\nFIGURE api-faults: {figures['sessions']} sessions, lost={figures['lost']}, "
           f"resent_same_key={resent} (each a POST that hung past the timeout and was learned late)")
     assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]

@@ -7,7 +7,6 @@ as a tmpfs with files open for writing refuses to be remounted read-only.
 """
 
 import os
-import signal
 import subprocess
 import time
 
@@ -49,18 +48,14 @@ def test_disk_full_pauses_reading_and_loses_nothing(tmp_path, small_filesystem):
     port = free_port()
     env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
                       OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2)
-    # Its log goes to a file: 6,000 sessions log more than a pipe holds unread.
-    with open(tmp_path / "out.log", "wb") as log:
-        learner = start_learner(env, stdout=log)
+    learner = start_learner(env)
     time.sleep(4)
     assert learner.poll() is None  # no crash
     remount(small_filesystem, "size=32m")
     api = RecordingAPI(port).start()
     try:
         assert wait_until(lambda: len(delivered_once(api)[0]) == 6000 and pending(small_filesystem) == 0, 90)
-        learner.send_signal(signal.SIGTERM)
-        code = learner.wait(15)
-        out = (tmp_path / "out.log").read_text()
+        code, out = stop(learner)
         assert code == 0
         assert "full" in out and "reading pauses until the state can be written" in out
         assert "The state store is writable again" in out

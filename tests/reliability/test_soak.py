@@ -29,8 +29,7 @@ def test_soak_with_the_api_flapping(tmp_path):
     db.parent.mkdir()
     env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
                       OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2)
-    with open(tmp_path / "out.log", "wb") as log:
-        learner = start_learner(env, stdout=log)
+    learner = start_learner(env)
     # More sessions than it can write in the time: it is stopped at the end.
     writer = subprocess.Popen([sys.executable, WRITER, str(db), "31", str(int(SECONDS * 20))],
                               stdout=subprocess.DEVNULL)
