@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ def api():
 
 
 def test_random_sigkills_under_a_supervisor_while_another_process_writes(tmp_path, api):
-    kills_wanted, sessions = (100, 2000) if LONG else (20, 300)
+    # Long form: 100 kills spread over a writer of about 50,000 events (~12 minutes).
+    kills_wanted, sessions, longest_gap = (100, 12_500, 14.0) if LONG else (20, 300, 1.2)
     rng = random.Random(11)
     db = tmp_path / "db" / "memory_data.db"
     db.parent.mkdir()
@@ -33,7 +35,7 @@ def test_random_sigkills_under_a_supervisor_while_another_process_writes(tmp_pat
     kills = 0
     while kills < kills_wanted:
         learner = start_learner(env, stdout=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, 1.2))
+        time.sleep(rng.uniform(0.1, longest_gap))
         learner.kill()
         learner.wait()
         kills += 1
@@ -49,7 +51,8 @@ def test_random_sigkills_under_a_supervisor_while_another_process_writes(tmp_pat
     assert code == 0, out
     unique, resent = delivered_once(api)
     figures = compare(truth, unique)
-    print(f"\nFIGURE crashes: kills={kills} sessions={figures['sessions']} lost={figures['lost']} "
+    events = sqlite3.connect(str(db)).execute("SELECT count(*) FROM events").fetchone()[0]
+    print(f"\nFIGURE crashes: kills={kills} events={events} sessions={figures['sessions']} lost={figures['lost']} "
           f"unexpected={figures['unexpected']} resent_same_key={resent} posts={len(api.sessions())}")
     assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]
     # Only POSTs in flight at a kill are sent again; there cannot be more of them than kills.
