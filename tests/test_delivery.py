@@ -17,13 +17,6 @@ def closed(sid, first, n=3, learnable=True, commands=None):
     return ClosedSession.from_commands(sid, commands[:n], first, first + n - 1, "idle", learnable)
 
 
-@pytest.fixture
-def api():
-    server = RecordingAPI().start()
-    yield server
-    server.stop()
-
-
 def fill(state_dir, sessions):
     store = StateStore(state_dir)
     store.commit(0, max(s.last_rowid for s in sessions), None, sessions, {})

@@ -7,18 +7,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
 
 from helpers import (RecordingAPI, create_db, free_port, insert_events, learner_env, run_learner, start_learner,
                      wait_until)
 from omnimemory_learner import __version__
-
-
-@pytest.fixture
-def api():
-    server = RecordingAPI().start()
-    yield server
-    server.stop()
 
 
 def stamp(t):

@@ -16,13 +16,6 @@ from helpers import (RecordingAPI, create_db, insert_events, learner_env, pendin
 from helpers import IDLE_MINUTES, WRITER
 
 
-@pytest.fixture
-def api():
-    server = RecordingAPI().start()
-    yield server
-    server.stop()
-
-
 def test_live_writer_and_backlog_give_the_same_sessions(tmp_path, api):
     db = tmp_path / "live" / "memory_data.db"
     db.parent.mkdir()

@@ -8,17 +8,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from helpers import (IDLE_MINUTES, RecordingAPI, create_db, insert_events, learner_env, received, stop,
+from helpers import (IDLE_MINUTES, create_db, insert_events, learner_env, received, stop,
                      start_learner)
-
-
-@pytest.fixture
-def api():
-    server = RecordingAPI().start()
-    yield server
-    server.stop()
 
 
 def stamp(offset=0.0):
