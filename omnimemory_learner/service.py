@@ -18,7 +18,7 @@ from .config import Config, ConfigError
 from .notify import Notifier
 from .pipeline import Pipeline
 from .snapshot import statistics, write_snapshot
-from .state import InstanceLock
+from .state import AlreadyRunning, InstanceLock, StateError
 from .watching import DatabaseWatcher, RecheckSchedule
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Service:
         self.mode = "poll"
         self._last_batch_ping = float("-inf")
         self._last_batch_status = float("-inf")
+        self._snapshot_problem: Optional[str] = None
 
     # -- called from signal handlers and other threads -----------------------------
 
@@ -76,7 +77,9 @@ class Service:
     # -- life cycle --------------------------------------------------------------
 
     def run(self) -> int:
-        self.lock.acquire()  # AlreadyRunning propagates: one instance per state store
+        if not self._open_state():
+            log.info("Workflow learner stopped")
+            return 0
         try:
             self._start()
             self._loop()
@@ -84,7 +87,17 @@ class Service:
             self._shutdown()
         return 0
 
-    def _start(self) -> None:
+    def _open_state(self) -> bool:
+        """Take the instance lock and open the state store; False if stopped first.
+
+        A state directory that cannot be written (read-only, disk full, wrong
+        owner) is waited for, not exited on: an exit would only have the
+        service manager restart it into the same error.  The wait says READY=1
+        (or systemd would time the start out and restart it) and keeps the
+        watchdog fed; SIGHUP re-reads the configuration, so pointing state_dir
+        elsewhere and reloading is a fix.  AlreadyRunning propagates: one
+        instance per state store.
+        """
         config = self.config
         log.info("=" * 60)
         log.info("OmniMemory Autonomous Workflow Learner")
@@ -94,7 +107,66 @@ class Service:
         log.info("Session idle threshold: %g minutes", config.session_idle_minutes)
         log.info("Poll interval: %g seconds", config.poll_interval_seconds)
         log.info("State: %s", config.state_dir)
-        self.pipeline = Pipeline(config)
+        reported = None
+        clock = time.monotonic
+        next_ping = clock()
+        while not self._stop_requested:
+            try:
+                self.lock.acquire()
+                self.pipeline = Pipeline(self.config)
+            except AlreadyRunning:
+                raise
+            except (StateError, OSError) as error:
+                self.lock.release()
+                problem = f"cannot use the state directory {self.config.state_dir}: {error}"
+                if problem != reported:
+                    log.error("%s; nothing is read until it can be written (fix it, or set state_dir and "
+                              "reload); retrying every %g s", problem, self.config.poll_interval_seconds)
+                    if reported is None:
+                        self.notifier.ready(f"Waiting: {problem}")
+                    else:
+                        self.notifier.status(f"Waiting: {problem}")
+                    reported = problem
+            else:
+                if reported is not None:
+                    log.info("The state directory %s is usable", self.config.state_dir)
+                return True
+            ping_every = self.notifier.watchdog_interval
+            if ping_every and clock() >= next_ping:
+                self.notifier.watchdog()
+                next_ping = clock() + ping_every
+            wait = self.config.poll_interval_seconds
+            if ping_every:
+                wait = min(wait, max(0.0, next_ping - clock()))
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload_before_start()
+        return False
+
+    def _read_new_config(self) -> Optional[Config]:
+        """The configuration SIGHUP asks for, or None (reported) when it is invalid."""
+        try:
+            if self._reload_config is None:
+                raise ConfigError("no configuration source to reload from")
+            return self._reload_config()
+        except ConfigError as error:
+            log.error("The new configuration is invalid and was not applied: %s", error)
+            return None
+
+    def _reload_before_start(self) -> None:
+        """SIGHUP while waiting for the state directory: take the new configuration."""
+        config = self._read_new_config()
+        if config is None:
+            return
+        self.config = config
+        self.lock = InstanceLock(config.state_dir)
+        if self._on_reload is not None:
+            self._on_reload(config)
+        log.info("Configuration reloaded (state: %s)", config.state_dir)
+
+    def _start(self) -> None:
         self.pipeline.deliverer.start()
         self._start_watching(first=True)
         # Ready once set up; a long backlog is progress, reported in STATUS=.
@@ -205,13 +277,8 @@ class Service:
     def _reload(self) -> None:
         log.info("Reloading the configuration")
         self.notifier.reloading()
-        try:
-            if self._reload_config is None:
-                raise ConfigError("no configuration source to reload from")
-            config = self._reload_config()
-        except ConfigError as error:
-            log.error("The new configuration is invalid and was not applied: %s", error)
-        else:
+        config = self._read_new_config()
+        if config is not None:
             watch_changed = config.watch != self.config.watch
             self.pipeline.apply_config(config)
             self.config = self.pipeline.config
@@ -281,8 +348,16 @@ class Service:
             snapshot = self.snapshot(running, backlog)
             write_snapshot(self.config.state_dir, snapshot)
         except Exception as error:  # noqa: BLE001 - reporting must never stop the service
-            log.warning("Cannot publish the status snapshot: %s", error)
+            # Said once per kind of problem, not every few seconds (an OSError
+            # names a new temporary file each time: its strerror is the kind).
+            problem = getattr(error, "strerror", None) or str(error)
+            if problem != self._snapshot_problem:
+                log.warning("Cannot publish the status snapshot to %s: %s", self.config.state_dir, problem)
+                self._snapshot_problem = problem
             return
+        if self._snapshot_problem is not None:
+            log.info("The status snapshot is published again")
+            self._snapshot_problem = None
         if running:
             self.notifier.status(self._status_line(snapshot))
 

@@ -1,19 +1,22 @@
-"""The learner's own state: disk full, deleted while running.
+"""The learner's own state: disk full, read-only, deleted while running.
 
 Disk full uses a real tmpfs mounted for the test (root only; elsewhere it is
-skipped, with the reason shown).  A read-only state directory takes the same
-path (every write fails with a StateError); it cannot be staged the same way,
-as a tmpfs with files open for writing refuses to be remounted read-only.
+skipped, with the reason shown).  A read-only state directory is a 0500
+directory; as root the learner runs without the capabilities that override
+file permissions, so it meets the directory as a user's service would.
 """
 
+import ctypes
 import os
+import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
 from helpers import (IDLE_MINUTES, RecordingAPI, create_db, delivered_once, free_port, insert_events, learner_env,
-                     pending, start_learner, stop, wait_until)
+                     output_of, pending, start_learner, stop, wait_until)
 
 
 def stamp(t):
@@ -36,6 +39,138 @@ def small_filesystem(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def subject_to_permissions():
+    """popen arguments that make the learner obey file modes even as root."""
+    if os.geteuid() != 0:
+        return {}
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_CAPBSET_DROP = 24
+    CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
+
+    def drop_overrides():
+        # Dropped from the bounding set, root's exec does not get them back.
+        for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER):
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return {"preexec_fn": drop_overrides}
+
+
+STATE_WAIT = "cannot use the state directory"
+
+
+def assert_restart_sends_nothing_again(env, api, sessions):
+    """Restarted on the same state, the learner sends nothing a second time."""
+    learner = start_learner(env)
+    time.sleep(3)
+    assert stop(learner)[0] == 0
+    unique, resent = delivered_once(api)
+    assert len(unique) == sessions and resent == 0 and len(api.sessions()) == sessions
+
+
+def test_read_only_state_directory_at_start_is_waited_for(tmp_path):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    history(db, 5, "r")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o500)
+    os.chmod(state, 0o500)
+    api = RecordingAPI().start()
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+                      OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.5)
+    try:
+        # Stopped while waiting: a clean exit, nothing written.
+        learner = start_learner(env, **subject_to_permissions())
+        assert wait_until(lambda: STATE_WAIT in output_of(learner), 20)
+        code, out = stop(learner, timeout=5)
+        assert code == 0, out
+        assert os.listdir(state) == []
+        # Waiting, not crashing or exiting into a restart loop; said once.  To
+        # systemd it is started (or it would time the start out and restart
+        # it) and alive (the watchdog is fed while it waits).
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(tmp_path / "notify"))
+        notify.setblocking(False)
+        learner = start_learner(dict(env, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000"),
+                                **subject_to_permissions())
+        assert wait_until(lambda: STATE_WAIT in output_of(learner), 20)
+        time.sleep(3)  # six retries
+        assert learner.poll() is None
+        assert output_of(learner).count(STATE_WAIT) == 1
+        messages = []
+        while True:
+            try:
+                messages.append(notify.recv(4096).decode())
+            except BlockingIOError:
+                break
+        notify.close()
+        assert messages[0].startswith("READY=1\nSTATUS=Waiting: " + STATE_WAIT), messages
+        assert messages.count("WATCHDOG=1") >= 4, messages
+        assert "Permission denied" in output_of(learner) and api.sessions() == []
+        os.chmod(state, 0o700)
+        assert api.wait_for(5, timeout=20)
+        time.sleep(1)
+        code, out = stop(learner)
+        assert code == 0 and f"The state directory {state} is usable" in out
+        unique, resent = delivered_once(api)
+        assert len(unique) == 5 and resent == 0 and len(api.sessions()) == 5
+    finally:
+        os.chmod(state, 0o700)
+        api.stop()
+
+
+def test_sighup_while_waiting_takes_a_new_state_dir(tmp_path):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    history(db, 4, "h")
+    read_only, usable = tmp_path / "read-only", tmp_path / "usable"
+    read_only.mkdir(mode=0o500)
+    os.chmod(read_only, 0o500)
+    config = tmp_path / "learner.toml"
+    config.write_text(f'state_dir = "{read_only}"\n')
+    api = RecordingAPI().start()
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES)
+    del env["OMNIMEMORY_LEARNER_STATE_DIR"]  # the file says where the state goes
+    learner = start_learner(env, "--config", str(config), **subject_to_permissions())
+    try:
+        assert wait_until(lambda: STATE_WAIT in output_of(learner), 20)
+        config.write_text(f'state_dir = "{usable}"\n')
+        learner.send_signal(signal.SIGHUP)
+        assert api.wait_for(4, timeout=20)
+        code, out = stop(learner)
+        assert code == 0 and f"Configuration reloaded (state: {usable})" in out
+        assert (usable / "state.db").exists() and os.listdir(read_only) == []
+        unique, resent = delivered_once(api)
+        assert len(unique) == 4 and resent == 0
+    finally:
+        os.chmod(read_only, 0o700)
+        api.stop()
+
+
+def test_state_directory_turning_read_only_while_running(tmp_path):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    state = tmp_path / "state"
+    api = RecordingAPI().start()
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES)
+    learner = start_learner(env, **subject_to_permissions())
+    try:
+        history(db, 5, "a")
+        assert api.wait_for(5, timeout=20)
+        os.chmod(state, 0o500)
+        # The open state store keeps working; only the snapshot (a new file) cannot be written.
+        history(db, 5, "b")
+        assert api.wait_for(10, timeout=20)
+        assert wait_until(lambda: "Cannot publish the status snapshot" in output_of(learner), 15)
+        time.sleep(11)  # two more status periods
+        assert output_of(learner).count("Cannot publish the status snapshot") == 1
+        os.chmod(state, 0o700)
+        assert wait_until(lambda: "The status snapshot is published again" in output_of(learner), 15)
+        code, out = stop(learner)
+        assert code == 0, out
+        assert_restart_sends_nothing_again(env, api, 10)
+    finally:
+        os.chmod(state, 0o700)
+        api.stop()
 
 
 def remount(mount_point, options):
@@ -80,11 +215,6 @@ def test_state_store_deleted_while_running(tmp_path):
         assert api.wait_for(10, timeout=20)
         code, out = stop(learner)
         assert code == 0 and "was deleted while running; restored it" in out
-        # Restarted on the restored state: nothing is sent again.
-        learner = start_learner(env)
-        time.sleep(3)
-        assert stop(learner)[0] == 0
-        unique, resent = delivered_once(api)
-        assert len(unique) == 10 and resent == 0 and len(api.sessions()) == 10
+        assert_restart_sends_nothing_again(env, api, 10)
     finally:
         api.stop()
