@@ -11,7 +11,7 @@ import math
 import os
 import sqlite3
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ DEFAULT_SESSION_ID = "default"
 
 _BATCH_SQL = "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
 
-Event = Tuple[int, str, float, str]  # (rowid, session_id, timestamp, event_type)
+# (rowid, session_id, (command, event_type), timestamp): the pair is shared per type.
+Event = Tuple[int, str, Tuple[str, str], float]
 
 
 class Unavailable(Exception):
@@ -94,19 +95,32 @@ def _session_id(value) -> Optional[str]:
     return value
 
 
-def validate_rows(rows) -> Tuple[List[Event], int]:
-    """Keep the well-formed rows; returns them and the number of bad ones.
+def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Event], int, int]:
+    """The well-formed rows of the wanted types, as events.
 
-    The per-event hot path of a catch-up: the common row (an isoformat()
-    string of the form YYYY-MM-DDTHH:MM:SS, a text session id) is handled
-    inline, without a function call per field; anything else goes through
-    the full parsers.
+    `pairs` is mapping.command_pairs(): event_type -> (command, event_type).
+    Returns the events (rowid, session_id, pair, timestamp), the number of
+    rows of other types (ignored) and the number of malformed rows (bad).
+
+    The per-event hot path of a catch-up, so it is one pass: the type is
+    looked up first and a row of another type costs nothing more; the common
+    row (an isoformat() string of the form YYYY-MM-DDTHH:MM:SS, a text session
+    id) is handled inline, without a function call per field; anything else
+    goes through the full parsers.
     """
     events: List[Event] = []
     append = events.append
-    bad = 0
+    lookup = pairs.get
+    bad = ignored = 0
     fromisoformat = _dt.datetime.fromisoformat
     for rowid, timestamp, event_type, session_id in rows:
+        pair = lookup(event_type)
+        if pair is None:
+            if type(event_type) is str and event_type:
+                ignored += 1
+            else:
+                bad += 1
+            continue
         seconds = None
         if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] == "T" and timestamp[-1] not in "Zz":
             try:
@@ -122,11 +136,11 @@ def validate_rows(rows) -> Tuple[List[Event], int]:
             sid = session_id  # the common case, without a call
         else:
             sid = _session_id(session_id)
-        if seconds is None or sid is None or type(event_type) is not str or not event_type:
+        if seconds is None or sid is None:
             bad += 1
             continue
-        append((rowid, sid, seconds, event_type))
-    return events, bad
+        append((rowid, sid, pair, seconds))
+    return events, ignored, bad
 
 
 def _decode_lossy(raw: bytes) -> str:

@@ -34,26 +34,11 @@ def build_event_map(overrides: Optional[Mapping[str, str]] = None) -> Dict[str, 
 def command_pairs(event_map: Mapping[str, str]) -> Dict[str, Tuple[str, str]]:
     """event_type -> (command, event_type), one shared tuple per type.
 
+    events.validate_rows() applies it while it validates: an event of a type
+    not in it is left out before its other fields are parsed.
+
     A session keeps a reference to the shared pair per command instead of a
     new tuple and a new string per event: 10,000 open sessions of 50 commands
     then cost a few MB instead of a hundred.
     """
     return {event_type: (command, event_type) for event_type, command in event_map.items()}
-
-
-def map_events(events, pairs: Mapping[str, Tuple[str, str]]):
-    """Turn read events into commands; events of other types are left out.
-
-    `events` holds (rowid, session_id, timestamp, event_type) tuples and
-    `pairs` is command_pairs(event_map); the result holds
-    (rowid, session_id, (command, event_type), timestamp) tuples and the
-    number of events left out.
-    """
-    lookup = pairs.get
-    commands = []
-    append = commands.append
-    for rowid, session_id, timestamp, event_type in events:
-        pair = lookup(event_type)
-        if pair is not None:
-            append((rowid, session_id, pair, timestamp))
-    return commands, len(events) - len(commands)

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 from .config import Config
 from .delivery import Deliverer
 from .events import EventReader, Unavailable, file_identity, validate_rows
-from .mapping import command_pairs, map_events
+from .mapping import command_pairs
 from .sessions import ClosedSession, SessionTracker, drop_replayed
 from .state import StateError, StateStore
 
@@ -130,15 +130,13 @@ class Pipeline:
             # were counted then and closed sessions among them are skipped.
             split = bisect.bisect_right([row[0] for row in rows], self.replay_until)
             replayed, rows = rows[:split], rows[split:]
-            events, _ = validate_rows(replayed)
-            mapped, _ = map_events(events, self.pairs)
+            mapped, _, _ = validate_rows(replayed, self.pairs)
             mapped = drop_replayed(mapped, self.closed_ranges)
             self._closed.extend(self.tracker.feed(mapped, now, backlog))
             if last_rowid >= self.replay_until:
                 self.closed_ranges = {}
         if rows:
-            events, bad = validate_rows(rows)
-            mapped, ignored = map_events(events, self.pairs)
+            mapped, ignored, bad = validate_rows(rows, self.pairs)
             self._closed.extend(self.tracker.feed(mapped, now, backlog))
             self._count("events_processed", len(mapped))
             self._count("events_ignored", ignored)

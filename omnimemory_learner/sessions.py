@@ -17,7 +17,7 @@ from array import array
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .outcome import infer_outcome
+from .outcome import OUTCOME_WINDOW, infer_outcome
 
 # One command as the API gets it: (command, timestamp, event_type).
 Command = Tuple[str, float, str]
@@ -68,7 +68,7 @@ class ClosedSession:
 
     @property
     def outcome(self) -> str:
-        return infer_outcome([command for command, _ in self.pairs])
+        return infer_outcome([command for command, _ in self.pairs[-OUTCOME_WINDOW:]])
 
     def payload_commands(self) -> List[dict]:
         """The `session_commands` list of the API's /learn body."""

@@ -27,8 +27,9 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import time
-import uuid
+from array import array
 from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.db"
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_BIG_ENDIAN = sys.byteorder == "big"
 LOCK_FILE = "lock"
 SNAPSHOT_FILE = "status.json"
 
@@ -61,14 +63,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
-    idempotency_key TEXT NOT NULL UNIQUE,
+    -- 128 random bits: unique without an index (one cost 2 us per session in a catch-up).
+    idempotency_key TEXT NOT NULL,
     session_id TEXT NOT NULL,
     first_rowid INTEGER NOT NULL,
     last_rowid INTEGER NOT NULL,
     status TEXT NOT NULL,
     outcome TEXT,
     n_commands INTEGER NOT NULL,
-    commands TEXT,
+    commands BLOB,  -- encode_commands(); JSON text in stores written before 0.1.0
     reason TEXT,
     closed_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -100,7 +103,7 @@ class PendingSession(NamedTuple):
     idempotency_key: str
     session_id: str
     outcome: str
-    commands: list  # [[command, timestamp, event_type], ...]
+    commands: list  # [(command, timestamp, event_type), ...]
     attempts: int
 
     def body(self) -> dict:
@@ -113,6 +116,51 @@ class PendingSession(NamedTuple):
             "session_id": self.session_id,
             "tool_id": "omnimemory-learner",
         }
+
+
+class _PairJSON(dict):
+    """(command, event_type) -> its JSON text, made once per pair.
+
+    Bounded by the event map's size: pairs come from command_pairs().
+    """
+
+    def __missing__(self, pair):
+        if len(self) > 4096:
+            self.clear()
+        text = self[pair] = _compact_json(pair)
+        return text
+
+
+_pair_json = _PairJSON().__getitem__
+
+
+def encode_commands(session: ClosedSession) -> bytes:
+    """A session's commands as the outbox keeps them until delivery.
+
+    JSON of the (command, event_type) pairs, a NUL (never in JSON text), then
+    the timestamps as little-endian doubles.  A catch-up commits a session
+    every dozen events: JSON of the floats (a repr each) was two thirds of
+    that commit's cost; the bytes of the array are free, and exact.
+    """
+    times = session.times if isinstance(session.times, array) else array("d", session.times)
+    if _BIG_ENDIAN:
+        times = array("d", times)
+        times.byteswap()
+    names = "[" + ",".join(map(_pair_json, session.pairs)) + "]"
+    return names.encode() + b"\0" + times.tobytes()
+
+
+def decode_commands(value) -> List[Tuple[str, float, str]]:
+    """encode_commands() undone: [(command, timestamp, event_type), ...]."""
+    if isinstance(value, str):  # the JSON list of an earlier store
+        return [tuple(command) for command in json.loads(value)]
+    split = value.index(b"\0")
+    times = array("d")
+    times.frombytes(value[split + 1:])
+    if _BIG_ENDIAN:
+        times.byteswap()
+    return [(command, timestamp, event_type)
+            for (command, event_type), timestamp in zip(json.loads(value[:split]), times)]
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -287,16 +335,19 @@ class StateStore:
         Returns the number of sessions added to the outbox.
         """
         now = time.time()
+        closed = list(closed)
+        # Random 128-bit idempotency keys, as uuid4 makes them, from one
+        # getrandom() call for the batch instead of one per session.
+        keys = os.urandom(16 * len(closed)).hex()
         rows = []
-        for session in closed:
+        for index, session in enumerate(closed):
+            key = keys[32 * index:32 * index + 32]
             if session.learnable:
-                # Tuples encode as JSON arrays: no copy into lists needed.
-                commands = _compact_json(session.commands)
-                rows.append((uuid.uuid4().hex, session.session_id, session.first_rowid, session.last_rowid,
-                             PENDING, session.outcome, len(session.pairs), commands, session.reason, now))
+                rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
+                             session.outcome, len(session.pairs), encode_commands(session), session.reason, now))
             elif session.last_rowid > resume_after:
                 # Too short: kept only as a marker while a replay could meet its rows.
-                rows.append((uuid.uuid4().hex, session.session_id, session.first_rowid, session.last_rowid,
+                rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
                              TOO_SHORT, None, len(session.pairs), None, session.reason, now))
         with self._transaction() as db:
             db.executemany(
@@ -343,7 +394,7 @@ class StateStore:
     def pending(self, limit: int = 100, after_id: int = 0) -> List[PendingSession]:
         self._ensure_file()  # another connection may have restored a deleted file
         return [
-            PendingSession(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), row[5])
             for row in self._db.execute(
                 "SELECT id, idempotency_key, session_id, outcome, commands, attempts FROM sessions"
                 " WHERE status = ? AND id > ? ORDER BY id LIMIT ?",

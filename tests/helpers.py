@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from omnimemory_learner.events import validate_rows
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs, map_events
+from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs
 from omnimemory_learner.sessions import SessionTracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,8 +253,7 @@ def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
     conn = sqlite3.connect(str(db_path))
     rows = conn.execute("SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid").fetchall()
     conn.close()
-    events, _ = validate_rows(rows)
-    mapped, _ = map_events(events, command_pairs(DEFAULT_EVENT_MAP))
+    mapped, _, _ = validate_rows(rows, command_pairs(DEFAULT_EVENT_MAP))
     tracker = SessionTracker(idle, min_commands)
     closed = tracker.feed(mapped, 0.0, backlog=True) + tracker.close_all()
     return sorted((c.session_id, tuple(cmd for cmd, _, _ in c.commands), c.outcome) for c in closed if c.learnable)

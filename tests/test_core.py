@@ -3,7 +3,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, build_event_map, command_pairs, map_events
+from omnimemory_learner.events import validate_rows
+from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, build_event_map, command_pairs
 from omnimemory_learner.outcome import infer_outcome
 from omnimemory_learner.sessions import SessionTracker, drop_replayed
 
@@ -35,15 +36,20 @@ def test_event_map_overrides_and_additions():
     assert DEFAULT_EVENT_MAP["file_open"] == "open_file"  # defaults untouched
 
 
-def test_map_events_leaves_out_other_types():
-    events = [(1, "s", 10.0, "file_open"), (2, "s", 11.0, "mouse_move"), (3, "s", 12.0, "git_commit")]
+def test_mapping_leaves_out_other_types_and_shares_pairs():
+    rows = [(1, "1970-01-01T00:00:10+00:00", "file_open", "s"), (2, 11, "mouse_move", "s"),
+            (3, 12, "git_commit", "s")]
     pairs = command_pairs(DEFAULT_EVENT_MAP)
-    mapped, ignored = map_events(events, pairs)
+    mapped, ignored, bad = validate_rows(rows, pairs)
     assert mapped == [(1, "s", ("open_file", "file_open"), 10.0), (3, "s", ("commit_changes", "git_commit"), 12.0)]
-    assert ignored == 1
+    assert (ignored, bad) == (1, 0)
     # One shared pair per type, whatever the number of events.
-    again, _ = map_events([(4, "t", 13.0, "file_open")], pairs)
+    again, _, _ = validate_rows([(4, 13, "file_open", "t")], pairs)
     assert again[0][2] is mapped[0][2]
+    # A type the user mapped is kept; an unmapped row is not parsed further.
+    custom = command_pairs(build_event_map({"lint_run": "run_linter"}))
+    kept, ignored, bad = validate_rows([(5, 14, "lint_run", "t"), (6, "garbage", "window_focus", "t")], custom)
+    assert kept == [(5, "t", ("run_linter", "lint_run"), 14.0)] and (ignored, bad) == (1, 0)
 
 
 # -- outcome ----------------------------------------------------------------------

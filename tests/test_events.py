@@ -11,6 +11,9 @@ import pytest
 
 from helpers import SCHEMA_ROWID, create_db, insert_events
 from omnimemory_learner.events import EventReader, Unavailable, parse_timestamp, validate_rows
+from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs
+
+PAIRS = command_pairs(DEFAULT_EVENT_MAP)
 
 
 def test_timestamp_forms():
@@ -42,9 +45,10 @@ def test_validate_rows_counts_every_kind_of_bad_row():
         (10, "2025-11-08T05:00:00", "file_open", 12345),
         (11, "2025-11-08T05:00:00", "file_open", b"\xff\xfe"),
         (12, 1762578000, "file_save", "s2"),
+        (13, "garbage", "window_focus", None),  # another type: ignored, not parsed
     ]
-    events, bad = validate_rows(rows)
-    assert bad == 6
+    events, ignored, bad = validate_rows(rows, PAIRS)
+    assert bad == 6 and ignored == 1
     assert [(e[0], e[1]) for e in events] == [(1, "s1"), (7, "default"), (8, "default"), (10, "12345"),
                                              (11, "\ufffd\ufffd"), (12, "s2")]
 
@@ -108,7 +112,7 @@ def test_non_utf8_text_is_read_not_fatal(tmp_path):
     conn.close()
     reader = EventReader(db)
     rows = reader.read_batch(0, 10)
-    events, bad = validate_rows(rows)
+    events, _, bad = validate_rows(rows, PAIRS)
     assert len(rows) == 2 and bad == 0
     assert events[1][1] == "good" and "\ufffd" in events[0][1]
     # The fast decoder is back for the next batch.
