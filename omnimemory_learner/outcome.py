@@ -11,8 +11,9 @@ OUTCOME_WINDOW = 3
 def infer_outcome(commands: Sequence[str]) -> str:
     """'success' or 'failure' from the last three command names."""
     tail = commands[-OUTCOME_WINDOW:]
-    if any(command in SUCCESS_INDICATORS for command in tail):
+    # isdisjoint: the same test as any(... in ...), without a generator per session.
+    if not SUCCESS_INDICATORS.isdisjoint(tail):
         return "success"
-    if any(command in FAILURE_INDICATORS for command in tail):
+    if not FAILURE_INDICATORS.isdisjoint(tail):
         return "failure"
     return "success"
