@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from .config import Config
 from .events import EventReader, Unavailable
-from .snapshot import read_snapshot, statistics
+from .snapshot import STALE_AFTER_SECONDS, read_snapshot, statistics
 from .state import LOCK_FILE, STATE_FILE, StateError, StateStore, lock_is_held, read_lock_pid
 
 
@@ -32,7 +32,13 @@ def collect_status(config: Config) -> Optional[dict]:
     if not (config.state_dir / STATE_FILE).exists():
         return None
     running = lock_is_held(config.state_dir)
+    pid = read_lock_pid(config.state_dir / LOCK_FILE) if running else None
     snapshot = read_snapshot(config.state_dir) or {}
+    # Running, but not publishing: waiting for an unwritable state directory, or hung.
+    stale = running and (snapshot.get("pid") != pid
+                         or time.time() - (snapshot.get("updated_at") or 0) > STALE_AFTER_SECONDS)
+    if stale:
+        snapshot = {key: value for key, value in snapshot.items() if key in ("stats", "updated_at")}
     store = StateStore(config.state_dir, create=False)
     try:
         active = snapshot.get("active_sessions", 0) if running else 0
@@ -53,7 +59,8 @@ def collect_status(config: Config) -> Optional[dict]:
         "running": running,
         "active_sessions": active,
         "stats": stats,
-        "pid": read_lock_pid(config.state_dir / LOCK_FILE) if running else None,
+        "pid": pid,
+        "snapshot_stale": stale,
         "since": snapshot.get("started_at") if running else None,
         "mode": snapshot.get("mode") if running else None,
         "service_manager": snapshot.get("service_manager") if running else None,
@@ -91,7 +98,11 @@ def status(config: Config, as_json: bool) -> int:
 
 def _human_status(report: dict) -> str:
     stats = report["stats"]
-    if report["running"]:
+    if report["running"] and report.get("snapshot_stale"):
+        head = (f"active (running), pid {report['pid']}, but not publishing its status (last "
+                f"{_when(report['snapshot_updated_at'])}): it may be "
+                "waiting for its state directory, or hung; see its log or `omnimemory-learner doctor`")
+    elif report["running"]:
         manager = report["service_manager"] or "none"
         head = (f"active (running), pid {report['pid']}, {report['mode']} mode, under "
                 f"{'no service manager' if manager == 'none' else manager}, since {_when(report['since'])}")

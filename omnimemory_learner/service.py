@@ -112,12 +112,14 @@ class Service:
         next_ping = clock()
         while not self._stop_requested:
             try:
-                self.lock.acquire()
+                if not self.lock.held:
+                    # Kept while waiting: no second instance or backfill slips in,
+                    # and `status` sees the service as running.
+                    self.lock.acquire()
                 self.pipeline = Pipeline(self.config)
             except AlreadyRunning:
                 raise
             except (StateError, OSError) as error:
-                self.lock.release()
                 problem = f"cannot use the state directory {self.config.state_dir}: {error}"
                 if problem != reported:
                     log.error("%s; nothing is read until it can be written (fix it, or set state_dir and "
@@ -161,6 +163,7 @@ class Service:
         if config is None:
             return
         self.config = config
+        self.lock.release()
         self.lock = InstanceLock(config.state_dir)
         if self._on_reload is not None:
             self._on_reload(config)

@@ -13,6 +13,9 @@ from .state import SNAPSHOT_FILE, StateStore
 
 # The original service's statistics, in its words; the rest is ours.
 ORIGINAL_STATS = ("events_processed", "sessions_created", "patterns_learned", "errors")
+# The service publishes every 5 s (also between batches of a catch-up); a
+# snapshot older than this, or of another pid, says nothing about the process.
+STALE_AFTER_SECONDS = 30.0
 
 
 def write_snapshot(state_dir: Path, snapshot: dict) -> None:

@@ -7,6 +7,7 @@ file permissions, so it meets the directory as a user's service would.
 """
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from helpers import (IDLE_MINUTES, RecordingAPI, create_db, delivered_once, free_port, insert_events, learner_env,
-                     output_of, pending, start_learner, stop, wait_until)
+                     output_of, pending, run_learner, start_learner, stop, wait_until)
 
 
 def stamp(t):
@@ -115,6 +116,39 @@ def test_read_only_state_directory_at_start_is_waited_for(tmp_path):
         assert code == 0 and f"The state directory {state} is usable" in out
         unique, resent = delivered_once(api)
         assert len(unique) == 5 and resent == 0 and len(api.sessions()) == 5
+    finally:
+        os.chmod(state, 0o700)
+        api.stop()
+
+
+def test_state_of_an_earlier_run_turned_read_only_is_waited_for_with_the_lock_held(tmp_path):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    state = tmp_path / "state"
+    api = RecordingAPI().start()
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+                      OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.5)
+    try:
+        learner = start_learner(env)
+        history(db, 3, "first")
+        assert api.wait_for(3, timeout=20)
+        assert stop(learner)[0] == 0
+        os.chmod(state, 0o500)  # state.db and the lock exist; SQLite cannot create its -wal
+        history(db, 3, "second")
+        learner = start_learner(env, **subject_to_permissions())
+        assert wait_until(lambda: STATE_WAIT in output_of(learner), 20)
+        # The lock is held while waiting: a backfill refuses, status sees it running but silent.
+        assert run_learner(env, "backfill").returncode == 75
+        report = run_learner(env, "status")
+        assert report.returncode == 0, report.stdout
+        assert f"pid {learner.pid}, but not publishing its status" in report.stdout
+        assert json.loads(run_learner(env, "status", "--json").stdout)["snapshot_stale"] is True
+        os.chmod(state, 0o700)
+        assert api.wait_for(6, timeout=20)
+        assert wait_until(lambda: json.loads(run_learner(env, "status", "--json").stdout)["snapshot_stale"] is False,
+                          20)
+        assert stop(learner)[0] == 0
+        unique, resent = delivered_once(api)
+        assert len(unique) == 6 and resent == 0 and len(api.sessions()) == 6
     finally:
         os.chmod(state, 0o700)
         api.stop()
