@@ -1,5 +1,6 @@
-"""Database faults, the writer's clock, and a suspend-like pause."""
+"""Database faults, the writer's clock and the learner's own, and a suspend-like pause."""
 
+import glob
 import os
 import shutil
 import signal
@@ -8,9 +9,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 
-from helpers import (IDLE_MINUTES, create_db, insert_events, learner_env, received, stop,
-                     start_learner)
+from helpers import (IDLE_MINUTES, WRITER, RecordingAPI, compare, create_db, delivered_once, free_port, insert_events,
+                     learner_env, pending, received, start_learner, stop, true_sessions, wait_until)
+from omnimemory_learner.snapshot import read_snapshot
 
 
 def stamp(offset=0.0):
@@ -106,6 +109,72 @@ def test_the_writers_clock_jumping_by_hours_neither_cuts_nor_loses_live_sessions
     code, _ = stop(learner)
     assert code == 0
     assert received(api) == [("jumpy", ("open_file", "edit_code", "save_file", "commit_changes"), "success")]
+
+
+def libfaketime():
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+                   + glob.glob("/usr/local/lib/faketime/libfaketime.so.1"))
+    if not found:
+        pytest.skip("libfaketime is not installed (Debian: apt-get install faketime)")
+    return found[0]
+
+
+def head_rowid(db):
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+    finally:
+        conn.close()
+
+
+def test_the_learners_own_wall_clock_jumping_by_hours_neither_cuts_nor_loses(tmp_path):
+    """The machine's clock as the learner sees it jumps; the writer keeps true time.
+
+    libfaketime moves only CLOCK_REALTIME (as settimeofday would), reading the
+    offset from a file the test rewrites while events are being written.
+    """
+    offset = tmp_path / "offset"
+    offset.write_text("+0\n")
+    port = free_port()
+    api = RecordingAPI(port).start()
+    db = tmp_path / "db" / "memory_data.db"
+    db.parent.mkdir()
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+                      LD_PRELOAD=libfaketime(), FAKETIME_TIMESTAMP_FILE=str(offset), FAKETIME_NO_CACHE="1",
+                      FAKETIME_DONT_FAKE_MONOTONIC="1")
+    learner = start_learner(env)
+    try:
+        writer = subprocess.Popen([sys.executable, WRITER, str(db), "33", "200"], stdout=subprocess.PIPE, text=True)
+
+        def learners_clock_ahead():
+            snapshot = read_snapshot(tmp_path / "state")
+            return snapshot and snapshot.get("updated_at", 0) - time.time()
+
+        heads = []
+        for jump, seen in (("+3h", lambda ahead: ahead > 3 * 3600 - 60), ("-5h", lambda ahead: ahead < -5 * 3600 + 60),
+                           ("+0", lambda ahead: abs(ahead) < 60)):
+            offset.write_text(jump + "\n")
+            # The learner's own clock really moved (its snapshot says so), while it went on working.
+            assert wait_until(lambda: seen(learners_clock_ahead() or 0), 20), (jump, learners_clock_ahead())
+            heads.append(head_rowid(db))
+            time.sleep(1.5)
+        assert writer.wait(300) == 0
+        assert head_rowid(db) > heads[0], "the writer had finished before the clock jumped"
+        truth = true_sessions(db)
+        assert wait_until(lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0, 60)
+        time.sleep(IDLE_MINUTES * 60 + 0.5)
+        code, _ = stop(learner)
+        assert code == 0
+        unique, resent = delivered_once(api)
+        figures = compare(truth, unique)
+        print(f"\nFIGURE own-clock: {figures['sessions']} sessions, lost={figures['lost']}, "
+              f"unexpected={figures['unexpected']}, resent={resent}")
+        assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]
+        assert resent == 0 and len(truth) > 20
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+        api.stop()
 
 
 def test_a_pause_longer_than_the_idle_threshold_neither_loses_nor_cuts(tmp_path, api):
