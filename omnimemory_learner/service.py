@@ -78,6 +78,9 @@ class Service:
 
     def run(self) -> int:
         if not self._open_state():
+            # Stopped while waiting for the state directory: nothing to commit.
+            self.notifier.stopping()
+            self.lock.release()
             log.info("Workflow learner stopped")
             return 0
         try:
