@@ -51,7 +51,7 @@ class Service:
         self.lock = InstanceLock(config.state_dir)
         self.started_at = time.time()
         self.mode = "poll"
-        self._last_batch_ping = float("-inf")
+        self._next_ping = float("-inf")
         self._last_batch_status = float("-inf")
         self._snapshot_problem: Optional[str] = None
 
@@ -111,8 +111,6 @@ class Service:
         log.info("Poll interval: %g seconds", config.poll_interval_seconds)
         log.info("State: %s", config.state_dir)
         reported = None
-        clock = time.monotonic
-        next_ping = clock()
         while not self._stop_requested:
             try:
                 if not self.lock.held:
@@ -136,13 +134,11 @@ class Service:
                 if reported is not None:
                     log.info("The state directory %s is usable", self.config.state_dir)
                 return True
-            ping_every = self.notifier.watchdog_interval
-            if ping_every and clock() >= next_ping:
-                self.notifier.watchdog()
-                next_ping = clock() + ping_every
+            now = time.monotonic()
+            next_ping = self._ping_if_due(now)
             wait = self.config.poll_interval_seconds
-            if ping_every:
-                wait = min(wait, max(0.0, next_ping - clock()))
+            if next_ping is not None:
+                wait = min(wait, max(0.0, next_ping - now))
             self._wake.wait(wait)
             self._wake.clear()
             if self._reload_requested:
@@ -206,8 +202,6 @@ class Service:
         poll_interval = self.config.poll_interval_seconds
         next_poll = clock()
         next_status = clock() + STATUS_EVERY_SECONDS
-        ping_every = self.notifier.watchdog_interval
-        next_ping = clock() if ping_every else None
         next_directory_check = None
         while not self._stop_requested:
             now = clock()
@@ -246,9 +240,7 @@ class Service:
             if now >= next_status:
                 self._publish()
                 next_status = now + STATUS_EVERY_SECONDS
-            if next_ping is not None and now >= next_ping:
-                self.notifier.watchdog()
-                next_ping = now + ping_every
+            next_ping = self._ping_if_due(now)
             next_directory_check = (now + DIRECTORY_CHECK_SECONDS
                                     if self.watcher is not None and self.watcher.directory_missing else None)
             wake_at = min(t for t in (next_poll, next_status, next_ping, self.schedule.next_due(),
@@ -260,13 +252,24 @@ class Service:
     def _between_batches(self) -> None:
         """During a long catch-up: keep pinging and reporting, stay responsive."""
         now = self.pipeline.clock()
-        ping_every = self.notifier.watchdog_interval
-        if ping_every and now - self._last_batch_ping >= ping_every:
-            self._last_batch_ping = now
-            self.notifier.watchdog()
+        self._ping_if_due(now)
         if now - self._last_batch_status >= STATUS_EVERY_SECONDS:
             self._last_batch_status = now
             self._publish(backlog=True)
+
+    def _ping_if_due(self, now: float) -> Optional[float]:
+        """Ping the watchdog when due; returns when the next ping is (None: no watchdog).
+
+        One schedule for the main loop, the batches of a catch-up and the wait
+        for the state directory: each of them keeps the service alive.
+        """
+        every = self.notifier.watchdog_interval
+        if not every:
+            return None
+        if now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + every
+        return self._next_ping
 
     def _maintain(self) -> None:
         """Once per poll tick: restart what died, take up watching again."""
