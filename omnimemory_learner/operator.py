@@ -98,7 +98,7 @@ def status(config: Config, as_json: bool) -> int:
 
 def _human_status(report: dict) -> str:
     stats = report["stats"]
-    if report["running"] and report.get("snapshot_stale"):
+    if report["running"] and report["snapshot_stale"]:
         head = (f"active (running), pid {report['pid']}, but not publishing its status (last "
                 f"{_when(report['snapshot_updated_at'])}): it may be "
                 "waiting for its state directory, or hung; see its log or `omnimemory-learner doctor`")

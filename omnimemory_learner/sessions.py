@@ -50,7 +50,7 @@ class ClosedSession:
     def __init__(self, session_id, pairs, times, first_rowid, last_rowid, reason, learnable):
         self.session_id: str = session_id
         self.pairs: Sequence[Tuple[str, str]] = pairs
-        self.times: Sequence[float] = times
+        self.times: array = times  # array("d")
         self.first_rowid: int = first_rowid
         self.last_rowid: int = last_rowid
         self.reason: str = reason  # idle, chunk, evicted, end, replaced
@@ -69,13 +69,6 @@ class ClosedSession:
     @property
     def outcome(self) -> str:
         return infer_outcome([command for command, _ in self.pairs[-OUTCOME_WINDOW:]])
-
-    def payload_commands(self) -> List[dict]:
-        """The `session_commands` list of the API's /learn body."""
-        return [
-            {"command": command, "timestamp": timestamp, "context": {"event_type": event_type}}
-            for command, timestamp, event_type in self.commands
-        ]
 
     def __repr__(self):
         return (

@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     status TEXT NOT NULL,
     outcome TEXT,
     n_commands INTEGER NOT NULL,
-    commands BLOB,  -- encode_commands(); JSON text in stores written before 0.1.0
+    commands BLOB,  -- encode_commands(); JSON text in stores of earlier development builds
     reason TEXT,
     closed_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -142,9 +142,9 @@ def encode_commands(session: ClosedSession) -> bytes:
     every dozen events: JSON of the floats (a repr each) was two thirds of
     that commit's cost; the bytes of the array are free, and exact.
     """
-    times = session.times if isinstance(session.times, array) else array("d", session.times)
+    times = session.times
     if _BIG_ENDIAN:
-        times = array("d", times)
+        times = array("d", times)  # a copy: the session's own array stays as it is
         times.byteswap()
     names = "[" + ",".join(map(_pair_json, session.pairs)) + "]"
     return names.encode() + b"\0" + times.tobytes()
