@@ -150,12 +150,18 @@ def test_doctor_on_each_broken_set_up(tmp_path, api):
     assert bad.returncode == 1 and "problem  configuration" in bad.stdout
 
 
-def test_doctor_flags_rejected_sessions_and_loose_permissions(tmp_path, api):
+def backfill_rejected(tmp_path, api, sessions):
+    """A backfill of `sessions` sessions that the API rejects (422): all parked as rejected."""
     db = create_db(tmp_path / "db" / "memory_data.db")
-    history(db, sessions=2)
+    history(db, sessions=sessions)
     env = learner_env(tmp_path, api.url, db)
     api.default = 422
     assert run_learner(env, "backfill", "--until-delivered-timeout", "20").returncode == 0
+    return env
+
+
+def test_doctor_flags_rejected_sessions_and_loose_permissions(tmp_path, api):
+    env = backfill_rejected(tmp_path, api, 2)
     (tmp_path / "state").chmod(0o755)
     code, checks = doctor(env)
     assert code == 1
@@ -164,11 +170,7 @@ def test_doctor_flags_rejected_sessions_and_loose_permissions(tmp_path, api):
 
 
 def test_outbox_list_retry_and_drop(tmp_path, api):
-    db = create_db(tmp_path / "db" / "memory_data.db")
-    history(db, sessions=3)
-    env = learner_env(tmp_path, api.url, db)
-    api.default = 422
-    assert run_learner(env, "backfill", "--until-delivered-timeout", "20").returncode == 0
+    env = backfill_rejected(tmp_path, api, 3)
     listing = json.loads(run_learner(env, "outbox", "--json").stdout)
     assert [e["status"] for e in listing] == ["rejected"] * 3 and "422" in listing[0]["last_error"]
     human = run_learner(env, "outbox").stdout

@@ -62,13 +62,17 @@ def subject_to_permissions():
 STATE_WAIT = "cannot use the state directory"
 
 
+def assert_each_delivered_once(api, sessions):
+    unique, resent = delivered_once(api)
+    assert len(unique) == sessions and resent == 0 and len(api.sessions()) == sessions
+
+
 def assert_restart_sends_nothing_again(env, api, sessions):
     """Restarted on the same state, the learner sends nothing a second time."""
     learner = start_learner(env)
     time.sleep(3)
     assert stop(learner)[0] == 0
-    unique, resent = delivered_once(api)
-    assert len(unique) == sessions and resent == 0 and len(api.sessions()) == sessions
+    assert_each_delivered_once(api, sessions)
 
 
 def test_read_only_state_directory_at_start_is_waited_for(tmp_path):
@@ -114,8 +118,7 @@ def test_read_only_state_directory_at_start_is_waited_for(tmp_path):
         time.sleep(1)
         code, out = stop(learner)
         assert code == 0 and f"The state directory {state} is usable" in out
-        unique, resent = delivered_once(api)
-        assert len(unique) == 5 and resent == 0 and len(api.sessions()) == 5
+        assert_each_delivered_once(api, 5)
     finally:
         os.chmod(state, 0o700)
         api.stop()
@@ -147,8 +150,7 @@ def test_state_of_an_earlier_run_turned_read_only_is_waited_for_with_the_lock_he
         assert wait_until(lambda: json.loads(run_learner(env, "status", "--json").stdout)["snapshot_stale"] is False,
                           20)
         assert stop(learner)[0] == 0
-        unique, resent = delivered_once(api)
-        assert len(unique) == 6 and resent == 0 and len(api.sessions()) == 6
+        assert_each_delivered_once(api, 6)
     finally:
         os.chmod(state, 0o700)
         api.stop()
@@ -174,8 +176,7 @@ def test_sighup_while_waiting_takes_a_new_state_dir(tmp_path):
         code, out = stop(learner)
         assert code == 0 and f"Configuration reloaded (state: {usable})" in out
         assert (usable / "state.db").exists() and os.listdir(read_only) == []
-        unique, resent = delivered_once(api)
-        assert len(unique) == 4 and resent == 0
+        assert_each_delivered_once(api, 4)
     finally:
         os.chmod(read_only, 0o700)
         api.stop()
@@ -228,8 +229,7 @@ def test_disk_full_pauses_reading_and_loses_nothing(tmp_path, small_filesystem):
         assert code == 0
         assert "full" in out and "reading pauses until the state can be written" in out
         assert "The state store is writable again" in out
-        unique, resent = delivered_once(api)
-        assert len(unique) == 6000 and resent == 0
+        assert_each_delivered_once(api, 6000)
     finally:
         api.stop()
 
