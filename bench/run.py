@@ -28,13 +28,15 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from gen import generate  # noqa: E402
+from typing import Optional
 
-from omnimemory_learner.config import load_config  # noqa: E402
-from omnimemory_learner.delivery import Deliverer  # noqa: E402
-from omnimemory_learner.pipeline import Pipeline  # noqa: E402
-from omnimemory_learner.sessions import ClosedSession, SessionTracker  # noqa: E402
-from omnimemory_learner.state import StateStore  # noqa: E402
+from gen import generate
+
+from omnimemory_learner.config import load_config
+from omnimemory_learner.core.sessions import ClosedSession, SessionTracker
+from omnimemory_learner.delivery import Deliverer
+from omnimemory_learner.pipeline import Pipeline
+from omnimemory_learner.storage.state import StateStore
 
 BATCH = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -174,7 +176,7 @@ class NotifyListener:
         self.sock.close()
 
 
-def start_service(work: Path, db: Path, api_url: str, notify: Path = None, **extra):
+def start_service(work: Path, db: Path, api_url: str, notify: Optional[Path] = None, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIMEMORY_LEARNER_")}
     env.update({"HOME": str(work), "PYTHONPATH": str(ROOT), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
                 "OMNIMEMORY_LEARNER_API_URL": api_url, "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
@@ -322,7 +324,7 @@ def bench_latency(work: Path, synchronous: str, count: int, watch: bool, poll_se
 def percentile(values, p):
     if not values:
         return None
-    index = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    index = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
     return values[index]
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import omnimemory_learner.pipeline as pipeline_module  # noqa: E402
-from gen import generate  # noqa: E402
-from omnimemory_learner.events import EventReader  # noqa: E402
-from omnimemory_learner.sessions import SessionTracker  # noqa: E402
-from omnimemory_learner.state import StateStore  # noqa: E402
-from run import bare_loop, catch_up  # noqa: E402
+from gen import generate
+from run import bare_loop, catch_up
+
+import omnimemory_learner.pipeline as pipeline_module
+from omnimemory_learner.core.sessions import SessionTracker
+from omnimemory_learner.events import EventReader
+from omnimemory_learner.storage.state import StateStore
 
 spent = {}
 

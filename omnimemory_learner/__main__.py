@@ -1,5 +1,7 @@
+from __future__ import annotations
+
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

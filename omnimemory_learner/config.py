@@ -5,6 +5,8 @@ invalid raises ConfigError naming the key, the value and the source; the CLI
 turns that into exit status 78 (EX_CONFIG) before anything starts.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import os
@@ -18,9 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
-from .mapping import build_event_map
+from .core.mapping import build_event_map
 
-EX_CONFIG = 78
 ENV_PREFIX = "OMNIMEMORY_LEARNER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -92,7 +93,7 @@ _SCALARS: Dict[str, tuple] = {
     "request_timeout_seconds": ("float", 0.0),
     "watch": ("bool", None),
 }
-KEYS = tuple(_SCALARS) + ("event_map",)
+KEYS = (*tuple(_SCALARS), "event_map")
 
 # Command-line flag -> key (the CLI defines the flags; this names them in messages).
 FLAG_KEYS = {
@@ -199,7 +200,7 @@ def load_config(
     file is read if present.  `flags` maps keys to command-line values (text).
     """
     values: Dict[str, Any] = dict(defaults(env))
-    origins = {key: "default" for key in KEYS}
+    origins = dict.fromkeys(KEYS, "default")
     event_overrides: Dict[str, str] = {}
 
     if config_path is None and env.get(ENV_PREFIX + "CONFIG"):

@@ -6,6 +6,8 @@ than one; once it answers, the outbox drains at full speed.  Every attempt of
 a session carries the same Idempotency-Key.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import random
@@ -18,7 +20,8 @@ from typing import Optional
 
 import httpx
 
-from .state import PendingSession, StateError, StateStore
+from .config import Config
+from .storage.state import PendingSession, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,9 @@ FIRST_BACKOFF_SECONDS = 1.0
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
-class Outcome:
+class Verdict:
+    """What one answer of POST /learn means for the session (not its success/failure outcome)."""
+
     LEARNED = "learned"
     NOT_LEARNED = "not_learned"
     REJECTED = "rejected"
@@ -35,7 +40,7 @@ class Outcome:
 
 
 def classify(response: httpx.Response):
-    """(outcome, pattern_id or error text) for one answer of POST /learn."""
+    """(verdict, pattern_id or error text) for one answer of POST /learn."""
     status = response.status_code
     if status == 200:
         try:
@@ -43,18 +48,18 @@ def classify(response: httpx.Response):
         except ValueError:
             # A 200 that is not JSON did not come from the procedural API
             # (a proxy, a captive page): it is not proof of learning.
-            return Outcome.RETRY, f"200 with a body that is not JSON: {response.text[:200]!r}"
+            return Verdict.RETRY, f"200 with a body that is not JSON: {response.text[:200]!r}"
         if not isinstance(body, dict) or "pattern_id" not in body:
-            return Outcome.RETRY, f"200 without pattern_id: {response.text[:200]!r}"
+            return Verdict.RETRY, f"200 without pattern_id: {response.text[:200]!r}"
         pattern_id = body["pattern_id"]
         if pattern_id is None:
-            return Outcome.NOT_LEARNED, None
-        return Outcome.LEARNED, str(pattern_id)
+            return Verdict.NOT_LEARNED, None
+        return Verdict.LEARNED, str(pattern_id)
     if status == 429 or status >= 500 or status < 200 or 300 <= status < 400:
-        return Outcome.RETRY, f"HTTP {status}: {response.text[:500]}"
+        return Verdict.RETRY, f"HTTP {status}: {response.text[:500]}"
     if 400 <= status < 500:
-        return Outcome.REJECTED, f"HTTP {status}: {response.text[:2000]}"
-    return Outcome.RETRY, f"unexpected HTTP {status}"
+        return Verdict.REJECTED, f"HTTP {status}: {response.text[:2000]}"
+    return Verdict.RETRY, f"unexpected HTTP {status}"
 
 
 class Backoff:
@@ -99,6 +104,16 @@ class Deliverer:
         self.api_down_since: Optional[float] = None
         self.last_error: Optional[str] = None
         self.retry_at: Optional[float] = None  # wall-clock time of the next probe
+
+    @classmethod
+    def from_config(cls, config: Config) -> Deliverer:
+        return cls(config.state_dir, config.api_url, config.request_timeout_seconds, config.retry_max_seconds)
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded configuration: the next request uses it."""
+        self.api_url = config.api_url.rstrip("/")
+        self.timeout = config.request_timeout_seconds
+        self.backoff.cap = config.retry_max_seconds
 
     def start(self) -> None:
         # The delivery thread waits on the network; during a catch-up the main
@@ -152,7 +167,7 @@ class Deliverer:
                 if not delivered_any:
                     self._wake.wait(60.0)
                     self._wake.clear()
-        except Exception:  # noqa: BLE001 - the thread must say why it died
+        except Exception:
             log.exception("Delivery thread failed; the service will restart it")
         finally:
             if client is not None:
@@ -178,7 +193,8 @@ class Deliverer:
                     # The API is down: wait, then probe again with the same session.
                     delay = self.backoff.next_delay()
                     self.retry_at = time.time() + delay
-                    log.info("Will retry in %.1f s (%s)", delay, time.strftime("%H:%M:%S", time.localtime(self.retry_at)))
+                    log.info("Will retry in %.1f s (%s)", delay,
+                             time.strftime("%H:%M:%S", time.localtime(self.retry_at)))
                     if self._stop.wait(delay):
                         return True
                 sent = True
@@ -216,24 +232,24 @@ class Deliverer:
                 content=json.dumps(body, separators=(",", ":")),
                 headers={"Content-Type": "application/json", "Idempotency-Key": session.idempotency_key},
             )
-            outcome, detail = classify(response)
+            verdict, detail = classify(response)
             problem = f"Procedural API failed for session {session.session_id}: {detail}"
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            outcome, detail = Outcome.RETRY, f"{type(error).__name__}: {error or 'connection refused'}"
+            verdict, detail = Verdict.RETRY, f"{type(error).__name__}: {error or 'connection refused'}"
             problem = f"Failed to connect to procedural API: {error or 'connection refused'}"
         except httpx.HTTPError as error:
-            outcome, detail = Outcome.RETRY, f"{type(error).__name__}: {error or 'no answer'}"
+            verdict, detail = Verdict.RETRY, f"{type(error).__name__}: {error or 'no answer'}"
             problem = f"Procedural API did not answer: {detail}"
         finally:
             self.in_flight = False
-        if outcome == Outcome.RETRY:
+        if verdict == Verdict.RETRY:
             log.error("%s", problem)
             self._record(store.note_failure, session.id, detail or "")
             if self.api_down_since is None:
                 self.api_down_since = time.time()
             self.last_error = detail
             return False
-        if outcome == Outcome.REJECTED:
+        if verdict == Verdict.REJECTED:
             log.error(
                 "Procedural API rejected session %s; kept as rejected (see 'omnimemory-learner outbox'): %s",
                 session.session_id, detail,

@@ -5,6 +5,8 @@ created, and every batch is one complete SELECT in autocommit mode, so no read
 transaction stays open between batches to hold back the writer's checkpoints.
 """
 
+from __future__ import annotations
+
 import datetime as _dt
 import logging
 import math
@@ -133,7 +135,7 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Even
         else:
             seconds = parse_timestamp(timestamp)
         if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
-            sid = session_id  # the common case, without a call
+            sid: Optional[str] = session_id  # the common case, without a call
         else:
             sid = _session_id(session_id)
         if seconds is None or sid is None:
@@ -211,8 +213,8 @@ class EventReader:
 
     # -- reading ---------------------------------------------------------------
 
-    def read_batch(self, after_rowid: int, limit: int) -> Tuple[list, int]:
-        """Raw rows with rowid > after_rowid, at most `limit`; and the max rowid seen."""
+    def read_batch(self, after_rowid: int, limit: int) -> list:
+        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order."""
         connection = self._open()
         try:
             rows = connection.execute(_BATCH_SQL, (after_rowid, limit)).fetchall()

@@ -1,12 +1,14 @@
 """Logging: journald's stream protocol under systemd, console and file otherwise."""
 
+from __future__ import annotations
+
 import faulthandler
 import logging
 import logging.handlers
 import os
 import sys
 from pathlib import Path
-from typing import Mapping, Optional, TextIO
+from typing import List, Mapping, Optional, TextIO
 
 # syslog priorities by logging level, for journald's "<N>" line prefix.
 _PRIORITIES = {
@@ -48,7 +50,7 @@ def under_journald(stream: TextIO, env: Mapping[str, str] = os.environ) -> bool:
     return expected == f"{status.st_dev}:{status.st_ino}"
 
 
-def print_error(message: str, stream: TextIO = None, env: Mapping[str, str] = os.environ) -> None:
+def print_error(message: str, stream: Optional[TextIO] = None, env: Mapping[str, str] = os.environ) -> None:
     """An error before logging is set up (bad configuration): an error in the journal too."""
     stream = stream or sys.stderr
     prefix = f"<{_PRIORITIES[logging.ERROR]}>" if under_journald(stream, env) else ""
@@ -61,8 +63,8 @@ def setup_logging(
     level: str,
     log_file: Optional[Path],
     env: Mapping[str, str] = os.environ,
-    stderr: TextIO = None,
-    stdout: TextIO = None,
+    stderr: Optional[TextIO] = None,
+    stdout: Optional[TextIO] = None,
 ) -> str:
     """Install our handlers on the root logger; returns 'journald' or 'file'."""
     stderr = stderr or sys.stderr
@@ -72,7 +74,7 @@ def setup_logging(
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
-    handlers = []
+    handlers: List[logging.Handler] = []
     if under_journald(stderr, env):
         handler = logging.StreamHandler(stderr)
         handler.setFormatter(JournaldFormatter("%(message)s"))
@@ -104,7 +106,7 @@ def setup_logging(
     return mode
 
 
-def enable_faulthandler(stream: TextIO = None) -> None:
+def enable_faulthandler(stream: Optional[TextIO] = None) -> None:
     """A watchdog abort (SIGABRT) then leaves every thread's stack in the log."""
     try:
         faulthandler.enable(file=stream or sys.stderr, all_threads=True)

@@ -1,22 +1,25 @@
 """From database rows to the outbox: read, map, group, commit.
 
 Shared by the service loop and `backfill`.  Owns the read position, the
-session tracker, the state store and the delivery thread; knows nothing of
-signals, watching or the service manager.
+session tracker and the state store; knows nothing of signals, watching,
+delivery or the service manager.  Whoever runs it hands it a callback,
+`on_outbox`, called after a commit put new sessions in the outbox (the loop
+and `backfill` wake their delivery thread with it).
 """
+
+from __future__ import annotations
 
 import bisect
 import dataclasses
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .config import Config
-from .delivery import Deliverer
+from .core.mapping import command_pairs
+from .core.sessions import ClosedSession, SessionTracker, drop_replayed
 from .events import EventReader, Unavailable, file_identity, validate_rows
-from .mapping import command_pairs
-from .sessions import ClosedSession, SessionTracker, drop_replayed
-from .state import StateError, StateStore
+from .storage.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,14 @@ POSITION_COMMIT_SECONDS = 5.0
 
 
 class Pipeline:
-    def __init__(self, config: Config, clock=time.monotonic):
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], float] = time.monotonic,
+        on_outbox: Optional[Callable[[], None]] = None,
+    ):
         self.config = config
+        self.on_outbox = on_outbox
         self.clock = clock
         self.state = StateStore(config.state_dir)
         self.reader = EventReader(config.db_path)
@@ -41,7 +50,8 @@ class Pipeline:
         self.read_after = position.resume_after
         self.replay_until = position.replay_until
         self.db_identity = position.db_identity
-        self.closed_ranges = self.state.closed_ranges(position.resume_after) if self.replay_until > self.read_after else {}
+        replaying = self.replay_until > self.read_after
+        self.closed_ranges = self.state.closed_ranges(position.resume_after) if replaying else {}
         self._closed: List[ClosedSession] = []
         self._counters: Dict[str, int] = {}
         self._dirty = False
@@ -56,9 +66,6 @@ class Pipeline:
         # What was written while we were not reading is a backlog, however short.
         self._unread_history = True
         self.events_this_run = 0
-        self.deliverer = Deliverer(
-            config.state_dir, config.api_url, config.request_timeout_seconds, config.retry_max_seconds
-        )
 
     @staticmethod
     def _new_tracker(config: Config) -> SessionTracker:
@@ -78,9 +85,6 @@ class Pipeline:
         tracker.max_commands = config.max_session_commands
         tracker.max_open = config.max_open_sessions
         self.pairs = command_pairs(config.event_map)
-        self.deliverer.api_url = config.api_url.rstrip("/")
-        self.deliverer.timeout = config.request_timeout_seconds
-        self.deliverer.backoff.cap = config.retry_max_seconds
         self.config = dataclasses.replace(config, db_path=self.config.db_path, state_dir=self.config.state_dir)
 
     # -- reading ---------------------------------------------------------------
@@ -130,9 +134,9 @@ class Pipeline:
             # were counted then and closed sessions among them are skipped.
             split = bisect.bisect_right([row[0] for row in rows], self.replay_until)
             replayed, rows = rows[:split], rows[split:]
-            mapped, _, _ = validate_rows(replayed, self.pairs)
-            mapped = drop_replayed(mapped, self.closed_ranges)
-            self._closed.extend(self.tracker.feed(mapped, now, backlog))
+            replayed_events, _, _ = validate_rows(replayed, self.pairs)
+            kept = drop_replayed(replayed_events, self.closed_ranges)
+            self._closed.extend(self.tracker.feed(kept, now, backlog))
             if last_rowid >= self.replay_until:
                 self.closed_ranges = {}
         if rows:
@@ -260,8 +264,8 @@ class Pipeline:
         self._counters = {}
         self._dirty = False
         self._last_commit = self.clock()
-        if added:
-            self.deliverer.wake()
+        if added and self.on_outbox is not None:
+            self.on_outbox()
         return True
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ handlers and the file watcher only set flags and wake it; delivery runs in its
 own thread.  Like uvicorn's Server, stopping is a flag the loop checks.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import signal
@@ -15,10 +17,13 @@ import time
 from typing import Callable, Optional
 
 from .config import Config, ConfigError
-from .notify import Notifier
+from .delivery import Deliverer
 from .pipeline import Pipeline
-from .snapshot import statistics, write_snapshot
-from .state import AlreadyRunning, InstanceLock, StateError
+from .storage.lock import AlreadyRunning, InstanceLock
+from .storage.snapshot import statistics, write_snapshot
+from .storage.state import StateError
+from .system import service_manager
+from .system.notify import Notifier
 from .watching import DatabaseWatcher, RecheckSchedule
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ class Service:
         self._file_event = False
         self.schedule = RecheckSchedule()
         self.pipeline: Optional[Pipeline] = None
+        self.deliverer: Optional[Deliverer] = None
         self.watcher: Optional[DatabaseWatcher] = None
         self.lock = InstanceLock(config.state_dir)
         self.started_at = time.time()
@@ -117,7 +123,9 @@ class Service:
                     # Kept while waiting: no second instance or backfill slips in,
                     # and `status` sees the service as running.
                     self.lock.acquire()
-                self.pipeline = Pipeline(self.config)
+                deliverer = Deliverer.from_config(self.config)
+                self.pipeline = Pipeline(self.config, on_outbox=deliverer.wake)
+                self.deliverer = deliverer
             except AlreadyRunning:
                 raise
             except (StateError, OSError) as error:
@@ -168,8 +176,18 @@ class Service:
             self._on_reload(config)
         log.info("Configuration reloaded (state: %s)", config.state_dir)
 
+    @property
+    def _pipeline(self) -> Pipeline:
+        assert self.pipeline is not None, "the state store is opened before anything reads"
+        return self.pipeline
+
+    @property
+    def _deliverer(self) -> Deliverer:
+        assert self.deliverer is not None, "the deliverer is made with the pipeline"
+        return self.deliverer
+
     def _start(self) -> None:
-        self.pipeline.deliverer.start()
+        self._deliverer.start()
         self._start_watching(first=True)
         # Ready once set up; a long backlog is progress, reported in STATUS=.
         self.notifier.ready(self._status_line())
@@ -197,7 +215,7 @@ class Service:
             self.mode = "poll"
 
     def _loop(self) -> None:
-        pipeline = self.pipeline
+        pipeline = self._pipeline
         clock = pipeline.clock
         poll_interval = self.config.poll_interval_seconds
         next_poll = clock()
@@ -205,8 +223,8 @@ class Service:
         next_directory_check = None
         while not self._stop_requested:
             now = clock()
-            if next_directory_check is not None and now >= next_directory_check:
-                if self.watcher.directory.is_dir():
+            if (next_directory_check is not None and now >= next_directory_check
+                    and self.watcher is not None and self.watcher.directory.is_dir()):
                     self._start_watching()
                     next_poll = now  # read what the new database holds at once
             if self._reload_requested:
@@ -251,7 +269,7 @@ class Service:
 
     def _between_batches(self) -> None:
         """During a long catch-up: keep pinging and reporting, stay responsive."""
-        now = self.pipeline.clock()
+        now = self._pipeline.clock()
         self._ping_if_due(now)
         if now - self._last_batch_status >= STATUS_EVERY_SECONDS:
             self._last_batch_status = now
@@ -273,9 +291,9 @@ class Service:
 
     def _maintain(self) -> None:
         """Once per poll tick: restart what died, take up watching again."""
-        if not self.pipeline.deliverer.alive:
+        if not self._deliverer.alive:
             log.warning("The delivery thread was not running; starting it again")
-            self.pipeline.deliverer.start()
+            self._deliverer.start()
         if self.config.watch and (self.watcher is None or not self.watcher.check()):
             if self.mode == "watch":
                 log.warning("Watching stopped (%s); polling every %g s until it can resume",
@@ -289,8 +307,9 @@ class Service:
         config = self._read_new_config()
         if config is not None:
             watch_changed = config.watch != self.config.watch
-            self.pipeline.apply_config(config)
-            self.config = self.pipeline.config
+            self._pipeline.apply_config(config)
+            self._deliverer.apply_config(config)
+            self.config = self._pipeline.config
             if self._on_reload is not None:
                 self._on_reload(self.config)
             if watch_changed:
@@ -305,9 +324,9 @@ class Service:
             self.notifier.stopping()
             if self.watcher is not None:
                 self.watcher.stop()
-            if self.pipeline is not None:
+            if self.pipeline is not None and self.deliverer is not None:
                 self.pipeline.commit()
-                if not self.pipeline.deliverer.stop(STOP_GRACE_SECONDS):
+                if not self.deliverer.stop(STOP_GRACE_SECONDS):
                     log.warning("A delivery was still in flight at exit; it will be sent again with the same key")
                 self._publish(running=False)
                 self.pipeline.close()
@@ -318,10 +337,10 @@ class Service:
     # -- reporting ---------------------------------------------------------------
 
     def snapshot(self, running: bool = True, backlog: bool = False) -> dict:
-        pipeline = self.pipeline
+        pipeline = self._pipeline
         stats = statistics(pipeline.state, pipeline.tracker.open_count)
         stats["last_event_time"] = pipeline.last_event_time
-        deliverer = pipeline.deliverer
+        deliverer = self._deliverer
         return {
             "running": running,
             "active_sessions": pipeline.tracker.open_count,
@@ -339,7 +358,7 @@ class Service:
             "api_down_since": deliverer.api_down_since,
             "next_retry_at": deliverer.retry_at,
             "notify_failures": self.notifier.failures,
-            "service_manager": _service_manager(),
+            "service_manager": service_manager(),
         }
 
     def _status_line(self, snapshot: Optional[dict] = None) -> str:
@@ -369,12 +388,3 @@ class Service:
             self._snapshot_problem = None
         if running:
             self.notifier.status(self._status_line(snapshot))
-
-
-def _service_manager() -> str:
-    if os.environ.get("INVOCATION_ID") or os.environ.get("NOTIFY_SOCKET"):
-        return "systemd"
-    if os.environ.get("XPC_SERVICE_NAME", "0") != "0" or os.environ.get("LAUNCH_JOBKEY_LABEL"):
-        return "launchd"
-    return "none"
-

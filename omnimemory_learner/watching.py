@@ -8,10 +8,12 @@ synchronous=FULL that is often before readers can see it, so each event starts
 a short schedule of re-checks over the next second.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ class RecheckSchedule:
     def take_due(self, now: float) -> bool:
         """Consume every re-check due by `now`; True if any was."""
         due = False
-        while self._base is not None and self._index < len(self.offsets) and self._base + self.offsets[self._index] <= now:
+        while (self._base is not None and self._index < len(self.offsets)
+               and self._base + self.offsets[self._index] <= now):
             self._index += 1
             due = True
         return due
@@ -60,7 +63,8 @@ def filesystem_type(path: Path) -> Optional[str]:
         if len(entry) < 3:
             continue
         mount_point = entry[1].replace("\\040", " ")
-        if (target == mount_point or target.startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
             best, best_type = mount_point, entry[2]
     return best_type
 
@@ -73,7 +77,7 @@ class DatabaseWatcher:
         self.directory = self.db_path.parent
         self._names = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-journal"}
         self._on_change = on_change
-        self._observer = None
+        self._observer: Optional[Any] = None
         self.reason: Optional[str] = None  # why watching is off, when it is
 
     @property

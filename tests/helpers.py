@@ -14,9 +14,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP, command_pairs
+from omnimemory_learner.core.sessions import SessionTracker
 from omnimemory_learner.events import validate_rows
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs
-from omnimemory_learner.sessions import SessionTracker
 
 ROOT = Path(__file__).resolve().parent.parent
 

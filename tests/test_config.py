@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from omnimemory_learner import cli
-from omnimemory_learner.config import EX_CONFIG, ConfigError, load_config, to_toml
+from omnimemory_learner.cli import main as cli
+from omnimemory_learner.cli.exits import EX_CONFIG
+from omnimemory_learner.config import ConfigError, load_config, to_toml
 
 HOME = "/home/dev"
 

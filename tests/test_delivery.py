@@ -5,11 +5,12 @@ import stat
 import time
 
 import pytest
-
 from helpers import RecordingAPI, free_port
+
+from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Backoff, Deliverer
-from omnimemory_learner.sessions import ClosedSession
-from omnimemory_learner.state import AlreadyRunning, InstanceLock, StateStore, lock_is_held
+from omnimemory_learner.storage.lock import AlreadyRunning, InstanceLock, lock_is_held
+from omnimemory_learner.storage.state import StateStore
 
 
 def closed(sid, first, n=3, learnable=True, commands=None):
@@ -193,13 +194,14 @@ def test_null_pattern_is_counted_not_retried(tmp_path, api):
     store.close()
     # An API that answers pattern_id null for everything:
     api.script = []
-    from omnimemory_learner.delivery import Outcome, classify
     import httpx
+
+    from omnimemory_learner.delivery import Verdict, classify
     answer = httpx.Response(200, json={"pattern_id": None, "message": "too short"})
-    assert classify(answer) == (Outcome.NOT_LEARNED, None)
-    assert classify(httpx.Response(200, json={"message": "x"}))[0] == Outcome.RETRY
-    assert classify(httpx.Response(404, json={}))[0] == Outcome.REJECTED
-    assert classify(httpx.Response(302))[0] == Outcome.RETRY
+    assert classify(answer) == (Verdict.NOT_LEARNED, None)
+    assert classify(httpx.Response(200, json={"message": "x"}))[0] == Verdict.RETRY
+    assert classify(httpx.Response(404, json={}))[0] == Verdict.REJECTED
+    assert classify(httpx.Response(302))[0] == Verdict.RETRY
     store = StateStore(tmp_path)
     store.mark_delivered(pending.id, None)
     assert store.counters()["sessions_not_learned"] == 1 and store.status_counts() == {"not_learned": 1}

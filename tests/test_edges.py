@@ -10,12 +10,11 @@ import threading
 import time
 
 import pytest
-
 from helpers import create_db, insert_events, learner_env, start_learner, stop
-from omnimemory_learner.logs import JournaldFormatter, print_error, setup_logging, under_journald
-from omnimemory_learner.notify import Notifier, ascii_text
-from omnimemory_learner.watching import DatabaseWatcher, RecheckSchedule, RECHECK_OFFSETS
 
+from omnimemory_learner.logs import JournaldFormatter, print_error, setup_logging, under_journald
+from omnimemory_learner.system.notify import Notifier, ascii_text
+from omnimemory_learner.watching import RECHECK_OFFSETS, DatabaseWatcher, RecheckSchedule
 
 # -- notify ---------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import SCHEMA_ROWID, create_db, insert_events
+
+from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP, command_pairs
 from omnimemory_learner.events import EventReader, Unavailable, parse_timestamp, validate_rows
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, command_pairs
 
 PAIRS = command_pairs(DEFAULT_EVENT_MAP)
 

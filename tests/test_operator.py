@@ -7,9 +7,17 @@ import sqlite3
 import time
 from pathlib import Path
 
+from helpers import (
+    RecordingAPI,
+    create_db,
+    free_port,
+    insert_events,
+    learner_env,
+    run_learner,
+    start_learner,
+    wait_until,
+)
 
-from helpers import (RecordingAPI, create_db, free_port, insert_events, learner_env, run_learner, start_learner,
-                     wait_until)
 from omnimemory_learner import __version__
 
 

@@ -8,7 +8,6 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import ROOT, RecordingAPI, create_db, learner_env, start_learner
 
 PACKAGING = ROOT / "packaging"
@@ -80,7 +79,7 @@ def test_man_pages_lint_clean_and_document_the_cli():
     pages = [ROOT / "man/omnimemory-learner.1", ROOT / "man/omnimemory-learner.toml.5"]
     result = subprocess.run(["mandoc", "-Tlint", "-Wwarning", *map(str, pages)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
-    from omnimemory_learner.cli import build_parser
+    from omnimemory_learner.cli.main import build_parser
     parser = build_parser()
     for action in parser._actions:
         for option in action.option_strings:

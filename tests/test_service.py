@@ -9,11 +9,21 @@ import sys
 import time
 
 import pytest
-
-from helpers import (RecordingAPI, create_db, insert_events, learner_env, pending, received, run_learner,
-                     start_learner, stop, true_sessions, wait_until)
-
-from helpers import IDLE_MINUTES, WRITER
+from helpers import (
+    IDLE_MINUTES,
+    WRITER,
+    RecordingAPI,
+    create_db,
+    insert_events,
+    learner_env,
+    pending,
+    received,
+    run_learner,
+    start_learner,
+    stop,
+    true_sessions,
+    wait_until,
+)
 
 
 def test_live_writer_and_backlog_give_the_same_sessions(tmp_path, api):

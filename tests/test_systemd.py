@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, RecordingAPI, create_db, insert_events, wait_until
 
 pytestmark = pytest.mark.systemd

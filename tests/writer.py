@@ -27,7 +27,7 @@ def main():
                " event_type TEXT, session_id TEXT, payload BLOB)")
     # Each id gets bursts; bursts of one id are 2.5 idle thresholds apart.
     ids = [f"w{seed}-{k}" for k in range(max(1, sessions // 2))]
-    next_allowed = {sid: 0.0 for sid in ids}
+    next_allowed = dict.fromkeys(ids, 0.0)
     written = 0
     for _ in range(sessions):
         now = time.monotonic()

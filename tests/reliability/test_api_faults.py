@@ -6,9 +6,22 @@ import sys
 import time
 
 from conftest import LONG
-
-from helpers import (IDLE_MINUTES, WRITER, Flapper, RecordingAPI, compare, delivered_once, free_port, learner_env, pending,
-                     run_learner, start_learner, stop, true_sessions, wait_until)
+from helpers import (
+    IDLE_MINUTES,
+    WRITER,
+    Flapper,
+    RecordingAPI,
+    compare,
+    delivered_once,
+    free_port,
+    learner_env,
+    pending,
+    run_learner,
+    start_learner,
+    stop,
+    true_sessions,
+    wait_until,
+)
 
 
 def run_with(tmp_path, port, disturb, sessions=None, drain_timeout=120.0, **extra):

@@ -10,9 +10,20 @@ import time
 
 import pytest
 from conftest import LONG
-
-from helpers import (IDLE_MINUTES, WRITER, compare, create_db, delivered_once, insert_events,
-                     learner_env, pending, start_learner, stop, true_sessions, wait_until)
+from helpers import (
+    IDLE_MINUTES,
+    WRITER,
+    compare,
+    create_db,
+    delivered_once,
+    insert_events,
+    learner_env,
+    pending,
+    start_learner,
+    stop,
+    true_sessions,
+    wait_until,
+)
 
 
 def test_random_sigkills_under_a_supervisor_while_another_process_writes(tmp_path, api):

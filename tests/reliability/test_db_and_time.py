@@ -10,10 +10,25 @@ import sys
 import time
 
 import pytest
+from helpers import (
+    IDLE_MINUTES,
+    WRITER,
+    RecordingAPI,
+    compare,
+    create_db,
+    delivered_once,
+    free_port,
+    insert_events,
+    learner_env,
+    pending,
+    received,
+    start_learner,
+    stop,
+    true_sessions,
+    wait_until,
+)
 
-from helpers import (IDLE_MINUTES, WRITER, RecordingAPI, compare, create_db, delivered_once, free_port, insert_events,
-                     learner_env, pending, received, start_learner, stop, true_sessions, wait_until)
-from omnimemory_learner.snapshot import read_snapshot
+from omnimemory_learner.storage.snapshot import read_snapshot
 
 
 def stamp(offset=0.0):

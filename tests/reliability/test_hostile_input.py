@@ -4,9 +4,10 @@ import hashlib
 import sqlite3
 import time
 
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from helpers import IDLE_MINUTES, RecordingAPI, create_db, learner_env, start_learner, stop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from omnimemory_learner.config import load_config
 from omnimemory_learner.pipeline import Pipeline
 

@@ -15,9 +15,21 @@ import subprocess
 import time
 
 import pytest
-
-from helpers import (IDLE_MINUTES, RecordingAPI, create_db, delivered_once, free_port, insert_events, learner_env,
-                     output_of, pending, run_learner, start_learner, stop, wait_until)
+from helpers import (
+    IDLE_MINUTES,
+    RecordingAPI,
+    create_db,
+    delivered_once,
+    free_port,
+    insert_events,
+    learner_env,
+    output_of,
+    pending,
+    run_learner,
+    start_learner,
+    stop,
+    wait_until,
+)
 
 
 def stamp(t):

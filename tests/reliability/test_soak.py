@@ -9,9 +9,20 @@ import sys
 import time
 
 from conftest import LONG
-
-from helpers import (IDLE_MINUTES, WRITER, Flapper, RecordingAPI, compare, delivered_once, free_port, learner_env,
-                     pending, start_learner, true_sessions, wait_until)
+from helpers import (
+    IDLE_MINUTES,
+    WRITER,
+    Flapper,
+    RecordingAPI,
+    compare,
+    delivered_once,
+    free_port,
+    learner_env,
+    pending,
+    start_learner,
+    true_sessions,
+    wait_until,
+)
 
 SECONDS = float(os.environ.get("RELIABILITY_SOAK_SECONDS", 3600 if LONG else 45))
 

@@ -1,12 +1,13 @@
 """The pure core: mapping, outcome, sessions.  No I/O; time is passed in."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP, build_event_map, command_pairs
+from omnimemory_learner.core.outcome import infer_outcome
+from omnimemory_learner.core.sessions import SessionTracker, drop_replayed
 from omnimemory_learner.events import validate_rows
-from omnimemory_learner.mapping import DEFAULT_EVENT_MAP, build_event_map, command_pairs
-from omnimemory_learner.outcome import infer_outcome
-from omnimemory_learner.sessions import SessionTracker, drop_replayed
 
 IDLE = 300.0
 

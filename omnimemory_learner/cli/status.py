@@ -1,13 +1,18 @@
-"""`status` and `outbox`: what the operator asks of a running or stopped learner."""
+"""`status`: is the learner running, and what has it done."""
 
-import sys
+from __future__ import annotations
+
 import time
-from typing import List, Optional
+from typing import Optional
 
-from .config import Config
-from .events import EventReader, Unavailable
-from .snapshot import STALE_AFTER_SECONDS, read_snapshot, statistics
-from .state import LOCK_FILE, STATE_FILE, StateError, StateStore, lock_is_held, read_lock_pid
+from ..config import Config
+from ..events import EventReader, Unavailable
+from ..storage.files import LOCK_FILE, STATE_FILE
+from ..storage.lock import lock_is_held, read_lock_pid
+from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot, statistics
+from ..storage.state import StateError, StateStore
+from .exits import EX_NO_STATE, EX_NOT_RUNNING, EX_OK
+from .output import echo, error, print_json
 
 
 def _ago(seconds: float) -> str:
@@ -76,23 +81,21 @@ def collect_status(config: Config) -> Optional[dict]:
 
 
 def status(config: Config, as_json: bool) -> int:
-    from .cli import EX_NO_STATE, EX_NOT_RUNNING, EX_OK, print_json
-
     try:
         report = collect_status(config)
-    except StateError as error:
-        print(f"omnimemory-learner: {error}", file=sys.stderr)
+    except StateError as problem:
+        error(str(problem))
         return EX_NO_STATE
     if report is None:
         if as_json:
             print_json({"running": False, "active_sessions": 0, "stats": None, "state_dir": str(config.state_dir)})
         else:
-            print(f"omnimemory-learner has never run with state directory {config.state_dir}")
+            echo(f"omnimemory-learner has never run with state directory {config.state_dir}")
         return EX_NO_STATE
     if as_json:
         print_json(report)
     else:
-        print(_human_status(report))
+        echo(_human_status(report))
     return EX_OK if report["running"] else EX_NOT_RUNNING
 
 
@@ -131,53 +134,3 @@ def _human_status(report: dict) -> str:
         f"     Last error: {(_when(last_error['at']) + ': ' + last_error['message']) if last_error else 'none'}",
     ]
     return "\n".join(lines)
-
-
-def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool) -> int:
-    from .cli import EX_FAILURE, EX_NO_STATE, EX_OK, print_json
-
-    try:
-        store = StateStore(config.state_dir, create=False)
-    except StateError as error:
-        print(f"omnimemory-learner: {error}", file=sys.stderr)
-        return EX_NO_STATE
-    try:
-        if action == "list":
-            entries = store.outbox()
-            if ids:
-                entries = [entry for entry in entries if entry["id"] in ids]
-            if as_json:
-                print_json(entries)
-            elif not entries:
-                print("The outbox is empty: every closed session was delivered.")
-            else:
-                print(f"{'ID':>8}  {'STATUS':8}  {'SESSION':24}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  LAST ERROR")
-                for entry in entries:
-                    print(f"{entry['id']:>8}  {entry['status']:8}  {entry['session_id'][:24]:24}  "
-                          f"{entry['commands']:>5}  {entry['outcome'] or '':8}  {entry['attempts']:>5}  "
-                          f"{(entry['last_error'] or '')[:60]}")
-            return EX_OK
-        if action == "retry":
-            moved = store.retry_rejected(ids or None)
-            print(f"{moved} rejected session(s) moved back to pending; the running service sends them "
-                  "within a minute.")
-            return EX_OK
-        # drop
-        if len(ids) != 1:
-            print("omnimemory-learner: outbox drop takes exactly one ID", file=sys.stderr)
-            return 2
-        if not yes:
-            if not sys.stdin.isatty():
-                print("omnimemory-learner: refusing to drop without confirmation; add --yes", file=sys.stderr)
-                return EX_FAILURE
-            answer = input(f"Drop session {ids[0]} for good? It will never be learned. [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                print("Not dropped.")
-                return EX_FAILURE
-        if store.drop(ids[0]):
-            print(f"Session {ids[0]} dropped.")
-            return EX_OK
-        print(f"omnimemory-learner: no pending or rejected session with id {ids[0]}", file=sys.stderr)
-        return EX_FAILURE
-    finally:
-        store.close()

@@ -13,9 +13,11 @@ A session closes when it has been idle for the threshold, judged two ways:
 Callers pass `now` (monotonic seconds) in; nothing here reads a clock.
 """
 
+from __future__ import annotations
+
 from array import array
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .outcome import OUTCOME_WINDOW, infer_outcome
 
@@ -30,7 +32,7 @@ class _OpenSession:
     # A session is a list of references to the shared (command, event_type)
     # pairs and an array of timestamps: 16 bytes a command, where a tuple per
     # command with its own strings and float cost about 150.
-    __slots__ = ("session_id", "pairs", "times", "first_rowid", "last_rowid", "last_time", "last_arrival")
+    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "last_time", "pairs", "session_id", "times")
 
     def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
         self.session_id = session_id
@@ -45,9 +47,18 @@ class _OpenSession:
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
-    __slots__ = ("session_id", "pairs", "times", "first_rowid", "last_rowid", "reason", "learnable")
+    __slots__ = ("first_rowid", "last_rowid", "learnable", "pairs", "reason", "session_id", "times")
 
-    def __init__(self, session_id, pairs, times, first_rowid, last_rowid, reason, learnable):
+    def __init__(
+        self,
+        session_id: str,
+        pairs: Sequence[Tuple[str, str]],
+        times: array,
+        first_rowid: int,
+        last_rowid: int,
+        reason: str,
+        learnable: bool,
+    ):
         self.session_id: str = session_id
         self.pairs: Sequence[Tuple[str, str]] = pairs
         self.times: array = times  # array("d")
@@ -57,8 +68,8 @@ class ClosedSession:
         self.learnable: bool = learnable
 
     @classmethod
-    def from_commands(cls, session_id, commands: Sequence[Command], first_rowid, last_rowid, reason="idle",
-                      learnable=True) -> "ClosedSession":
+    def from_commands(cls, session_id: str, commands: Sequence[Command], first_rowid: int, last_rowid: int,
+                      reason: str = "idle", learnable: bool = True) -> ClosedSession:
         return cls(session_id, [(command, event_type) for command, _, event_type in commands],
                    array("d", [timestamp for _, timestamp, _ in commands]), first_rowid, last_rowid, reason, learnable)
 
@@ -70,7 +81,7 @@ class ClosedSession:
     def outcome(self) -> str:
         return infer_outcome([command for command, _ in self.pairs[-OUTCOME_WINDOW:]])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"ClosedSession({self.session_id!r}, {len(self.pairs)} commands, "
             f"rows {self.first_rowid}-{self.last_rowid}, {self.reason})"
@@ -93,7 +104,7 @@ class SessionTracker:
         self.max_open = max_open
         # Ordered by last arrival: the first entry is always the longest idle,
         # so the next deadline and eviction are O(1).
-        self._open: "OrderedDict[str, _OpenSession]" = OrderedDict()
+        self._open: OrderedDict[str, _OpenSession] = OrderedDict()
         self.newest_event_time = float("-inf")
         self.closed_count = 0
         self.too_short_count = 0
@@ -153,7 +164,7 @@ class SessionTracker:
         deadline_arrival = now - self.idle_seconds
         return self._close_from_front(lambda session: session.last_arrival > deadline_arrival)
 
-    def _close_from_front(self, still_active) -> List[ClosedSession]:
+    def _close_from_front(self, still_active: Callable[[_OpenSession], bool]) -> List[ClosedSession]:
         """Close idle sessions from the longest idle on, up to the first still active."""
         closed = []
         sessions = self._open
@@ -204,7 +215,9 @@ class SessionTracker:
         return sum(len(session.pairs) for session in self._open.values())
 
 
-def drop_replayed(events: Sequence[MappedEvent], closed_ranges: Dict[str, List[Tuple[int, int]]]):
+def drop_replayed(
+    events: Sequence[MappedEvent], closed_ranges: Dict[str, List[Tuple[int, int]]]
+) -> Sequence[MappedEvent]:
     """Leave out events that belong to sessions already closed before a restart.
 
     After a restart the reader goes back to the low-water mark; the events of

@@ -6,6 +6,8 @@ counts and logs failures, and reconnects when a send fails.  Outside systemd
 (no NOTIFY_SOCKET) every call is a silent no-op.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import socket
@@ -57,7 +59,7 @@ class Notifier:
         # connects once; we connect to the address we were given (the "@"
         # form is an abstract socket) and let it do the sending, with
         # debug=True so that errors reach us.
-        address = self.socket_address
+        address = self.socket_address or ""
         if address.startswith("@"):
             address = "\0" + address[1:]
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -76,9 +78,10 @@ class Notifier:
             return False
         for attempt in (1, 2):
             try:
-                if self._notifier is None:
-                    self._notifier = self._connect()
-                self._notifier.notify(message)
+                notifier = self._notifier
+                if notifier is None:
+                    notifier = self._notifier = self._connect()
+                notifier.notify(message)
                 return True
             except (OSError, UnicodeEncodeError) as error:
                 # The socket may have gone away: connect afresh and try once more.

@@ -1,5 +1,7 @@
 """Whether a workflow session ended well, judged as the original service did."""
 
+from __future__ import annotations
+
 from typing import Sequence
 
 SUCCESS_INDICATORS = frozenset({"commit_changes", "push_changes", "save_file", "command_completed"})

@@ -1,26 +1,22 @@
-"""The `omnimemory-learner` command: run (default), status, doctor, backfill,
-check-config, outbox.  Exit statuses follow sysexits and the LSB."""
+"""The `omnimemory-learner` command: parse, load the configuration, dispatch.
+
+Commands: run (default), status, doctor, backfill, check-config, outbox.
+Exit statuses are in exits.py; what a person reads goes through output.py.
+"""
+
+from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__
-from .config import EX_CONFIG, ConfigError, load_config, to_toml
-from .logs import print_error
-
-EX_OK = 0
-EX_FAILURE = 1
-EX_NOT_RUNNING = 3  # LSB: program is not running
-EX_NO_STATE = 4  # LSB: program or service status is unknown
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
-EX_TEMPFAIL = 75
+from .. import __version__
+from ..config import Config, ConfigError, load_config, to_toml
+from ..logs import print_error
+from .exits import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_USAGE
+from .output import echo
 
 log = logging.getLogger("omnimemory_learner")
 
@@ -79,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> Config:
     flags = {
         "db_path": args.db,
         "api_url": args.api_url,
@@ -108,10 +104,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "run":
         return run(config, args)
     if command == "check-config":
-        sys.stdout.write(to_toml(config))
+        echo(to_toml(config), end="")
         return EX_OK
     if command == "status":
-        from .operator import status
+        from .status import status
 
         return status(config, args.json)
     if command == "doctor":
@@ -123,25 +119,26 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return backfill(config, args.until_delivered_timeout)
     if command == "outbox":
-        from .operator import outbox
+        from .outbox import outbox
 
         return outbox(config, args.action, args.ids, args.yes, args.json)
     parser.error(f"unknown command {command}")
-    return 2
+    return EX_USAGE
 
 
-def run(config, args: argparse.Namespace) -> int:
-    from .logs import enable_faulthandler, setup_logging
-    from .service import Service
-    from .state import AlreadyRunning, StateError
+def run(config: Config, args: argparse.Namespace) -> int:
+    from ..logs import enable_faulthandler, setup_logging
+    from ..service import Service
+    from ..storage.lock import AlreadyRunning
+    from ..storage.state import StateError
 
     setup_logging(config.log_level, config.log_file)
     enable_faulthandler()
 
-    def reload_config():
+    def reload_config() -> Config:
         return config_from_args(args)
 
-    def on_reload(new_config):
+    def on_reload(new_config: Config) -> None:
         # SIGHUP also reopens the log file (and applies a new level or path).
         setup_logging(new_config.log_level, new_config.log_file)
 
@@ -156,7 +153,3 @@ def run(config, args: argparse.Namespace) -> int:
         log.error("%s", error)
         return EX_CANTCREAT
 
-
-def print_json(data) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
-    sys.stdout.write("\n")

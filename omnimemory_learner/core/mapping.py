@@ -1,5 +1,7 @@
 """Which activity events are workflow commands, and what they are called."""
 
+from __future__ import annotations
+
 from typing import Dict, Mapping, Optional, Tuple
 
 # The fifteen mappings of the original service; `[event_map]` in the

@@ -3,13 +3,16 @@
 Written to a temporary file and renamed, so a reader never sees half of it.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
-from .state import SNAPSHOT_FILE, StateStore
+from .files import SNAPSHOT_FILE
+from .state import StateStore
 
 # The original service's statistics, in its words; the rest is ours.
 ORIGINAL_STATS = ("events_processed", "sessions_created", "patterns_learned", "errors")
@@ -47,7 +50,7 @@ def statistics(store: StateStore, open_sessions: int = 0) -> dict:
     """The `stats` object: the original's four keys first, then the rest."""
     counters = store.counters()
     statuses = store.status_counts()
-    stats = {
+    stats: Dict[str, Any] = {
         "events_processed": counters.get("events_processed", 0),
         # Sessions are counted when they close; open ones are created too.
         "sessions_created": counters.get("sessions_created", 0) + open_sessions,

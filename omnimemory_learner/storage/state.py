@@ -21,8 +21,8 @@ in between can only cause a resend with the same idempotency key.  An fsync
 per delivered session would cap delivery at the disk's fsync rate.
 """
 
-import errno
-import fcntl
+from __future__ import annotations
+
 import json
 import logging
 import os
@@ -33,15 +33,13 @@ from array import array
 from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from .sessions import ClosedSession
+from ..core.sessions import ClosedSession
+from .files import STATE_FILE, ensure_private_dir
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.db"
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _BIG_ENDIAN = sys.byteorder == "big"
-LOCK_FILE = "lock"
-SNAPSHOT_FILE = "status.json"
 
 PENDING, REJECTED, LEARNED, NOT_LEARNED, TOO_SHORT = "pending", "rejected", "learned", "not_learned", "too_short"
 DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT)
@@ -86,10 +84,6 @@ CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
 
 class StateError(Exception):
     """The state store cannot be used (permissions, disk, corruption)."""
-
-
-class AlreadyRunning(Exception):
-    """Another process holds the state store's lock."""
 
 
 class Position(NamedTuple):
@@ -161,66 +155,6 @@ def decode_commands(value) -> List[Tuple[str, float, str]]:
         times.byteswap()
     return [(command, timestamp, event_type)
             for (command, event_type), timestamp in zip(json.loads(value[:split]), times)]
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o700)
-
-
-class InstanceLock:
-    """An flock on state_dir/lock: one service (or backfill) per state store."""
-
-    def __init__(self, state_dir: Path):
-        self.path = Path(state_dir) / LOCK_FILE
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> None:
-        ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            os.close(fd)
-            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise AlreadyRunning(f"another omnimemory-learner holds {self.path} (pid {read_lock_pid(self.path)})")
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def read_lock_pid(path: Path) -> Optional[int]:
-    try:
-        return int(Path(path).read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
-def lock_is_held(state_dir: Path) -> bool:
-    """Whether a running process holds the state lock (without taking it for long)."""
-    path = Path(state_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _create_private(path: Path) -> None:
@@ -297,7 +231,9 @@ class StateStore:
                             self.path)
             except (sqlite3.Error, OSError) as error:
                 if not self.path.exists():
-                    raise StateError(f"the state store {self.path} was deleted and cannot be restored: {error}")
+                    raise StateError(
+                        f"the state store {self.path} was deleted and cannot be restored: {error}"
+                    ) from None
         except OSError as error:
             raise StateError(f"cannot check the state store {self.path}: {error}") from None
         self._db.close()
@@ -343,7 +279,7 @@ class StateStore:
         # Random 128-bit idempotency keys, as uuid4 makes them, from one
         # getrandom() call for the batch instead of one per session.
         keys = os.urandom(16 * len(closed)).hex()
-        rows = []
+        rows: List[tuple] = []
         for index, session in enumerate(closed):
             key = keys[32 * index:32 * index + 32]
             if session.learnable:

@@ -4,7 +4,8 @@ One line per check: ok, warning or problem, and for the last two what to do.
 Exit 0 when nothing is a problem, 1 otherwise.
 """
 
-import json
+from __future__ import annotations
+
 import os
 import shutil
 import sqlite3
@@ -17,9 +18,13 @@ from typing import List, NamedTuple, Optional
 
 import httpx
 
-from .config import Config, ConfigError
-from .events import file_identity, parse_timestamp
-from .state import LOCK_FILE, STATE_FILE, StateError, StateStore, lock_is_held
+from ..config import Config, ConfigError
+from ..events import file_identity, parse_timestamp
+from ..storage.files import LOCK_FILE, STATE_FILE
+from ..storage.lock import lock_is_held
+from ..storage.state import StateError, StateStore
+from .exits import EX_FAILURE, EX_OK
+from .output import echo, print_json
 
 UNIT_NAME = "omnimemory-learner.service"
 LAUNCHD_LABEL = "com.omnimemory.learner"
@@ -38,7 +43,7 @@ class Check(NamedTuple):
 def report_config_error(error: ConfigError, as_json: bool) -> int:
     _print([Check("configuration", PROBLEM, str(error), "correct the value named above, then run "
                   "'omnimemory-learner check-config'")], as_json)
-    return 1
+    return EX_FAILURE
 
 
 def doctor(config: Config, as_json: bool) -> int:
@@ -50,19 +55,18 @@ def doctor(config: Config, as_json: bool) -> int:
     checks += check_paths(config)
     checks += check_outbox(config)
     _print(checks, as_json)
-    return 1 if any(check.level == PROBLEM for check in checks) else 0
+    return EX_FAILURE if any(check.level == PROBLEM for check in checks) else EX_OK
 
 
 def _print(checks: List[Check], as_json: bool) -> None:
     if as_json:
-        json.dump([check._asdict() for check in checks], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json([check._asdict() for check in checks])
         return
     for check in checks:
         line = f"{check.level:<8} {check.name}: {check.message}"
         if check.fix:
             line += f"\n{'':9}fix: {check.fix}"
-        print(line)
+        echo(line)
 
 
 def check_database(config: Config) -> List[Check]:
@@ -115,7 +119,7 @@ def check_position(config: Config) -> List[Check]:
         db.close()
     except sqlite3.Error:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
-    if position.db_identity is not None and tuple(position.db_identity) != identity or head < position.replay_until:
+    if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
         return [Check("position", WARNING, "the database was replaced since the learner last read it",
                       "nothing to do: the learner reads the new database from its start")]
     behind = head - position.replay_until
@@ -192,11 +196,11 @@ def check_service_manager() -> List[Check]:
     else:
         checks.append(Check("unit file", OK, f"{unit} runs {executable}"))
     if shutil.which("systemctl") is None:
-        return checks + [Check("service", WARNING, "systemctl is not available")]
+        return [*checks, Check("service", WARNING, "systemctl is not available")]
     active = _run(["systemctl", "--user", "is-active", UNIT_NAME])
     enabled = _run(["systemctl", "--user", "is-enabled", UNIT_NAME])
     if active is None or enabled is None:
-        return checks + [Check("service", WARNING, "no systemd user manager answered")]
+        return [*checks, Check("service", WARNING, "no systemd user manager answered")]
     state, enablement = active.stdout.strip(), enabled.stdout.strip()
     if state != "active":
         checks.append(Check("service", PROBLEM, f"{UNIT_NAME} is {state or 'unknown'} ({enablement})",

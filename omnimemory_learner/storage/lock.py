@@ -1,0 +1,76 @@
+"""One learner per state store: an flock on state_dir/lock.
+
+The service and `backfill` take it; `status` only asks whether it is held.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Optional
+
+from .files import LOCK_FILE, ensure_private_dir
+
+
+class AlreadyRunning(Exception):
+    """Another process holds the state store's lock."""
+
+
+class InstanceLock:
+    """An flock on state_dir/lock: one service (or backfill) per state store."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise AlreadyRunning(
+                    f"another omnimemory-learner holds {self.path} (pid {read_lock_pid(self.path)})"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_lock_pid(path: Path) -> Optional[int]:
+    try:
+        return int(Path(path).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def lock_is_held(state_dir: Path) -> bool:
+    """Whether a running process holds the state lock (without taking it for long)."""
+    path = Path(state_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
