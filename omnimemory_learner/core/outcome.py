@@ -19,3 +19,9 @@ def infer_outcome(commands: Sequence[str]) -> str:
     if not FAILURE_INDICATORS.isdisjoint(tail):
         return "failure"
     return "success"
+
+
+def has_outcome_indicator(commands: Sequence[str]) -> bool:
+    """Whether the outcome comes from an indicator in the last three commands, not the default."""
+    tail = commands[-OUTCOME_WINDOW:]
+    return not (SUCCESS_INDICATORS.isdisjoint(tail) and FAILURE_INDICATORS.isdisjoint(tail))
