@@ -1,0 +1,111 @@
+"""Unusual sessions, scored against the user's own transition model (pure).
+
+The model is first-order: the probability that command b follows command a,
+estimated from the history's sessions (repeats folded) with add-alpha
+smoothing over the commands seen plus an end marker, and a start marker
+before each session:
+
+    P(b | a) = (count(a -> b) + alpha) / (count(a -> anything) + alpha * (|V| + 1))
+
+A session's score is the mean negative log-likelihood per transition
+(start -> first, ..., last -> end): a session made of the user's usual
+transitions scores low, one made of transitions never or rarely seen scores
+high.  A session is flagged when the model has seen at least MIN_HISTORY
+sessions and its score is above the FLAG_PERCENTILE-th percentile of the
+history's own scores; the rarest transition (lowest probability) says why.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+START, END = "^", "$"
+ALPHA = 0.5
+MIN_HISTORY = 200
+FLAG_PERCENTILE = 99.0
+
+
+def _folded(names: Sequence[str]) -> List[str]:
+    return [name for index, name in enumerate(names) if index == 0 or names[index - 1] != name]
+
+
+class Score(NamedTuple):
+    value: float  # mean negative log-likelihood per transition (nats)
+    rarest: Tuple[str, str]  # the least likely transition
+    rarest_probability: float
+
+
+class TransitionModel:
+    def __init__(self, alpha: float = ALPHA):
+        if alpha <= 0:
+            raise ValueError("alpha must be positive")
+        self.alpha = alpha
+        self._counts: Dict[str, Dict[str, int]] = {}
+        self._totals: Dict[str, int] = {}
+        self._vocabulary: set = set()
+        self.sessions = 0
+
+    def add(self, names: Sequence[str]) -> None:
+        path = [START, *_folded(names), END]
+        for a, b in zip(path, path[1:]):
+            row = self._counts.setdefault(a, {})
+            row[b] = row.get(b, 0) + 1
+            self._totals[a] = self._totals.get(a, 0) + 1
+        self._vocabulary.update(path[1:-1])
+        self.sessions += 1
+
+    def probability(self, a: str, b: str) -> float:
+        # Every command seen, plus the end marker, can follow; unseen ones get alpha too.
+        outcomes = len(self._vocabulary) + 1
+        count = self._counts.get(a, {}).get(b, 0)
+        return (count + self.alpha) / (self._totals.get(a, 0) + self.alpha * outcomes)
+
+    def score(self, names: Sequence[str]) -> Optional[Score]:
+        if not names:
+            return None
+        path = [START, *_folded(names), END]
+        total = 0.0
+        rarest: Tuple[str, str] = (path[0], path[1])
+        lowest = math.inf
+        for a, b in zip(path, path[1:]):
+            p = self.probability(a, b)
+            total -= math.log(p)
+            if p < lowest:
+                lowest, rarest = p, (a, b)
+        return Score(total / (len(path) - 1), rarest, lowest)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class UnusualDetector:
+    """A model over the history plus the flagging threshold drawn from it."""
+
+    def __init__(self, history: Iterable[Sequence[str]], min_history: int = MIN_HISTORY,
+                 flag_percentile: float = FLAG_PERCENTILE, alpha: float = ALPHA):
+        self.model = TransitionModel(alpha)
+        self.min_history = min_history
+        self.flag_percentile = flag_percentile
+        sessions = [list(names) for names in history if names]
+        for names in sessions:
+            self.model.add(names)
+        scores = [score.value for score in map(self.model.score, sessions) if score is not None]
+        self.threshold: Optional[float] = (
+            percentile(scores, flag_percentile) if len(scores) >= min_history else None
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.threshold is not None
+
+    def judge(self, names: Sequence[str]) -> Tuple[Optional[Score], bool]:
+        """The session's score and whether it is unusual (never before MIN_HISTORY sessions)."""
+        score = self.model.score(names)
+        if score is None or self.threshold is None:
+            return score, False
+        return score, score.value > self.threshold
