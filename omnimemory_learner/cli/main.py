@@ -1,6 +1,6 @@
 """The `omnimemory-learner` command: parse, load the configuration, dispatch.
 
-Commands: run (default), status, doctor, backfill, check-config, outbox.
+Commands: run (default), status, doctor, backfill, check-config, outbox, history, report.
 Exit statuses are in exits.py; what a person reads goes through output.py.
 """
 
@@ -72,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_argument("ids", nargs="*", type=int, metavar="ID", help="session ids (retry: default all)")
     outbox.add_argument("--yes", action="store_true", help="drop without asking")
     outbox.add_argument("--json", action="store_true", help="machine-readable output (list)")
+    history = commands.add_parser("history", parents=common, help="the sessions the learner settled",
+                                  description="One line per settled session, newest first. WHEN is an ISO "
+                                  "date or date-time (local time) or a time ago: 30m, 2h, 7d, 1w.")
+    history.add_argument("--since", metavar="WHEN", help="sessions whose last event is at or after WHEN")
+    history.add_argument("--until", metavar="WHEN", help="sessions whose last event is before WHEN")
+    history.add_argument("--session", metavar="ID", help="only this session id")
+    history.add_argument("--limit", metavar="N", type=int, help="at most N sessions")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    report = commands.add_parser("report", parents=common, help="your workflows, from the history",
+                                 description="Sessions per day and outcome, most frequent workflows and "
+                                 "transitions, repeated patterns and unusual sessions.")
+    report.add_argument("--since", metavar="WHEN", help="only sessions whose last event is at or after WHEN")
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--dot", metavar="FILE", help="write the transition graph as Graphviz DOT")
+    report.add_argument("--svg", metavar="FILE", help="render the transition graph to SVG with Graphviz's dot")
     return parser
 
 
@@ -122,6 +137,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .outbox import outbox
 
         return outbox(config, args.action, args.ids, args.yes, args.json)
+    if command == "history":
+        from .history import history
+
+        return history(config, args.since, args.until, args.session, args.limit, args.json)
+    if command == "report":
+        from .report import report
+
+        return report(config, args.since, args.json, args.dot, args.svg)
     parser.error(f"unknown command {command}")
     return EX_USAGE
 

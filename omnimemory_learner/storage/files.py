@@ -8,6 +8,7 @@ from pathlib import Path
 STATE_FILE = "state.db"
 LOCK_FILE = "lock"
 SNAPSHOT_FILE = "status.json"
+HISTORY_FILE = "history.db"
 
 
 def ensure_private_dir(path: Path) -> None:

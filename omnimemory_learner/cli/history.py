@@ -1,0 +1,107 @@
+"""`history`: the sessions the learner settled, newest first."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import time
+from typing import List, Optional, Sequence
+
+from ..config import Config
+from ..storage.files import HISTORY_FILE
+from ..storage.history import Entry, HistoryStore
+from .exits import EX_NO_STATE, EX_OK, EX_USAGE
+from .output import echo, error, print_json, shown
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class BadTime(ValueError):
+    """A --since/--until value that is neither relative nor an ISO date."""
+
+
+def parse_when(text: str, now: Optional[float] = None) -> float:
+    """Unix seconds from '2h', '7d', '30m', '1w' (that long ago) or an ISO date or date-time (local)."""
+    now = time.time() if now is None else now
+    match = _RELATIVE.match(text)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2).lower()]
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise BadTime(f"cannot read {text!r} as a time: give an ISO date (2026-11-20, 2026-11-20T09:30) "
+                      "or a time ago (30m, 2h, 7d, 1w)") from None
+    return moment.timestamp()
+
+
+def local_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def sequence_text(names: Sequence[str], limit: int = 8) -> str:
+    """open_file > edit_code x37 > save_file, cut after `limit` steps."""
+    runs: List[List] = []
+    for name in names:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    parts = [f"{name} x{count}" if count > 1 else name for name, count in runs]
+    if len(parts) > limit:
+        parts = [*parts[:limit], f"... {len(parts) - limit} more"]
+    return " > ".join(parts)
+
+
+def entry_line(entry: Entry) -> str:
+    quality = f"q={entry.quality:.2f}" if entry.quality is not None else "q=-"
+    flag = "  UNUSUAL" if entry.unusual else ""
+    return (f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  {quality}  "
+            f"{len(entry.commands):>4} cmds  {shown(entry.session_id, 40)}  {shown(sequence_text(entry.commands))}"
+            f"{flag}")
+
+
+def open_history(config: Config) -> Optional[HistoryStore]:
+    if not (config.state_dir / HISTORY_FILE).exists():
+        return None
+    store = HistoryStore(config.state_dir, create=False)
+    return store if store.problem is None else None
+
+
+def history(config: Config, since: Optional[str], until: Optional[str], session: Optional[str],
+            limit: Optional[int], as_json: bool) -> int:
+    try:
+        start = parse_when(since) if since else None
+        end = parse_when(until) if until else None
+    except BadTime as problem:
+        error(str(problem))
+        return EX_USAGE
+    if limit is not None and limit < 1:
+        error("--limit takes a positive number")
+        return EX_USAGE
+    store = open_history(config)
+    if store is None:
+        if as_json:
+            print_json([])
+        else:
+            echo(f"No history yet in {shown(str(config.state_dir))}: the learner keeps one once it has "
+                 "settled a session.")
+        return EX_NO_STATE
+    try:
+        entries = store.sessions(since=start, until=end, session_id=session, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        print_json([entry.as_json() for entry in entries])
+        return EX_OK
+    if not entries:
+        echo("No session matches.")
+        return EX_OK
+    echo(f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'QUALITY':<6}  {'':>9}  {'SESSION':<40}  COMMANDS")
+    for entry in entries:
+        echo(entry_line(entry))
+    return EX_OK
+

@@ -1,0 +1,147 @@
+"""`report`: the user's workflows, from the history of settled sessions.
+
+Sessions per day and per outcome, the most frequent workflows (repeats
+folded) with their success rates, the most frequent transitions, how many
+sessions repeated an earlier pattern with and without folding, and the
+unusual sessions.  `--dot` writes the directly-follows graph; `--svg`
+renders it with Graphviz's `dot`.  It reads history.db only, so it works
+while the service runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..config import Config
+from ..core.graph import SessionSummary, directly_follows, recurrence, to_dot, workflows
+from ..storage.history import Entry
+from .exits import EX_CANTCREAT, EX_NO_STATE, EX_OK, EX_UNAVAILABLE, EX_USAGE
+from .history import BadTime, local_time, open_history, parse_when
+from .output import echo, error, print_json, shown
+
+TOP_WORKFLOWS = 10
+TOP_TRANSITIONS = 15
+INSTALL_GRAPHVIZ = ("Graphviz's dot is not installed; install it (Debian/Ubuntu: sudo apt-get install graphviz; "
+                    "macOS: brew install graphviz), or write DOT with --dot FILE and render it elsewhere")
+
+
+def build_report(entries: List[Entry]) -> Dict[str, Any]:
+    """The report as data (what --json prints); entries oldest first."""
+    summaries = [SessionSummary(entry.commands, entry.outcome or "success") for entry in entries if entry.commands]
+    per_day: Dict[str, Dict[str, int]] = {}
+    for entry in entries:
+        day = time.strftime("%Y-%m-%d", time.localtime(entry.last_time))
+        counts = per_day.setdefault(day, {})
+        for key in (entry.outcome or "none", f"settled:{entry.settled}"):
+            counts[key] = counts.get(key, 0) + 1
+    exact, folded = recurrence(summaries)
+    edges = directly_follows(summaries)
+    ranked_edges = sorted(edges.items(), key=lambda item: (-item[1].occurrences, item[0]))
+    return {
+        "sessions": len(entries),
+        "first": entries[0].last_time if entries else None,
+        "last": entries[-1].last_time if entries else None,
+        "per_day": per_day,
+        "workflows": [
+            {"commands": list(sequence), "count": tally.occurrences, "success_rate": round(tally.success_share, 3)}
+            for sequence, tally in workflows(summaries)[:TOP_WORKFLOWS]
+        ],
+        "transitions": [
+            {"from": source, "to": target, "count": tally.occurrences, "success_share": round(tally.success_share, 3)}
+            for (source, target), tally in ranked_edges[:TOP_TRANSITIONS]
+        ],
+        "repeated_patterns": {"exact": exact, "folded": folded, "sessions": len(summaries)},
+        "unusual": [
+            {"session_id": entry.session_id, "last_time": entry.last_time, "score": entry.unusual_score,
+             "rarest": entry.rarest, "commands": list(entry.commands)}
+            for entry in entries if entry.unusual
+        ],
+    }
+
+
+def _human(report: Dict[str, Any]) -> List[str]:
+    lines = [f"{report['sessions']} settled sessions"
+             + (f", {local_time(report['first'])} to {local_time(report['last'])}" if report["sessions"] else "")]
+    lines.append("")
+    lines.append("Per day:")
+    for day, counts in sorted(report["per_day"].items()):
+        outcomes = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("success", "failure"))
+        settled = ", ".join(f"{value} {key.split(':', 1)[1]}" for key, value in sorted(counts.items())
+                            if key.startswith("settled:"))
+        lines.append(f"  {day}  {outcomes}  ({settled})")
+    lines.append("")
+    lines.append("Most frequent workflows (repeats folded):")
+    for workflow in report["workflows"]:
+        lines.append(f"  {workflow['count']:>6}  {workflow['success_rate']:>6.0%} success  "
+                     f"{shown(' > '.join(workflow['commands']), 200)}")
+    lines.append("")
+    lines.append("Most frequent transitions:")
+    for edge in report["transitions"]:
+        lines.append(f"  {edge['count']:>6}  {edge['success_share']:>6.0%} success  "
+                     f"{shown(edge['from'], 60)} -> {shown(edge['to'], 60)}")
+    repeated = report["repeated_patterns"]
+    lines.append("")
+    lines.append(f"Sessions that repeated an earlier pattern: {repeated['exact']} of {repeated['sessions']} "
+                 f"as sent, {repeated['folded']} with repeats folded")
+    lines.append("")
+    lines.append(f"Unusual sessions: {len(report['unusual'])}")
+    for item in report["unusual"]:
+        lines.append(f"  {local_time(item['last_time'])}  {shown(item['session_id'], 40)}  "
+                     f"rarest transition {shown(item['rarest'] or '-', 80)}")
+    return lines
+
+
+def render_svg(dot_text: str, target: Path) -> Optional[str]:
+    """Run Graphviz; None when done, else what went wrong."""
+    dot = shutil.which("dot")
+    if dot is None:
+        return INSTALL_GRAPHVIZ
+    try:
+        result = subprocess.run([dot, "-Tsvg", "-o", str(target)], input=dot_text, text=True,
+                                capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as problem:
+        return f"dot failed: {problem}"
+    if result.returncode != 0:
+        return f"dot failed ({result.returncode}): {result.stderr.strip()[:500]}"
+    return None
+
+
+def report(config: Config, since: Optional[str], as_json: bool, dot_file: Optional[str],
+           svg_file: Optional[str]) -> int:
+    try:
+        start = parse_when(since) if since else None
+    except BadTime as problem:
+        error(str(problem))
+        return EX_USAGE
+    store = open_history(config)
+    if store is None:
+        error(f"no history yet in {shown(str(config.state_dir))}: the learner keeps one once it has settled a session")
+        return EX_NO_STATE
+    try:
+        entries = store.sessions(since=start, oldest_first=True)
+    finally:
+        store.close()
+    data = build_report(entries)
+    summaries = [SessionSummary(entry.commands, entry.outcome or "success") for entry in entries if entry.commands]
+    dot_text = to_dot(directly_follows(summaries)) if (dot_file or svg_file) else ""
+    try:
+        if dot_file:
+            Path(dot_file).write_text(dot_text)
+    except OSError as problem:
+        error(f"cannot write {shown(dot_file)}: {problem.strerror or problem}")
+        return EX_CANTCREAT
+    if svg_file:
+        problem_text = render_svg(dot_text, Path(svg_file))
+        if problem_text is not None:
+            error(problem_text)
+            return EX_UNAVAILABLE
+    if as_json:
+        print_json(data)
+    else:
+        for line in _human(data):
+            echo(line)
+    return EX_OK

@@ -1,0 +1,295 @@
+"""The history of settled sessions, and the ledger of what was delivered.
+
+Every session that settles (learned, not learned, rejected, too short, below
+min_quality, dropped by the operator) gets one row here, keyed by its content
+key (core.identity): the key index is the delivered ledger, so one store
+answers both "what did it learn?" and "was this session sent already?".
+
+It lives in its own file, history.db beside state.db, and is a convenience,
+not the source of truth for exactly-once within one database (the outbox in
+state.db is): losing it (deleted, corrupt, unwritable) never stops learning.
+The store says so once, moves a corrupt file aside and starts a new one.
+Every method but open() swallows its own failures for that reason and
+reports them through `problem`.
+
+Retention: rows whose last event is older than `days`, and beyond
+`max_sessions` the oldest, are pruned in small batches (prune_some), so a
+prune never holds the write lock for long and readers (WAL) never wait.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
+
+from .files import HISTORY_FILE, ensure_private_dir
+
+log = logging.getLogger(__name__)
+
+# How settled sessions ended, as `history` shows them.
+LEARNED, NOT_LEARNED, REJECTED, TOO_SHORT, LOW_QUALITY, DROPPED = (
+    "learned", "not_learned", "rejected", "too_short", "low_quality", "dropped")
+PRUNE_BATCH = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    key TEXT PRIMARY KEY,          -- the content key: the delivered ledger's index
+    session_id TEXT NOT NULL,
+    first_time REAL NOT NULL,      -- event time of the first and last command (Unix seconds)
+    last_time REAL NOT NULL,
+    commands TEXT NOT NULL,        -- JSON list of command names, before folding
+    outcome TEXT,
+    pattern_id TEXT,
+    closed_reason TEXT,            -- idle, cut, close_on, chunk, evicted, end, replaced
+    settled TEXT NOT NULL,         -- learned, not_learned, rejected, too_short, low_quality, dropped
+    quality REAL,
+    unusual_score REAL,
+    unusual INTEGER NOT NULL DEFAULT 0,
+    rarest TEXT,                   -- the rarest transition of an unusual session, "a -> b"
+    settled_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_by_time ON history (last_time);
+"""
+
+
+class Entry(NamedTuple):
+    key: str
+    session_id: str
+    first_time: float
+    last_time: float
+    commands: Sequence[str]
+    outcome: Optional[str]
+    pattern_id: Optional[str]
+    closed_reason: Optional[str]
+    settled: str
+    quality: Optional[float] = None
+    unusual_score: Optional[float] = None
+    unusual: bool = False
+    rarest: Optional[str] = None
+    settled_at: float = 0.0
+
+    def as_json(self) -> Dict[str, Any]:
+        data = self._asdict()
+        data["commands"] = list(self.commands)
+        return data
+
+
+_COLUMNS = ", ".join(Entry._fields)
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    values[11] = bool(values[11])
+    return Entry(*values)
+
+
+class HistoryStore:
+    """One connection to history.db (each thread opens its own)."""
+
+    def __init__(self, state_dir: Path, create: bool = True):
+        self.path = Path(state_dir) / HISTORY_FILE
+        self.problem: Optional[str] = None
+        self._db: Optional[sqlite3.Connection] = None
+        self._identity: Optional[tuple] = None
+        self._create = create
+        self._open()
+
+    # -- opening, and starting again when the file is lost -------------------
+
+    def _open(self) -> bool:
+        if self._db is not None:
+            return True
+        if not self._create and not self.path.exists():
+            return False
+        try:
+            if self._create:
+                ensure_private_dir(self.path.parent)
+                if not self.path.exists():
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                if self._create:
+                    db.executescript(_SCHEMA)
+                db.execute("SELECT count(*) FROM history WHERE 0").fetchone()
+            except sqlite3.DatabaseError:
+                db.close()
+                raise
+        except sqlite3.DatabaseError as error:
+            if self._create and _is_corrupt(error):
+                return self._start_again(f"{self.path} is corrupt ({error})")
+            self._fail(f"cannot use the history {self.path}: {error}")
+            return False
+        except OSError as error:
+            self._fail(f"cannot use the history {self.path}: {error}")
+            return False
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.chmod(str(self.path) + suffix, 0o600)
+            except OSError:
+                pass
+        status = os.stat(self.path)
+        self._identity = (status.st_dev, status.st_ino)
+        self._db = db
+        if self.problem is not None:
+            log.info("The history %s is usable again", self.path)
+            self.problem = None
+        return True
+
+    def _start_again(self, why: str) -> bool:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        log.warning("%s; moved it to %s and started a new history (learning goes on)", why, aside)
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                try:
+                    os.unlink(str(self.path) + suffix)
+                except FileNotFoundError:
+                    pass
+        except OSError as error:
+            self._fail(f"cannot move the corrupt history {self.path} aside: {error}")
+            return False
+        return self._open()
+
+    def _fail(self, problem: str) -> None:
+        if problem != self.problem:
+            log.warning("%s; learning goes on without it", problem)
+        self.problem = problem
+
+    def _usable(self) -> bool:
+        """The connection, reopened when the file was deleted or replaced under us."""
+        if self._db is not None:
+            try:
+                status = os.stat(self.path)
+                if (status.st_dev, status.st_ino) == self._identity:
+                    return True
+                why = "was replaced"
+            except FileNotFoundError:
+                why = "was deleted"
+            except OSError:
+                return True
+            log.warning("The history %s %s; starting a new one (learning goes on)", self.path, why)
+            self.close()
+        return self._open()
+
+    def close(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def _run(self, action: Callable[[sqlite3.Connection], Any], default: Any) -> Any:
+        if not self._usable():
+            return default
+        assert self._db is not None
+        try:
+            return action(self._db)
+        except sqlite3.DatabaseError as error:
+            if self._create and _is_corrupt(error):
+                self.close()
+                self._start_again(f"{self.path} is corrupt ({error})")
+            else:
+                self._fail(f"cannot use the history {self.path}: {error}")
+            return default
+
+    # -- writing ---------------------------------------------------------------
+
+    def record(self, entries: Iterable[Entry]) -> bool:
+        """Add settled sessions; a key already there is updated (a rejected one retried, say)."""
+        now = time.time()
+        rows = [
+            (entry.key, entry.session_id, entry.first_time, entry.last_time,
+             json.dumps(list(entry.commands), separators=(",", ":")), entry.outcome, entry.pattern_id,
+             entry.closed_reason, entry.settled, entry.quality, entry.unusual_score, int(entry.unusual),
+             entry.rarest, entry.settled_at or now)
+            for entry in entries
+        ]
+        if not rows:
+            return True
+
+        def write(db: sqlite3.Connection) -> bool:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(f"INSERT OR REPLACE INTO history ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
+            return True
+
+        return bool(self._run(write, False))
+
+    def prune_some(self, days: float, max_sessions: int, now: Optional[float] = None) -> int:
+        """Remove at most PRUNE_BATCH rows past retention; returns how many (0: nothing left to do)."""
+        horizon = (now if now is not None else time.time()) - days * 86400.0
+
+        def prune(db: sqlite3.Connection) -> int:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                removed = db.execute(
+                    "DELETE FROM history WHERE key IN (SELECT key FROM history WHERE last_time < ?"
+                    " ORDER BY last_time LIMIT ?)", (horizon, PRUNE_BATCH)).rowcount
+                if removed < PRUNE_BATCH:
+                    over = db.execute("SELECT count(*) FROM history").fetchone()[0] - max_sessions
+                    if over > 0:
+                        removed += db.execute(
+                            "DELETE FROM history WHERE key IN (SELECT key FROM history"
+                            " ORDER BY last_time LIMIT ?)", (min(over, PRUNE_BATCH),)).rowcount
+            return removed
+
+        return int(self._run(prune, 0))
+
+    # -- the ledger --------------------------------------------------------------
+
+    def delivered(self, keys: Sequence[str]) -> set:
+        """Which of these content keys settled already (O(1) each: the primary key)."""
+        if not keys:
+            return set()
+
+        def look(db: sqlite3.Connection) -> set:
+            found: set = set()
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                found.update(row[0] for row in db.execute(
+                    f"SELECT key FROM history WHERE key IN ({marks})", chunk))
+            return found
+
+        return set(self._run(look, set()))
+
+    # -- reading -----------------------------------------------------------------
+
+    def sessions(self, since: Optional[float] = None, until: Optional[float] = None,
+                 session_id: Optional[str] = None, limit: Optional[int] = None,
+                 oldest_first: bool = False) -> List[Entry]:
+        clauses: List[str] = []
+        values: List[Any] = []
+        if since is not None:
+            clauses.append("last_time >= ?")
+            values.append(since)
+        if until is not None:
+            clauses.append("last_time < ?")
+            values.append(until)
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            values.append(session_id)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = "ASC" if oldest_first else "DESC"
+        tail = " LIMIT ?" if limit is not None else ""
+        if limit is not None:
+            values.append(limit)
+        sql = f"SELECT {_COLUMNS} FROM history{where} ORDER BY last_time {order}, key{tail}"
+        return list(self._run(lambda db: [_entry(row) for row in db.execute(sql, values)], []))
+
+    def count(self) -> int:
+        return int(self._run(lambda db: db.execute("SELECT count(*) FROM history").fetchone()[0], 0))
+
+
+def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
