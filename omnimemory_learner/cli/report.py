@@ -14,10 +14,10 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import Config
-from ..core.graph import SessionSummary, directly_follows, recurrence, to_dot, workflows
+from ..core.graph import SessionSummary, Tally, directly_follows, recurrence, summarize, to_dot, workflows
 from ..storage.history import Entry
 from .exits import EX_CANTCREAT, EX_NO_STATE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from .history import BadTime, local_time, open_history, parse_when
@@ -29,9 +29,13 @@ INSTALL_GRAPHVIZ = ("Graphviz's dot is not installed; install it (Debian/Ubuntu:
                     "macOS: brew install graphviz), or write DOT with --dot FILE and render it elsewhere")
 
 
-def build_report(entries: List[Entry]) -> Dict[str, Any]:
+def summaries_of(entries: List[Entry]) -> List[SessionSummary]:
+    return [summarize(entry.commands, entry.outcome or "success") for entry in entries if entry.commands]
+
+
+def build_report(entries: List[Entry], summaries: List[SessionSummary],
+                 edges: Dict[Tuple[str, str], Tally]) -> Dict[str, Any]:
     """The report as data (what --json prints); entries oldest first."""
-    summaries = [SessionSummary(entry.commands, entry.outcome or "success") for entry in entries if entry.commands]
     per_day: Dict[str, Dict[str, int]] = {}
     for entry in entries:
         day = time.strftime("%Y-%m-%d", time.localtime(entry.last_time))
@@ -39,7 +43,6 @@ def build_report(entries: List[Entry]) -> Dict[str, Any]:
         for key in (entry.outcome or "none", f"settled:{entry.settled}"):
             counts[key] = counts.get(key, 0) + 1
     exact, folded = recurrence(summaries)
-    edges = directly_follows(summaries)
     ranked_edges = sorted(edges.items(), key=lambda item: (-item[1].occurrences, item[0]))
     return {
         "sessions": len(entries),
@@ -48,7 +51,7 @@ def build_report(entries: List[Entry]) -> Dict[str, Any]:
         "per_day": per_day,
         "workflows": [
             {"commands": list(sequence), "count": tally.occurrences, "success_rate": round(tally.success_share, 3)}
-            for sequence, tally in workflows(summaries)[:TOP_WORKFLOWS]
+            for sequence, tally in workflows(summaries, TOP_WORKFLOWS)
         ],
         "transitions": [
             {"from": source, "to": target, "count": tally.occurrences, "success_share": round(tally.success_share, 3)}
@@ -125,9 +128,10 @@ def report(config: Config, since: Optional[str], as_json: bool, dot_file: Option
         entries = store.sessions(since=start, oldest_first=True)
     finally:
         store.close()
-    data = build_report(entries)
-    summaries = [SessionSummary(entry.commands, entry.outcome or "success") for entry in entries if entry.commands]
-    dot_text = to_dot(directly_follows(summaries)) if (dot_file or svg_file) else ""
+    summaries = summaries_of(entries)
+    edges = directly_follows(summaries)
+    data = build_report(entries, summaries, edges)
+    dot_text = to_dot(edges) if (dot_file or svg_file) else ""
     try:
         if dot_file:
             Path(dot_file).write_text(dot_text)

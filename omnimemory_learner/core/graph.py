@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, NamedTuple, Sequence, Set, Tuple
+import heapq
+from collections import Counter
+from itertools import groupby
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .folding import folded_length
 
@@ -21,10 +24,15 @@ SUCCESS = "success"
 
 
 class SessionSummary(NamedTuple):
-    """What the report needs of one settled session."""
+    """What the report needs of one settled session (make it with summarize())."""
 
-    names: Sequence[str]  # command names before folding
+    names: Tuple[str, ...]  # command names before folding
     outcome: str  # success / failure
+    folded: Tuple[str, ...]  # the names with repeats folded, computed once
+
+
+def summarize(names: Sequence[str], outcome: str) -> SessionSummary:
+    return SessionSummary(tuple(names), outcome, fold_names(names))
 
 
 class Tally(NamedTuple):
@@ -37,32 +45,33 @@ class Tally(NamedTuple):
 
 
 def fold_names(names: Sequence[str]) -> Tuple[str, ...]:
-    return tuple(name for index, name in enumerate(names) if index == 0 or names[index - 1] != name)
+    return tuple(name for name, _ in groupby(names))
 
 
-def _tally(counts: Dict, key: object, success: bool) -> None:
-    count, successes = counts.get(key, (0, 0))
-    counts[key] = (count + 1, successes + (1 if success else 0))
-
-
-def workflows(sessions: Iterable[SessionSummary]) -> List[Tuple[Tuple[str, ...], Tally]]:
-    """Folded sequences, most frequent first (ties: the sequence, for a stable order)."""
-    counts: Dict[Tuple[str, ...], Tuple[int, int]] = {}
+def workflows(sessions: Iterable[SessionSummary], top: Optional[int] = None) -> List[Tuple[Tuple[str, ...], Tally]]:
+    """Folded sequences, most frequent first (ties: the sequence, for a stable order); the first `top`."""
+    counts: Counter = Counter()
+    successes: Counter = Counter()
     for session in sessions:
-        _tally(counts, fold_names(session.names), session.outcome == SUCCESS)
-    ranked = sorted(counts.items(), key=lambda item: (-item[1][0], item[0]))
-    return [(sequence, Tally(*tally)) for sequence, tally in ranked]
+        counts[session.folded] += 1
+        if session.outcome == SUCCESS:
+            successes[session.folded] += 1
+    order = ((-count, sequence) for sequence, count in counts.items())
+    ranked = sorted(order) if top is None else heapq.nsmallest(top, order)
+    return [(sequence, Tally(-negative, successes[sequence])) for negative, sequence in ranked]
 
 
 def directly_follows(sessions: Iterable[SessionSummary]) -> Dict[Tuple[str, str], Tally]:
     """(a, b) -> how often b came right after a (repeats folded), and in how many successes."""
-    counts: Dict[Tuple[str, str], Tuple[int, int]] = {}
+    counts: Counter = Counter()
+    successes: Counter = Counter()
     for session in sessions:
-        folded = fold_names(session.names)
-        success = session.outcome == SUCCESS
-        for pair in zip(folded, folded[1:]):
-            _tally(counts, pair, success)
-    return {pair: Tally(*tally) for pair, tally in counts.items()}
+        folded = session.folded
+        pairs = list(zip(folded, folded[1:]))
+        counts.update(pairs)
+        if session.outcome == SUCCESS:
+            successes.update(pairs)
+    return {pair: Tally(count, successes[pair]) for pair, count in counts.items()}
 
 
 def recurrence(sessions: Iterable[SessionSummary]) -> Tuple[int, int]:
@@ -71,8 +80,8 @@ def recurrence(sessions: Iterable[SessionSummary]) -> Tuple[int, int]:
     seen_folded: Set[Tuple[str, ...]] = set()
     exact = folded = 0
     for session in sessions:
-        sequence = tuple(session.names)
-        short = fold_names(sequence)
+        sequence = session.names
+        short = session.folded
         exact += sequence in seen_exact
         folded += short in seen_folded
         seen_exact.add(sequence)

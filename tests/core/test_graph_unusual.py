@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from omnimemory_learner.core.graph import (
-    SessionSummary,
     directly_follows,
     recurrence,
     share_colour,
+    summarize,
     to_dot,
     workflows,
 )
@@ -20,7 +20,7 @@ from omnimemory_learner.core.unusual import MIN_HISTORY, TransitionModel, Unusua
 
 NAMES = st.sampled_from(["open_file", "edit_code", "save_file", "run_tests", "commit_changes"])
 SESSIONS = st.lists(
-    st.builds(SessionSummary, st.lists(NAMES, min_size=1, max_size=30), st.sampled_from(["success", "failure"])),
+    st.builds(summarize, st.lists(NAMES, min_size=1, max_size=30), st.sampled_from(["success", "failure"])),
     max_size=40,
 )
 
@@ -53,15 +53,15 @@ def test_workflows_and_recurrence_equal_plain_counts(sessions):
         counts[key] = counts.get(key, 0) + 1
     assert {sequence: tally.occurrences for sequence, tally in ranked} == counts
     assert [tally.occurrences for _, tally in ranked] == sorted(counts.values(), reverse=True)
-    exact = sum(1 for i, s in enumerate(sessions) if any(list(t.names) == list(s.names) for t in sessions[:i]))
+    exact = sum(1 for i, s in enumerate(sessions) if any(t.names == s.names for t in sessions[:i]))
     folded = sum(1 for i, s in enumerate(sessions)
                  if any(plain_fold(t.names) == plain_fold(s.names) for t in sessions[:i]))
     assert recurrence(sessions) == (exact, folded)
 
 
 def test_dot_has_every_edge_with_its_count_and_escapes_names():
-    sessions = [SessionSummary(["open_file", "edit_code", "edit_code", "save_file"], "success"),
-                SessionSummary(["open_file", "edit_code", 'we"ird\nname'], "failure")]
+    sessions = [summarize(["open_file", "edit_code", "edit_code", "save_file"], "success"),
+                summarize(["open_file", "edit_code", 'we"ird\nname'], "failure")]
     dot = to_dot(directly_follows(sessions))
     edges = re.findall(r'^  "(.+?)" -> "(.+?)" \[label="(\d+)"', dot, re.MULTILINE)
     assert sorted(edges) == sorted([("open_file", "edit_code", "2"), ("edit_code", "save_file", "1"),
