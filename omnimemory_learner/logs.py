@@ -25,6 +25,7 @@ import errno
 import faulthandler
 import logging
 import logging.handlers
+import numbers
 import os
 import socket
 import struct
@@ -81,7 +82,7 @@ def _shown_arg(value: object) -> object:
     if isinstance(value, str):
         return shown(value)
     # Numbers stay numbers so that %d and %.1f keep working; their text is digits.
-    if value is None or isinstance(value, (int, float)):
+    if value is None or isinstance(value, numbers.Number):
         return value
     return _Shown(value)
 
