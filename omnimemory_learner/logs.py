@@ -32,8 +32,7 @@ import struct
 import sys
 import traceback
 from pathlib import Path
-from types import TracebackType
-from typing import Any, List, Mapping, Optional, Sequence, TextIO, Tuple, Type, Union
+from typing import Any, List, Mapping, Optional, Sequence, TextIO, Union
 
 from .text import shown
 
@@ -52,8 +51,6 @@ SYSLOG_IDENTIFIER = "omnimemory-learner"
 # line limit for the stream protocol is 48 KiB).
 JOURNAL_CUT_BYTES = 48 * 1024
 _OWN_HANDLER = "_omnimemory_learner"
-
-ExcInfo = Tuple[Type[BaseException], BaseException, Optional[TracebackType]]
 
 
 def priority(levelno: int) -> int:
@@ -163,12 +160,18 @@ def journal_field(name: str, value: Union[str, bytes]) -> bytes:
 
 
 class JournalHandler(logging.Handler):
-    """journald's native protocol: one record, one datagram, one journal entry."""
+    """journald's native protocol: one record, one datagram, one journal entry.
 
-    def __init__(self, socket_path: str = JOURNAL_SOCKET, identifier: str = SYSLOG_IDENTIFIER):
+    While journald does not answer (restarting), a record goes to `fallback`
+    (the stream handler, a priority on every line) rather than being lost.
+    """
+
+    def __init__(self, socket_path: str = JOURNAL_SOCKET, identifier: str = SYSLOG_IDENTIFIER,
+                 fallback: Optional[logging.Handler] = None):
         super().__init__()
         self.socket_path = socket_path
         self.identifier = identifier
+        self.fallback = fallback
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             # As sd_journal_send does: room for large entries before a memfd is needed.
@@ -202,9 +205,12 @@ class JournalHandler(logging.Handler):
             try:
                 self.socket.sendto(data, self.socket_path)
             except OSError as error:
-                if error.errno not in (errno.EMSGSIZE, errno.ENOBUFS):
+                if error.errno in (errno.EMSGSIZE, errno.ENOBUFS):
+                    self._send_large(data, message, metadata)
+                elif self.fallback is not None:
+                    self.fallback.handle(record)
+                else:
                     raise
-                self._send_large(data, message, metadata)
         except Exception:  # noqa: BLE001 - logging.Handler's contract: report, never raise
             self.handleError(record)
 
@@ -282,14 +288,15 @@ def setup_logging(
     root.setLevel(level)
     handlers: List[logging.Handler] = []
     if under_journald(stderr, env):
+        # The stream, a priority on every line: when the journal's socket is not there.
+        stream = logging.StreamHandler(stderr)
+        stream.setFormatter(JournaldFormatter("%(message)s"))
         journal: logging.Handler
         try:
-            journal = JournalHandler(journal_socket)
+            journal = JournalHandler(journal_socket, fallback=stream)
             journal.setFormatter(ShownFormatter("%(message)s"))
         except OSError:
-            # No journal socket: the stream, a priority on every line.
-            journal = logging.StreamHandler(stderr)
-            journal.setFormatter(JournaldFormatter("%(message)s"))
+            journal = stream
         handlers.append(journal)
         mode = "journald"
     else:

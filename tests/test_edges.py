@@ -378,6 +378,12 @@ def test_setup_logging_uses_the_journal_socket_under_journald(tmp_path, journal_
         assert fields["MESSAGE"] == [b"rejected a\\nb"] and fields["PRIORITY"] == [b"3"]
         stream.flush()
         assert (tmp_path / "stderr").read_text() == "" and not (tmp_path / "l.log").exists()
+        # journald goes away (restarting): records go to the stream, a priority on each line.
+        sock.close()
+        os.unlink(path)
+        logging.getLogger("t").warning("while away %s", "a\n<2>b")
+        stream.flush()
+        assert (tmp_path / "stderr").read_text() == "<4>while away a\\n<2>b\n"
     finally:
         stream.close()
 
