@@ -96,8 +96,9 @@ def shown_args(args: Union[Sequence[object], Mapping[str, object], None]) -> Any
 def format_exception_shown(exception: BaseException) -> str:
     """A traceback as Python prints it, with each exception's own message escaped.
 
-    The frames are our code; the message ("ValueError: ...") may quote
-    untrusted text, so it goes through shown() and stays on its line.
+    The frames are source lines of installed code; the message
+    ("ValueError: ...") may quote untrusted text, so it goes through shown()
+    and stays on its line.  An exception group shows its own line only.
     """
     parts: List[str] = []
     seen = set()
