@@ -1,18 +1,32 @@
-"""The OS edges: sd_notify over real AF_UNIX sockets, journald formatting,
-the file watcher and its fallback, signals."""
+"""The OS edges: sd_notify over real AF_UNIX sockets, journald's native and
+stream protocols, log lines that untrusted text cannot forge, the file
+watcher and its fallback, signals."""
 
+import array
+import fcntl
 import io
 import logging
 import os
+import re
 import socket
+import struct
 import sys
 import threading
 import time
+import unicodedata
+from pathlib import Path
 
 import pytest
 from helpers import create_db, insert_events, learner_env, start_learner, stop
 
-from omnimemory_learner.logs import JournaldFormatter, print_error, setup_logging, under_journald
+from omnimemory_learner.logs import (
+    JournaldFormatter,
+    JournalHandler,
+    ShownFormatter,
+    print_error,
+    setup_logging,
+    under_journald,
+)
 from omnimemory_learner.system.notify import Notifier, ascii_text
 from omnimemory_learner.watching import RECHECK_OFFSETS, DatabaseWatcher, RecheckSchedule
 
@@ -113,16 +127,21 @@ def test_journal_stream_detection_and_modes(tmp_path):
     level = root.level
     try:
         out = io.StringIO()
+        # No journal socket there: the stream protocol, a priority on every line.
         mode = setup_logging("INFO", tmp_path / "logs" / "l.log", {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
-                             stderr=stream, stdout=out)
+                             stderr=stream, stdout=out, journal_socket=str(tmp_path / "no-journal"))
         assert mode == "journald"
         logging.getLogger("t").warning("to the journal")
         stream.flush()
         assert (tmp_path / "stderr").read_text() == "<4>to the journal\n"
         assert out.getvalue() == "" and not (tmp_path / "logs").exists()
-        print_error("bad config", stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        logging.getLogger("t").warning("id %s", "evil\n<3>Fake\x1b[31m")
         stream.flush()
-        assert (tmp_path / "stderr").read_text().endswith("<3>bad config\n")
+        assert (tmp_path / "stderr").read_text().endswith("<4>id evil\\n<3>Fake\\x1b[31m\n")
+        print_error("bad config", stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        print_error("bad path /tmp/x\n<6>ok", stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        stream.flush()
+        assert (tmp_path / "stderr").read_text().endswith("<3>bad config\n<3>bad path /tmp/x\\n<6>ok\n")
         mode = setup_logging("INFO", tmp_path / "logs" / "l.log", {}, stderr=stream, stdout=out)
         assert mode == "file"
         logging.getLogger("t").info("to the file")
@@ -136,6 +155,236 @@ def test_journal_stream_detection_and_modes(tmp_path):
                 root.removeHandler(handler)
                 handler.close()
         root.setLevel(level)
+        stream.close()
+
+
+# Ids a tool may write into the daemon's database, and answers anything on the API's port may give.
+HOSTILE = [
+    "evil\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked\x1b[31m",
+    "nul\x00byte", "sep\u2028arator", "\u202eright-to-left", "<2>\n<3>forged priority", "back\\slash\r\n",
+    "k" * 10_000,
+]
+LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ")
+
+
+def unsafe_characters(text):
+    """Characters of `text` that a terminal would not show as themselves (line breaks aside)."""
+    return [char for char in text if char != "\n" and (
+        unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+        or (unicodedata.category(char) == "Zs" and char != " "))]
+
+
+@pytest.fixture
+def own_handlers():
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if getattr(handler, "_omnimemory_learner", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def test_every_argument_and_exception_message_is_escaped_and_numbers_still_format():
+    formatter = ShownFormatter("%(levelname)s %(message)s")
+    args = (HOSTILE[0], 3, 1.5, Path("/tmp/a\nb"), None)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "s=%s n=%d f=%.1f p=%s none=%s", args, None)
+    text = formatter.format(record)
+    assert text == ("INFO s=evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked\\x1b[31m n=3 f=1.5 "
+                    "p=/tmp/a\\nb none=None")
+    assert record.args == args and record.getMessage().count("\n") == 2  # other handlers see the record as it was
+    mapping = logging.LogRecord("x", logging.INFO, __file__, 1, "%(sid)s/%(n)d", ({"sid": "a\x1bb", "n": 7},), None)
+    assert formatter.format(mapping) == "INFO a\\x1bb/7"
+    odd = logging.LogRecord("x", logging.INFO, __file__, 1, ValueError("not\na template"), None, None)
+    assert formatter.format(odd) == "INFO not\\na template"
+    repr_record = logging.LogRecord("x", logging.INFO, __file__, 1, "%r", (Path("a\u202eb"),), None)
+    assert "\u202e" not in formatter.format(repr_record)
+
+
+def test_a_traceback_keeps_its_frames_and_escapes_the_exception_messages():
+    formatter = ShownFormatter("%(message)s")
+    try:
+        try:
+            raise KeyError("inner\n2026-11-24 07:00:00 - ERROR - Fake")
+        except KeyError as inner:
+            raise ValueError(HOSTILE[0]) from inner
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Delivery failed for %s", ("s\x1b",),
+                                   sys.exc_info())
+    lines = formatter.format(record).splitlines()
+    assert lines[0] == "Delivery failed for s\\x1b"
+    assert sum(line == "Traceback (most recent call last):" for line in lines) == 2
+    assert "The above exception was the direct cause of the following exception:" in lines
+    assert any(line.startswith("ValueError: evil\\n2026-11-24 07:00:00 - ERROR - Fake") for line in lines)
+    assert any(line.startswith("KeyError: 'inner\\\\n2026") for line in lines)  # KeyError shows its repr
+    assert not any(line.startswith("2026-11-24") for line in lines)
+    assert any(__file__ in line for line in lines)  # frames are there, as Python prints them
+    assert unsafe_characters("\n".join(lines)) == []
+
+
+def test_log_file_and_console_get_one_line_per_record_whatever_the_text(tmp_path, own_handlers):
+    out = io.StringIO()
+    assert setup_logging("INFO", tmp_path / "l.log", {}, stderr=io.StringIO(), stdout=out) == "file"
+    log = logging.getLogger("omnimemory_learner.delivery")
+    for sid in HOSTILE:
+        log.info("Learning from session %s: %d commands, outcome=%s", sid, 3, "success")
+        log.error("Procedural API rejected session %s; kept as rejected: %s", sid, f"HTTP 422: {sid}")
+    for text in ((tmp_path / "l.log").read_text(encoding="utf-8"), out.getvalue()):
+        lines = text.splitlines()
+        assert len(lines) == 2 * len(HOSTILE)
+        assert all(LINE_START.match(line) for line in lines), lines
+        assert [line.split(" - ")[1] for line in lines] == ["INFO", "ERROR"] * len(HOSTILE)
+        assert unsafe_characters(text) == []
+        assert "\r" not in text and "\u2028" not in text
+        assert "...[9000 more characters]" in text  # the 10 kB id is cut with a mark
+
+
+def parse_journal_entry(data):
+    """The native protocol read back: {name: [values]}, by the document's rules."""
+    fields = {}
+    at = 0
+    while at < len(data):
+        end = data.index(b"\n", at)
+        line = data[at:end]
+        if b"=" in line:
+            name, value = line.split(b"=", 1)
+            at = end + 1
+        else:
+            name = line
+            size = struct.unpack("<Q", data[end + 1:end + 9])[0]
+            value = data[end + 9:end + 9 + size]
+            assert data[end + 9 + size:end + 10 + size] == b"\n"
+            at = end + 10 + size
+        assert re.fullmatch(rb"[A-Z0-9][A-Z0-9_]*", name), name
+        fields.setdefault(name.decode(), []).append(value)
+    return fields
+
+
+@pytest.fixture
+def journal_socket(tmp_path):
+    path = str(tmp_path / "journal-socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024 * 1024)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+def receive_entry(sock):
+    """One datagram; an empty one carrying a memfd is read from the memfd (with its seals)."""
+    fds = array.array("i")
+    data, ancillary, _, _ = sock.recvmsg(16 * 1024 * 1024, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if not fds:
+        return data, None
+    assert data == b"" and len(fds) == 1
+    fd = fds[0]
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), seals
+    finally:
+        os.close(fd)
+
+
+def test_native_journal_protocol_one_datagram_per_record(journal_socket, own_handlers):
+    path, sock = journal_socket
+    handler = JournalHandler(path)
+    handler.setFormatter(ShownFormatter("%(message)s"))
+    assert sock.recv(10) == b""  # the probe: journald drops an empty datagram
+    logger = logging.getLogger("omnimemory_learner.test_journal")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.setLevel(logging.DEBUG)
+        logger.info("Learning from session %s", HOSTILE[0])
+        try:
+            raise RuntimeError("boom\n<2>forged")
+        except RuntimeError:
+            logger.exception("Delivery thread failed for %s", "<3>x\ny")
+        logger.warning("multi-line template\nstays one entry")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        handler.close()
+    info, failure, warning = (parse_journal_entry(sock.recv(1 << 20)) for _ in range(3))
+    assert info["MESSAGE"] == [b"Learning from session evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials "
+                               b"leaked\\x1b[31m"]
+    assert info["PRIORITY"] == [b"6"] and info["SYSLOG_IDENTIFIER"] == [b"omnimemory-learner"]
+    assert info["CODE_FILE"] == [os.fsencode(__file__)] and info["CODE_FUNC"] == [
+        b"test_native_journal_protocol_one_datagram_per_record"] and int(info["CODE_LINE"][0]) > 0
+    assert info["LOGGER"] == [b"omnimemory_learner.test_journal"]
+    message = failure["MESSAGE"][0].decode()
+    assert failure["PRIORITY"] == [b"3"] and message.startswith("Delivery thread failed for <3>x\\ny\nTraceback")
+    assert message.endswith("RuntimeError: boom\\n<2>forged")
+    assert warning["MESSAGE"] == [b"multi-line template\nstays one entry"] and warning["PRIORITY"] == [b"4"]
+
+
+def test_an_entry_over_the_datagram_limit_goes_through_a_sealed_memfd(journal_socket):
+    path, sock = journal_socket
+    handler = JournalHandler(path)
+    handler.setFormatter(ShownFormatter("%(message)s"))
+    sock.recv(10)
+    big = "line\n" * 2_400_000  # 12 MB: over any datagram the kernel allows here
+    handler.emit(logging.LogRecord("x", logging.WARNING, __file__, 1, big, None, None))
+    data, seals = receive_entry(sock)
+    handler.close()
+    assert seals is not None
+    assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SHRINK and seals & fcntl.F_SEAL_GROW
+    fields = parse_journal_entry(data)
+    assert fields["MESSAGE"] == [big.encode()] and fields["PRIORITY"] == [b"4"]
+
+
+def test_without_a_memfd_a_large_entry_is_cut_with_a_mark(journal_socket, monkeypatch):
+    path, sock = journal_socket
+    handler = JournalHandler(path)
+    handler.setFormatter(ShownFormatter("%(message)s"))
+    sock.recv(10)
+
+    def no_memfd(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)
+    handler.emit(logging.LogRecord("x", logging.ERROR, __file__, 1, "é" * 6_000_000, None, None))
+    data, seals = receive_entry(sock)
+    handler.close()
+    fields = parse_journal_entry(data)
+    message = fields["MESSAGE"][0].decode()
+    assert seals is None and fields["PRIORITY"] == [b"3"]
+    assert message.startswith("é" * 1000) and message.endswith(f"...[{12_000_000 - 48 * 1024} more bytes]")
+
+
+def test_setup_logging_uses_the_journal_socket_under_journald(tmp_path, journal_socket, own_handlers):
+    path, sock = journal_socket
+    stream = open(tmp_path / "stderr", "w")
+    st = os.fstat(stream.fileno())
+    try:
+        mode = setup_logging("INFO", tmp_path / "l.log", {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                             stderr=stream, stdout=io.StringIO(), journal_socket=path)
+        assert mode == "journald"
+        sock.recv(10)
+        logging.getLogger("t").error("rejected %s", "a\nb")
+        fields = parse_journal_entry(sock.recv(1 << 16))
+        assert fields["MESSAGE"] == [b"rejected a\\nb"] and fields["PRIORITY"] == [b"3"]
+        stream.flush()
+        assert (tmp_path / "stderr").read_text() == "" and not (tmp_path / "l.log").exists()
+        # journald goes away (restarting): records go to the stream, a priority on each line.
+        sock.close()
+        os.unlink(path)
+        logging.getLogger("t").warning("while away %s", "a\n<2>b")
+        stream.flush()
+        assert (tmp_path / "stderr").read_text() == "<4>while away a\\n<2>b\n"
+    finally:
         stream.close()
 
 

@@ -24,13 +24,14 @@ from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_OK
-from .output import echo, print_json
+from .output import echo, print_json, shown
 
 UNIT_NAME = "omnimemory-learner.service"
 LAUNCHD_LABEL = "com.omnimemory.learner"
 REQUIRED_COLUMNS = ("timestamp", "event_type", "session_id")
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
+MESSAGE_CHARACTERS = 500
 
 
 class Check(NamedTuple):
@@ -63,9 +64,10 @@ def _print(checks: List[Check], as_json: bool) -> None:
         print_json([check._asdict() for check in checks])
         return
     for check in checks:
-        line = f"{check.level:<8} {check.name}: {check.message}"
+        # Messages quote paths, URLs and the API's answers: each goes through shown() whole.
+        line = f"{check.level:<8} {check.name}: {shown(check.message, MESSAGE_CHARACTERS)}"
         if check.fix:
-            line += f"\n{'':9}fix: {check.fix}"
+            line += f"\n{'':9}fix: {shown(check.fix, MESSAGE_CHARACTERS)}"
         echo(line)
 
 
@@ -162,7 +164,7 @@ def check_api(config: Config) -> List[Check]:
         checks.append(Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)"))
     else:
         checks.append(Check("api contract", PROBLEM, f"POST /learn answered HTTP {learn.status_code}: "
-                            f"{learn.text[:200]}", "check the procedural service's log"))
+                            f"{learn.text}", "check the procedural service's log"))
     return checks
 
 

@@ -8,7 +8,10 @@ from typing import List
 from ..config import Config
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
-from .output import echo, error, print_json
+from .output import echo, error, print_json, shown
+
+SESSION_CHARACTERS = 40
+ERROR_CHARACTERS = 60
 
 
 def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool) -> int:
@@ -27,11 +30,15 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
             elif not entries:
                 echo("The outbox is empty: every closed session was delivered.")
             else:
-                echo(f"{'ID':>8}  {'STATUS':8}  {'SESSION':24}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  LAST ERROR")
-                for entry in entries:
-                    echo(f"{entry['id']:>8}  {entry['status']:8}  {entry['session_id'][:24]:24}  "
-                          f"{entry['commands']:>5}  {entry['outcome'] or '':8}  {entry['attempts']:>5}  "
-                          f"{(entry['last_error'] or '')[:60]}")
+                # Session ids are shown escaped, cut with a mark past 40 characters; the column fits them.
+                sessions = [shown(entry["session_id"], SESSION_CHARACTERS) for entry in entries]
+                width = max(len("SESSION"), *(len(session) for session in sessions))
+                echo(f"{'ID':>8}  {'STATUS':8}  {'SESSION':{width}}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
+                     "LAST ERROR")
+                for entry, session in zip(entries, sessions):
+                    echo(f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
+                          f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
+                          f"{shown(entry['last_error'] or '', ERROR_CHARACTERS)}")
             return EX_OK
         if action == "retry":
             moved = store.retry_rejected(ids or None)

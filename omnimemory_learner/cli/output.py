@@ -2,8 +2,16 @@
 
 Human-readable output is written by `echo` (standard output) and `error`
 (standard error); machine-readable output by `print_json`.  Text that comes
-from outside (session ids, event types, the API's answers, paths) is made
-safe to show in this one place.
+from outside (session ids, event types, the API's answers, paths, URLs) is
+made safe to show with `shown()` (text.py has the whole rule):
+
+- `echo(text)`: our own lines; every untrusted value in them is passed as
+  `shown(value)` by the caller.  Under that, `echo` escapes any control
+  character but the line break, so nothing can drive the terminal even if a
+  caller forgets.
+- `error(text)`: one message on one line; the whole text goes through
+  `shown()` here, so callers pass values as they are.
+- `print_json(data)`: exact values; JSON escapes control characters itself.
 """
 
 from __future__ import annotations
@@ -13,6 +21,10 @@ import logging
 import sys
 import time
 from typing import Any, Optional, TextIO
+
+from ..text import printable_lines, shown
+
+__all__ = ["Progress", "echo", "error", "print_json", "shown"]
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +45,14 @@ def shown(value: object, limit: Optional[int] = None) -> str:
 
 
 def echo(text: str = "", stream: TextIO | None = None, end: str = "\n") -> None:
-    """A line for a person, on standard output."""
+    """Lines for a person, on standard output; values in them already went through shown()."""
     stream = stream or sys.stdout
-    stream.write(text + end)
+    stream.write(printable_lines(text) + end)
 
 
 def error(text: str) -> None:
-    """A message for a person, on standard error, prefixed with the program's name."""
-    sys.stderr.write(f"omnimemory-learner: {text}\n")
+    """A message for a person, on one line of standard error, prefixed with the program's name."""
+    sys.stderr.write(f"omnimemory-learner: {shown(text)}\n")
 
 
 def print_json(data: Any) -> None:

@@ -12,7 +12,7 @@ from ..storage.lock import lock_is_held, read_lock_pid
 from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot, statistics
 from ..storage.state import StateError, StateStore
 from .exits import EX_NO_STATE, EX_NOT_RUNNING, EX_OK
-from .output import echo, error, print_json
+from .output import echo, error, print_json, shown
 
 
 def _ago(seconds: float) -> str:
@@ -90,7 +90,7 @@ def status(config: Config, as_json: bool) -> int:
         if as_json:
             print_json({"running": False, "active_sessions": 0, "stats": None, "state_dir": str(config.state_dir)})
         else:
-            echo(f"omnimemory-learner has never run with state directory {config.state_dir}")
+            echo(f"omnimemory-learner has never run with state directory {shown(config.state_dir)}")
         return EX_NO_STATE
     if as_json:
         print_json(report)
@@ -106,21 +106,21 @@ def _human_status(report: dict) -> str:
                 f"{_when(report['snapshot_updated_at'])}): it may be "
                 "waiting for its state directory, or hung; see its log or `omnimemory-learner doctor`")
     elif report["running"]:
-        manager = report["service_manager"] or "none"
-        head = (f"active (running), pid {report['pid']}, {report['mode']} mode, under "
+        manager = shown(report["service_manager"] or "none")
+        head = (f"active (running), pid {report['pid']}, {shown(report['mode'])} mode, under "
                 f"{'no service manager' if manager == 'none' else manager}, since {_when(report['since'])}")
     else:
         head = "inactive (not running)"
     if report["db_head"] is None:
-        position = f"read to rowid {stats['read_position']}; database not readable: {report['database_problem']}"
+        position = f"read to rowid {stats['read_position']}; database not readable: {shown(report['database_problem'])}"
     else:
         position = f"read to rowid {stats['read_position']} of {report['db_head']} ({report['behind']} behind)"
     last_error = stats["last_error"]
     lines = [
         f"omnimemory-learner: {head}",
-        f"       Database: {report['db_path']}",
+        f"       Database: {shown(report['db_path'])}",
         f"       Position: {position}",
-        f"            API: {report['api_url']}" + (
+        f"            API: {shown(report['api_url'])}" + (
             f" (down since {_when(report['api_down_since'])})" if report.get("api_down_since") else ""),
         f"  Open sessions: {report['active_sessions']}",
         f"         Events: {stats['events_processed']} processed, {stats['events_skipped']} malformed skipped,"
@@ -131,6 +131,6 @@ def _human_status(report: dict) -> str:
         f"         Errors: {stats['errors']}",
         f"     Last event: {_when(stats['last_event_time'])}",
         f"  Last delivery: {_when(stats['last_delivery_at'])}",
-        f"     Last error: {(_when(last_error['at']) + ': ' + last_error['message']) if last_error else 'none'}",
+        f"     Last error: {(_when(last_error['at']) + ': ' + shown(last_error['message'])) if last_error else 'none'}",
     ]
     return "\n".join(lines)
