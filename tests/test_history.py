@@ -209,5 +209,5 @@ def test_an_untrusted_session_id_is_shown_escaped(tmp_path):
     lines = out.splitlines()
     # The header and one session line: the newline in the id did not start a line of its own.
     assert len(lines) == 2 and "\x1b" not in out
-    assert "evil\\n2026-11-24 07:00:00 - ERROR - Fake\\x1b...(+4 chars)" in lines[1]
+    assert "evil\\n2026-11-24 07:00:00 - ERROR - Fake\\x1b...[4 more characters]" in lines[1]
     assert json.loads(run_cli(tmp_path, "history", "--json").stdout)[0]["session_id"] == evil

@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 from ..text import printable_lines, shown
 
@@ -29,19 +29,6 @@ __all__ = ["Progress", "echo", "error", "print_json", "shown"]
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 5.0
-
-
-def shown(value: object, limit: Optional[int] = None) -> str:
-    """Untrusted text as it may be shown: control and format characters escaped, long values cut."""
-    text = str(value)
-    cut = ""
-    if limit is not None and len(text) > limit:
-        text, cut = text[:limit], f"...(+{len(text) - limit} chars)"
-    escaped = "".join(
-        ch if ch.isprintable() and ch != "\\" else ch.encode("unicode_escape").decode("ascii")
-        for ch in text
-    )
-    return escaped + cut
 
 
 def echo(text: str = "", stream: TextIO | None = None, end: str = "\n") -> None:
