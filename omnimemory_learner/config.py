@@ -134,6 +134,8 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
             if value.upper() not in LOG_LEVELS:
                 raise bad("expected one of " + ", ".join(LOG_LEVELS))
             return value.upper()
+        if any(not char.isprintable() or char.isspace() for char in value):
+            raise bad("a URL has no spaces or control characters")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise bad("expected an http:// or https:// URL with a host")
@@ -240,6 +242,24 @@ def load_config(
     return Config(event_map=build_event_map(event_overrides), origins=origins, config_file=used_file, **values)
 
 
+def toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, so any value reads back."""
+    out = []
+    for char in text:
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+_TOML_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def to_toml(config: Config, with_origins: bool = True) -> str:
     """The effective configuration as TOML, each value commented with its origin."""
 
@@ -248,8 +268,7 @@ def to_toml(config: Config, with_origins: bool = True) -> str:
             return "true" if value else "false"
         if isinstance(value, (int, float)):
             return repr(value)
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{text}"'
+        return toml_string(str(value))
 
     lines = []
     for key in _SCALARS:

@@ -1,9 +1,17 @@
 """Configuration sources, precedence and every rejection (pyfakefs: paths only)."""
 
 import os
+import sys
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from omnimemory_learner.cli import main as cli
 from omnimemory_learner.cli.exits import EX_CONFIG
@@ -167,3 +175,17 @@ def test_check_config_prints_effective_toml_that_parses(fs, env, monkeypatch, ca
     assert parsed["session_idle_minutes"] == 2.0 and parsed["poll_interval_seconds"] == 7.0
     assert "# flag --idle-minutes" in out and "# environment OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS" in out
     assert len(parsed["event_map"]) == 15
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",))))
+def test_check_config_strings_read_back_whatever_they_hold(text):
+    from omnimemory_learner.config import toml_string
+
+    assert tomllib.loads(f"key = {toml_string(text)}\n")["key"] == text
+    assert "\n" not in toml_string(text)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8002/a\nb", "http://local\x1bhost:8002", "http://a b:1"])
+def test_an_api_url_with_control_characters_or_spaces_is_invalid(url):
+    with pytest.raises(ConfigError, match="no spaces or control characters"):
+        load_config(None, {"OMNIMEMORY_LEARNER_API_URL": url, "HOME": "/tmp"}, {})
