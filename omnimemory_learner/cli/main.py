@@ -108,6 +108,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print_error(f"omnimemory-learner: configuration error: {error}")
         if command == "run" and service_manager() == LAUNCHD:
             return run(wait_for_valid_config(args), args)
+        if command == "service" and args.action != "install":
+            from .service import service
+
+            return service(None, args.action, args.no_start, args.purge)
         if command == "doctor":
             from .doctor import report_config_error
 

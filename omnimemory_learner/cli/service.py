@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
-from ..config import Config
+from ..config import Config, defaults
 from ..system.installer import (
     PROGRAM_NAME,
     Installer,
@@ -30,24 +30,31 @@ from .exits import EX_CANTCREAT, EX_FAILURE, EX_NOT_RUNNING, EX_OK
 from .output import echo, error
 
 
-def _installer(config: Config, need_program: bool) -> Installer:
+def _installer(state_dir: Path, log_dir: Path, need_program: bool) -> Installer:
     try:
         program = find_program()
     except InstallError:
         if need_program:
             raise
         program = Path(os.path.abspath(sys.executable)).parent / PROGRAM_NAME
-    paths = InstallPaths.for_user(program, config.state_dir, config.log_file.parent)
+    paths = InstallPaths.for_user(program, state_dir, log_dir)
     return installer_for(paths)
 
 
-def service(config: Config, action: str, no_start: bool = False, purge: bool = False) -> int:
+def service(config: Optional[Config], action: str, no_start: bool = False, purge: bool = False) -> int:
+    """`config` is None when the configuration is invalid: uninstall and status still work, on default paths."""
+    if config is None:
+        values = defaults()
+        state_dir, log_dir = values["state_dir"], values["log_file"].parent
+        echo(f"(the configuration is invalid: using the default paths {state_dir} and {log_dir})")
+    else:
+        state_dir, log_dir = config.state_dir, config.log_file.parent
     try:
         if action == "install":
-            return _install(_installer(config, need_program=True), no_start)
+            return _install(_installer(state_dir, log_dir, need_program=True), no_start)
         if action == "uninstall":
-            return _uninstall(_installer(config, need_program=False), purge)
-        return _status(_installer(config, need_program=False))
+            return _uninstall(_installer(state_dir, log_dir, need_program=False), purge)
+        return _status(_installer(state_dir, log_dir, need_program=False))
     except InstallError as problem:
         error(f"omnimemory-learner: {problem}")
         return EX_FAILURE

@@ -318,19 +318,17 @@ def uninstall(installer: Installer, purge_dirs: Sequence[Path] = ()) -> Report:
                 path.unlink()
                 report.removed.append(path)
         installer.after_removal(report)
-        # Innermost first; a directory that holds anything else (a user's file, logs) stays.
-        for directory in sorted(manifest_paths(manifest, "directories"), key=lambda p: len(p.parts), reverse=True):
-            if directory in purge_dirs:
-                continue
-            try:
-                directory.rmdir()
-                report.removed.append(directory)
-            except OSError:
-                pass
     for directory in purge_dirs:
         if directory.exists():
             shutil.rmtree(directory)
             report.removed.append(directory)
+    # Innermost first; a directory that holds anything else (a user's file, logs) stays.
+    for directory in sorted(manifest_paths(manifest, "directories"), key=lambda p: len(p.parts), reverse=True):
+        try:
+            directory.rmdir()
+            report.removed.append(directory)
+        except OSError:
+            pass
     return report
 
 

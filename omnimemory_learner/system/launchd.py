@@ -40,7 +40,8 @@ class LaunchdInstaller(Installer):
         return f"{self.domain}/{LABEL}"
 
     def planned_files(self) -> List[PlannedFile]:
-        text = substitute(data_file(f"packaging/launchd/{LABEL}.plist").read_text(), self.paths.values(), escape)
+        values = {name: escape(value) for name, value in self.paths.values().items()}
+        text = substitute(data_file(f"packaging/launchd/{LABEL}.plist").read_text(), values)
         try:
             plistlib.loads(text.encode())
         except Exception as error:  # plistlib raises several kinds: any means a broken template

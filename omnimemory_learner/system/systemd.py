@@ -21,7 +21,13 @@ UNITS = (UNIT, "omnimemory-learner-logrotate.service", TIMER)
 
 
 def systemd_quote(word: str) -> str:
-    """One word of a unit file: `%` escaped (specifiers), quoted when it holds blanks or quotes."""
+    """One word of a unit file: `%` escaped (specifiers), quoted when it holds blanks or quotes.
+
+    A word that starts a line (`ExecStart=/path`) keeps its key outside the quotes.
+    """
+    key = re.match(r"[A-Za-z]+=", word)
+    if key:
+        return key.group(0) + systemd_quote(word[key.end():])
     word = word.replace("%", "%%")
     if re.search(r'[\s"\'\\]', word):
         return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -77,6 +83,13 @@ class SystemdInstaller(Installer):
 
     def after_removal(self, report: Report) -> None:
         self.systemctl("daemon-reload")
+        # The manager made these for the timer's stamp; once empty they are nobody's.
+        timers = self.paths.data_home / "systemd" / "timers"
+        for directory in (timers, timers.parent):
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
     def extra_leftovers(self) -> List[Path]:
         # Persistent=true makes the manager keep a stamp of the timer's last run.
