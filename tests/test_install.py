@@ -378,3 +378,18 @@ def test_version_is_the_package_version():
     assert f"## {__version__} " in changelog
     debian = (ROOT / "debian/changelog").read_text().splitlines()[0]
     assert debian.startswith(f"omnimemory-learner ({__version__}) ")
+
+
+def test_doctor_names_a_unit_whose_program_is_gone_and_the_command_that_fixes_it(home, monkeypatch):
+    from omnimemory_learner.cli import doctor
+    program = fake_program(home / "pipx venv" / "bin")
+    install(installer_for(user_paths(home, program), "linux"), start=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setattr(doctor.sys, "platform", "linux")
+    first = doctor.check_service_manager()[0]
+    assert first.level == doctor.OK and str(program) in first.message
+    shutil.rmtree(home / "pipx venv")  # pipx uninstalled it, or the venv was rebuilt elsewhere
+    first = doctor.check_service_manager()[0]
+    assert first.level == doctor.PROBLEM and f"runs {program}, which is not there any more" in first.message
+    assert "omnimemory-learner service install" in first.fix
