@@ -23,10 +23,10 @@ from omnimemory_learner.system.installer import (
     data_file,
     find_program,
     install,
-    installer_for,
     uninstall,
 )
 from omnimemory_learner.system.launchd import LABEL, agent_program
+from omnimemory_learner.system.platforms import installer_for
 from omnimemory_learner.system.systemd import UNITS, exec_start_program
 
 

@@ -21,11 +21,11 @@ from ..system.installer import (
     InstallPaths,
     find_program,
     install,
-    installer_for,
     manifest_paths,
     read_manifest,
     uninstall,
 )
+from ..system.platforms import installer_for
 from .exits import EX_CANTCREAT, EX_FAILURE, EX_NOT_RUNNING, EX_OK
 from .output import echo, error
 

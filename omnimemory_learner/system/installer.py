@@ -4,7 +4,7 @@
                       enabling and starting (`activate`), stopping (`deactivate`), `state`
     systemd.py        SystemdInstaller: user units in $XDG_CONFIG_HOME/systemd/user
     launchd.py        LaunchdInstaller: a LaunchAgent in ~/Library/LaunchAgents
-    installer_for()   the one place that picks the platform's installer
+    platforms.py      installer_for(): the one place that picks the platform's installer
 
 Nothing happens on construction: `install()` and `uninstall()` are the explicit
 calls.  `install()` writes only files whose content differs (so a second run
@@ -201,19 +201,6 @@ class Installer:
     def installed_program(self) -> Optional[Path]:
         """The program the installed unit or agent runs, read back from it."""
         raise NotImplementedError
-
-
-def installer_for(paths: InstallPaths, platform: str = sys.platform, run: Runner = run_command) -> Installer:
-    """The one place that chooses: launchd on macOS, systemd elsewhere on Linux."""
-    if platform == "darwin":
-        from .launchd import LaunchdInstaller
-
-        return LaunchdInstaller(paths, run)
-    if platform.startswith("linux"):
-        from .systemd import SystemdInstaller
-
-        return SystemdInstaller(paths, run)
-    raise InstallError(f"no service manager support for {platform}: run 'omnimemory-learner run' yourself")
 
 
 # -- the manifest ------------------------------------------------------------------
