@@ -107,6 +107,21 @@ def test_a_second_install_changes_nothing_and_a_changed_file_is_put_back(home):
     assert repaired.written == [unit] and "Nice=10" in unit.read_text()
 
 
+def test_a_reinstalled_program_at_the_same_path_is_noticed(home, launchctl):
+    """pipx reinstall (or its Python changed): same path, new files; the running service must restart."""
+    program = fake_program(home / "venv" / "bin")
+    installer = installer_for(user_paths(home, program), "darwin")
+    installer.uid = 501
+    install(installer)
+    program.unlink()
+    fake_program(home / "venv" / "bin")  # a new file where the old one was
+    report = install(installer)
+    plist_path = home / "Library/LaunchAgents" / f"{LABEL}.plist"
+    assert report.written == [] and "reinstalled" in report.actions[0]
+    assert launchctl()[3:] == [f"print gui/501/{LABEL}", f"bootout gui/501/{LABEL}", f"bootstrap gui/501 {plist_path}"]
+    assert not install(installer).changed  # and once noticed, not again
+
+
 def test_install_after_the_program_moved_rewrites_the_units(home):
     """A pipx environment rebuilt elsewhere: the unit must follow the program."""
     old = fake_program(home / "old" / "bin")
@@ -224,6 +239,22 @@ def test_the_build_hook_puts_packaging_and_man_into_the_package(tmp_path):
         copied = data / source.relative_to(ROOT)
         assert copied.read_bytes() == source.read_bytes(), source
     assert (tmp_path / "lib/omnimemory_learner/system/installer.py").exists()
+
+
+def test_the_sdist_carries_packaging_man_and_the_build_hook(tmp_path):
+    import tarfile
+    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
+                            cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    shutil.rmtree(ROOT / "omnimemory_learner.egg-info", ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    (sdist,) = tmp_path.glob("omnimemory*learner-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for tree_name in ("packaging", "man"):
+        for source in (ROOT / tree_name).rglob("*"):
+            if source.is_file():
+                assert str(source.relative_to(ROOT)) in names, source
+    assert {"setup.py", "pyproject.toml", "CHANGELOG.md", "omnimemory_learner/system/installer.py"} <= names
 
 
 def test_data_files_come_from_the_source_tree_when_not_installed():

@@ -286,6 +286,19 @@ def test_pipx_style_install_then_service_install_and_uninstall(manager, tmp_path
         assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
         assert um.show("MainPID")["MainPID"] == pid  # not restarted
 
+        # pipx reinstall: the venv is made again at the same path; the running service must move to it.
+        shutil.rmtree(venv)
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+        pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                              "--ignore-installed", str(_wheel(tmp_path))], capture_output=True, text=True, timeout=300)
+        assert pip.returncode == 0, pip.stderr
+        reinstalled = um.run(str(program), "service", "install")
+        assert reinstalled.returncode == 0 and "reinstalled" in reinstalled.stdout, reinstalled.stdout
+        assert um.wait(lambda: um.show("ActiveState")["ActiveState"] == "active"
+                       and um.show("MainPID")["MainPID"] not in ("0", pid), 30)
+        insert_events(db, session_events("pipx-three", 3))
+        assert api.wait_for(3, timeout=40), um.journal()[-2000:]
+
         status = um.run(str(program), "service", "status")
         assert status.returncode == 0 and "is active" in status.stdout, status.stdout
 

@@ -248,6 +248,22 @@ def _make_directory(path: Path, created: List[Path], mode: int = 0o755) -> None:
         created.append(directory)
 
 
+def program_fingerprint(program: Path) -> List[object]:
+    """What changes when pipx or pip reinstalls the program or its Python changes under it.
+
+    The script's own inode and mtime (a reinstall writes a new one) and the real
+    path of the interpreter its #! line names (a venv rebuilt on a new Python).
+    """
+    try:
+        info = program.stat()
+        with program.open("rb") as handle:
+            first = handle.readline(4096)
+    except OSError:
+        return []
+    interpreter = first[2:].decode(errors="replace").split()[0] if first.startswith(b"#!") and first[2:].split() else ""
+    return [info.st_ino, info.st_mtime_ns, os.path.realpath(interpreter) if interpreter else ""]
+
+
 def install(installer: Installer, start: bool = True) -> Report:
     """Write what differs, record it all in the manifest, then enable and start (unless `start` is false)."""
     paths = installer.paths
@@ -272,10 +288,16 @@ def install(installer: Installer, start: bool = True) -> Report:
         if stale not in wanted and stale != paths.manifest and stale.exists():
             stale.unlink()
             report.removed.append(stale)
+    fingerprint = program_fingerprint(paths.program)
+    reinstalled = old is not None and old.get("program") == str(paths.program) \
+        and old.get("program_fingerprint") != fingerprint
+    if reinstalled:
+        report.actions.append(f"{paths.program} was reinstalled since the last install: restarting the service")
     manifest = {
         "version": MANIFEST_VERSION,
         "platform": installer.platform,
         "program": str(paths.program),
+        "program_fingerprint": fingerprint,
         "files": [str(planned_file.path) for planned_file in planned] + [str(paths.manifest)],
         "directories": [str(directory) for directory in dict.fromkeys(created)],
     }
@@ -286,7 +308,9 @@ def install(installer: Installer, start: bool = True) -> Report:
         encoded = (json.dumps(manifest, indent=2) + "\n").encode()
         _write_atomically(paths.manifest, encoded, 0o644)
     if start:
-        installer.activate(bool(report.written or report.removed), report)
+        installer.activate(bool(report.written or report.removed or reinstalled), report)
+    elif reinstalled:
+        report.actions[-1] = f"{paths.program} was reinstalled since the last install (not restarted: --no-start)"
     return report
 
 
