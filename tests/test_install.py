@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from helpers import ROOT, RecordingAPI, create_db, insert_events, learner_env, output_of, start_learner, wait_until
@@ -424,3 +425,58 @@ def test_doctor_names_a_unit_whose_program_is_gone_and_the_command_that_fixes_it
     first = doctor.check_service_manager()[0]
     assert first.level == doctor.PROBLEM and f"runs {program}, which is not there any more" in first.message
     assert "omnimemory-learner service install" in first.fix
+
+
+# -- install then uninstall leaves any home as it found it -------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Places install writes into or next to, where a user may already have things of their own.
+NEIGHBOURS = [".config", ".config/systemd", ".config/systemd/user", ".config/omnimemory", ".local",
+              ".local/share", ".local/share/man", ".local/share/man/man1", ".local/share/man/man5",
+              ".local/share/omnimemory-learner", ".omnimemory", ".omnimemory/logs", "Library/LaunchAgents"]
+OWN_FILES = [".config/systemd/user/other.service", ".config/omnimemory/learner.toml",
+             ".local/share/man/man1/ls.1", ".omnimemory/logs/daemon.log", ".config/omnimemory/logrotate.conf.orig",
+             "Library/LaunchAgents/com.example.other.plist"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dirs=st.sets(st.sampled_from(NEIGHBOURS)), files=st.sets(st.sampled_from(OWN_FILES)),
+       platform=st.sampled_from(["linux", "darwin"]), installs=st.integers(1, 3),
+       modes=st.sampled_from([0o700, 0o755, 0o750]))
+def test_install_then_uninstall_restores_any_home(tmp_path_factory, dirs, files, platform, installs, modes):
+    import tempfile as tempfile_module
+    home = Path(tempfile_module.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    for directory in sorted(dirs):
+        (home / directory).mkdir(parents=True, exist_ok=True)
+        (home / directory).chmod(modes)
+    for name in files:
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(f"the user's {name}\n")
+    program = fake_program(home.parent / (home.name + "-venv") / "bin")
+    before = {path: (kind, mode, (home / path).read_bytes() if not kind else b"") for path, (kind, mode) in tree(home).items()}
+    installer = installer_for(user_paths(home, program), platform, run=lambda argv: subprocess.CompletedProcess(argv, 1, "", ""))
+    for _ in range(installs):
+        install(installer, start=False)
+    uninstall(installer)
+    after = {path: (kind, mode, (home / path).read_bytes() if not kind else b"") for path, (kind, mode) in tree(home).items()}
+    assert after == before
+
+
+def test_service_uninstall_and_status_work_with_an_invalid_configuration(tmp_path):
+    home = tmp_path / "home"
+    (home / ".config/omnimemory").mkdir(parents=True)
+    (home / ".config/omnimemory/learner.toml").write_text("session_idle_minutes = -1\n")
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}
+    status = subprocess.run([sys.executable, "-m", "omnimemory_learner", "service", "status"], env=env, cwd=str(ROOT),
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 3 and "using the default paths" in status.stdout, status.stdout + status.stderr
+    assert "manifest: none" in status.stdout
+    removed = subprocess.run([sys.executable, "-m", "omnimemory_learner", "service", "uninstall"], env=env,
+                             cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert removed.returncode == 0 and "no install manifest" in removed.stdout, removed.stdout + removed.stderr
+    refused = subprocess.run([sys.executable, "-m", "omnimemory_learner", "service", "install", "--no-start"], env=env,
+                             cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 78 and "session_idle_minutes" in refused.stderr
+    assert {p.name for p in home.rglob("*")} == {".config", "omnimemory", "learner.toml"}  # nothing written
