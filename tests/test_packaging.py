@@ -36,18 +36,25 @@ def test_launchd_plist_is_valid_and_fully_substituted(tmp_path):
     assert plist["EnvironmentVariables"]["PYTHONUNBUFFERED"] == "1"
 
 
-def test_make_substitutes_every_placeholder(tmp_path):
+def test_make_install_is_a_thin_wrapper_over_service_install(tmp_path):
+    """One installer: make install builds a venv and runs its `service install`; uninstall likewise."""
     home = tmp_path / "home"
     result = subprocess.run(["make", "-n", "install", f"HOME={home}", "START=0"], cwd=ROOT, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
-    assert f"s|@BINDIR@|{home}/.local/bin|g" in result.stdout
-    assert f"s|@LOGDIR@|{home}/.omnimemory/logs|g" in result.stdout
-    staged = subprocess.run(["make", "-n", "install", "PREFIX=/usr", "DESTDIR=/tmp/stage", f"HOME={home}"],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert "/tmp/stage/usr/lib/systemd/user" in staged.stdout
-    # A staged install never touches the running service manager.
-    assert 'if [ "0" = 1 ]' in staged.stdout and 'if [ "1" = 1 ]' not in staged.stdout
+    venv_program = f"{home}/.local/lib/omnimemory-learner/venv/bin/omnimemory-learner"
+    assert f"{venv_program} service install --no-start" in result.stdout
+    started = subprocess.run(["make", "-n", "install", f"HOME={home}"], cwd=ROOT, capture_output=True, text=True)
+    assert f"{venv_program} service install \n" in started.stdout + "\n" or \
+        f"{venv_program} service install" in started.stdout.splitlines()[-1]
+    removed = subprocess.run(["make", "-n", "uninstall", f"HOME={home}", "PURGE=1"], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert "service uninstall --purge" in removed.stdout
+    # No second copy of the installer's work (units, man pages, plist) in the Makefile.
+    makefile = (ROOT / "Makefile").read_text()
+    install_rules = makefile[makefile.index("\ninstall:"):makefile.index("\nclean:")]
+    for duplicate in ("systemctl", "launchctl", "man1", "LaunchAgents", "@BINDIR@"):
+        assert duplicate not in install_rules, duplicate
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")

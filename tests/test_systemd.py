@@ -225,3 +225,92 @@ def _pending(state_db):
             conn.close()
     except sqlite3.Error:
         return -1
+
+
+def _home_files(home):
+    return {str(p.relative_to(home)) for p in home.rglob("*")}
+
+
+def _wheel(tmp_path):
+    """The wheel CI built (OMNIMEMORY_LEARNER_WHEEL), or one built here from the checkout."""
+    given = os.environ.get("OMNIMEMORY_LEARNER_WHEEL")
+    if given:
+        return Path(given)
+    out = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                           capture_output=True, text=True, timeout=300)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    assert build.returncode == 0, build.stderr
+    return next(out.glob("omnimemory_learner-*.whl"))
+
+
+def test_pipx_style_install_then_service_install_and_uninstall(manager, tmp_path):
+    """A fresh venv holding only the wheel (its dependencies from the system), as pipx makes one."""
+    um = manager
+    venv = tmp_path / "pipx" / "venvs" / "omnimemory-learner"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    # --ignore-installed: a copy of the package in the system site (an editable one) must not stand in for it.
+    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                          "--ignore-installed", str(_wheel(tmp_path))], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    origin = subprocess.run([str(venv / "bin/python"), "-c", "import omnimemory_learner; print(omnimemory_learner.__file__)"],
+                            capture_output=True, text=True, cwd=str(tmp_path), timeout=60, env=manager.env).stdout
+    assert origin.startswith(str(venv)), origin
+    program = venv / "bin" / "omnimemory-learner"
+    api = RecordingAPI().start()
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    write_config(um, db, api.url)
+    before = _home_files(um.home)
+    try:
+        install = um.run(str(program), "service", "install")
+        assert install.returncode == 0, install.stdout + install.stderr
+        assert f"runs {program}" in install.stdout and "enable-linger" in install.stdout
+        # The unit runs the venv's program, by absolute path; not this checkout.
+        unit = (um.home / ".config/systemd/user" / UNIT).read_text()
+        assert f"ExecStart={program} run" in unit
+        props = um.show("ActiveState", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic", "Type")
+        assert props["ActiveState"] == "active" and props["Type"] == "notify", props
+        assert int(props["ActiveEnterTimestampMonotonic"]) > int(props["ExecMainStartTimestampMonotonic"])
+        assert um.systemctl("is-active", "omnimemory-learner-logrotate.timer").stdout.strip() == "active"
+        assert (um.home / ".local/share/man/man1/omnimemory-learner.1").exists()
+        pid = um.show("MainPID")["MainPID"]
+        assert str(venv) in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+        insert_events(db, session_events("pipx-one", 4))
+        insert_events(db, session_events("pipx-two", 3))
+        assert api.wait_for(2, timeout=40), um.journal()[-2000:]
+        time.sleep(2)
+        assert sorted(b["session_id"] for _, b in api.sessions()) == ["pipx-one", "pipx-two"]
+
+        again = um.run(str(program), "service", "install")
+        assert again.returncode == 0 and "nothing changed" in again.stdout, again.stdout
+        assert um.show("MainPID")["MainPID"] == pid  # not restarted
+
+        # pipx reinstall: the venv is made again at the same path; the running service must move to it.
+        shutil.rmtree(venv)
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+        pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                              "--ignore-installed", str(_wheel(tmp_path))], capture_output=True, text=True, timeout=300)
+        assert pip.returncode == 0, pip.stderr
+        reinstalled = um.run(str(program), "service", "install")
+        assert reinstalled.returncode == 0 and "reinstalled" in reinstalled.stdout, reinstalled.stdout
+        assert um.wait(lambda: um.show("ActiveState")["ActiveState"] == "active"
+                       and um.show("MainPID")["MainPID"] not in ("0", pid), 30)
+        insert_events(db, session_events("pipx-three", 3))
+        assert api.wait_for(3, timeout=40), um.journal()[-2000:]
+
+        status = um.run(str(program), "service", "status")
+        assert status.returncode == 0 and "is active" in status.stdout, status.stdout
+
+        uninstall = um.run(str(program), "service", "uninstall")
+        assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
+        assert um.systemctl("cat", UNIT).returncode != 0
+        assert um.show("ActiveState")["ActiveState"] in ("inactive", "")
+        left = _home_files(um.home) - before
+        kept = {p for p in left if p.startswith((".local/state", ".omnimemory"))}
+        assert any(p.endswith("state.db") for p in kept)  # kept without --purge
+        # Nothing else: no file, no directory of ours or of the timer's (empty .local/share may stay).
+        assert left - kept <= {".local", ".local/share"}, left - kept
+        assert um.run(str(program), "service", "status").returncode == 3
+    finally:
+        api.stop()

@@ -176,25 +176,34 @@ def _run(command: List[str]) -> Optional[subprocess.CompletedProcess]:
 
 
 def check_service_manager() -> List[Check]:
+    reinstall = ("run 'omnimemory-learner service install' with the omnimemory-learner that should run "
+                 "(it rewrites the unit or agent for that installation)")
     if sys.platform == "darwin":
         result = _run(["launchctl", "print", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"])
         plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
         if not plist.exists():
-            return [Check("service", WARNING, f"{plist} is not installed", "run: make install")]
+            return [Check("service", WARNING, f"{plist} is not installed", "run: omnimemory-learner service install")]
+        from ..system.launchd import agent_program
+
+        program = agent_program(plist)
+        if program is None or not os.access(program, os.X_OK):
+            return [Check("agent", PROBLEM, f"{plist} runs {program}, which is not there any more", reinstall)]
         if result is None or result.returncode != 0:
             return [Check("service", PROBLEM, f"launchd has not loaded {LAUNCHD_LABEL}",
                           f"launchctl bootstrap gui/{os.getuid()} {plist}")]
         return [Check("service", OK, f"launchd agent {LAUNCHD_LABEL} is loaded")]
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     unit = config_home / "systemd" / "user" / UNIT_NAME
+    packaged = Path("/usr/lib/systemd/user") / UNIT_NAME
+    if not unit.exists() and packaged.exists():
+        unit = packaged  # the Debian package's
     if not unit.exists():
         return [Check("service", WARNING, f"the user unit is not installed at {unit}",
-                      "run: make install (or run 'omnimemory-learner run' by hand)")]
+                      "run: omnimemory-learner service install (or run 'omnimemory-learner run' by hand)")]
     checks = []
     executable = _exec_start(unit)
     if executable and not os.access(executable, os.X_OK):
-        checks.append(Check("unit file", PROBLEM, f"{unit} runs {executable}, which is not there any more",
-                            "run: make install (it rewrites the unit for this installation)"))
+        checks.append(Check("unit file", PROBLEM, f"{unit} runs {executable}, which is not there any more", reinstall))
     else:
         checks.append(Check("unit file", OK, f"{unit} runs {executable}"))
     if shutil.which("systemctl") is None:
@@ -217,13 +226,10 @@ def check_service_manager() -> List[Check]:
 
 
 def _exec_start(unit: Path) -> Optional[str]:
-    try:
-        for line in unit.read_text().splitlines():
-            if line.startswith("ExecStart="):
-                return line.split("=", 1)[1].split()[0].lstrip("-@!+:")
-    except OSError:
-        pass
-    return None
+    from ..system.systemd import exec_start_program
+
+    program = exec_start_program(unit)  # undoes the quoting a path with blanks needs
+    return str(program) if program else None
 
 
 def check_paths(config: Config) -> List[Check]:

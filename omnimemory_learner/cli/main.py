@@ -1,6 +1,7 @@
 """The `omnimemory-learner` command: parse, load the configuration, dispatch.
 
-Commands: run (default), status, doctor, backfill, check-config, outbox, history, report.
+Commands: run (default), status, doctor, backfill, check-config, outbox, history, report,
+service (install, uninstall, status).
 Exit statuses are in exits.py; what a person reads goes through output.py.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .. import __version__
-from ..config import Config, ConfigError, load_config, to_toml
+from ..config import Config, ConfigError, default_config_path, load_config, to_toml
 from ..logs import print_error
+from ..system import LAUNCHD, service_manager
 from .exits import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_USAGE
 from .output import echo
 
@@ -87,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--dot", metavar="FILE", help="write the transition graph as Graphviz DOT")
     report.add_argument("--svg", metavar="FILE", help="render the transition graph to SVG with Graphviz's dot")
+    service = commands.add_parser("service", parents=common, help="install, remove or show the user service",
+                                  description="Install the systemd user unit (Linux) or LaunchAgent (macOS) for "
+                                  "this installation's program, with the man pages and logrotate; remove exactly "
+                                  "what was installed; or show its state.")
+    service.add_argument("action", choices=("install", "uninstall", "status"))
+    service.add_argument("--no-start", action="store_true", help="install: write the files, do not enable or start")
+    service.add_argument("--purge", action="store_true", help="uninstall: also remove the state and the logs")
     return parser
 
 
@@ -111,6 +121,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = config_from_args(args)
     except ConfigError as error:
         print_error(f"omnimemory-learner: configuration error: {error}")
+        if command == "run" and service_manager() == LAUNCHD:
+            return run(wait_for_valid_config(args), args)
+        if command == "service" and args.action != "install":
+            from .service import service
+
+            return service(None, args.action, args.no_start, args.purge)
         if command == "doctor":
             from .doctor import report_config_error
 
@@ -145,8 +161,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .report import report
 
         return report(config, args.since, args.json, args.dot, args.svg)
+    if command == "service":
+        from .service import service
+
+        return service(config, args.action, args.no_start, args.purge)
     parser.error(f"unknown command {command}")
     return EX_USAGE
+
+
+def _file_stamp(path: Path) -> Optional[Tuple[int, int, int]]:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def wait_for_valid_config(args: argparse.Namespace, interval: float = 2.0,
+                          sleep: Callable[[float], None] = time.sleep) -> Config:
+    """Under launchd, wait for the configuration file to change until it is valid.
+
+    launchd has no RestartPreventExitStatus: exiting 78 would have the agent
+    restarted every ThrottleInterval, logging the same error each time.
+    """
+    path = Path(args.config) if args.config else default_config_path()
+    print_error(f"omnimemory-learner: waiting for {path} to be corrected (launchd would restart an agent that "
+                "exits); nothing is read or sent until then")
+    last = _file_stamp(path)
+    while True:
+        sleep(interval)
+        stamp = _file_stamp(path)
+        if stamp == last:
+            continue
+        last = stamp
+        try:
+            return config_from_args(args)
+        except ConfigError as error:
+            print_error(f"omnimemory-learner: configuration error: {error}")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
