@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
@@ -66,6 +66,11 @@ class Config:
     retry_max_seconds: float = 300.0
     request_timeout_seconds: float = 10.0
     watch: bool = True
+    close_on: Tuple[str, ...] = ()
+    fold_repeats: bool = False
+    min_quality: float = 0.0
+    history_days: float = 30.0
+    history_max_sessions: int = 100000
     event_map: Mapping[str, str] = dataclasses.field(default_factory=build_event_map)
     # key -> "default" | "file PATH" | "environment VAR" | "flag --x"
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
@@ -92,6 +97,11 @@ _SCALARS: Dict[str, tuple] = {
     "retry_max_seconds": ("float", 0.0),
     "request_timeout_seconds": ("float", 0.0),
     "watch": ("bool", None),
+    "close_on": ("commands", None),
+    "fold_repeats": ("bool", None),
+    "min_quality": ("fraction", None),
+    "history_days": ("float", 0.0),
+    "history_max_sessions": ("int", 1),
 }
 KEYS = (*tuple(_SCALARS), "event_map")
 
@@ -140,6 +150,22 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise bad("expected an http:// or https:// URL with a host")
         return value.rstrip("/")
+    if kind == "commands":
+        # TOML: an array of command names; environment and flags: comma-separated.
+        if from_text and isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
+            raise bad("expected a list of non-empty command names")
+        return tuple(item.strip() for item in value)
+    if kind == "fraction":
+        if from_text and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("expected a number from 0 to 1") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise bad("expected a number from 0 to 1")
+        return float(value)
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -239,7 +265,12 @@ def load_config(
         values[key] = _convert(key, value, source, from_text=True)
         origins[key] = source
 
-    return Config(event_map=build_event_map(event_overrides), origins=origins, config_file=used_file, **values)
+    event_map = build_event_map(event_overrides)
+    unknown = [name for name in values.get("close_on", ()) if name not in set(event_map.values())]
+    if unknown:
+        raise ConfigError(f"{origins['close_on']}: invalid value for 'close_on': {', '.join(map(repr, unknown))} "
+                          f"is not a command of the event map (commands: {', '.join(sorted(set(event_map.values())))})")
+    return Config(event_map=event_map, origins=origins, config_file=used_file, **values)
 
 
 def toml_string(text: str) -> str:
@@ -268,6 +299,8 @@ def to_toml(config: Config, with_origins: bool = True) -> str:
             return "true" if value else "false"
         if isinstance(value, (int, float)):
             return repr(value)
+        if isinstance(value, tuple):
+            return "[" + ", ".join(toml_string(item) for item in value) + "]"
         return toml_string(str(value))
 
     lines = []

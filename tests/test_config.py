@@ -189,3 +189,40 @@ def test_check_config_strings_read_back_whatever_they_hold(text):
 def test_an_api_url_with_control_characters_or_spaces_is_invalid(url):
     with pytest.raises(ConfigError, match="no spaces or control characters"):
         load_config(None, {"OMNIMEMORY_LEARNER_API_URL": url, "HOME": "/tmp"}, {})
+
+
+def test_the_keys_of_real_time_learning_quality_and_history(tmp_path):
+    path = tmp_path / "learner.toml"
+    path.write_text('close_on = ["push_changes", "commit_changes"]\nfold_repeats = true\nmin_quality = 0.35\n'
+                    "history_days = 7\nhistory_max_sessions = 5000\n")
+    config = load_config(path, {"HOME": str(tmp_path)}, {})
+    assert (config.close_on, config.fold_repeats, config.min_quality) == (("push_changes", "commit_changes"), True, 0.35)
+    assert (config.history_days, config.history_max_sessions) == (7.0, 5000)
+    assert "close_on = [\"push_changes\", \"commit_changes\"]" in to_toml(config)
+    from_env = load_config(None, {"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_CLOSE_ON": "push_changes,",
+                                  "OMNIMEMORY_LEARNER_MIN_QUALITY": "0"}, {})
+    assert from_env.close_on == ("push_changes",) and from_env.min_quality == 0.0
+    assert load_config(None, {"HOME": str(tmp_path)}, {}).close_on == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('close_on = "push_changes"', "expected a list of non-empty command names"),
+    ('close_on = ["push_changes", ""]', "expected a list of non-empty command names"),
+    ('close_on = ["git_push"]', "'git_push' is not a command of the event map"),
+    ("min_quality = 1.5", "expected a number from 0 to 1"),
+    ("min_quality = -0.1", "expected a number from 0 to 1"),
+    ("history_days = 0", "must be greater than 0"),
+    ("history_max_sessions = 0", "must be at least 1"),
+    ("fold_repeats = 1", "expected true or false"),
+])
+def test_bad_values_of_the_new_keys_name_the_key(tmp_path, text, message):
+    path = tmp_path / "learner.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, {"HOME": str(tmp_path)}, {})
+
+
+def test_close_on_may_name_a_command_of_the_users_own_event_map(tmp_path):
+    path = tmp_path / "learner.toml"
+    path.write_text('close_on = ["deploy"]\n[event_map]\ndeploy_done = "deploy"\n')
+    assert load_config(path, {"HOME": str(tmp_path)}, {}).close_on == ("deploy",)
