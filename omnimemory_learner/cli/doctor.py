@@ -19,7 +19,7 @@ from typing import List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
-from ..events import file_identity, parse_timestamp
+from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held
 from ..storage.state import StateError, StateStore
@@ -77,12 +77,17 @@ def check_database(config: Config) -> List[Check]:
     if not os.access(path, os.R_OK):
         return [Check("database", PROBLEM, f"{path} is not readable by this user", f"chmod u+r {path}")]
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        db = open_read_only(path, timeout=2)
         try:
             columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
             journal = db.execute("PRAGMA journal_mode").fetchone()[0]
             if not columns:
                 return [Check("database", PROBLEM, f"{path} has no events table", start_daemon)]
+            unusable = events_table_problem(db)
+            if unusable is not None:
+                return [Check("database", PROBLEM, f"{path}: {unusable}; the learner cannot read it",
+                              "the memory daemon's schema is not the one this learner reads: events must be "
+                              "a table with its row id (e.g. id INTEGER PRIMARY KEY)")]
             missing = [column for column in REQUIRED_COLUMNS if column not in columns]
             if missing:
                 return [Check("database", PROBLEM, f"the events table lacks columns {', '.join(missing)}",
@@ -114,9 +119,13 @@ def check_position(config: Config) -> List[Check]:
     if identity is None:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is missing")]
     try:
-        db = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=2)
-        head = db.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
-        db.close()
+        db = open_read_only(config.db_path, timeout=2)
+        try:
+            head = db.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+        finally:
+            db.close()
+        if not isinstance(head, int):
+            raise sqlite3.DatabaseError("the row id is not an integer")
     except sqlite3.Error:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
     if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
