@@ -21,8 +21,10 @@ import httpx
 from ..config import Config, ConfigError
 from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
-from ..storage.lock import lock_is_held
+from ..storage.lock import lock_is_held, read_lock_pid
+from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot
 from ..storage.state import StateError, StateStore
+from ..watching import resolve, watch_problem
 from .exits import EX_FAILURE, EX_OK
 from .output import echo, print_json
 
@@ -50,6 +52,7 @@ def doctor(config: Config, as_json: bool) -> int:
     checks: List[Check] = [Check("configuration", OK, f"valid ({config.config_file or 'no file; defaults'})")]
     checks += check_database(config)
     checks += check_position(config)
+    checks += check_watching(config)
     checks += check_api(config)
     checks += check_service_manager()
     checks += check_paths(config)
@@ -135,6 +138,28 @@ def check_position(config: Config) -> List[Check]:
     level = OK if behind < 10000 or lock_is_held(config.state_dir) else WARNING
     return [Check("position", level, f"read to rowid {position.replay_until} of {head} ({behind} behind)",
                   None if level == OK else "the learner is not running: start it to catch up")]
+
+
+def check_watching(config: Config) -> List[Check]:
+    """Watch or poll: what the running service does, or what a new one would do."""
+    every = f"new events are read every {config.poll_interval_seconds:g} s instead of within milliseconds"
+    if not config.watch:
+        return [Check("watching", OK, f"poll mode: watch = false in the configuration; {every}")]
+    snapshot = read_snapshot(config.state_dir) or {}
+    running = lock_is_held(config.state_dir)
+    fresh = (running and snapshot.get("pid") == read_lock_pid(config.state_dir / LOCK_FILE)
+             and time.time() - (snapshot.get("updated_at") or 0) <= STALE_AFTER_SECONDS)
+    if fresh and snapshot.get("mode") == "watch":
+        return [Check("watching", OK, f"watch mode: the running service watches {resolve(config.db_path).parent}")]
+    if fresh:
+        problem = snapshot.get("watch_problem") or "not watching"
+        return [Check("watching", WARNING, f"poll mode: the running service is not watching ({problem}); {every}",
+                      "it watches again by itself once the cause is gone (see its log)")]
+    problem = watch_problem(config.db_path)
+    if problem is not None:
+        return [Check("watching", WARNING, f"poll mode: {problem}; {every}",
+                      "start the memory daemon so that its directory exists, or keep db_path on a local disk")]
+    return [Check("watching", OK, f"watch mode: the service watches {resolve(config.db_path).parent}")]
 
 
 def check_api(config: Config) -> List[Check]:
