@@ -14,8 +14,17 @@ import shutil
 import socket
 import time
 
-from helpers import IDLE_MINUTES, create_db, insert_events, learner_env, output_of, run_learner, start_learner, stop, \
-    wait_until
+from helpers import (
+    IDLE_MINUTES,
+    create_db,
+    insert_events,
+    learner_env,
+    output_of,
+    run_learner,
+    start_learner,
+    stop,
+    wait_until,
+)
 
 WATCH_SPEED_SECONDS = 6.0  # idle threshold 1.2 s + reading + POST, with room for a noisy machine
 
