@@ -143,8 +143,12 @@ class DatabaseWatcher:
                     if not path:
                         continue
                     path = os.fsdecode(path)
-                    # The directory itself deleted or moved: the loop's check re-arms.
-                    if os.path.basename(path) in self.names or path.rstrip("/") == self.directory:
+                    if os.path.basename(path) in self.names:
+                        on_change()
+                        return
+                    # The directory itself deleted or moved away (not merely
+                    # modified by a file in it): the loop's check re-arms.
+                    if path.rstrip("/") == self.directory and event.event_type in ("deleted", "moved"):
                         on_change()
                         return
 
