@@ -64,6 +64,9 @@ class Wakeup:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
+        # poll, not select: select() fails on a descriptor numbered above 1023.
+        self._poller = select.poll()
+        self._poller.register(self._reader, select.POLLIN)
 
     def writer_fd(self) -> int:
         return self._writer.fileno()
@@ -76,10 +79,7 @@ class Wakeup:
 
     def wait(self, timeout: float) -> None:
         """Sleep until woken or `timeout` seconds pass; then forget the wake-ups."""
-        try:
-            select.select([self._reader], [], [], max(0.0, timeout))
-        except (OSError, ValueError):  # closed under us at exit
-            return
+        self._poller.poll(max(0.0, timeout) * 1000.0)
         while True:
             try:
                 if not self._reader.recv(4096):
