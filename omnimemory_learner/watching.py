@@ -11,10 +11,11 @@ Where the writes happen: SQLite puts the -wal and -journal beside the real
 file, so db_path is resolved (symlinks, `..`) and the real file's directory is
 watched; when db_path is a symlink its own directory is watched too, for the
 link being repointed.  A watch is tied to a directory's inode: one deleted
-and created again is a new directory the old watch never sees, so `check()`
-(run by the loop every second) compares the resolved path and the watched
-directories' identities and says when the watch no longer fits; the loop
-then polls and starts a new one.
+and created again is a new directory the old watch never sees (and may reuse
+the inode number), so `check()`, run by the loop every second and on every
+file event, compares the resolved path, asks whether the kernel ended any
+watch and compares the watched directories' identities, and says when the
+watch no longer fits; the loop then polls and starts a new one.
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ class DatabaseWatcher:
             problem = "the file watcher stopped"
         elif resolve(self.db_path) != self.target:
             problem = f"{self.db_path} now points to {resolve(self.db_path)}"
+        elif any(not emitter.is_alive() for emitter in list(getattr(self._observer, "emitters", ()))):
+            # The kernel ended the watch (IN_DELETE_SELF): the directory went
+            # away, even if one with the same inode number stands there again.
+            problem = f"directory {self.directory} was removed (the watch on it ended)"
         else:
             for directory, identity in self._identities.items():
                 try:

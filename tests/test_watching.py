@@ -179,3 +179,28 @@ def test_poll_is_said_in_status_line_status_and_doctor_while_not_watching(tmp_pa
         notify.close()
         if learner.poll() is None:
             learner.kill()
+
+
+def test_check_notices_repointing_and_a_recreated_directory_in_process(tmp_path):
+    from omnimemory_learner.watching import DatabaseWatcher
+
+    first = create_db(tmp_path / "a" / "memory_data.db")
+    second = create_db(tmp_path / "b" / "memory_data.db")
+    link = tmp_path / "link.db"
+    link.symlink_to(first)
+    watcher = DatabaseWatcher(link, lambda: None)
+    try:
+        assert watcher.start() and watcher.directory == first.parent and watcher.check()
+        link.unlink()
+        link.symlink_to(second)
+        assert not watcher.check() and "now points to" in watcher.reason and not watcher.active
+        assert watcher.start() and watcher.directory == second.parent and watcher.check()
+        shutil.rmtree(second.parent)
+        create_db(second)  # the same path, a new directory (often with the same inode number)
+        assert wait_until(lambda: not watcher.check(), 5) and "was removed" in watcher.reason
+        assert watcher.start() and watcher.check()
+        shutil.rmtree(second.parent)
+        assert wait_until(lambda: not watcher.check(), 5) and "was removed" in watcher.reason
+        assert not watcher.start() and "does not exist yet" in watcher.reason
+    finally:
+        watcher.stop()
