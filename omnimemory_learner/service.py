@@ -48,6 +48,8 @@ STATUS_EVERY_SECONDS = 5.0
 # in) and a missing database directory looked for: a few stats.
 DIRECTORY_CHECK_SECONDS = 1.0
 STOP_GRACE_SECONDS = 5.0
+# After a delivery the status is published again, at most this soon after the last time.
+DELIVERED_STATUS_SECONDS = 1.0
 # A wake-up time already past after a pass could not be acted on: look again after this.
 RETRY_SECONDS = 1.0
 # Under a service manager, a held instance lock is tried again this often.
@@ -132,6 +134,7 @@ class Service:
         self._last_batch_status = float("-inf")
         self._snapshot_problem: Optional[str] = None
         self._publish_soon = False
+        self._delivered = False
 
     # -- called from signal handlers and other threads -----------------------------
 
@@ -145,6 +148,12 @@ class Service:
 
     def _on_file_change(self) -> None:
         self._file_event = True
+        self._wakeup.wake()
+
+    def _on_delivered(self) -> None:
+        # From the delivery thread after each session the API took: STATUS=
+        # and the snapshot show it within a second, not at the next refresh.
+        self._delivered = True
         self._wakeup.wake()
 
     def _on_signal(self, signum: int, _frame) -> None:
@@ -211,7 +220,9 @@ class Service:
                     # Kept while waiting: no second instance or backfill slips in,
                     # and `status` sees the service as running.
                     self.lock.acquire()
-                deliverer = Deliverer.from_config(self.config)
+                config = self.config
+                deliverer = Deliverer(config.state_dir, config.api_url, config.request_timeout_seconds,
+                                      config.retry_max_seconds, on_progress=self._on_delivered)
                 self.pipeline = Pipeline(self.config, clock=self.clock, on_outbox=deliverer.wake)
                 self.deliverer = deliverer
             except AlreadyRunning as error:
@@ -383,12 +394,15 @@ class Service:
             if pipeline.resume_reading:
                 continue  # the state became writable: read on without waiting
             now = clock()
-            if now >= next_status or self._publish_soon:
-                self._publish_soon = False
+            last_status = next_status - STATUS_EVERY_SECONDS
+            delivered_at = last_status + DELIVERED_STATUS_SECONDS if self._delivered else None
+            if now >= next_status or self._publish_soon or (delivered_at is not None and now >= delivered_at):
+                self._publish_soon = self._delivered = False
+                delivered_at = None
                 self._publish()
                 next_status = now + STATUS_EVERY_SECONDS
             next_ping = self._ping_if_due(now)
-            wake_at = next_wake(now, (next_poll, next_status, next_ping, self.schedule.next_due(),
+            wake_at = next_wake(now, (next_poll, next_status, next_ping, self.schedule.next_due(), delivered_at,
                                       pipeline.tracker.next_deadline(), next_watch_check,
                                       pipeline.next_commit_at()))
             self._wakeup.wait(wake_at - clock())

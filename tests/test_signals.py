@@ -12,7 +12,7 @@ import os
 import signal
 import time
 
-from helpers import IDLE_MINUTES, create_db, insert_events, learner_env, output_of, start_learner, wait_until
+from helpers import IDLE_MINUTES, create_db, insert_events, learner_env, output_of, start_learner, stop, wait_until
 
 ROUNDS = int(os.environ.get("SIGNAL_ROUNDS", "12"))
 
@@ -89,3 +89,41 @@ def test_sigterm_inside_a_sighup_storm_exits_0(tmp_path, api):
         if learner.poll() is None:
             learner.kill()
             learner.wait()
+
+
+def test_the_delivery_thread_wakes_the_loop_to_refresh_status(tmp_path, api):
+    """STATUS= says "1 learned" about a second after the POST, not at the next 5 s refresh."""
+    import socket
+
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.05)
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+                      NOTIFY_SOCKET=str(tmp_path / "notify"))
+    learner = start_learner(env)
+    learned_after = []
+    try:
+        assert wait_until(lambda: "Watching" in output_of(learner), 20)
+        for n in range(3):
+            before = len(api.sessions())
+            insert_events(db, [(stamp(time.time()), kind, f"d{n}") for kind in ("file_open", "code_edit",
+                                                                                  "file_save")])
+            assert api.wait_for(before + 1, 20)
+            posted = time.monotonic()
+            while time.monotonic() - posted < 10:
+                try:
+                    message = notify.recv(4096).decode()
+                except OSError:
+                    continue
+                if f"{n + 1} learned" in message:
+                    learned_after.append(time.monotonic() - posted)
+                    break
+            time.sleep(5.5 * (n % 2))  # land at different points of the 5 s refresh
+        print(f"FIGURE status after delivery: {', '.join(f'{x:.2f}' for x in learned_after)} s")
+        assert len(learned_after) == 3 and max(learned_after) < 2.5, learned_after
+        assert stop(learner)[0] == 0
+    finally:
+        notify.close()
+        if learner.poll() is None:
+            learner.kill()
