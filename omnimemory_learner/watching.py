@@ -95,11 +95,6 @@ class DatabaseWatcher:
         self.reason: Optional[str] = None  # why watching is off, when it is
 
     @property
-    def directory_missing(self) -> bool:
-        """Watching is off only because the directory does not exist (yet)."""
-        return not self.active and not self.directory.is_dir()
-
-    @property
     def active(self) -> bool:
         return self._observer is not None and self._observer.is_alive()
 
