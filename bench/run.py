@@ -35,6 +35,7 @@ from gen import generate
 from omnimemory_learner.config import load_config
 from omnimemory_learner.core.sessions import ClosedSession, SessionTracker
 from omnimemory_learner.delivery import Deliverer
+from omnimemory_learner.events import open_read_only
 from omnimemory_learner.pipeline import Pipeline
 from omnimemory_learner.storage.state import StateStore
 
@@ -52,7 +53,7 @@ def config_for(work: Path, db: Path, **extra):
 
 def bare_loop(db: Path) -> float:
     """The limit: a bare sqlite3 loop fetching the same columns in the same batches."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+    conn = open_read_only(db, timeout=5)
     after = count = 0
     started = time.perf_counter()
     while True:

@@ -11,9 +11,11 @@ import datetime as _dt
 import logging
 import math
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
+from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,60 @@ class Unavailable(Exception):
 
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
-        self.kind = kind  # missing, no-table, locked, corrupt, unreadable
+        self.kind = kind  # missing, no-table, no-rowid, locked, corrupt, unreadable
+
+
+def read_only_uri(path: Path) -> str:
+    """The `file:` URI that opens `path` read-only and never creates it.
+
+    The path is made absolute and percent-escaped: a `#` or `?` left as it is
+    would end the path there (SQLite would open, or create, a file named by
+    the part before it), and `%` would be taken for an escape.
+    """
+    return "file:" + quote(os.path.abspath(os.fspath(path)), safe="/") + "?mode=ro"
+
+
+def open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection to the daemon's database, read-only, in autocommit mode.
+
+    The one way anything here opens that database (the service, `status`,
+    `doctor`): `mode=ro` through an escaped URI, so nothing is ever created
+    or written beside it, and autocommit so that each SELECT is its own short
+    read transaction that never holds back the writer's checkpoints.
+    """
+    connection = sqlite3.connect(read_only_uri(path), uri=True, timeout=timeout, check_same_thread=False)
+    connection.isolation_level = None
+    return connection
+
+
+_WITHOUT_ROWID = re.compile(r"\bwithout\s+rowid\s*;?\s*$", re.IGNORECASE)
+
+
+def events_table_problem(connection: sqlite3.Connection) -> Optional[str]:
+    """Why `events` cannot be read by row id, or None when it can (or is not there yet).
+
+    The position is the row id: a view has none (SQLite answers NULL for
+    every row), a WITHOUT ROWID table has none, and a real column named
+    `rowid` hides it behind values of its own.
+    """
+    found = connection.execute(
+        "SELECT type, sql FROM sqlite_master WHERE lower(name) = 'events' AND type IN ('table', 'view')"
+    ).fetchone()
+    if found is None:
+        return None
+    kind, sql = found
+    if kind == "view":
+        return "events is a view, not a table: a view has no row id to keep the read position by"
+    if sql and _WITHOUT_ROWID.search(sql):
+        return "events is a WITHOUT ROWID table: it has no row id to keep the read position by"
+    columns = [str(row[1]).lower() for row in connection.execute("PRAGMA table_info(events)")]
+    if "rowid" in columns:
+        return "the events table has a column named rowid, which hides the row id the read position is kept by"
+    return None
+
+
+# A plain number, possibly signed, with a fraction or an exponent: Unix time.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def parse_timestamp(value) -> Optional[float]:
@@ -44,6 +99,10 @@ def parse_timestamp(value) -> Optional[float]:
         text = value.strip()
         if not text:
             return None
+        if _NUMBER.fullmatch(text):
+            # Digits are Unix time, never an ISO basic-format date:
+            # fromisoformat() reads "1701011210000" as a date in 1701.
+            return _seconds(float(text))
         try:
             parsed = _dt.datetime.fromisoformat(text)
         except ValueError:
@@ -175,13 +234,18 @@ class EventReader:
         identity = file_identity(self.db_path)
         if identity is None:
             raise Unavailable("missing", f"database {self.db_path} does not exist")
-        uri = "file:" + _uri_path(self.db_path) + "?mode=ro"
         try:
-            connection = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, check_same_thread=False)
+            connection = open_read_only(self.db_path, self.busy_timeout)
         except sqlite3.Error as error:
             raise Unavailable("unreadable", f"cannot open {self.db_path}: {error}") from None
-        # Autocommit: each SELECT is its own short read transaction.
-        connection.isolation_level = None
+        try:
+            problem = events_table_problem(connection)
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise self._unavailable(error) from None
+        if problem is not None:
+            connection.close()
+            raise Unavailable("no-rowid", f"cannot read {self.db_path}: {problem}")
         self._connection = connection
         self.identity = identity
         self._data_version = None
@@ -255,9 +319,3 @@ class EventReader:
         if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
             return Unavailable("corrupt", f"database {self.db_path} is corrupt: {message}")
         return Unavailable("unreadable", f"cannot read {self.db_path}: {message}")
-
-
-def _uri_path(path: Path) -> str:
-    from urllib.parse import quote
-
-    return quote(str(Path(path).absolute()), safe="/")

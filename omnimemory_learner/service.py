@@ -1,18 +1,32 @@
-"""The service loop: one thread waits on one Event, the rest wake it.
+"""The service loop: one thread waits on one wake-up socket, the rest wake it.
 
 The loop sleeps until the nearest of: a re-check after a file event, the next
-session idle deadline, the next watchdog ping, the next status refresh and the
-poll interval (always running, as a safety net under the watcher).  Signal
-handlers and the file watcher only set flags and wake it; delivery runs in its
-own thread.  Like uvicorn's Server, stopping is a flag the loop checks.
+session idle deadline, the next watchdog ping, the next status refresh, the
+next check of the watch and the poll interval (always running, as a safety
+net under the watcher).  Like uvicorn's Server, stopping is a flag the loop
+checks.
+
+Waking it is safe from anywhere.  A signal handler runs in the main thread
+between any two bytecodes, possibly inside a lock the loop holds (the old
+threading.Event.set() in a handler re-entered and died under a SIGHUP storm),
+so handlers only set a flag; `signal.set_wakeup_fd` has the C-level handler
+write a byte to the socket the loop selects on.  The watcher's thread wakes
+it the same way: a byte written without blocking (a full socket already
+means "wake up").  However many SIGHUPs arrive, the loop reloads once per
+pass, one reload at a time.
+
+The loop never spins: a deadline it could not act on (reading paused on an
+unwritable state store, say) is not a reason to wake again at once, so every
+wake-up time in the past is moved at least RETRY_SECONDS ahead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
-import threading
+import socket
 import time
 from typing import Callable, Optional
 
@@ -22,16 +36,74 @@ from .pipeline import Pipeline
 from .storage.lock import AlreadyRunning, InstanceLock
 from .storage.snapshot import statistics, write_snapshot
 from .storage.state import StateError
-from .system import service_manager
+from .system import NONE, service_manager
+from .system.clock import processing_clock
 from .system.notify import Notifier
 from .watching import DatabaseWatcher, RecheckSchedule
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_SECONDS = 5.0
-# While the database directory does not exist, look for it this often (a stat).
+# How often the watch is checked (still alive, on the directory the -wal is
+# in) and a missing database directory looked for: a few stats.
 DIRECTORY_CHECK_SECONDS = 1.0
 STOP_GRACE_SECONDS = 5.0
+# After a delivery the status is published again, at most this soon after the last time.
+DELIVERED_STATUS_SECONDS = 1.0
+# A wake-up time already past after a pass could not be acted on: look again after this.
+RETRY_SECONDS = 1.0
+# Under a service manager, a held instance lock is tried again this often.
+LOCK_RETRY_SECONDS = 1.0
+
+
+class Wakeup:
+    """A socket pair the loop waits on; writing a byte to it wakes the loop.
+
+    Safe from other threads and from signal handlers: no lock, no blocking.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        # poll, not select: select() fails on a descriptor numbered above 1023.
+        self._poller = select.poll()
+        self._poller.register(self._reader, select.POLLIN)
+
+    def writer_fd(self) -> int:
+        return self._writer.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except OSError:
+            pass  # full: a wake-up is already pending; closed: we are stopping
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken or `timeout` seconds pass; then forget the wake-ups."""
+        self._poller.poll(max(0.0, timeout) * 1000.0)
+        while True:
+            try:
+                if not self._reader.recv(4096):
+                    return
+            except OSError:  # BlockingIOError: drained
+                return
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+def next_wake(now: float, candidates) -> float:
+    """The nearest wake-up time, never one already past.
+
+    After a pass of the loop every due thing was done or could not be (a
+    failed commit, a deadline that needs reading first): a time still in the
+    past would wake the loop at once, again and again, so it counts as
+    RETRY_SECONDS from now.
+    """
+    times = [t if t > now else now + RETRY_SECONDS for t in candidates if t is not None]
+    return min(times) if times else now + RETRY_SECONDS
 
 
 class Service:
@@ -46,7 +118,8 @@ class Service:
         self._reload_config = reload_config
         self._on_reload = on_reload
         self.notifier = notifier or Notifier()
-        self._wake = threading.Event()
+        self._wakeup = Wakeup()
+        self.clock = processing_clock
         self._stop_requested = False
         self._reload_requested = False
         self._file_event = False
@@ -60,41 +133,64 @@ class Service:
         self._next_ping = float("-inf")
         self._last_batch_status = float("-inf")
         self._snapshot_problem: Optional[str] = None
+        self._publish_soon = False
+        self._delivered = False
 
     # -- called from signal handlers and other threads -----------------------------
 
     def request_stop(self, *_args) -> None:
         self._stop_requested = True
-        self._wake.set()
+        self._wakeup.wake()
 
     def request_reload(self, *_args) -> None:
         self._reload_requested = True
-        self._wake.set()
+        self._wakeup.wake()
 
     def _on_file_change(self) -> None:
         self._file_event = True
-        self._wake.set()
+        self._wakeup.wake()
+
+    def _on_delivered(self) -> None:
+        # From the delivery thread after each session the API took: STATUS=
+        # and the snapshot show it within a second, not at the next refresh.
+        self._delivered = True
+        self._wakeup.wake()
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        # Only record: set_wakeup_fd's C handler has already written the
+        # wake-up byte, and nothing here may take a lock or block.
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self._stop_requested = True
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGHUP, self.request_reload)
+        """From the main thread: signals set flags and wake the loop through its socket."""
+        signal.set_wakeup_fd(self._wakeup.writer_fd(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
 
     # -- life cycle --------------------------------------------------------------
 
     def run(self) -> int:
-        if not self._open_state():
-            # Stopped while waiting for the state directory: nothing to commit.
-            self.notifier.stopping()
-            self.lock.release()
-            log.info("Workflow learner stopped")
-            return 0
         try:
-            self._start()
-            self._loop()
+            if not self._open_state():
+                # Stopped while waiting for the state directory or the lock: nothing to commit.
+                self.notifier.stopping()
+                self.lock.release()
+                log.info("Workflow learner stopped")
+                return 0
+            try:
+                self._start()
+                self._loop()
+            finally:
+                self._shutdown()
+            return 0
         finally:
-            self._shutdown()
-        return 0
+            if signal.getsignal(signal.SIGHUP) == self._on_signal:
+                # Signals from here on must not write to a closed socket.
+                signal.set_wakeup_fd(-1)
+            self._wakeup.close()
 
     def _open_state(self) -> bool:
         """Take the instance lock and open the state store; False if stopped first.
@@ -118,41 +214,57 @@ class Service:
         log.info("State: %s", config.state_dir)
         reported = None
         while not self._stop_requested:
+            retry = self.config.poll_interval_seconds
             try:
                 if not self.lock.held:
                     # Kept while waiting: no second instance or backfill slips in,
                     # and `status` sees the service as running.
                     self.lock.acquire()
-                deliverer = Deliverer.from_config(self.config)
-                self.pipeline = Pipeline(self.config, on_outbox=deliverer.wake)
+                config = self.config
+                deliverer = Deliverer(config.state_dir, config.api_url, config.request_timeout_seconds,
+                                      config.retry_max_seconds, on_progress=self._on_delivered)
+                self.pipeline = Pipeline(self.config, clock=self.clock, on_outbox=deliverer.wake)
                 self.deliverer = deliverer
-            except AlreadyRunning:
-                raise
+            except AlreadyRunning as error:
+                if service_manager() == NONE:
+                    raise  # by hand: say so and exit 75
+                # A service manager would restart an exit into the same lock
+                # (and give up after a few tries): wait for the holder instead,
+                # typically a backfill that ends by itself.
+                retry = LOCK_RETRY_SECONDS
+                problem = f"{error}; waiting for it to exit"
+                if problem != reported:
+                    log.warning("%s (checking every %g s)", problem, retry)
+                    self._report_waiting(problem, first=reported is None)
+                    reported = problem
             except (StateError, OSError) as error:
                 problem = f"cannot use the state directory {self.config.state_dir}: {error}"
                 if problem != reported:
                     log.error("%s; nothing is read until it can be written (fix it, or set state_dir and "
-                              "reload); retrying every %g s", problem, self.config.poll_interval_seconds)
-                    if reported is None:
-                        self.notifier.ready(f"Waiting: {problem}")
-                    else:
-                        self.notifier.status(f"Waiting: {problem}")
+                              "reload); retrying every %g s", problem, retry)
+                    self._report_waiting(problem, first=reported is None)
                     reported = problem
             else:
                 if reported is not None:
                     log.info("The state directory %s is usable", self.config.state_dir)
                 return True
-            now = time.monotonic()
+            now = self.clock()
             next_ping = self._ping_if_due(now)
-            wait = self.config.poll_interval_seconds
+            wait = retry
             if next_ping is not None:
                 wait = min(wait, max(0.0, next_ping - now))
-            self._wake.wait(wait)
-            self._wake.clear()
+            self._wakeup.wait(wait)
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload_before_start()
         return False
+
+    def _report_waiting(self, problem: str, first: bool) -> None:
+        """READY=1 the first time (or systemd times the start out), STATUS= after."""
+        if first:
+            self.notifier.ready(f"Waiting: {problem}")
+        else:
+            self.notifier.status(f"Waiting: {problem}")
 
     def _read_new_config(self) -> Optional[Config]:
         """The configuration SIGHUP asks for, or None (reported) when it is invalid."""
@@ -201,18 +313,44 @@ class Service:
             return
         if self.watcher is None:
             self.watcher = DatabaseWatcher(self.config.db_path, self._on_file_change)
-        if self.watcher.start():
+        watcher = self.watcher
+        if watcher.start():
             if self.mode != "watch":
-                log.info("Watching %s for changes (and polling every %g s)", self.watcher.directory,
-                         self.config.poll_interval_seconds)
+                where = str(watcher.directory)
+                if watcher.target != watcher.db_path:
+                    where += f" (where {watcher.db_path} really is: {watcher.target})"
+                log.info("Watching %s for changes (and polling every %g s)", where, self.config.poll_interval_seconds)
             self.mode = "watch"
             # A change may have happened before the watch began.
             self._on_file_change()
         else:
             if first or self.mode == "watch":
-                log.warning("Cannot watch for changes (%s); polling every %g s instead", self.watcher.reason,
+                log.warning("Cannot watch for changes (%s); polling every %g s instead", watcher.reason,
                             self.config.poll_interval_seconds)
             self.mode = "poll"
+
+    def _check_watching(self) -> bool:
+        """Keep the watch on the directory the writes happen in; True when it was re-armed.
+
+        A dead observer, a repointed symlink or a directory deleted (and
+        perhaps created again) ends the watch: say "poll" at once, and start
+        a new watch as soon as there is something to watch.
+        """
+        if not self.config.watch:
+            return False
+        watcher = self.watcher
+        if watcher is not None and watcher.check():
+            return False
+        if self.mode == "watch":
+            log.warning("Watching stopped (%s); polling every %g s until it can resume",
+                        watcher.reason if watcher else "unknown", self.config.poll_interval_seconds)
+            self.mode = "poll"
+            self._publish_soon = True
+        self._start_watching()
+        if self.mode == "watch":
+            self._publish_soon = True
+            return True
+        return False
 
     def _loop(self) -> None:
         pipeline = self._pipeline
@@ -220,13 +358,9 @@ class Service:
         poll_interval = self.config.poll_interval_seconds
         next_poll = clock()
         next_status = clock() + STATUS_EVERY_SECONDS
-        next_directory_check = None
+        next_watch_check = clock() + DIRECTORY_CHECK_SECONDS
         while not self._stop_requested:
             now = clock()
-            if (next_directory_check is not None and now >= next_directory_check
-                    and self.watcher is not None and self.watcher.directory.is_dir()):
-                    self._start_watching()
-                    next_poll = now  # read what the new database holds at once
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
@@ -236,6 +370,11 @@ class Service:
                 self._file_event = False
                 self.schedule.on_event(now)
                 read = True
+            if read or now >= next_watch_check:
+                # On a file event too: it may be the link repointed or the directory removed.
+                next_watch_check = now + DIRECTORY_CHECK_SECONDS
+                if self._check_watching():
+                    next_poll = now  # read what the directory holds now at once
             if self.schedule.take_due(now):
                 read = True
             forced = now >= next_poll
@@ -255,17 +394,18 @@ class Service:
             if pipeline.resume_reading:
                 continue  # the state became writable: read on without waiting
             now = clock()
-            if now >= next_status:
+            last_status = next_status - STATUS_EVERY_SECONDS
+            delivered_at = last_status + DELIVERED_STATUS_SECONDS if self._delivered else None
+            if now >= next_status or self._publish_soon or (delivered_at is not None and now >= delivered_at):
+                self._publish_soon = self._delivered = False
+                delivered_at = None
                 self._publish()
                 next_status = now + STATUS_EVERY_SECONDS
             next_ping = self._ping_if_due(now)
-            next_directory_check = (now + DIRECTORY_CHECK_SECONDS
-                                    if self.watcher is not None and self.watcher.directory_missing else None)
-            wake_at = min(t for t in (next_poll, next_status, next_ping, self.schedule.next_due(),
-                                      pipeline.tracker.next_deadline(), next_directory_check,
-                                      pipeline.next_commit_at()) if t is not None)
-            self._wake.wait(max(0.0, wake_at - clock()))
-            self._wake.clear()
+            wake_at = next_wake(now, (next_poll, next_status, next_ping, self.schedule.next_due(), delivered_at,
+                                      pipeline.tracker.next_deadline(), next_watch_check,
+                                      pipeline.next_commit_at()))
+            self._wakeup.wait(wake_at - clock())
 
     def _between_batches(self) -> None:
         """During a long catch-up: keep pinging and reporting, stay responsive."""
@@ -290,16 +430,10 @@ class Service:
         return self._next_ping
 
     def _maintain(self) -> None:
-        """Once per poll tick: restart what died, take up watching again."""
+        """Once per poll tick: restart what died (the watch is checked every second)."""
         if not self._deliverer.alive:
             log.warning("The delivery thread was not running; starting it again")
             self._deliverer.start()
-        if self.config.watch and (self.watcher is None or not self.watcher.check()):
-            if self.mode == "watch":
-                log.warning("Watching stopped (%s); polling every %g s until it can resume",
-                            self.watcher.reason if self.watcher else "unknown", self.config.poll_interval_seconds)
-                self.mode = "poll"
-            self._start_watching()
 
     def _reload(self) -> None:
         log.info("Reloading the configuration")
@@ -349,6 +483,7 @@ class Service:
             "started_at": self.started_at,
             "updated_at": time.time(),
             "mode": self.mode,
+            "watch_problem": self._watch_problem(),
             "catching_up": backlog,
             "db_path": str(self.config.db_path),
             "api_url": self.config.api_url,
@@ -360,6 +495,14 @@ class Service:
             "notify_failures": self.notifier.failures,
             "service_manager": service_manager(),
         }
+
+    def _watch_problem(self) -> Optional[str]:
+        """Why the service polls instead of watching (None while it watches)."""
+        if self.mode == "watch":
+            return None
+        if not self.config.watch:
+            return "watch = false in the configuration"
+        return (self.watcher.reason if self.watcher is not None else None) or "not watching yet"
 
     def _status_line(self, snapshot: Optional[dict] = None) -> str:
         if snapshot is None:

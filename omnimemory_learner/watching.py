@@ -6,6 +6,16 @@ wakes the main loop; the loop then reads.  A WAL commit shows up as a
 `modified` event on -wal about 1 ms after the commit starts, but with
 synchronous=FULL that is often before readers can see it, so each event starts
 a short schedule of re-checks over the next second.
+
+Where the writes happen: SQLite puts the -wal and -journal beside the real
+file, so db_path is resolved (symlinks, `..`) and the real file's directory is
+watched; when db_path is a symlink its own directory is watched too, for the
+link being repointed.  A watch is tied to a directory's inode: one deleted
+and created again is a new directory the old watch never sees (and may reuse
+the inode number), so `check()`, run by the loop every second and on every
+file event, compares the resolved path, asks whether the kernel ended any
+watch and compares the watched directories' identities, and says when the
+watch no longer fits; the loop then polls and starts a new one.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -70,28 +80,38 @@ def filesystem_type(path: Path) -> Optional[str]:
 
 
 class DatabaseWatcher:
-    """A watchdog observer on the database directory that sets `wake` on changes."""
+    """A watchdog observer on the database's real directory that calls `on_change` on commits.
 
-    def __init__(self, db_path: Path, on_change):
-        self.db_path = Path(db_path)
-        self.directory = self.db_path.parent
-        self._names = {self.db_path.name, self.db_path.name + "-wal", self.db_path.name + "-journal"}
+    `on_change` runs on the observer's thread: it must only wake the loop.
+    """
+
+    def __init__(self, db_path: Path, on_change: Callable[[], None]):
+        self.db_path = Path(os.path.abspath(db_path))
+        self.target = resolve(self.db_path)
+        self.directory = self.target.parent
         self._on_change = on_change
         self._observer: Optional[Any] = None
+        self._identities: Dict[str, Tuple[int, int]] = {}
         self.reason: Optional[str] = None  # why watching is off, when it is
-
-    @property
-    def directory_missing(self) -> bool:
-        """Watching is off only because the directory does not exist (yet)."""
-        return not self.active and not self.directory.is_dir()
 
     @property
     def active(self) -> bool:
         return self._observer is not None and self._observer.is_alive()
 
+    def _watched(self) -> Dict[str, Set[str]]:
+        """Directory -> the names in it whose changes matter."""
+        name = self.target.name
+        watched = {str(self.directory): {name, name + "-wal", name + "-journal"}}
+        if self.db_path != self.target:
+            # The link (or a link on the way) may be repointed: watch its name too.
+            watched.setdefault(str(self.db_path.parent), set()).add(self.db_path.name)
+        return watched
+
     def start(self) -> bool:
         """Start watching; False (and `reason`) when only polling is possible."""
         self.stop()
+        self.target = resolve(self.db_path)
+        self.directory = self.target.parent
         if not self.directory.is_dir():
             self.reason = f"directory {self.directory} does not exist yet"
             return False
@@ -106,22 +126,37 @@ class DatabaseWatcher:
             self.reason = f"watchdog is not importable: {error}"
             return False
 
-        names, on_change = self._names, self._on_change
+        watched = self._watched()
+        on_change = self._on_change
 
         class Handler(FileSystemEventHandler):
+            def __init__(self, directory: str, names: Set[str]):
+                self.directory, self.names = directory, names
+
             def on_any_event(self, event):
                 # Cheap, and the only thing done on the observer's thread.
                 for path in (event.src_path, getattr(event, "dest_path", "")):
-                    if path and os.path.basename(os.fsdecode(path)) in names:
+                    if not path:
+                        continue
+                    path = os.fsdecode(path)
+                    if os.path.basename(path) in self.names:
+                        on_change()
+                        return
+                    # The directory itself deleted or moved away (not merely
+                    # modified by a file in it): the loop's check re-arms.
+                    if path.rstrip("/") == self.directory and event.event_type in ("deleted", "moved"):
                         on_change()
                         return
 
         observer = Observer()
         observer.daemon = True
+        identities = {}
         try:
-            observer.schedule(Handler(), str(self.directory), recursive=False)
+            for directory, names in watched.items():
+                identities[directory] = _identity(directory)
+                observer.schedule(Handler(directory, names), directory, recursive=False)
             observer.start()
-        except OSError as error:  # inotify limits (ENOSPC, EMFILE) and the like
+        except OSError as error:  # inotify limits (ENOSPC, EMFILE), a directory gone meanwhile
             self.reason = f"cannot watch {self.directory}: {error}"
             try:
                 observer.stop()
@@ -129,6 +164,7 @@ class DatabaseWatcher:
                 pass
             return False
         self._observer = observer
+        self._identities = identities
         self.reason = None
         return True
 
@@ -142,12 +178,56 @@ class DatabaseWatcher:
                 pass
 
     def check(self) -> bool:
-        """Whether the observer still runs; records why not when it died."""
-        if self._observer is not None and not self._observer.is_alive():
-            self._observer = None
-            self.reason = "the file watcher stopped"
-        if self._observer is not None and not self.directory.is_dir():
-            self.stop()
-            self.reason = f"directory {self.directory} was removed"
-        return self.active
+        """Whether the watch is in effect and still on the right directories.
 
+        Stops it (and says why in `reason`) when the observer died, db_path
+        now resolves elsewhere, or a watched directory was removed or
+        replaced; the caller then starts it again.
+        """
+        if self._observer is None:
+            return False
+        problem = None
+        if not self._observer.is_alive():
+            problem = "the file watcher stopped"
+        elif resolve(self.db_path) != self.target:
+            problem = f"{self.db_path} now points to {resolve(self.db_path)}"
+        elif any(not emitter.is_alive() for emitter in list(getattr(self._observer, "emitters", ()))):
+            # The kernel ended the watch (IN_DELETE_SELF): the directory went
+            # away, even if one with the same inode number stands there again.
+            problem = f"directory {self.directory} was removed (the watch on it ended)"
+        else:
+            for directory, identity in self._identities.items():
+                try:
+                    now = _identity(directory)
+                except OSError:
+                    problem = f"directory {directory} was removed"
+                    break
+                if now != identity:
+                    problem = f"directory {directory} was removed and created again"
+                    break
+        if problem is None:
+            return True
+        self.stop()
+        self.reason = problem
+        return False
+
+
+def resolve(path: Path) -> Path:
+    """The file SQLite really opens: symlinks followed, `..` and `.` resolved."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _identity(directory: str) -> Tuple[int, int]:
+    status = os.stat(directory)
+    return (status.st_dev, status.st_ino)
+
+
+def watch_problem(db_path: Path) -> Optional[str]:
+    """Why a service started now could not watch `db_path` (None: it could)."""
+    directory = resolve(db_path).parent
+    if not directory.is_dir():
+        return f"directory {directory} does not exist yet"
+    fs_type = filesystem_type(directory)
+    if fs_type in NETWORK_FILESYSTEMS:
+        return f"{directory} is on a network file system ({fs_type})"
+    return None

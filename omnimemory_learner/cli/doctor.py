@@ -19,10 +19,12 @@ from typing import List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
-from ..events import file_identity, parse_timestamp
+from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
-from ..storage.lock import lock_is_held
+from ..storage.lock import lock_is_held, read_lock_pid
+from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot
 from ..storage.state import StateError, StateStore
+from ..watching import resolve, watch_problem
 from .exits import EX_FAILURE, EX_OK
 from .output import echo, print_json, shown
 
@@ -51,6 +53,7 @@ def doctor(config: Config, as_json: bool) -> int:
     checks: List[Check] = [Check("configuration", OK, f"valid ({config.config_file or 'no file; defaults'})")]
     checks += check_database(config)
     checks += check_position(config)
+    checks += check_watching(config)
     checks += check_api(config)
     checks += check_service_manager()
     checks += check_paths(config)
@@ -79,12 +82,17 @@ def check_database(config: Config) -> List[Check]:
     if not os.access(path, os.R_OK):
         return [Check("database", PROBLEM, f"{path} is not readable by this user", f"chmod u+r {path}")]
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        db = open_read_only(path, timeout=2)
         try:
             columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
             journal = db.execute("PRAGMA journal_mode").fetchone()[0]
             if not columns:
                 return [Check("database", PROBLEM, f"{path} has no events table", start_daemon)]
+            unusable = events_table_problem(db)
+            if unusable is not None:
+                return [Check("database", PROBLEM, f"{path}: {unusable}; the learner cannot read it",
+                              "the memory daemon's schema is not the one this learner reads: events must be "
+                              "a table with its row id (e.g. id INTEGER PRIMARY KEY)")]
             missing = [column for column in REQUIRED_COLUMNS if column not in columns]
             if missing:
                 return [Check("database", PROBLEM, f"the events table lacks columns {', '.join(missing)}",
@@ -116,9 +124,13 @@ def check_position(config: Config) -> List[Check]:
     if identity is None:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is missing")]
     try:
-        db = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=2)
-        head = db.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
-        db.close()
+        db = open_read_only(config.db_path, timeout=2)
+        try:
+            head = db.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+        finally:
+            db.close()
+        if not isinstance(head, int):
+            raise sqlite3.DatabaseError("the row id is not an integer")
     except sqlite3.Error:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
     if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
@@ -128,6 +140,28 @@ def check_position(config: Config) -> List[Check]:
     level = OK if behind < 10000 or lock_is_held(config.state_dir) else WARNING
     return [Check("position", level, f"read to rowid {position.replay_until} of {head} ({behind} behind)",
                   None if level == OK else "the learner is not running: start it to catch up")]
+
+
+def check_watching(config: Config) -> List[Check]:
+    """Watch or poll: what the running service does, or what a new one would do."""
+    every = f"new events are read every {config.poll_interval_seconds:g} s instead of within milliseconds"
+    if not config.watch:
+        return [Check("watching", OK, f"poll mode: watch = false in the configuration; {every}")]
+    snapshot = read_snapshot(config.state_dir) or {}
+    running = lock_is_held(config.state_dir)
+    fresh = (running and snapshot.get("pid") == read_lock_pid(config.state_dir / LOCK_FILE)
+             and time.time() - (snapshot.get("updated_at") or 0) <= STALE_AFTER_SECONDS)
+    if fresh and snapshot.get("mode") == "watch":
+        return [Check("watching", OK, f"watch mode: the running service watches {resolve(config.db_path).parent}")]
+    if fresh:
+        problem = snapshot.get("watch_problem") or "not watching"
+        return [Check("watching", WARNING, f"poll mode: the running service is not watching ({problem}); {every}",
+                      "it watches again by itself once the cause is gone (see its log)")]
+    problem = watch_problem(config.db_path)
+    if problem is not None:
+        return [Check("watching", WARNING, f"poll mode: {problem}; {every}",
+                      "start the memory daemon so that its directory exists, or keep db_path on a local disk")]
+    return [Check("watching", OK, f"watch mode: the service watches {resolve(config.db_path).parent}")]
 
 
 def check_api(config: Config) -> List[Check]:

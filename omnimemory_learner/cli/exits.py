@@ -12,7 +12,7 @@ package, so any command can use it without an import circle.
     69  EX_UNAVAILABLE  the database or the API is not available (`backfill`)
     70  EX_SOFTWARE     an internal error
     73  EX_CANTCREAT    the state directory cannot be written
-    75  EX_TEMPFAIL     another instance holds the lock; try again later
+    75  EX_TEMPFAIL     another instance holds the lock (by hand; under a service manager it waits)
     78  EX_CONFIG       the configuration is invalid
 """
 

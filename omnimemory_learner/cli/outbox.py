@@ -1,4 +1,10 @@
-"""`outbox`: list, retry or drop the sessions the API has not taken."""
+"""`outbox`: list, retry or drop the sessions the API has not taken.
+
+Exit statuses (the man page's EXIT STATUS): 0 when the action did something
+or the list shows what was asked for; 1 when it was refused or found nothing
+(`list ID` with no such session, `retry` with nothing rejected, `drop` of an
+unknown id); 2 for a wrong command line; 4 when there is no state store.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,10 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                 entries = [entry for entry in entries if entry["id"] in ids]
             if as_json:
                 print_json(entries)
+            elif not entries and ids:
+                counts = store.status_counts()
+                error(f"no session with id {', '.join(map(str, ids))} in the outbox "
+                      f"({counts.get('pending', 0)} pending, {counts.get('rejected', 0)} rejected)")
             elif not entries:
                 echo("The outbox is empty: every closed session was delivered.")
             else:
@@ -39,9 +49,13 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                     echo(f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
                           f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
                           f"{shown(entry['last_error'] or '', ERROR_CHARACTERS)}")
-            return EX_OK
+            return EX_FAILURE if ids and not entries else EX_OK
         if action == "retry":
             moved = store.retry_rejected(ids or None)
+            if not moved:
+                error("no rejected session" + (f" with id {', '.join(map(str, ids))}" if ids else "")
+                      + " to retry; see 'omnimemory-learner outbox'")
+                return EX_FAILURE
             echo(f"{moved} rejected session(s) moved back to pending; the running service sends them "
                   "within a minute.")
             return EX_OK

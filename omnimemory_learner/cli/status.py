@@ -68,6 +68,7 @@ def collect_status(config: Config) -> Optional[dict]:
         "snapshot_stale": stale,
         "since": snapshot.get("started_at") if running else None,
         "mode": snapshot.get("mode") if running else None,
+        "watch_problem": snapshot.get("watch_problem") if running else None,
         "service_manager": snapshot.get("service_manager") if running else None,
         "snapshot_updated_at": snapshot.get("updated_at"),
         "db_path": str(config.db_path),
@@ -107,7 +108,9 @@ def _human_status(report: dict) -> str:
                 "waiting for its state directory, or hung; see its log or `omnimemory-learner doctor`")
     elif report["running"]:
         manager = shown(report["service_manager"] or "none")
-        head = (f"active (running), pid {report['pid']}, {shown(report['mode'])} mode, under "
+        mode = f"{shown(report['mode'])} mode" + (
+            f" ({shown(report['watch_problem'])})" if report.get("watch_problem") else "")
+        head = (f"active (running), pid {report['pid']}, {mode}, under "
                 f"{'no service manager' if manager == 'none' else manager}, since {_when(report['since'])}")
     else:
         head = "inactive (not running)"

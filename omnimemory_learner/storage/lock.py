@@ -1,6 +1,8 @@
 """One learner per state store: an flock on state_dir/lock.
 
 The service and `backfill` take it; `status` only asks whether it is held.
+The holder writes its pid into the file, so that whoever finds the lock held
+can say who holds it (the service under a service manager waits for it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from .files import LOCK_FILE, ensure_private_dir
 
 
 class AlreadyRunning(Exception):
-    """Another process holds the state store's lock."""
+    """Another process holds the state store's lock; `holder` is its pid when known."""
+
+    def __init__(self, message: str, holder: Optional[int] = None):
+        super().__init__(message)
+        self.holder = holder
 
 
 class InstanceLock:
@@ -33,8 +39,9 @@ class InstanceLock:
         except OSError as error:
             os.close(fd)
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = read_lock_pid(self.path)
                 raise AlreadyRunning(
-                    f"another omnimemory-learner holds {self.path} (pid {read_lock_pid(self.path)})"
+                    f"another omnimemory-learner (pid {holder or 'unknown'}) holds {self.path}", holder
                 ) from None
             raise
         os.ftruncate(fd, 0)

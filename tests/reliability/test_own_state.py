@@ -264,3 +264,48 @@ def test_state_store_deleted_while_running(tmp_path):
         assert_restart_sends_nothing_again(env, api, 10)
     finally:
         api.stop()
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, from /proc/PID/stat (fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_state_store_failing_mid_catch_up_does_not_spin(tmp_path, small_filesystem):
+    """Reading paused on a full disk with idle deadlines already past: the loop sleeps.
+
+    The old loop kept a passed idle deadline as its next wake-up and waited
+    0 s over and over: a whole core until the disk was fixed.
+    """
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    # Enough that the first commit (after a second of reading) fails with most still unread.
+    history(db, 100_000, "c")
+    port = free_port()
+    env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+                      OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2)
+    learner = start_learner(env)
+    try:
+        assert wait_until(lambda: "reading pauses until the state can be written" in output_of(learner), 60), \
+            output_of(learner)[-3000:]
+        time.sleep(IDLE_MINUTES * 60 + 1)  # the open sessions' idle deadlines pass
+        report = json.loads(run_learner(env, "status", "--json").stdout)
+        assert report["behind"] > 0 and report["active_sessions"] >= 1, report  # mid-catch-up
+        before, started = cpu_seconds(learner.pid), time.monotonic()
+        time.sleep(6)
+        used = cpu_seconds(learner.pid) - before
+        elapsed = time.monotonic() - started
+        print(f"FIGURE no-spin: {used:.2f} s of CPU in {elapsed:.1f} s with the state store full")
+        assert learner.poll() is None
+        assert used < 0.15 * elapsed, f"{used:.2f} s of CPU in {elapsed:.1f} s: the loop spins"
+        # And it takes up reading when space returns.
+        remount(small_filesystem, "size=64m")
+        assert wait_until(lambda: "The state store is writable again" in output_of(learner), 30)
+        assert wait_until(lambda: json.loads(run_learner(env, "status", "--json").stdout)["behind"] == 0, 60)
+        code, out = stop(learner)
+        assert code == 0, out[-3000:]
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait()
