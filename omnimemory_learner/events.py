@@ -205,7 +205,10 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Even
 
 
 def _decode_lossy(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace")
+    # Bytes that are not UTF-8 become their \\xNN escapes: two ids that differ
+    # only there stay two ids (a replacement character would merge them), and
+    # the result is valid text for SQLite and JSON.
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def file_identity(path: Path) -> Optional[Tuple[int, int]]:

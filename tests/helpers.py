@@ -332,3 +332,15 @@ class Flapper:
         """Stop flapping, leaving the API up."""
         self._stop.set()
         self._thread.join(5)
+
+
+def journald_answers(socket_path="/run/systemd/journal/socket"):
+    """Whether a journald is listening (its socket file alone may be left from one that is gone)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.sendto(b"", socket_path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

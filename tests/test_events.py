@@ -108,13 +108,17 @@ def test_non_utf8_text_is_read_not_fatal(tmp_path):
                  ("2025-11-08T05:00:00", "file_open", b"\xff\xfebad"))
     conn.execute("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)",
                  ("2025-11-08T05:00:01", "file_save", "good"))
+    conn.execute("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, CAST(? AS TEXT))",
+                 ("2025-11-08T05:00:02", "file_open", b"\xff\xfdbad"))
     conn.commit()
     conn.close()
     reader = EventReader(db)
     rows = reader.read_batch(0, 10)
     events, _, bad = validate_rows(rows, PAIRS)
-    assert len(rows) == 2 and bad == 0
-    assert events[1][1] == "good" and "\ufffd" in events[0][1]
+    assert len(rows) == 3 and bad == 0
+    # Ids that differ only in bytes that are not UTF-8 stay two ids, as valid text.
+    assert [event[1] for event in events] == ["\\xff\\xfebad", "good", "\\xff\\xfdbad"]
+    assert all(event[1].encode("utf-8") for event in events)
     # The fast decoder is back for the next batch.
     assert reader._connection.text_factory is str
 

@@ -9,7 +9,6 @@ Run these only under `flock /tmp/omnimemory-systemd.lock` (they share journald).
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from helpers import ROOT, create_db, insert_events, wait_until
+from helpers import ROOT, create_db, insert_events, journald_answers, wait_until
 from test_edges import unsafe_characters
 from test_systemd import manager  # noqa: F401 - the real user manager, as a fixture
 from test_untrusted import FORGED, HOSTILE_BODY, HostileAPI
@@ -27,29 +26,18 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 JOURNALD = "/lib/systemd/systemd-journald"
 
 
-def _journald_answers():
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.sendto(b"", JOURNAL_SOCKET)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 @pytest.fixture
 def journald():
     """A journald that answers.  A socket left behind by a journald that is gone
     would make the user manager's fixture believe one runs."""
-    if _journald_answers():
+    if journald_answers():
         yield
         return
     if not os.path.exists(JOURNALD):
         pytest.fail("systemd-journald is not installed")
     os.makedirs("/run/systemd/journal", exist_ok=True)
     process = subprocess.Popen([JOURNALD], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert wait_until(_journald_answers, 10), "journald did not start"
+    assert wait_until(journald_answers, 10), "journald did not start"
     yield
     process.send_signal(signal.SIGTERM)
     process.wait(10)

@@ -61,11 +61,23 @@ def graph(root: Path = PACKAGE_DIR) -> Dict[str, Set[str]]:
     package = root.name
     edges: Dict[str, Set[str]] = {}
     for name, path in known.items():
-        edges[name] = {
-            target for target in imports_of(path, name, names)
-            if (target == package or target.startswith(package + ".")) and target != name
-        }
+        own_packages = _ancestors(name)
+        targets = set()
+        for target in imports_of(path, name, names):
+            if not (target == package or target.startswith(package + ".")) or target == name:
+                continue
+            targets.add(target)
+            # Importing a.b.c runs a/__init__ and a/b/__init__ first: a circle can
+            # run through them (except through the packages the importer is in,
+            # which are already being set up when it runs).
+            targets.update(parent for parent in _ancestors(target) if parent in names and parent not in own_packages)
+        edges[name] = targets - {name}
     return edges
+
+
+def _ancestors(name: str) -> Set[str]:
+    parts = name.split(".")
+    return {".".join(parts[:index]) for index in range(1, len(parts))}
 
 
 def find_cycle(edges: Dict[str, Set[str]]) -> List[str]:
@@ -98,6 +110,22 @@ def find_cycle(edges: Dict[str, Set[str]]) -> List[str]:
     return []
 
 
+def is_standard_library(top: str) -> bool:
+    names = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
+    if names is not None:
+        return top in names
+    # Python 3.9: where the module comes from (built in, or under the standard library's directory).
+    import importlib.util
+    import sysconfig
+
+    if top in sys.builtin_module_names:
+        return True
+    spec = importlib.util.find_spec(top)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    origin = (spec.origin or "") if spec else ""
+    return bool(origin) and origin.startswith(stdlib) and "site-packages" not in origin
+
+
 def core_violations(root: Path = PACKAGE_DIR) -> List[str]:
     known = modules(root)
     package = root.name
@@ -110,7 +138,7 @@ def core_violations(root: Path = PACKAGE_DIR) -> List[str]:
             inside_core = target == f"{package}.core" or target.startswith(f"{package}.core.")
             if target == "__future__" or inside_core:
                 continue
-            if top == package or top not in sys.stdlib_module_names:
+            if top == package or not is_standard_library(top):
                 problems.append(f"{name} imports {target}")
     return problems
 
@@ -188,3 +216,13 @@ def test_importing_cli_from_below_is_caught(package_copy):
     state.write_text(state.read_text() + "\n\ndef later():\n    from ..cli.exits import EX_OK  # noqa\n")
     problems = direction_violations(graph(package_copy))
     assert any("storage.state imports" in problem and "cli.exits" in problem for problem in problems)
+
+
+def test_a_circle_through_package_inits_is_caught(package_copy):
+    # storage/__init__ importing system.notify runs system/__init__, which imports storage back.
+    storage_init = package_copy / "storage" / "__init__.py"
+    storage_init.write_text(storage_init.read_text() + "\nfrom ..system.notify import Notifier  # noqa\nPRIVATE = 0o700\n")
+    system_init = package_copy / "system" / "__init__.py"
+    system_init.write_text(system_init.read_text() + "\nfrom ..storage import PRIVATE  # noqa\n")
+    cycle = find_cycle(graph(package_copy))
+    assert f"{PACKAGE}.storage" in cycle and f"{PACKAGE}.system" in cycle

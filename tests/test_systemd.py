@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, RecordingAPI, create_db, insert_events, wait_until
+from helpers import ROOT, RecordingAPI, create_db, insert_events, journald_answers, wait_until
 
 pytestmark = pytest.mark.systemd
 UNIT = "omnimemory-learner.service"
@@ -64,14 +64,15 @@ def manager(tmp_path):
     except PermissionError:
         _unavailable("cannot create /run/systemd/system (needs root on a machine not booted with systemd)")
     started = []
-    if not os.path.exists("/run/systemd/journal/stdout"):
+    # A socket left behind by a journald that is gone is no journald: ask it.
+    own_journald = not journald_answers()
+    if own_journald:
         journald = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
         started.append(journald)
-        for _ in range(100):
-            if os.path.exists("/run/systemd/journal/stdout"):
-                break
-            time.sleep(0.05)
+        if not wait_until(journald_answers, 10, step=0.05):
+            journald.kill()
+            _unavailable("systemd-journald did not start")
     home = tmp_path / "home"
     runtime = tmp_path / "runtime"
     home.mkdir()
@@ -92,6 +93,13 @@ def manager(tmp_path):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    if own_journald:
+        # Its sockets stay behind; remove them so the next fixture sees that none runs.
+        for name in ("stdout", "socket", "dev-log"):
+            try:
+                os.unlink(f"/run/systemd/journal/{name}")
+            except FileNotFoundError:
+                pass
 
 
 def write_config(um, db, api_url, **extra):

@@ -122,7 +122,7 @@ def report(config: Config, since: Optional[str], as_json: bool, dot_file: Option
         return EX_USAGE
     store = open_history(config)
     if store is None:
-        error(f"no history yet in {shown(str(config.state_dir))}: the learner keeps one once it has settled a session")
+        error(f"no history yet in {config.state_dir}: the learner keeps one once it has settled a session")
         return EX_NO_STATE
     try:
         entries = store.sessions(since=start, oldest_first=True)
@@ -136,7 +136,7 @@ def report(config: Config, since: Optional[str], as_json: bool, dot_file: Option
         if dot_file:
             Path(dot_file).write_text(dot_text)
     except OSError as problem:
-        error(f"cannot write {shown(dot_file)}: {problem.strerror or problem}")
+        error(f"cannot write {dot_file}: {problem.strerror or problem}")
         return EX_CANTCREAT
     if svg_file:
         problem_text = render_svg(dot_text, Path(svg_file))

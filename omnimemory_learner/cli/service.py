@@ -56,10 +56,10 @@ def service(config: Optional[Config], action: str, no_start: bool = False, purge
             return _uninstall(_installer(state_dir, log_dir, need_program=False), purge)
         return _status(_installer(state_dir, log_dir, need_program=False))
     except InstallError as problem:
-        error(f"omnimemory-learner: {problem}")
+        error(str(problem))
         return EX_FAILURE
     except OSError as problem:
-        error(f"omnimemory-learner: {problem}")
+        error(str(problem))
         return EX_CANTCREAT
 
 
