@@ -72,7 +72,7 @@ def catch_up(db: Path, work: Path) -> dict:
     shutil.rmtree(work / "state", ignore_errors=True)
     pipeline = Pipeline(config_for(work, db))
     started = time.perf_counter()
-    pipeline.drain(force_backlog=True)
+    pipeline.drain()
     pipeline.close_all()
     pipeline.commit()
     elapsed = time.perf_counter() - started
@@ -120,7 +120,7 @@ def bench_scaling(work: Path, sizes, id_counts, id_events) -> dict:
     generate(db, sizes[1] if len(sizes) > 1 else sizes[0], 1000)
     shutil.rmtree(work / "state", ignore_errors=True)
     pipeline = Pipeline(config_for(work, db))
-    pipeline.drain(force_backlog=True)
+    pipeline.drain()
     pipeline.close_all()
     pipeline.commit()
     pipeline.close()
@@ -292,11 +292,11 @@ def bench_latency(work: Path, synchronous: str, count: int, watch: bool, poll_se
     fed = {}
     original = SessionTracker.feed
 
-    def feed(self, events, now, backlog):
+    def feed(self, events, now):
         stamp = time.monotonic()
         for event in events:
             fed.setdefault(event[0], stamp)
-        return original(self, events, now, backlog)
+        return original(self, events, now)
 
     SessionTracker.feed = feed
     service = Service(config)

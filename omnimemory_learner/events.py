@@ -13,7 +13,7 @@ import math
 import os
 import sqlite3
 from pathlib import Path
-from typing import List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +97,116 @@ def _session_id(value) -> Optional[str]:
     return value
 
 
-def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Event], int, int]:
+class LocalTimeContext:
+    """What reading naive local times needs from the rows before them.
+
+    A naive timestamp is the writer's local time.  In the hour a DST fall-back
+    repeats, one naive time names two instants; validate_rows takes the one
+    nearer the previous event (continuity, `datetime.fold`).  A time in a
+    spring-forward gap does not exist; it is read with the offset in force
+    before the change (fold 0: a clock that had not moved on yet).
+
+    Kept by the caller across batches, so a batch boundary changes nothing:
+    `previous` is the previous event's time; `plain_hours` caches, per naive
+    hour ("YYYY-MM-DDTHH"), its span of Unix seconds when one offset holds all
+    hour, else False; `plain_low`/`plain_high` is the span of consecutive plain
+    hours the last rows fell in, so the common row costs two comparisons.
+    """
+
+    __slots__ = ("plain_high", "plain_hours", "plain_low", "previous")
+
+    def __init__(self) -> None:
+        self.previous: Optional[float] = None
+        self.plain_hours: Dict[str, object] = {}
+        self.plain_low = 0.0
+        self.plain_high = 0.0
+
+
+# A neighbour further away than this says nothing about which of two instants
+# an hour apart a naive time meant (an outlier, or a long pause).
+_CONTINUITY_SECONDS = 12 * 3600.0
+_LOOK_BACK_EVENTS = 64
+
+
+def _plain_hour_span(parsed: _dt.datetime) -> object:
+    """(first, end) Unix seconds of the naive hour of `parsed` if one offset holds all hour, else False."""
+    start = parsed.replace(minute=0, second=0, microsecond=0, fold=0)
+    last = start.replace(minute=59, second=59, microsecond=999999)
+    try:
+        first_seconds = start.timestamp()
+        last_seconds = last.timestamp()
+        plain = (first_seconds == start.replace(fold=1).timestamp()
+                 and last_seconds == last.replace(fold=1).timestamp()
+                 and abs(last_seconds - first_seconds - 3599.999999) < 1e-3)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return (first_seconds, first_seconds + 3600.0) if plain else False
+
+
+def _naive_local_seconds(parsed: _dt.datetime, text: str, seconds: float, context: LocalTimeContext,
+                         events: List[Event]) -> float:
+    """Unix seconds of a naive local time outside the plain span known so far."""
+    hours = context.plain_hours
+    key = text[:13]
+    span = hours.get(key)
+    if span is None:
+        if len(hours) > 4096:
+            hours.clear()
+        span = hours[key] = _plain_hour_span(parsed)
+    if span:
+        low, high = span  # type: ignore[misc]
+        # Grow the known span over consecutive plain hours, else move it here.
+        if low == context.plain_high:
+            context.plain_high = high
+        elif high == context.plain_low:
+            context.plain_low = low
+        else:
+            context.plain_low, context.plain_high = low, high
+        return seconds
+    try:
+        later = parsed.replace(fold=1).timestamp()
+    except (OverflowError, OSError, ValueError):
+        return seconds
+    if later <= seconds:
+        return seconds  # one instant, or a time in a spring-forward gap: fold 0
+    # The repeated hour: the instant nearer the previous event that is near at all.
+    for index in range(len(events) - 1, max(-1, len(events) - 1 - _LOOK_BACK_EVENTS), -1):
+        previous: Optional[float] = events[index][3]
+        if abs(previous - seconds) < _CONTINUITY_SECONDS:  # type: ignore[operator]
+            break
+    else:
+        previous = context.previous
+        if previous is None or abs(previous - seconds) >= _CONTINUITY_SECONDS:
+            return seconds
+    return later if abs(later - previous) < abs(seconds - previous) else seconds  # type: ignore[operator]
+
+
+def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
+                  context: Optional[LocalTimeContext] = None) -> Tuple[List[Event], int, int]:
     """The well-formed rows of the wanted types, as events.
 
     `pairs` is mapping.command_pairs(): event_type -> (command, event_type).
     Returns the events (rowid, session_id, pair, timestamp), the number of
     rows of other types (ignored) and the number of malformed rows (bad).
+    `context` carries what naive local times need across calls (pass the same
+    one for consecutive batches); without it each call starts afresh.
 
     The per-event hot path of a catch-up, so it is one pass: the type is
     looked up first and a row of another type costs nothing more; the common
     row (an isoformat() string of the form YYYY-MM-DDTHH:MM:SS, a text session
-    id) is handled inline, without a function call per field; anything else
-    goes through the full parsers.
+    id) is handled inline, without a function call per field, and its time is
+    checked against the span of plain local hours already known (two
+    comparisons); anything else goes through the full parsers.
     """
+    if context is None:
+        context = LocalTimeContext()
     events: List[Event] = []
     append = events.append
     lookup = pairs.get
     bad = ignored = 0
     fromisoformat = _dt.datetime.fromisoformat
+    plain_low = context.plain_low
+    plain_high = context.plain_high
     for rowid, timestamp, event_type, session_id in rows:
         pair = lookup(event_type)
         if pair is None:
@@ -124,11 +216,15 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Even
                 bad += 1
             continue
         seconds = None
-        if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] == "T" and timestamp[-1] not in "Zz":
+        if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] in "T " and timestamp[-1] not in "Zz":
             try:
-                seconds = fromisoformat(timestamp).timestamp()
+                parsed = fromisoformat(timestamp)
+                seconds = parsed.timestamp()
+                if not plain_low <= seconds < plain_high and parsed.tzinfo is None:
+                    seconds = _naive_local_seconds(parsed, timestamp, seconds, context, events)
+                    plain_low, plain_high = context.plain_low, context.plain_high
             except (ValueError, OverflowError, OSError):
-                pass
+                seconds = None
             else:
                 if not 0 < seconds <= MAX_TIMESTAMP:
                     seconds = None
@@ -142,6 +238,8 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Even
             bad += 1
             continue
         append((rowid, sid, pair, seconds))
+    if events:
+        context.previous = events[-1][3]
     return events, ignored, bad
 
 
