@@ -216,7 +216,7 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
                 bad += 1
             continue
         seconds = None
-        if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] in "T " and timestamp[-1] not in "Zz":
+        if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] == "T" and timestamp[-1] not in "Zz":
             try:
                 parsed = fromisoformat(timestamp)
                 seconds = parsed.timestamp()

@@ -156,7 +156,9 @@ class Pipeline:
             if bad:
                 log.debug("Skipped %d malformed rows up to rowid %d", bad, last_rowid)
             if mapped:
-                self.last_event_time = max(self.last_event_time or 0.0, tracker.newest_event_time)
+                # The time of the last event read (for status), not a maximum over
+                # every row: nothing is decided by it.
+                self.last_event_time = mapped[-1][3]
         evicted = tracker.evicted_count - evicted_before
         if evicted:
             self._note_evicted(evicted, now)

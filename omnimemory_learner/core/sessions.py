@@ -118,7 +118,6 @@ class SessionTracker:
         # Ordered by last arrival: the first entry is always the longest idle,
         # so the next deadline and eviction are O(1).
         self._open: OrderedDict[str, _OpenSession] = OrderedDict()
-        self.newest_event_time = float("-inf")
         self.closed_count = 0
         self.too_short_count = 0
         self.evicted_count = 0
@@ -133,39 +132,36 @@ class SessionTracker:
         """
         closed: List[ClosedSession] = []
         sessions = self._open
+        get = sessions.get
+        move_to_end = sessions.move_to_end
+        finish = self._finish
         idle = self.idle_seconds
         max_commands = self.max_commands
-        newest = self.newest_event_time
+        max_open = self.max_open
         for rowid, session_id, pair, timestamp in events:
-            if timestamp > newest:
-                newest = timestamp
-            session = sessions.get(session_id)
-            if session is not None:
-                if timestamp - session.latest_time >= idle:
-                    del sessions[session_id]
-                    closed.append(self._finish(session, "idle"))
-                    session = None
-                else:
-                    sessions.move_to_end(session_id)
+            session = get(session_id)
             if session is None:
-                session = _OpenSession(session_id, rowid, timestamp, now)
-                sessions[session_id] = session
-                if len(sessions) > self.max_open:
+                session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                if len(sessions) > max_open:
                     # The memory cap: the least recently arriving session goes
                     # now, as it is; its id's next event starts a new one.
-                    oldest_id = next(iter(sessions))
-                    closed.append(self._finish(sessions.pop(oldest_id), "evicted"))
+                    closed.append(finish(sessions.pop(next(iter(sessions))), "evicted"))
                     self.evicted_count += 1
+            elif timestamp - session.latest_time >= idle:
+                closed.append(finish(session, "idle"))
+                session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                move_to_end(session_id)
+            else:
+                move_to_end(session_id)
+                if timestamp > session.latest_time:
+                    session.latest_time = timestamp
             session.pairs.append(pair)
             session.times.append(timestamp)
             session.last_rowid = rowid
             session.last_arrival = now
-            if timestamp > session.latest_time:
-                session.latest_time = timestamp
             if len(session.pairs) >= max_commands:
                 del sessions[session_id]
-                closed.append(self._finish(session, "chunk"))
-        self.newest_event_time = newest
+                closed.append(finish(session, "chunk"))
         return closed
 
     # -- closing -------------------------------------------------------------
