@@ -109,7 +109,7 @@ class LocalTimeContext:
     Kept by the caller across batches, so a batch boundary changes nothing:
     `previous` is the previous event's time; `plain_hours` caches, per naive
     hour ("YYYY-MM-DDTHH"), its span of Unix seconds when one offset holds all
-    hour, else False; `plain_low`/`plain_high` is the span of consecutive plain
+    hour, else (); `plain_low`/`plain_high` is the span of consecutive plain
     hours the last rows fell in, so the common row costs two comparisons.
     """
 
@@ -117,7 +117,7 @@ class LocalTimeContext:
 
     def __init__(self) -> None:
         self.previous: Optional[float] = None
-        self.plain_hours: Dict[str, object] = {}
+        self.plain_hours: Dict[str, Tuple[float, ...]] = {}
         self.plain_low = 0.0
         self.plain_high = 0.0
 
@@ -128,8 +128,8 @@ _CONTINUITY_SECONDS = 12 * 3600.0
 _LOOK_BACK_EVENTS = 64
 
 
-def _plain_hour_span(parsed: _dt.datetime) -> object:
-    """(first, end) Unix seconds of the naive hour of `parsed` if one offset holds all hour, else False."""
+def _plain_hour_span(parsed: _dt.datetime) -> Tuple[float, ...]:
+    """(first, end) Unix seconds of the naive hour of `parsed` if one offset holds all hour, else ()."""
     start = parsed.replace(minute=0, second=0, microsecond=0, fold=0)
     last = start.replace(minute=59, second=59, microsecond=999999)
     try:
@@ -139,8 +139,8 @@ def _plain_hour_span(parsed: _dt.datetime) -> object:
                  and last_seconds == last.replace(fold=1).timestamp()
                  and abs(last_seconds - first_seconds - 3599.999999) < 1e-3)
     except (OverflowError, OSError, ValueError):
-        return False
-    return (first_seconds, first_seconds + 3600.0) if plain else False
+        return ()
+    return (first_seconds, first_seconds + 3600.0) if plain else ()
 
 
 def _naive_local_seconds(parsed: _dt.datetime, text: str, seconds: float, context: LocalTimeContext,
@@ -154,7 +154,7 @@ def _naive_local_seconds(parsed: _dt.datetime, text: str, seconds: float, contex
             hours.clear()
         span = hours[key] = _plain_hour_span(parsed)
     if span:
-        low, high = span  # type: ignore[misc]
+        low, high = span
         # Grow the known span over consecutive plain hours, else move it here.
         if low == context.plain_high:
             context.plain_high = high
@@ -170,15 +170,21 @@ def _naive_local_seconds(parsed: _dt.datetime, text: str, seconds: float, contex
     if later <= seconds:
         return seconds  # one instant, or a time in a spring-forward gap: fold 0
     # The repeated hour: the instant nearer the previous event that is near at all.
+    previous = _previous_near(seconds, context, events)
+    if previous is None:
+        return seconds
+    return later if abs(later - previous) < abs(seconds - previous) else seconds
+
+
+def _previous_near(seconds: float, context: LocalTimeContext, events: List[Event]) -> Optional[float]:
     for index in range(len(events) - 1, max(-1, len(events) - 1 - _LOOK_BACK_EVENTS), -1):
-        previous: Optional[float] = events[index][3]
-        if abs(previous - seconds) < _CONTINUITY_SECONDS:  # type: ignore[operator]
-            break
-    else:
-        previous = context.previous
-        if previous is None or abs(previous - seconds) >= _CONTINUITY_SECONDS:
-            return seconds
-    return later if abs(later - previous) < abs(seconds - previous) else seconds  # type: ignore[operator]
+        candidate = events[index][3]
+        if abs(candidate - seconds) < _CONTINUITY_SECONDS:
+            return candidate
+    previous = context.previous
+    if previous is not None and abs(previous - seconds) < _CONTINUITY_SECONDS:
+        return previous
+    return None
 
 
 def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],

@@ -100,7 +100,7 @@ def test_a_late_source_at_service_start(tmp_path, api):
     truth = expected(rows, idle)
     learner = start_learner(settings_env(tmp_path, api, db, idle / 60))
     finish(learner, api, tmp_path, truth, idle)
-    unique, resent = delivered_once(api)
+    _, resent = delivered_once(api)
     print(f"\nFIGURE late source at start: {len(truth)} sessions expected, {len(got(api))} learned, resent {resent}")
     assert got(api) == truth and resent == 0
     assert len(truth) > 180 and sum(1 for sid, _ in truth if sid.startswith("late")) >= 90
@@ -200,7 +200,7 @@ def test_waves_of_recent_history_with_sigkills_between_them(tmp_path, api):
     truth = expected(written, idle)
     learner = start_learner(env)
     finish(learner, api, tmp_path, truth, idle, timeout=120)
-    unique, resent = delivered_once(api)
+    _, resent = delivered_once(api)
     print(f"\nFIGURE waves: {waves} waves, {kills} kills, {len(written)} rows, {len(truth)} sessions expected, "
           f"{len(got(api))} learned, resent_same_key {resent}")
     assert got(api) == truth
