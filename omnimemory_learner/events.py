@@ -109,7 +109,7 @@ class LocalTimeContext:
     Kept by the caller across batches, so a batch boundary changes nothing:
     `previous` is the previous event's time; `plain_hours` caches, per naive
     hour ("YYYY-MM-DDTHH"), its span of Unix seconds when one offset holds all
-    hour, else (); `plain_low`/`plain_high` is the span of consecutive plain
+    hour (and within 1970..9999), else (); `plain_low`/`plain_high` is the span of consecutive plain
     hours the last rows fell in, so the common row costs two comparisons.
     """
 
@@ -140,28 +140,53 @@ def _plain_hour_span(parsed: _dt.datetime) -> Tuple[float, ...]:
                  and abs(last_seconds - first_seconds - 3599.999999) < 1e-3)
     except (OverflowError, OSError, ValueError):
         return ()
-    return (first_seconds, first_seconds + 3600.0) if plain else ()
+    if not plain or first_seconds <= 0 or first_seconds + 3600.0 > MAX_TIMESTAMP:
+        return ()  # the span also vouches for the range
+    return (first_seconds, first_seconds + 3600.0)
 
 
-def _naive_local_seconds(parsed: _dt.datetime, text: str, seconds: float, context: LocalTimeContext,
-                         events: List[Event]) -> float:
-    """Unix seconds of a naive local time outside the plain span known so far."""
+def _outside_plain_span(text: str, seconds: float, context: LocalTimeContext,
+                        events: List[Event]) -> Optional[float]:
+    parsed = _dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        seconds = _naive_local_seconds(parsed, text[:13], seconds, context, events)
+    elif 0 < seconds <= MAX_TIMESTAMP:
+        # An explicit offset is exact; learning the local hour it falls in lets
+        # the rows after it take the fast path.
+        try:
+            local = _dt.datetime.fromtimestamp(seconds)
+        except (OverflowError, OSError, ValueError):
+            pass
+        else:
+            _in_plain_hour(local, local.isoformat()[:13], context)
+    return seconds if 0 < seconds <= MAX_TIMESTAMP else None
+
+
+def _in_plain_hour(parsed: _dt.datetime, key: str, context: LocalTimeContext) -> bool:
+    """Whether one offset holds all the naive hour `key`; if so the known span takes it in."""
     hours = context.plain_hours
-    key = text[:13]
     span = hours.get(key)
     if span is None:
         if len(hours) > 4096:
             hours.clear()
         span = hours[key] = _plain_hour_span(parsed)
-    if span:
-        low, high = span
-        # Grow the known span over consecutive plain hours, else move it here.
-        if low == context.plain_high:
-            context.plain_high = high
-        elif high == context.plain_low:
-            context.plain_low = low
-        else:
-            context.plain_low, context.plain_high = low, high
+    if not span:
+        return False
+    low, high = span
+    # Grow the known span over consecutive plain hours, else move it here.
+    if low == context.plain_high:
+        context.plain_high = high
+    elif high == context.plain_low:
+        context.plain_low = low
+    else:
+        context.plain_low, context.plain_high = low, high
+    return True
+
+
+def _naive_local_seconds(parsed: _dt.datetime, key: str, seconds: float, context: LocalTimeContext,
+                         events: List[Event]) -> float:
+    """Unix seconds of a naive local time outside the plain span known so far."""
+    if _in_plain_hour(parsed, key, context):
         return seconds
     try:
         later = parsed.replace(fold=1).timestamp()
@@ -224,16 +249,15 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
         seconds = None
         if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] == "T" and timestamp[-1] not in "Zz":
             try:
-                parsed = fromisoformat(timestamp)
-                seconds = parsed.timestamp()
-                if not plain_low <= seconds < plain_high and parsed.tzinfo is None:
-                    seconds = _naive_local_seconds(parsed, timestamp, seconds, context, events)
-                    plain_low, plain_high = context.plain_low, context.plain_high
+                seconds = fromisoformat(timestamp).timestamp()
             except (ValueError, OverflowError, OSError):
-                seconds = None
+                pass
             else:
-                if not 0 < seconds <= MAX_TIMESTAMP:
-                    seconds = None
+                # Inside the span of plain local hours known so far the time is
+                # read and in range; anything else is looked at closely.
+                if not plain_low <= seconds < plain_high:
+                    seconds = _outside_plain_span(timestamp, seconds, context, events)
+                    plain_low, plain_high = context.plain_low, context.plain_high
         else:
             seconds = parse_timestamp(timestamp)
         if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
