@@ -106,11 +106,17 @@ class LocalTimeContext:
     spring-forward gap does not exist; it is read with the offset in force
     before the change (fold 0: a clock that had not moved on yet).
 
+    Continuity needs a close neighbour: a stream (or the rows re-read after a
+    restart) that starts inside the repeated hour is read as its first
+    occurrence, and after an hour-long silence of every source the nearer
+    instant may be the wrong one.
+
     Kept by the caller across batches, so a batch boundary changes nothing:
     `previous` is the previous event's time; `plain_hours` caches, per naive
     hour ("YYYY-MM-DDTHH"), its span of Unix seconds when one offset holds all
-    hour (and within 1970..9999), else (); `plain_low`/`plain_high` is the span of consecutive plain
-    hours the last rows fell in, so the common row costs two comparisons.
+    hour (and within 1970..9999), else (); `plain_low`/`plain_high` is the
+    span of consecutive plain hours the last rows fell in, so the common row
+    costs two comparisons.
     """
 
     __slots__ = ("plain_high", "plain_hours", "plain_low", "previous")
