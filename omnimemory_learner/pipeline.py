@@ -172,8 +172,8 @@ class Pipeline:
         self._evictions_unlogged += evicted
         if now - self._evictions_logged_at >= EVICTION_LOG_SECONDS:
             log.warning(
-                "%d session(s) closed before their end: more than max_open_sessions (%d) were open at once; "
-                "the least recently active went first, and their ids' next events start new sessions",
+                "%d session(s) closed early by the open-session cap (max_open_sessions = %d), the least "
+                "recently active first; one is split in two if its id comes back within the idle threshold",
                 self._evictions_unlogged, self.tracker.max_open,
             )
             self._evictions_unlogged = 0
