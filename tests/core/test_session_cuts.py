@@ -235,3 +235,14 @@ def test_with_the_open_session_cap_a_restart_still_gives_the_same_sessions(event
     assert evicted_with_kills == evicted
     if len({sid for _, sid, _ in events}) <= 2:
         assert evicted == 0 and sorted(stored) == sorted(as_stored(events, reference_sessions(events, IDLE)))
+
+
+def test_an_eviction_by_the_cap_is_counted_and_logged(caplog):
+    events = [(1, "a", BASE), (2, "b", BASE + 1), (3, "c", BASE + 2), (4, "a", BASE + 3)]
+    with caplog.at_level("WARNING", logger="omnimemory_learner.pipeline"):
+        stored, evicted = run_with_kills(events, 10, [], [False], max_open=2)
+    # a went first (least recently active) when c came, so its next event starts a session of its
+    # own, and b goes then.
+    assert evicted == 2 and sorted((sid, first, last) for sid, first, last, _, _ in stored) == [
+        ("a", 1, 1), ("a", 4, 4), ("b", 2, 2), ("c", 3, 3)]
+    assert "2 session(s) closed early by the open-session cap" in caplog.text
