@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from reference import reference_sessions
 
@@ -193,6 +193,7 @@ def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_op
             try:
                 assert pipeline.drain(between_batches=between_batches)
             except Killed:
+                event("killed and restarted")
                 pipeline.reader.close()
                 pipeline.state.close()  # nothing since the last commit reaches the state
                 continue
@@ -212,8 +213,8 @@ def as_stored(events, sessions):
     return [(sid, rows[0], rows[-1], len(rows), tuple(time_of[r] for r in rows)) for sid, rows in sessions]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile_streams(), st.integers(1, 7), st.lists(st.integers(1, 12), max_size=6),
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_streams(), st.integers(1, 7), st.lists(st.integers(1, 5), max_size=6),
        st.lists(st.booleans(), min_size=1, max_size=8), st.sampled_from([None, 3]))
 def test_restarts_at_arbitrary_rows_give_the_reference_sessions_exactly_once(events, batch_size, kills, commits,
                                                                              max_commands):
