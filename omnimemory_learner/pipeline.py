@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # During a long catch-up, commit at least this often so delivery can start
 # and a crash loses little work.
 COMMIT_EVERY_SECONDS = 1.0
+# ... and once this many closed sessions wait: they are held in memory until
+# the commit, so a fast catch-up (a backlog with many ids) stays small.
+COMMIT_EVERY_SESSIONS = 5000
 # A position that moved with no session closed is committed at most this
 # often: nothing is lost by waiting (a restart re-reads a few events), and an
 # fsync per live event would put disk latency on every event's path.
@@ -126,7 +129,7 @@ class Pipeline:
             self.caught_up = False
             if between_batches is not None:
                 between_batches()
-            if self.clock() - self._last_commit >= COMMIT_EVERY_SECONDS:
+            if self.clock() - self._last_commit >= COMMIT_EVERY_SECONDS or len(self._closed) >= COMMIT_EVERY_SESSIONS:
                 self.commit()
         self.commit_due()
         return True
