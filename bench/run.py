@@ -73,7 +73,7 @@ def catch_up(db: Path, work: Path) -> dict:
     shutil.rmtree(work / "state", ignore_errors=True)
     pipeline = Pipeline(config_for(work, db))
     started = time.perf_counter()
-    pipeline.drain(force_backlog=True)
+    pipeline.drain()
     pipeline.close_all()
     pipeline.commit()
     elapsed = time.perf_counter() - started
@@ -121,7 +121,7 @@ def bench_scaling(work: Path, sizes, id_counts, id_events) -> dict:
     generate(db, sizes[1] if len(sizes) > 1 else sizes[0], 1000)
     shutil.rmtree(work / "state", ignore_errors=True)
     pipeline = Pipeline(config_for(work, db))
-    pipeline.drain(force_backlog=True)
+    pipeline.drain()
     pipeline.close_all()
     pipeline.commit()
     pipeline.close()
@@ -264,6 +264,42 @@ def bench_open_sessions_memory(work: Path, sessions: int, commands: int) -> dict
             "peak_rss_mb": figures["hwm_kb"] / 1024, "target_peak_rss_mb": 64}
 
 
+BACKLOG_CHILD = r"""
+from omnimemory_learner.cli.main import main
+try:
+    main(["backfill", "--until-delivered-timeout", "0"])
+finally:
+    with open("/proc/self/status") as status:
+        print(next(line for line in status if line.startswith("VmHWM")).split()[1], flush=True)
+"""
+
+
+def bench_backlog_memory(work: Path, events: int, ids: int) -> dict:
+    """A backlog of `events` over `ids` session ids, read by `backfill` in a process of its own:
+    its peak RSS against the 64 MB target.  In a backlog a session stays open until its id's next
+    cut, so with more ids than max_open_sessions (10,000) the least recently active are evicted,
+    counted in sessions_evicted."""
+    db = work / "backlog.db"
+    generate(db, events, ids)
+    env = {"HOME": str(work), "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
+           "OMNIMEMORY_LEARNER_DB_PATH": str(db), "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+           "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"), "OMNIMEMORY_LEARNER_API_URL": "http://127.0.0.1:9"}
+    started = time.perf_counter()
+    child = subprocess.run([sys.executable, "-c", BACKLOG_CHILD], env=env, cwd=str(ROOT), capture_output=True,
+                           text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    peak_kb = int(child.stdout.split()[-1])
+    store = StateStore(work / "state")
+    counters = store.counters()
+    store.close()
+    db.unlink()
+    return {"events": events, "session_ids": ids, "seconds": seconds, "events_per_second": events / seconds,
+            "events_processed": counters.get("events_processed", 0),
+            "sessions_created": counters.get("sessions_created", 0),
+            "sessions_evicted": counters.get("sessions_evicted", 0),
+            "peak_rss_mb": peak_kb / 1024, "target_peak_rss_mb": 64}
+
+
 # -- latency -------------------------------------------------------------------------------
 
 WRITER = r"""
@@ -293,11 +329,11 @@ def bench_latency(work: Path, synchronous: str, count: int, watch: bool, poll_se
     fed = {}
     original = SessionTracker.feed
 
-    def feed(self, events, now, backlog):
+    def feed(self, events, now):
         stamp = time.monotonic()
         for event in events:
             fed.setdefault(event[0], stamp)
-        return original(self, events, now, backlog)
+        return original(self, events, now)
 
     SessionTracker.feed = feed
     service = Service(config)
@@ -461,6 +497,7 @@ def main():
                               bench_latency(w / "l3", "NORMAL", 20 if quick else 60, False, 1.0)],
         "idle": lambda w: bench_idle(w / "idle", 15 if quick else 60),
         "memory": lambda w: bench_open_sessions_memory(w / "mem", 2_000 if quick else 10_000, 50),
+        "backlog_memory": lambda w: bench_backlog_memory(w, 200_000 if quick else 10_000_000, 100_000),
         "delivery": lambda w: bench_delivery(w, 1_000 if quick else 5_000, 200 if quick else 1_000),
         "scaling": lambda w: bench_scaling(
             w, [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000, 10_000_000],
@@ -523,6 +560,12 @@ def render(r: dict) -> str:
         mem = r["memory"]
         row(f"peak RSS, {mem['open_sessions']:,} open sessions x {mem['commands_each']} commands",
             f"{mem['peak_rss_mb']:.1f} MB", "<= 64 MB (10,000 sessions)", mem["peak_rss_mb"] <= 64)
+    if "backlog_memory" in r:
+        b = r["backlog_memory"]
+        row(f"peak RSS, backlog of {b['events']:,} events over {b['session_ids']:,} ids (backfill)",
+            f"{b['peak_rss_mb']:.1f} MB; {b['events_per_second']:,.0f} events/s; "
+            f"{b['sessions_evicted']:,} of {b['sessions_created']:,} sessions evicted by the cap",
+            "<= 64 MB", b["peak_rss_mb"] <= 64)
     if "delivery" in r:
         d = r["delivery"]
         row(f"delivery to a minimal local /learn ({d['sessions']:,} sessions)", f"{d['learner_rate']:,.0f} sessions/s",

@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
 log = logging.getLogger(__name__)
@@ -156,24 +156,153 @@ def _session_id(value) -> Optional[str]:
     return value
 
 
-def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Event], int, int]:
+class LocalTimeContext:
+    """What reading naive local times needs from the rows before them.
+
+    A naive timestamp is the writer's local time.  In the hour a DST fall-back
+    repeats, one naive time names two instants; validate_rows takes the one
+    nearer the previous event (continuity, `datetime.fold`).  A time in a
+    spring-forward gap does not exist; it is read with the offset in force
+    before the change (fold 0: a clock that had not moved on yet).
+
+    Continuity needs a close neighbour: a stream (or the rows re-read after a
+    restart) that starts inside the repeated hour is read as its first
+    occurrence, and after an hour-long silence of every source the nearer
+    instant may be the wrong one.
+
+    Kept by the caller across batches, so a batch boundary changes nothing:
+    `previous` is the previous event's time; `plain_hours` caches, per naive
+    hour ("YYYY-MM-DDTHH"), its span of Unix seconds when one offset holds all
+    hour (and within 1970..9999), else (); `plain_low`/`plain_high` is the
+    span of consecutive plain hours the last rows fell in, so the common row
+    costs two comparisons.
+    """
+
+    __slots__ = ("plain_high", "plain_hours", "plain_low", "previous")
+
+    def __init__(self) -> None:
+        self.previous: Optional[float] = None
+        self.plain_hours: Dict[str, Tuple[float, ...]] = {}
+        self.plain_low = 0.0
+        self.plain_high = 0.0
+
+
+# A neighbour further away than this says nothing about which of two instants
+# an hour apart a naive time meant (an outlier, or a long pause).
+_CONTINUITY_SECONDS = 12 * 3600.0
+_LOOK_BACK_EVENTS = 64
+
+
+def _plain_hour_span(parsed: _dt.datetime) -> Tuple[float, ...]:
+    """(first, end) Unix seconds of the naive hour of `parsed` if one offset holds all hour, else ()."""
+    start = parsed.replace(minute=0, second=0, microsecond=0, fold=0)
+    last = start.replace(minute=59, second=59, microsecond=999999)
+    try:
+        first_seconds = start.timestamp()
+        last_seconds = last.timestamp()
+        plain = (first_seconds == start.replace(fold=1).timestamp()
+                 and last_seconds == last.replace(fold=1).timestamp()
+                 and abs(last_seconds - first_seconds - 3599.999999) < 1e-3)
+    except (OverflowError, OSError, ValueError):
+        return ()
+    if not plain or first_seconds <= 0 or first_seconds + 3600.0 > MAX_TIMESTAMP:
+        return ()  # the span also vouches for the range
+    return (first_seconds, first_seconds + 3600.0)
+
+
+def _outside_plain_span(text: str, seconds: float, context: LocalTimeContext,
+                        events: List[Event]) -> Optional[float]:
+    parsed = _dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        seconds = _naive_local_seconds(parsed, text[:13], seconds, context, events)
+    elif 0 < seconds <= MAX_TIMESTAMP:
+        # An explicit offset is exact; learning the local hour it falls in lets
+        # the rows after it take the fast path.
+        try:
+            local = _dt.datetime.fromtimestamp(seconds)
+        except (OverflowError, OSError, ValueError):
+            pass
+        else:
+            _in_plain_hour(local, local.isoformat()[:13], context)
+    return seconds if 0 < seconds <= MAX_TIMESTAMP else None
+
+
+def _in_plain_hour(parsed: _dt.datetime, key: str, context: LocalTimeContext) -> bool:
+    """Whether one offset holds all the naive hour `key`; if so the known span takes it in."""
+    hours = context.plain_hours
+    span = hours.get(key)
+    if span is None:
+        if len(hours) > 4096:
+            hours.clear()
+        span = hours[key] = _plain_hour_span(parsed)
+    if not span:
+        return False
+    low, high = span
+    # Grow the known span over consecutive plain hours, else move it here.
+    if low == context.plain_high:
+        context.plain_high = high
+    elif high == context.plain_low:
+        context.plain_low = low
+    else:
+        context.plain_low, context.plain_high = low, high
+    return True
+
+
+def _naive_local_seconds(parsed: _dt.datetime, key: str, seconds: float, context: LocalTimeContext,
+                         events: List[Event]) -> float:
+    """Unix seconds of a naive local time outside the plain span known so far."""
+    if _in_plain_hour(parsed, key, context):
+        return seconds
+    try:
+        later = parsed.replace(fold=1).timestamp()
+    except (OverflowError, OSError, ValueError):
+        return seconds
+    if later <= seconds:
+        return seconds  # one instant, or a time in a spring-forward gap: fold 0
+    # The repeated hour: the instant nearer the previous event that is near at all.
+    previous = _previous_near(seconds, context, events)
+    if previous is None:
+        return seconds
+    return later if abs(later - previous) < abs(seconds - previous) else seconds
+
+
+def _previous_near(seconds: float, context: LocalTimeContext, events: List[Event]) -> Optional[float]:
+    for index in range(len(events) - 1, max(-1, len(events) - 1 - _LOOK_BACK_EVENTS), -1):
+        candidate = events[index][3]
+        if abs(candidate - seconds) < _CONTINUITY_SECONDS:
+            return candidate
+    previous = context.previous
+    if previous is not None and abs(previous - seconds) < _CONTINUITY_SECONDS:
+        return previous
+    return None
+
+
+def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
+                  context: Optional[LocalTimeContext] = None) -> Tuple[List[Event], int, int]:
     """The well-formed rows of the wanted types, as events.
 
     `pairs` is mapping.command_pairs(): event_type -> (command, event_type).
     Returns the events (rowid, session_id, pair, timestamp), the number of
     rows of other types (ignored) and the number of malformed rows (bad).
+    `context` carries what naive local times need across calls (pass the same
+    one for consecutive batches); without it each call starts afresh.
 
     The per-event hot path of a catch-up, so it is one pass: the type is
     looked up first and a row of another type costs nothing more; the common
     row (an isoformat() string of the form YYYY-MM-DDTHH:MM:SS, a text session
-    id) is handled inline, without a function call per field; anything else
-    goes through the full parsers.
+    id) is handled inline, without a function call per field, and its time is
+    checked against the span of plain local hours already known (two
+    comparisons); anything else goes through the full parsers.
     """
+    if context is None:
+        context = LocalTimeContext()
     events: List[Event] = []
     append = events.append
     lookup = pairs.get
     bad = ignored = 0
     fromisoformat = _dt.datetime.fromisoformat
+    plain_low = context.plain_low
+    plain_high = context.plain_high
     for rowid, timestamp, event_type, session_id in rows:
         pair = lookup(event_type)
         if pair is None:
@@ -189,8 +318,11 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Even
             except (ValueError, OverflowError, OSError):
                 pass
             else:
-                if not 0 < seconds <= MAX_TIMESTAMP:
-                    seconds = None
+                # Inside the span of plain local hours known so far the time is
+                # read and in range; anything else is looked at closely.
+                if not plain_low <= seconds < plain_high:
+                    seconds = _outside_plain_span(timestamp, seconds, context, events)
+                    plain_low, plain_high = context.plain_low, context.plain_high
         else:
             seconds = parse_timestamp(timestamp)
         if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
@@ -201,6 +333,8 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]]) -> Tuple[List[Even
             bad += 1
             continue
         append((rowid, sid, pair, seconds))
+    if events:
+        context.previous = events[-1][3]
     return events, ignored, bad
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 from .config import Config
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
-from .events import EventReader, Unavailable, file_identity, validate_rows
+from .events import EventReader, LocalTimeContext, Unavailable, file_identity, validate_rows
 from .storage.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,15 @@ log = logging.getLogger(__name__)
 # During a long catch-up, commit at least this often so delivery can start
 # and a crash loses little work.
 COMMIT_EVERY_SECONDS = 1.0
+# ... and once this many closed sessions wait: they are held in memory until
+# the commit, so a fast catch-up (a backlog with many ids) stays small.
+COMMIT_EVERY_SESSIONS = 5000
 # A position that moved with no session closed is committed at most this
 # often: nothing is lost by waiting (a restart re-reads a few events), and an
 # fsync per live event would put disk latency on every event's path.
 POSITION_COMMIT_SECONDS = 5.0
+# Sessions evicted by the open-session cap are logged at most this often.
+EVICTION_LOG_SECONDS = 60.0
 
 
 class Pipeline:
@@ -63,9 +68,13 @@ class Pipeline:
         self.last_event_time: Optional[float] = None
         self.head = 0
         self.caught_up = False
-        # What was written while we were not reading is a backlog, however short.
-        self._unread_history = True
         self.events_this_run = 0
+        # The previous event's time, for resolving a naive local time in the
+        # hour a DST fall-back repeats (validate_rows); carried across batches
+        # so batch boundaries do not change it.
+        self.time_context = LocalTimeContext()
+        self._evictions_unlogged = 0
+        self._evictions_logged_at = float("-inf")
 
     @staticmethod
     def _new_tracker(config: Config) -> SessionTracker:
@@ -89,10 +98,13 @@ class Pipeline:
 
     # -- reading ---------------------------------------------------------------
 
-    def drain(self, should_stop=lambda: False, between_batches=None, force_backlog: bool = False) -> bool:
-        """Read batches until caught up; False if the database could not be read."""
+    def drain(self, should_stop=lambda: False, between_batches=None) -> bool:
+        """Read batches until caught up; False if the database could not be read.
+
+        Sessions are cut the same way however the rows come (sessions.py);
+        closing by processing time waits until everything is read (close_idle).
+        """
         batch_size = self.config.batch_size
-        backlog = force_backlog
         first = True
         while not should_stop():
             if self.commit_failing:
@@ -108,40 +120,38 @@ class Pipeline:
                 self._note_unavailable(problem)
                 return False
             self._note_available()
-            if first:
-                # A full first batch means there is a backlog: cut it by event time.
-                backlog = backlog or self._unread_history or len(rows) >= batch_size
-                first = False
+            first = False
             if rows:
-                self._process(rows, backlog)
+                self._process(rows)
             if len(rows) < batch_size:
                 self.caught_up = True
-                self._unread_history = False
                 break
             self.caught_up = False
             if between_batches is not None:
                 between_batches()
-            if self.clock() - self._last_commit >= COMMIT_EVERY_SECONDS:
+            if self.clock() - self._last_commit >= COMMIT_EVERY_SECONDS or len(self._closed) >= COMMIT_EVERY_SESSIONS:
                 self.commit()
         self.commit_due()
         return True
 
-    def _process(self, rows: list, backlog: bool) -> None:
+    def _process(self, rows: list) -> None:
         now = self.clock()
         last_rowid = rows[-1][0]
+        tracker = self.tracker
+        evicted_before = tracker.evicted_count
         if rows[0][0] <= self.replay_until:
             # Rows read before a restart: their sessions are rebuilt, but they
             # were counted then and closed sessions among them are skipped.
             split = bisect.bisect_right([row[0] for row in rows], self.replay_until)
             replayed, rows = rows[:split], rows[split:]
-            replayed_events, _, _ = validate_rows(replayed, self.pairs)
+            replayed_events, _, _ = validate_rows(replayed, self.pairs, self.time_context)
             kept = drop_replayed(replayed_events, self.closed_ranges)
-            self._closed.extend(self.tracker.feed(kept, now, backlog))
+            self._closed.extend(tracker.feed(kept, now))
             if last_rowid >= self.replay_until:
                 self.closed_ranges = {}
         if rows:
-            mapped, ignored, bad = validate_rows(rows, self.pairs)
-            self._closed.extend(self.tracker.feed(mapped, now, backlog))
+            mapped, ignored, bad = validate_rows(rows, self.pairs, self.time_context)
+            self._closed.extend(tracker.feed(mapped, now))
             self._count("events_processed", len(mapped))
             self._count("events_ignored", ignored)
             self._count("events_skipped", bad)
@@ -149,10 +159,28 @@ class Pipeline:
             if bad:
                 log.debug("Skipped %d malformed rows up to rowid %d", bad, last_rowid)
             if mapped:
-                self.last_event_time = max(self.last_event_time or 0.0, self.tracker.newest_event_time)
+                # The time of the last event read (for status), not a maximum over
+                # every row: nothing is decided by it.
+                self.last_event_time = mapped[-1][3]
+        evicted = tracker.evicted_count - evicted_before
+        if evicted:
+            self._note_evicted(evicted, now)
         self.read_after = last_rowid
         self.head = max(self.head, last_rowid)
         self._dirty = True
+
+    def _note_evicted(self, evicted: int, now: float) -> None:
+        # Never silent: counted, and said at most once a minute with the number since.
+        self._count("sessions_evicted", evicted)
+        self._evictions_unlogged += evicted
+        if now - self._evictions_logged_at >= EVICTION_LOG_SECONDS:
+            log.warning(
+                "%d session(s) closed early by the open-session cap (max_open_sessions = %d), the least "
+                "recently active first; one is split in two if its id comes back within the idle threshold",
+                self._evictions_unlogged, self.tracker.max_open,
+            )
+            self._evictions_unlogged = 0
+            self._evictions_logged_at = now
 
     def _count(self, name: str, amount: int) -> None:
         if amount:
@@ -195,7 +223,7 @@ class Pipeline:
         self.closed_ranges = {}
         self.db_identity = file_identity(self.config.db_path)
         self.head = 0
-        self._unread_history = True
+        self.time_context = LocalTimeContext()
         self._dirty = True
 
     def _note_unavailable(self, problem: Unavailable) -> None:
@@ -213,7 +241,6 @@ class Pipeline:
 
     def _note_available(self) -> None:
         if self.unavailable is not None:
-            self._unread_history = True
             log.info("The events database %s is readable", self.config.db_path)
             self.unavailable = None
 

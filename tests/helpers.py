@@ -255,7 +255,7 @@ def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
     conn.close()
     mapped, _, _ = validate_rows(rows, command_pairs(DEFAULT_EVENT_MAP))
     tracker = SessionTracker(idle, min_commands)
-    closed = tracker.feed(mapped, 0.0, backlog=True) + tracker.close_all()
+    closed = tracker.feed(mapped, 0.0) + tracker.close_all()
     return sorted((c.session_id, tuple(cmd for cmd, _, _ in c.commands), c.outcome) for c in closed if c.learnable)
 
 

@@ -59,7 +59,7 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
             learned, pending = learned_and_pending()
             progress.show(pipeline.read_after - start, total, learned, pending, force)
 
-        if not pipeline.drain(between_batches=show, force_backlog=True):
+        if not pipeline.drain(between_batches=show):
             error(str(pipeline.unavailable or pipeline.commit_failing))
             return EX_UNAVAILABLE
         pipeline.close_all("end")

@@ -1,14 +1,26 @@
 """Grouping commands into workflow sessions (pure: no I/O, no threads, no clock).
 
-A session closes when it has been idle for the threshold, judged two ways:
+Where a session is cut has one definition, per session id, over the events in
+rowid order: an event starts a new session of its id when its event time is
+at least the idle threshold after the latest event time of that id's current
+session (the maximum over the session, not the last row's time); otherwise it
+joins it.  Nothing about other ids' events, batch boundaries, the moment a row
+was read or a restart changes that cut, so a row dated years ahead or behind,
+or a step of the writer's clock, touches its own session at most: a step back
+never cuts, a step forward past the threshold cuts one session of its id.
 
-* by event time, while reading a backlog: once the newest event time read is
-  the threshold past a session's last event.  Checked on every arrival, so
-  the sessions do not depend on where batch boundaries fall, and a backlog is
-  cut exactly as reading it live would have cut it;
-* by processing time, once caught up: no event for the session has arrived
-  for the threshold on the caller's monotonic clock.  Live, the writer's
-  clock is not trusted: a jump of its clock cannot cut or stretch a session.
+When a session is finished (goes to the outbox) is a separate question, and
+no answer to it changes where the rule cuts:
+
+* its id's next event cuts it (the rule above);
+* it reached `max_commands` (a chunk: deterministic, by count);
+* more than `max_open` sessions are open: the least recently arriving one is
+  evicted (counted in `evicted_count`; the caller logs it);
+* processing time: no event for it arrived for the threshold on the caller's
+  monotonic clock (`close_idle`).  The caller asks only once it has read
+  everything there is, so a backlog is cut exactly; live, a row arriving
+  later than the threshold after its session's previous row can split only
+  its own session.
 
 Callers pass `now` (monotonic seconds) in; nothing here reads a clock.
 """
@@ -32,7 +44,7 @@ class _OpenSession:
     # A session is a list of references to the shared (command, event_type)
     # pairs and an array of timestamps: 16 bytes a command, where a tuple per
     # command with its own strings and float cost about 150.
-    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "last_time", "pairs", "session_id", "times")
+    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "latest_time", "pairs", "session_id", "times")
 
     def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
         self.session_id = session_id
@@ -40,7 +52,8 @@ class _OpenSession:
         self.times = array("d")
         self.first_rowid = rowid
         self.last_rowid = rowid
-        self.last_time = timestamp
+        # The latest event time in the session: the rule cuts from it.
+        self.latest_time = timestamp
         self.last_arrival = now
 
 
@@ -105,59 +118,53 @@ class SessionTracker:
         # Ordered by last arrival: the first entry is always the longest idle,
         # so the next deadline and eviction are O(1).
         self._open: OrderedDict[str, _OpenSession] = OrderedDict()
-        self.newest_event_time = float("-inf")
         self.closed_count = 0
         self.too_short_count = 0
+        self.evicted_count = 0
 
     # -- feeding -------------------------------------------------------------
 
-    def feed(self, events: Iterable[MappedEvent], now: float, backlog: bool) -> List[ClosedSession]:
-        """Add mapped events in rowid order; returns the sessions they closed."""
+    def feed(self, events: Iterable[MappedEvent], now: float) -> List[ClosedSession]:
+        """Add mapped events in rowid order; returns the sessions they finished.
+
+        `now` is the moment they were read (processing time), which only
+        `close_idle` uses; where sessions are cut does not depend on it.
+        """
         closed: List[ClosedSession] = []
         sessions = self._open
+        get = sessions.get
+        move_to_end = sessions.move_to_end
+        finish = self._finish
         idle = self.idle_seconds
         max_commands = self.max_commands
-        newest = self.newest_event_time
+        max_open = self.max_open
         for rowid, session_id, pair, timestamp in events:
-            if timestamp > newest:
-                newest = timestamp
-            session = sessions.get(session_id)
-            if session is not None:
-                if backlog and newest - session.last_time >= idle:
-                    del sessions[session_id]
-                    closed.append(self._finish(session, "idle"))
-                    session = None
-                else:
-                    sessions.move_to_end(session_id)
+            session = get(session_id)
             if session is None:
-                session = _OpenSession(session_id, rowid, timestamp, now)
-                sessions[session_id] = session
-                if len(sessions) > self.max_open:
-                    oldest_id = next(iter(sessions))
-                    closed.append(self._finish(sessions.pop(oldest_id), "evicted"))
+                session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                if len(sessions) > max_open:
+                    # The memory cap: the least recently arriving session goes
+                    # now, as it is; its id's next event starts a new one.
+                    closed.append(finish(sessions.pop(next(iter(sessions))), "evicted"))
+                    self.evicted_count += 1
+            elif timestamp - session.latest_time >= idle:
+                closed.append(finish(session, "idle"))
+                session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                move_to_end(session_id)
+            else:
+                move_to_end(session_id)
+                if timestamp > session.latest_time:
+                    session.latest_time = timestamp
             session.pairs.append(pair)
             session.times.append(timestamp)
             session.last_rowid = rowid
             session.last_arrival = now
-            if timestamp > session.last_time:
-                session.last_time = timestamp
             if len(session.pairs) >= max_commands:
                 del sessions[session_id]
-                closed.append(self._finish(session, "chunk"))
-        self.newest_event_time = newest
-        if backlog:
-            closed.extend(self._close_idle_by_event_time())
+                closed.append(finish(session, "chunk"))
         return closed
 
     # -- closing -------------------------------------------------------------
-
-    def _close_idle_by_event_time(self) -> List[ClosedSession]:
-        # Sessions are in arrival order, which in a backlog is rowid order and
-        # nearly event-time order; stopping at the first one still active keeps
-        # the sweep O(closed).  A session missed here is still cut correctly on
-        # its next arrival.
-        horizon = self.newest_event_time - self.idle_seconds
-        return self._close_from_front(lambda session: session.last_time > horizon)
 
     def close_idle(self, now: float) -> List[ClosedSession]:
         """Close the sessions no event has reached for the threshold (processing time)."""

@@ -50,6 +50,7 @@ COUNTERS = (
     "events_ignored",
     "sessions_created",
     "sessions_too_short",
+    "sessions_evicted",
     "patterns_learned",
     "sessions_not_learned",
     "sessions_rejected",

@@ -108,22 +108,29 @@ def test_corrupt_database_then_a_good_one_and_the_directory_deleted_and_recreate
     assert [b["session_id"] for _, b in api.sessions()] == ["good", "again"]
 
 
-def test_the_writers_clock_jumping_by_hours_neither_cuts_nor_loses_live_sessions(tmp_path, api):
+def test_a_step_of_the_writers_clock_back_never_cuts_and_forward_cuts_one_session_per_id(tmp_path, api):
+    """The rule, live: a step back never cuts; a step forward past the threshold cuts once."""
     db = create_db(tmp_path / "db" / "memory_data.db")
     learner, _ = service(tmp_path, api, db)
     time.sleep(1)
-    insert_events(db, [(stamp(), "file_open", "jumpy")])
-    time.sleep(0.3)
-    insert_events(db, [(stamp(3 * 3600), "code_edit", "jumpy")])  # three hours ahead
-    time.sleep(0.3)
-    insert_events(db, [(stamp(-5 * 3600), "file_save", "jumpy")])  # five hours back
-    time.sleep(0.3)
-    insert_events(db, [(stamp(), "git_commit", "jumpy")])
-    assert api.wait_for(1, timeout=20)
+    steps = [  # (seconds the writer's clock is off, event type, id), committed one at a time
+        (0, "file_open", "back"), (0, "code_edit", "back"), (-5 * 3600, "file_save", "back"), (0, "git_commit", "back"),
+        (0, "file_open", "forward"), (0, "code_edit", "forward"), (0, "file_save", "forward"),
+        (3 * 3600, "test_run", "forward"), (3 * 3600, "code_edit", "forward"),
+        (0, "git_commit", "forward"),  # back from three hours ahead: no cut
+    ]
+    for offset, kind, sid in steps:
+        insert_events(db, [(stamp(offset), kind, sid)])
+        time.sleep(0.2)
+    assert api.wait_for(3, timeout=20)
     time.sleep(2)
     code, _ = stop(learner)
     assert code == 0
-    assert received(api) == [("jumpy", ("open_file", "edit_code", "save_file", "commit_changes"), "success")]
+    assert received(api) == [
+        ("back", ("open_file", "edit_code", "save_file", "commit_changes"), "success"),
+        ("forward", ("open_file", "edit_code", "save_file"), "success"),
+        ("forward", ("run_tests", "edit_code", "commit_changes"), "success"),
+    ]
 
 
 def libfaketime():
@@ -201,10 +208,13 @@ def test_a_pause_longer_than_the_idle_threshold_neither_loses_nor_cuts(tmp_path,
                          OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=60, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=0.1)
     time.sleep(2.5)  # started; its first poll read the session's first two events
     learner.send_signal(signal.SIGSTOP)
-    time.sleep(9)  # suspended past the 6 s idle deadline
-    insert_events(db, burst("paused", kinds=("file_save", "git_commit")))  # the user went on meanwhile
+    # Suspended for 9 s, past the 6 s idle deadline, while the user goes on (no gap of 6 s).
+    for kind in ("file_save", "test_run", "code_edit", "git_commit", "file_save"):
+        time.sleep(1.8)
+        insert_events(db, [(stamp(), kind, "paused")])
     learner.send_signal(signal.SIGCONT)
-    assert api.wait_for(1, timeout=20), "the session was cut in two and dropped as too short"
+    assert api.wait_for(1, timeout=20), "the session was cut in two"
     code, _ = stop(learner)
     assert code == 0
-    assert received(api) == [("paused", ("open_file", "edit_code", "save_file", "commit_changes"), "success")]
+    assert received(api) == [("paused", ("open_file", "edit_code", "save_file", "run_tests", "edit_code",
+                                         "commit_changes", "save_file"), "success")]

@@ -47,7 +47,7 @@ def test_any_row_is_counted_never_fatal(tmp_path_factory, batch):
                               "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
                               "OMNIMEMORY_LEARNER_BATCH_SIZE": "7"})
     pipeline = Pipeline(config)
-    assert pipeline.drain(force_backlog=True)
+    assert pipeline.drain()
     pipeline.close_all()
     assert pipeline.commit()
     counters = pipeline.state.counters()
