@@ -194,14 +194,16 @@ def test_null_pattern_is_counted_not_retried(tmp_path, api):
     store.close()
     # An API that answers pattern_id null for everything:
     api.script = []
-    import httpx
+    from omnimemory_learner.delivery import Answer, Verdict, classify
 
-    from omnimemory_learner.delivery import Verdict, classify
-    answer = httpx.Response(200, json={"pattern_id": None, "message": "too short"})
-    assert classify(answer) == (Verdict.NOT_LEARNED, None)
-    assert classify(httpx.Response(200, json={"message": "x"}))[0] == Verdict.RETRY
-    assert classify(httpx.Response(404, json={}))[0] == Verdict.REJECTED
-    assert classify(httpx.Response(302))[0] == Verdict.RETRY
+    def answer(status, body=b"", headers=None):
+        return Answer(status, headers or {}, body, False)
+
+    assert classify(answer(200, b'{"pattern_id": null, "message": "too short"}')) == (Verdict.NOT_LEARNED, None)
+    assert classify(answer(200, b'{"message": "x"}'))[0] == Verdict.RETRY
+    assert classify(answer(404, b"{}"))[0] == Verdict.REJECTED
+    assert classify(answer(302, headers={"location": "https://elsewhere/learn"})) == (
+        Verdict.RETRY, "HTTP 302 redirect to https://elsewhere/learn (not followed: set api_url to it if that is the API)")
     store = StateStore(tmp_path)
     store.mark_delivered(pending.id, None)
     assert store.counters()["sessions_not_learned"] == 1 and store.status_counts() == {"not_learned": 1}
