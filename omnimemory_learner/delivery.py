@@ -480,19 +480,20 @@ class Deliverer:
         log.info("Will retry in %.1f s (%s)", delay, time.strftime("%H:%M:%S", time.localtime(self.retry_at)))
         return self._stop.wait(delay)
 
-    def _record(self, write: Callable[..., Any], *args: Any) -> Any:
+    def _record(self, write: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
         """Write a delivery result, retrying while the state store cannot be written.
 
-        None only when the service stops before the record could be made.
+        (True, what `write` returned); (False, None) only when the service
+        stops before the record could be made.
         """
         wait = FIRST_BACKOFF_SECONDS
         while True:
             try:
-                return write(*args)
+                return True, write(*args)
             except StateError as error:
                 log.error("Cannot record a delivery result (will retry in %.0f s): %s", wait, error)
             if self._stop.wait(wait):
-                return None
+                return False, None
             wait = min(wait * 2, 30.0)
 
     def _deliver_one(self, store: StateStore, client: BoundedClient, session: PendingSession) -> Optional[float]:
@@ -535,7 +536,7 @@ class Deliverer:
         else:
             # The API has learned it: from here on only the record may be
             # retried, never the POST (that would teach the session twice).
-            if self._record(store.mark_delivered, session.id, detail) is None:
+            if not self._record(store.mark_delivered, session.id, detail)[0]:
                 return None  # stopping: unrecorded, it is resent with the same key after a restart
             if detail:
                 log.info(
@@ -601,7 +602,7 @@ class Deliverer:
 
     def _blame(self, store: StateStore, failure: _Failure) -> None:
         session = failure.session
-        parked = self._record(store.blame_failure, session.id, failure.error, failure.at,
+        _, parked = self._record(store.blame_failure, session.id, failure.error, failure.at,
                               failure.at + self.backoff.delay_after(session.failures + 1),
                               self.session_retry_limit, self.session_retry_seconds)
         if parked:

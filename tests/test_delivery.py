@@ -1,11 +1,13 @@
 """State store and delivery against a real HTTP server on 127.0.0.1."""
 
+import bisect
 import os
 import stat
+import threading
 import time
 
 import pytest
-from helpers import RecordingAPI, free_port
+from helpers import RecordingAPI, free_port, wait_until
 
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Backoff, Deliverer
@@ -246,3 +248,283 @@ def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog
     assert sorted((row["session_id"], row["status"]) for row in fresh.outbox(("pending", "learned"))) == [
         ("a", "learned"), ("b", "pending")]
     fresh.close()
+
+
+# -- one session failing, or the API failing: no head-of-line blocking ------------------------
+
+
+class Feeder:
+    """New sessions entering the outbox every `every` seconds, as live activity makes them."""
+
+    def __init__(self, state_dir, deliverer, every=0.05):
+        self.state_dir, self.deliverer, self.every = state_dir, deliverer, every
+        self.added = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        store = StateStore(self.state_dir)
+        try:
+            while not self._stop.wait(self.every):
+                name = f"live{len(self.added)}"
+                store.commit(0, 0, None, [closed(name, 100000 + 10 * len(self.added))], {})
+                self.added.append(name)
+                self.deliverer.wake()
+        finally:
+            store.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def outbox_rows(state_dir, statuses=("pending", "rejected")):
+    store = StateStore(state_dir)
+    try:
+        return {row["session_id"]: row for row in store.outbox(statuses)}
+    finally:
+        store.close()
+
+
+def test_a_session_the_api_always_fails_backs_off_alone_then_is_parked(tmp_path, api):
+    api.by_session = {"poison": 500}
+    fill(tmp_path, [closed(f"s{i}", i * 10 + 1) for i in range(3)] + [closed("poison", 41)]
+         + [closed(f"s{i}", i * 10 + 1) for i in range(5, 30)])
+    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.3,
+                          session_retry_limit=3, session_retry_seconds=0.5)
+    deliverer.backoff.first = 0.05
+    started = time.monotonic()
+    deliverer.start()
+    with Feeder(tmp_path, deliverer) as feeder:
+        # The 28 behind it are not held up (the old outbox sent the poison forever, nothing else).
+        assert api.wait_for(28, timeout=10)
+        first_28 = time.monotonic() - started
+        assert wait_until(lambda: outbox_rows(tmp_path).get("poison", {}).get("status") == "rejected", timeout=20)
+    assert api.wait_for(28 + len(feeder.added), timeout=10)
+    deliverer.stop(2)
+    poison = outbox_rows(tmp_path)["poison"]
+    # The limit is both: at least 3 failures of its own, spanning at least 0.5 s.
+    failures = poison["failures"]
+    assert failures >= 3 and poison["attempts"] >= failures
+    assert poison["last_error"].startswith(f"failed {failures} times over ") and "HTTP 500: " in poison["last_error"]
+    assert poison["first_failed_at"] is not None
+    assert "scripted 500" in poison["last_error"]
+    tries = [key for key, body in api.sessions() if body["session_id"] == "poison"]
+    assert tries == []  # the server never took it
+    keys = {answer_key for answer_key in _keys_tried(api, "poison")}
+    assert len(keys) == 1  # every attempt with the same Idempotency-Key
+    unique, resent = delivered_keys(api)
+    assert resent == 0 and sorted(unique) == sorted([f"s{i}" for i in range(30) if i not in (3, 4)] + feeder.added)
+    assert first_28 < 5, f"the sessions behind the failing one took {first_28:.1f} s"
+    store = StateStore(tmp_path)
+    assert store.counters()["sessions_rejected"] == 1
+    # `outbox retry` sends it again, with the same key, once the API takes it.
+    assert store.retry_rejected() == 1
+    store.close()
+    assert outbox_rows(tmp_path)["poison"]["failures"] == 0
+    api.by_session = {}
+    deliverer = make_deliverer(tmp_path, api.url)
+    deliverer.start()
+    assert wait_until(lambda: "poison" in delivered_keys(api)[0], timeout=10)
+    deliverer.stop(2)
+    assert [key for key, body in api.sessions() if body["session_id"] == "poison"] == list(keys)
+
+
+def _keys_tried(api, session_id):
+    return [key for key, session in api.tried if session == session_id]
+
+
+def delivered_keys(api):
+    """session ids the API learned, and how many POSTs it learned twice (same key)."""
+    keys = [key for key, _ in api.sessions()]
+    return [body["session_id"] for _, body in api.sessions()], len(keys) - len(set(keys))
+
+
+def test_two_sessions_that_always_fail_do_not_hold_up_the_rest(tmp_path, api):
+    # Two failures in a row look like an API in trouble: the probe that
+    # follows must go to another session, or the two would alternate forever.
+    api.by_session = {"bad1": 500, "bad2": 503}
+    fill(tmp_path, [closed("bad1", 1), closed("bad2", 11)] + [closed(f"s{i}", 100 + 10 * i) for i in range(30)])
+    deliverer = make_deliverer(tmp_path, api.url, cap=0.5)
+    deliverer.start()
+    try:
+        assert api.wait_for(30, timeout=15), f"{len(api.sessions())} of 30 arrived"
+    finally:
+        deliverer.stop(2)
+    unique, resent = delivered_keys(api)
+    assert sorted(unique) == sorted(f"s{i}" for i in range(30)) and resent == 0
+    assert {row["session_id"] for row in outbox_rows(tmp_path).values()} == {"bad1", "bad2"}
+
+
+def test_api_failing_everything_backs_off_as_one_and_parks_nothing(tmp_path, api):
+    api.default = 500
+    fill(tmp_path, [closed(f"s{i:02}", 1 + 10 * i) for i in range(50)])
+    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.4,
+                          session_retry_limit=2, session_retry_seconds=0.001)
+    deliverer.backoff.first = 0.05
+    deliverer.start()
+    time.sleep(3.0)
+    failing_attempts = api.attempts
+    # API-wide backoff: about one probe per 0.2-0.4 s, not 50 sessions each backing off alone.
+    assert 3 <= failing_attempts <= 25, failing_attempts
+    assert deliverer.api_down_since is not None
+    api.default = 200
+    try:
+        assert settle(tmp_path) == {"learned": 50}
+    finally:
+        deliverer.stop(2)
+    # Nothing was held against a session (at most one mark, on the last probe before the API came back).
+    store = StateStore(tmp_path)
+    assert store.counters()["sessions_rejected"] == 0
+    store.close()
+    unique, resent = delivered_keys(api)
+    assert resent == 0 and sorted(unique) == [f"s{i:02}" for i in range(50)]
+    # Oldest first once it answers, but for the probe that found it back and the last failed probe.
+    assert _displaced(unique) <= 2, unique
+
+
+def _displaced(order):
+    """How many items must move to make `order` sorted (length minus the longest increasing run)."""
+    best: list = []
+    for item in order:
+        index = bisect.bisect_left(best, item)
+        best[index:index + 1] = [item]
+    return len(order) - len(best)
+
+
+def test_api_down_keeps_the_oldest_first_order(tmp_path):
+    port = free_port()
+    fill(tmp_path, [closed(f"s{i:02}", 1 + 10 * i) for i in range(20)])
+    deliverer = make_deliverer(tmp_path, f"http://127.0.0.1:{port}")
+    deliverer.start()
+    time.sleep(1.0)
+    api = RecordingAPI(port).start()
+    try:
+        assert settle(tmp_path) == {"learned": 20}
+        deliverer.stop(2)
+        assert [body["session_id"] for _, body in api.sessions()] == [f"s{i:02}" for i in range(20)]
+    finally:
+        api.stop()
+
+
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504])
+def test_answers_to_retry_are_retried_with_the_same_key(tmp_path, api, status):
+    api.script = [status, status]
+    fill(tmp_path, [closed("s1", 1)])
+    deliverer = make_deliverer(tmp_path, api.url)
+    deliverer.start()
+    try:
+        assert settle(tmp_path) == {"learned": 1}
+    finally:
+        deliverer.stop(2)
+    assert api.attempts == 3 and len({key for key, _ in api.tried}) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 413, 418, 422])
+def test_other_4xx_park_the_session_at_once(tmp_path, api, status):
+    api.script = [status]
+    fill(tmp_path, [closed("s1", 1), closed("s2", 10)])
+    deliverer = make_deliverer(tmp_path, api.url)
+    deliverer.start()
+    try:
+        assert api.wait_for(1)
+        assert wait_until(lambda: outbox_rows(tmp_path).get("s1", {}).get("status") == "rejected")
+    finally:
+        deliverer.stop(2)
+    assert api.attempts == 2 and outbox_rows(tmp_path)["s1"]["last_error"].startswith(f"HTTP {status}: ")
+
+
+def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api):
+    elsewhere = RecordingAPI().start()
+    try:
+        api.default = ("headers", 307, {"Location": elsewhere.url + "/learn"}, "")
+        fill(tmp_path, [closed("s1", 1), closed("s2", 10)])
+        deliverer = make_deliverer(tmp_path, api.url)
+        deliverer.start()
+        assert wait_until(lambda: api.attempts >= 3)
+        deliverer.stop(2)
+        assert elsewhere.attempts == 0  # the session never went where the redirect pointed
+        rows = outbox_rows(tmp_path)
+        assert {row["status"] for row in rows.values()} == {"pending"}  # the API's trouble, not the sessions'
+        assert rows["s1"]["last_error"] == (f"HTTP 307 redirect to {elsewhere.url}/learn "
+                                            "(not followed: set api_url to it if that is the API)")
+    finally:
+        elsewhere.stop()
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date():
+    from omnimemory_learner.delivery import Answer, retry_after
+    now = 1_800_000_000.0
+
+    def after(status, value):
+        return retry_after(Answer(status, {"retry-after": value}, b"", False), now)
+
+    assert after(429, "7") == 7.0 and after(503, " 0 ") == 0.0
+    assert after(503, "Fri, 15 Jan 2027 08:00:30 GMT") == pytest.approx(30.0)  # 1_800_000_030
+    assert after(429, "Fri, 15 Jan 2027 07:00:00 GMT") == 0.0  # a date in the past: now
+    for bad in ("", "soon", "-5", "1.5e9", "Fri, 15 Jan 2027 08:00:30", "\x00"):
+        assert after(429, bad) is None, bad
+    assert after(500, "7") is None and after(200, "7") is None  # only 429 and 503 ask us to wait
+
+
+def test_a_compressed_answer_is_decoded_within_the_cap():
+    import zlib
+
+    from omnimemory_learner.delivery import ANSWER_CAP, _decoded
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    bomb = b"".join(packer.compress(b"\0" * (1 << 20)) for _ in range(200)) + packer.flush()
+    assert len(bomb) < 300_000  # 200 MB of zeros
+    assert len(_decoded(bomb, "gzip")) == ANSWER_CAP
+    assert _decoded(zlib.compress(b'{"pattern_id": "p"}'), "deflate") == b'{"pattern_id": "p"}'
+    assert _decoded(b"abc", "br") == b"(a body in Content-Encoding 'br', not decoded)"
+
+
+OLD_SESSIONS_TABLE = """CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL, session_id TEXT NOT NULL,
+    first_rowid INTEGER NOT NULL, last_rowid INTEGER NOT NULL, status TEXT NOT NULL, outcome TEXT,
+    n_commands INTEGER NOT NULL, commands BLOB, reason TEXT, closed_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, pattern_id TEXT, delivered_at REAL)"""
+
+
+def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_path, api):
+    import sqlite3
+    # The sessions table as the previous release wrote it, with one pending and one rejected session.
+    store = StateStore(tmp_path / "s")
+    store.commit(0, 3, None, [closed("a", 1), closed("b", 5)], {})
+    rejected = store.pending()[1].id
+    store.mark_rejected(rejected, "HTTP 400: no")
+    store.close()
+    db = sqlite3.connect(str(tmp_path / "s" / "state.db"))
+    db.executescript(
+        "ALTER TABLE sessions RENAME TO new_sessions;" + OLD_SESSIONS_TABLE + ";"
+        "INSERT INTO sessions SELECT id, idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
+        " n_commands, commands, reason, closed_at, attempts, last_error, pattern_id, delivered_at FROM new_sessions;"
+        "DROP TABLE new_sessions;")
+    db.close()
+    # A reader without the right to write lists it as it is.
+    os.chmod(tmp_path / "s", 0o500)
+    try:
+        if os.geteuid() != 0:
+            reader = StateStore(tmp_path / "s", create=False)
+            assert [(row["session_id"], row["next_attempt_at"], row["failures"]) for row in reader.outbox()] == [
+                ("a", None, 0), ("b", None, 0)]
+            reader.close()
+    finally:
+        os.chmod(tmp_path / "s", 0o700)
+    # The service's store adds the columns; the old rows keep everything they had.
+    store = StateStore(tmp_path / "s")
+    columns = {row[1] for row in store._db.execute("PRAGMA table_info(sessions)")}
+    assert {"next_attempt_at", "failures", "first_failed_at"} <= columns
+    assert [(s.session_id, s.failures) for s in store.pending(due_by=time.time())] == [("a", 0)]
+    assert store.retry_rejected() == 1
+    store.close()
+    deliverer = make_deliverer(tmp_path / "s", api.url)
+    deliverer.start()
+    try:
+        assert settle(tmp_path / "s") == {"learned": 2}
+    finally:
+        deliverer.stop(2)

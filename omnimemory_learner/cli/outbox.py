@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import List
 
 from ..config import Config
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
 from .output import echo, error, print_json
+
+# Wide enough for a parked session's count of failures and a redirect's target.
+ERROR_WIDTH = 160
+
+
+def _printable(text: str) -> str:
+    """The API's text on one line: control characters shown escaped."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _next_try(entry: dict) -> str:
+    """When a pending session is tried again: "now", or the time it backs off until."""
+    if entry["status"] != "pending":
+        return "-"
+    due = entry.get("next_attempt_at")
+    if due is None or due <= time.time():
+        return "now"
+    return time.strftime("%H:%M:%S", time.localtime(due))
 
 
 def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool) -> int:
@@ -27,11 +46,12 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
             elif not entries:
                 echo("The outbox is empty: every closed session was delivered.")
             else:
-                echo(f"{'ID':>8}  {'STATUS':8}  {'SESSION':24}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  LAST ERROR")
+                echo(f"{'ID':>8}  {'STATUS':8}  {'SESSION':24}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
+                     f"{'NEXT TRY':8}  LAST ERROR")
                 for entry in entries:
-                    echo(f"{entry['id']:>8}  {entry['status']:8}  {entry['session_id'][:24]:24}  "
+                    echo(f"{entry['id']:>8}  {entry['status']:8}  {_printable(entry['session_id'])[:24]:24}  "
                           f"{entry['commands']:>5}  {entry['outcome'] or '':8}  {entry['attempts']:>5}  "
-                          f"{(entry['last_error'] or '')[:60]}")
+                          f"{_next_try(entry):8}  {_printable(entry['last_error'] or '')[:ERROR_WIDTH]}")
             return EX_OK
         if action == "retry":
             moved = store.retry_rejected(ids or None)
