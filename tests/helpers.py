@@ -82,7 +82,7 @@ class RecordingAPI:
         self.script = []
         self.default = 200
         self.by_session = {}
-        self.tried = []  # (idempotency_key, session_id) of every POST, whatever its answer
+        self.tried = []  # (idempotency_key, session_id, time.monotonic()) of every POST, whatever its answer
         self.answers = []  # {"behaviour", "session_id", "key", "start", "open_seconds", "hung_up"}
         self.kill_hook = lambda: None
         self.lock = threading.Lock()
@@ -137,7 +137,8 @@ class RecordingAPI:
                         data = body.encode() if isinstance(body, str) else body
                         self.send_response(code)
                         for name, value in headers.items():
-                            self.send_header(name, value)
+                            # A callable is asked at answer time (an HTTP date relative to now).
+                            self.send_header(name, value() if callable(value) else value)
                         self.send_header("Content-Length", str(len(data)))
                         self.end_headers()
                         self.wfile.write(data)
@@ -194,7 +195,7 @@ class RecordingAPI:
                     session_id = None
                 with api.lock:
                     api.attempts += 1
-                    api.tried.append((self.headers.get("Idempotency-Key"), session_id))
+                    api.tried.append((self.headers.get("Idempotency-Key"), session_id, time.monotonic()))
                     if session_id in api.by_session:
                         behaviour = api.by_session[session_id]
                     else:

@@ -315,7 +315,7 @@ def test_a_session_the_api_always_fails_backs_off_alone_then_is_parked(tmp_path,
     assert "scripted 500" in poison["last_error"]
     tries = [key for key, body in api.sessions() if body["session_id"] == "poison"]
     assert tries == []  # the server never took it
-    keys = {answer_key for answer_key in _keys_tried(api, "poison")}
+    keys = set(_keys_tried(api, "poison"))
     assert len(keys) == 1  # every attempt with the same Idempotency-Key
     unique, resent = delivered_keys(api)
     assert resent == 0 and sorted(unique) == sorted([f"s{i}" for i in range(30) if i not in (3, 4)] + feeder.added)
@@ -335,7 +335,7 @@ def test_a_session_the_api_always_fails_backs_off_alone_then_is_parked(tmp_path,
 
 
 def _keys_tried(api, session_id):
-    return [key for key, session in api.tried if session == session_id]
+    return [key for key, session, _ in api.tried if session == session_id]
 
 
 def delivered_keys(api):
@@ -421,7 +421,7 @@ def test_answers_to_retry_are_retried_with_the_same_key(tmp_path, api, status):
         assert settle(tmp_path) == {"learned": 1}
     finally:
         deliverer.stop(2)
-    assert api.attempts == 3 and len({key for key, _ in api.tried}) == 1
+    assert api.attempts == 3 and len({key for key, _, _ in api.tried}) == 1
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 413, 418, 422])
