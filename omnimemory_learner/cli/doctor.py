@@ -20,7 +20,7 @@ from typing import List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
-from ..delivery import BoundedClient, classify, redirect_target
+from ..delivery import ANSWER_CAP, BoundedClient, redirect_target
 from ..events import file_identity, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held
@@ -172,8 +172,13 @@ def check_api(config: Config) -> List[Check]:
     elif learn.status_code == 422:
         checks.append(Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)"))
     else:
-        checks.append(Check("api contract", PROBLEM, f"POST /learn answered: {classify(learn)[1]}"[:300],
-                            "check the procedural service's log"))
+        target = redirect_target(learn)
+        if target is not None:
+            message = f"POST /learn answered HTTP {learn.status_code}, a redirect to {target} (not followed)"
+        else:
+            message = f"POST /learn answered HTTP {learn.status_code}: {learn.text[:200]}" + (
+                f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else "")
+        checks.append(Check("api contract", PROBLEM, message, "check the procedural service's log"))
     return checks
 
 
