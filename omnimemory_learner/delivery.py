@@ -558,7 +558,7 @@ class Deliverer:
             # Nothing was sent: the API is down, whatever the session holds.
             # It stays due, so the oldest session probes and the order holds.
             self._record(store.note_failure, session.id, detail, None)
-            return self._api_down(None)
+            return self._api_down(True, None)
         now = time.time()
         suspect = self._suspect
         self._suspect = _Failure(session, detail, now)
@@ -569,16 +569,18 @@ class Deliverer:
         if suspect is not None or asked_wait is not None:
             # Two failures in a row (or the API asked us to wait): the API is
             # in trouble, and the earlier failure is not held against its session.
-            return self._api_down(asked_wait)
+            return self._api_down(suspect is not None, asked_wait)
         return None
 
-    def _api_down(self, asked_wait: Optional[float]) -> float:
+    def _api_down(self, failing: bool, asked_wait: Optional[float]) -> float:
+        """The wait before the next request: the API's backoff while it fails, at least what it asked."""
         if self.api_down_since is None:
             self.api_down_since = time.time()
-        delay = self.backoff.next_delay()
+        delay = self.backoff.next_delay() if failing else 0.0
         if asked_wait is not None:
-            delay = min(asked_wait, self.backoff.cap)
-        return delay
+            delay = max(delay, min(asked_wait, self.backoff.cap))
+        # Never 0: that would mean "go on at once" to the loop.
+        return max(delay, 0.001)
 
     def _api_answered(self, store: StateStore, settled: PendingSession) -> bool:
         """The API settled a session: judge the last failure.  True when others are due again."""

@@ -1,6 +1,7 @@
 """State store and delivery against a real HTTP server on 127.0.0.1."""
 
 import bisect
+import json
 import os
 import stat
 import threading
@@ -8,6 +9,8 @@ import time
 
 import pytest
 from helpers import RecordingAPI, free_port, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Backoff, Deliverer
@@ -528,3 +531,49 @@ def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_pa
         assert settle(tmp_path / "s") == {"learned": 2}
     finally:
         deliverer.stop(2)
+
+
+def test_retry_after_zero_from_an_api_failing_everything_still_backs_off(tmp_path, api):
+    api.default = ("headers", 503, {"Retry-After": "0"}, "not ready")
+    fill(tmp_path, [closed(f"s{i}", 1 + 10 * i) for i in range(20)])
+    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.4)
+    deliverer.backoff.first = 0.05
+    deliverer.start()
+    time.sleep(2.5)
+    deliverer.stop(2)
+    # "Retry now" is honoured as a floor, never as a licence to hammer the API.
+    assert 3 <= api.attempts <= 30, api.attempts
+
+
+# Reference for the property test: the table of the README, in plain lines.
+def expected_verdict(status, body):
+    if status == 200:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return "retry"
+        if isinstance(parsed, dict) and "pattern_id" in parsed:
+            return "not_learned" if parsed["pattern_id"] is None else "learned"
+        return "retry"
+    if 400 <= status < 500 and status not in (408, 409, 425, 429):
+        return "rejected"
+    return "retry"
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.integers(100, 999),
+       body=st.one_of(st.binary(max_size=2000), st.text(max_size=2000).map(str.encode),
+                      st.builds(lambda p: json.dumps({"pattern_id": p}).encode(),
+                                st.one_of(st.none(), st.text(max_size=3000), st.integers(), st.floats()))),
+       location=st.text(max_size=5000),
+       truncated=st.booleans())
+def test_every_answer_gets_the_documented_verdict_and_a_bounded_error(status, body, location, truncated):
+    from omnimemory_learner.delivery import Answer, Verdict, classify
+    verdict, detail = classify(Answer(status, {"location": location}, body, truncated))
+    assert verdict == expected_verdict(status, body)
+    if verdict in (Verdict.LEARNED, Verdict.NOT_LEARNED):
+        assert detail is None or len(detail) <= 203
+    else:
+        assert detail and len(detail) <= 1000
+        if 300 <= status < 400:
+            assert detail.startswith(f"HTTP {status} redirect to ")
