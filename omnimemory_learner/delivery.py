@@ -184,8 +184,7 @@ class _DeadlineBackend:
         stream = self._inner.connect_tcp(host, port, self._clock.clip(timeout), *args, **kwargs)
         sock = stream.get_extra_info("socket")
         if sock is not None:
-            # Request headers and body are two writes: without TCP_NODELAY the
-            # body can wait for the server's delayed ACK (40 ms a session).
+            # For httpx < 0.24, which cannot be given socket options (see _transport).
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -226,12 +225,8 @@ class BoundedClient:
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._deadline = _Deadline()
-        transport = httpx.HTTPTransport(limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-        pool = getattr(transport, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        self.deadline_per_operation = backend is not None and hasattr(backend, "connect_tcp")
-        if self.deadline_per_operation:
-            pool._network_backend = _DeadlineBackend(backend, self._deadline)  # type: ignore[union-attr]
+        transport = _transport()
+        self.deadline_per_operation = _install_deadline(transport, self._deadline)
         self._client = httpx.Client(
             timeout=timeout,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
@@ -278,6 +273,31 @@ class BoundedClient:
             raise
         finally:
             self._deadline.at = float("inf")
+
+
+def _install_deadline(transport: httpx.HTTPTransport, deadline: _Deadline) -> bool:
+    """Put _DeadlineBackend under the transport's connection pool; False where it has none.
+
+    httpx 0.23 to 0.28 keep an httpcore pool in `_pool`, and the pool its
+    network backend in `_network_backend`, read whenever it connects.
+    """
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is None or not hasattr(backend, "connect_tcp"):
+        return False
+    pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
+    return True
+
+
+def _transport() -> httpx.HTTPTransport:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    try:
+        # Request headers and body are two writes: without TCP_NODELAY the
+        # body can wait for the server's delayed ACK (40 ms a session).
+        return httpx.HTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    except TypeError:
+        # httpx < 0.24 has no socket_options: _DeadlineBackend sets it instead.
+        return httpx.HTTPTransport(limits=limits)
 
 
 def _decoded(raw: bytes, encoding: str) -> bytes:
@@ -388,7 +408,6 @@ class Deliverer:
         # server that answers in 5 ms; 1 ms costs the reader little.
         if sys.getswitchinterval() > SWITCH_INTERVAL_SECONDS:
             sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
         self._thread.start()
 

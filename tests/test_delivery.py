@@ -12,6 +12,8 @@ from helpers import RecordingAPI, free_port, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from omnimemory_learner.cli.outbox import outbox as outbox_command
+from omnimemory_learner.config import load_config
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Backoff, Deliverer
 from omnimemory_learner.storage.lock import AlreadyRunning, InstanceLock, lock_is_held
@@ -441,7 +443,7 @@ def test_other_4xx_park_the_session_at_once(tmp_path, api, status):
     assert api.attempts == 2 and outbox_rows(tmp_path)["s1"]["last_error"].startswith(f"HTTP {status}: ")
 
 
-def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api):
+def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api, capsys):
     elsewhere = RecordingAPI().start()
     try:
         api.default = ("headers", 307, {"Location": elsewhere.url + "/learn"}, "")
@@ -455,6 +457,11 @@ def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api):
         assert {row["status"] for row in rows.values()} == {"pending"}  # the API's trouble, not the sessions'
         assert rows["s1"]["last_error"] == (f"HTTP 307 redirect to {elsewhere.url}/learn "
                                             "(not followed: set api_url to it if that is the API)")
+        # `outbox` says where it pointed, on the session's line.
+        config = load_config(env={"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path)})
+        assert outbox_command(config, "list", [], False, False) == 0
+        line = next(line for line in capsys.readouterr().out.splitlines() if " s1 " in line)
+        assert "pending" in line and f"redirect to {elsewhere.url}/learn (not followed" in line
     finally:
         elsewhere.stop()
 
@@ -577,3 +584,24 @@ def test_every_answer_gets_the_documented_verdict_and_a_bounded_error(status, bo
         assert detail and len(detail) <= 1000
         if 300 <= status < 400:
             assert detail.startswith(f"HTTP {status} redirect to ")
+
+
+@pytest.mark.parametrize("per_operation", [True, False])
+def test_the_deadline_holds_for_a_dripped_or_silent_answer_with_and_without_the_backend(
+        api, monkeypatch, per_operation):
+    from omnimemory_learner import delivery
+    if not per_operation:
+        # An httpx whose transport hides its pool: the fallback (each phase's
+        # timeout the time left, the body read against the deadline).
+        monkeypatch.setattr(delivery, "_install_deadline", lambda transport, deadline: False)
+    api.script = [("drip", 200, 100_000, 0.05), ("silent", 30)]
+    with delivery.BoundedClient(1.0) as client:
+        assert client.deadline_per_operation == per_operation
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(delivery.DeadlineExceeded, match="no whole answer within 1 s"):
+                client.request("POST", api.url + "/learn", content=b"{}")
+            assert 0.95 <= time.monotonic() - started <= 1.5
+        answer = client.request("POST", api.url + "/learn", content=b'{"session_commands": [1]}')
+    assert answer.status_code == 200 and answer.json()["pattern_id"] == "p000001" and not answer.truncated
+    assert [entry["hung_up"] for entry in api.answers] == [True, True]
