@@ -3,6 +3,7 @@
 import bisect
 import json
 import os
+import random
 import stat
 import threading
 import time
@@ -605,3 +606,24 @@ def test_the_deadline_holds_for_a_dripped_or_silent_answer_with_and_without_the_
         answer = client.request("POST", api.url + "/learn", content=b'{"session_commands": [1]}')
     assert answer.status_code == 200 and answer.json()["pattern_id"] == "p000001" and not answer.truncated
     assert [entry["hung_up"] for entry in api.answers] == [True, True]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_any_few_failing_sessions_anywhere_never_hold_up_the_rest(tmp_path, api, seed):
+    rng = random.Random(seed)
+    names = [f"s{i:02}" for i in range(40)]
+    bad = sorted(rng.sample(names, rng.randint(1, 8)))
+    api.by_session = {name: rng.choice([500, 502, 503, 408, 409, 425, 429, ("garbage", "<html>proxy</html>")])
+                      for name in bad}
+    fill(tmp_path, [closed(name, 1 + 10 * i) for i, name in enumerate(names)])
+    deliverer = make_deliverer(tmp_path, api.url, cap=0.3)
+    started = time.monotonic()
+    deliverer.start()
+    try:
+        assert api.wait_for(len(names) - len(bad), timeout=20), f"bad {bad}: {len(api.sessions())} arrived"
+    finally:
+        deliverer.stop(2)
+    took = time.monotonic() - started
+    unique, resent = delivered_keys(api)
+    assert sorted(unique) == [name for name in names if name not in bad] and resent == 0, bad
+    assert took < 10, f"{took:.1f} s with {len(bad)} failing sessions {bad}"
