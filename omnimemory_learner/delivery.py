@@ -436,7 +436,6 @@ class Deliverer:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             client = BoundedClient(self.timeout)
             while not self._stop.is_set():
-                client.timeout = self.timeout  # a reload may have changed it
                 idle = self._drain(store, client)
                 if self._stop.is_set():
                     break
@@ -523,6 +522,7 @@ class Deliverer:
                 "Learning from session %s: %d commands, outcome=%s",
                 session.session_id, len(body["session_commands"]), session.outcome,
             )
+        client.timeout = self.timeout  # a reload may have changed it
         self.in_flight = True
         connected = True
         asked_wait: Optional[float] = None

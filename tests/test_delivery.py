@@ -627,3 +627,51 @@ def test_any_few_failing_sessions_anywhere_never_hold_up_the_rest(tmp_path, api,
     unique, resent = delivered_keys(api)
     assert sorted(unique) == [name for name in names if name not in bad] and resent == 0, bad
     assert took < 10, f"{took:.1f} s with {len(bad)} failing sessions {bad}"
+
+
+def test_a_reloaded_timeout_holds_for_the_next_request_of_the_running_thread(tmp_path, api):
+    import dataclasses
+    api.script = [("silent", 30)]
+    deliverer = Deliverer(tmp_path, api.url, timeout=30.0, retry_max_seconds=0.2)
+    deliverer.start()  # its client is made now, with 30 s
+    try:
+        config = load_config(env={"HOME": str(tmp_path)})
+        deliverer.apply_config(dataclasses.replace(config, api_url=api.url, request_timeout_seconds=1.0,
+                                                   retry_max_seconds=0.2))
+        fill(tmp_path, [closed("s1", 1)])
+        deliverer.wake()
+        assert api.wait_for(1, timeout=10)
+    finally:
+        deliverer.stop(2)
+    assert api.answers[0]["hung_up"] and api.answers[0]["open_seconds"] <= 1.5
+
+
+def test_connections_opening_a_new_or_old_store_at_once_all_succeed(tmp_path):
+    # The reader and the delivery thread may open the store together: each
+    # sees one schema, a column is added once (not "duplicate column name"),
+    # and a new file turned to WAL mode by one is waited for by the others.
+    import sqlite3
+    problems = []
+
+    def open_store(state_dir, barrier):
+        barrier.wait()
+        try:
+            StateStore(state_dir).close()
+        except Exception as error:  # the test reports any
+            problems.append(repr(error))
+
+    for round_ in range(30):
+        state_dir = tmp_path / f"r{round_}"
+        if round_ % 2:  # a store of the previous version, in WAL mode as the learner leaves it
+            state_dir.mkdir()
+            db = sqlite3.connect(str(state_dir / "state.db"))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(OLD_SESSIONS_TABLE)
+            db.close()
+        barrier = threading.Barrier(4)
+        threads = [threading.Thread(target=open_store, args=(state_dir, barrier)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert problems == []

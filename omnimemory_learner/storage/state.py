@@ -12,6 +12,11 @@ Exactly once, without storing open sessions:
   while its rows are above the low-water mark, so the replay after a restart
   skips its events instead of forming it again.
 
+Each pending session carries its own schedule (next_attempt_at) and the
+count of failures that were its own, so that one session the API keeps
+failing backs off, and is parked, without holding up the others; delivery.py
+decides what counts.
+
 The state store is SQLite in WAL mode.  The reading side commits with
 synchronous=FULL: a closed session that was committed survives a crash of the
 process and of the machine.  The delivery thread records results with
@@ -75,7 +80,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     pattern_id TEXT,
-    delivered_at REAL
+    delivered_at REAL,
+    next_attempt_at REAL,  -- these three: see _ADDED_COLUMNS
+    failures INTEGER NOT NULL DEFAULT 0,
+    first_failed_at REAL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
 CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
@@ -212,7 +220,17 @@ class StateStore:
 
     def _connect(self) -> None:
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Turning a new file to WAL needs it to itself, and SQLite does not
+        # wait for that: two connections opening a new store at once (the
+        # reader and the delivery thread) would see "database is locked".
+        for attempt in range(200):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         status = os.stat(self.path)
         self._identity = (status.st_dev, status.st_ino)
@@ -223,23 +241,29 @@ class StateStore:
     def _add_columns(self, required: bool) -> None:
         """Bring a state store of an earlier version up to this schema.
 
-        A command that only reads (create=False) may lack the right to write:
-        then it reads the old table as it is (see _column).
+        Checked again inside the write transaction: two connections opening
+        one old store at once (the reader and the delivery thread) must not
+        both add a column.  A command that only reads (create=False) may lack
+        the right to write: then it reads the old table as it is (see _column).
         """
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-        missing = [(name, kind) for name, kind in _ADDED_COLUMNS if name not in present]
-        if not missing:
+        present = self._present_columns()
+        if all(name in present for name, _ in _ADDED_COLUMNS):
             self._columns = present
             return
         try:
             with _Transaction(self._db):
-                for name, kind in missing:
-                    self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
-            present.update(name for name, _ in missing)
+                present = self._present_columns()
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in present:
+                        self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+            present = self._present_columns()
         except StateError:
             if required:
                 raise
         self._columns = present
+
+    def _present_columns(self) -> set:
+        return {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
 
     def _column(self, name: str) -> str:
         """`name` in a SELECT, or NULL when an unmigrated store lacks it."""
