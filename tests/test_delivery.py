@@ -675,3 +675,28 @@ def test_connections_opening_a_new_or_old_store_at_once_all_succeed(tmp_path):
         for thread in threads:
             thread.join(30)
     assert problems == []
+
+
+def test_a_lone_failing_session_backs_off_but_is_not_parked_without_evidence(tmp_path, api, capsys):
+    # Nothing else is sent, so nothing shows the fault is the session's own.
+    api.default = 500
+    fill(tmp_path, [closed("alone", 1)])
+    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.8,
+                          session_retry_limit=1, session_retry_seconds=0.001)
+    deliverer.backoff.first = 0.05
+    deliverer.start()
+    time.sleep(3.0)
+    deliverer.stop(2)
+    row = outbox_rows(tmp_path)["alone"]
+    assert row["status"] == "pending" and row["failures"] == 0
+    assert 3 <= api.attempts <= 15, api.attempts  # backing off, not hammering
+    # `outbox` shows when it is tried next.
+    store = StateStore(tmp_path)
+    store.note_failure(row["id"], "HTTP 500: later", time.time() + 3600)
+    store.close()
+    config = load_config(env={"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path)})
+    due = outbox_rows(tmp_path)["alone"]["next_attempt_at"]
+    assert outbox_command(config, "list", [], False, False) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if " alone " in line)
+    assert "pending" in line and time.strftime(" %H:%M:%S ", time.localtime(due)) in line
+    assert "HTTP 500: later" in line
