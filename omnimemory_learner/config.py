@@ -65,6 +65,8 @@ class Config:
     max_open_sessions: int = 10000
     retry_max_seconds: float = 300.0
     request_timeout_seconds: float = 10.0
+    session_retry_limit: int = 10
+    session_retry_seconds: float = 3600.0
     watch: bool = True
     close_on: Tuple[str, ...] = ()
     fold_repeats: bool = False
@@ -96,6 +98,8 @@ _SCALARS: Dict[str, tuple] = {
     "max_open_sessions": ("int", 1),
     "retry_max_seconds": ("float", 0.0),
     "request_timeout_seconds": ("float", 0.0),
+    "session_retry_limit": ("int", 1),
+    "session_retry_seconds": ("float", 0.0),
     "watch": ("bool", None),
     "close_on": ("commands", None),
     "fold_repeats": ("bool", None),

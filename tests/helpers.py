@@ -3,6 +3,7 @@ writer, and a recording procedural API on 127.0.0.1."""
 
 import json
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -60,7 +61,17 @@ class RecordingAPI:
     """A real HTTP server on 127.0.0.1 that records every POST /learn.
 
     `script` is a list of behaviours consumed one per POST (then `default`):
-    an int status, ("status", code, body), ("delay", seconds), ("garbage", text).
+    an int status, ("status", code, body), ("delay", seconds), ("garbage", text),
+    and answers that misbehave:
+    ("headers", code, {name: value}, body)   any status with extra headers (Retry-After, Location)
+    ("huge", code, nbytes)                   a body of nbytes, streamed in 64 KiB writes
+    ("drip", code, nbytes, interval)         a body of nbytes, one byte every `interval` seconds
+    ("drip_head", interval)                  the status line and headers, one byte every `interval`
+    ("silent", seconds)                      no answer at all for `seconds`, then 200
+    `by_session` maps a session_id to a behaviour for every POST of that
+    session (before the script).  `answers` records, for each misbehaving
+    answer, how long the client kept the request open (`open_seconds`) and
+    whether it hung up before the answer was complete.
     """
 
     def __init__(self, port=None):
@@ -70,6 +81,9 @@ class RecordingAPI:
         self.attempts = 0
         self.script = []
         self.default = 200
+        self.by_session = {}
+        self.tried = []  # (idempotency_key, session_id, time.monotonic()) of every POST, whatever its answer
+        self.answers = []  # {"behaviour", "session_id", "key", "start", "open_seconds", "hung_up"}
         self.kill_hook = lambda: None
         self.lock = threading.Lock()
         self._server = None
@@ -102,12 +116,93 @@ class RecordingAPI:
                 else:
                     self._send(404, json.dumps({"detail": "Not Found"}))
 
+            def _client_gone(self, wait):
+                """True when the client hung up within `wait` seconds."""
+                readable, _, _ = select.select([self.connection], [], [], wait)
+                if not readable:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+
+            def _misbehave(self, behaviour, raw):
+                """One of the misbehaving answers; records how long the client stayed."""
+                start = time.monotonic()
+                kind = behaviour[0]
+                hung_up = False
+                try:
+                    if kind == "headers":
+                        _, code, headers, body = behaviour
+                        data = body.encode() if isinstance(body, str) else body
+                        self.send_response(code)
+                        for name, value in headers.items():
+                            # A callable is asked at answer time (an HTTP date relative to now).
+                            self.send_header(name, value() if callable(value) else value)
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                    elif kind in ("huge", "drip"):
+                        code, size = behaviour[1], behaviour[2]
+                        self.send_response(code)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(size))
+                        self.end_headers()
+                        self.wfile.flush()
+                        sent = 0
+                        chunk = b"x" * 65536
+                        while sent < size:
+                            if kind == "drip":
+                                if self._client_gone(behaviour[3]):
+                                    hung_up = True
+                                    break
+                                self.connection.sendall(b"x")
+                                sent += 1
+                            else:
+                                piece = chunk[:size - sent]
+                                self.connection.sendall(piece)
+                                sent += len(piece)
+                    elif kind == "drip_head":
+                        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Padding: " + b"p" * 100000
+                        for byte in head:
+                            if self._client_gone(behaviour[1]):
+                                hung_up = True
+                                break
+                            self.connection.sendall(bytes([byte]))
+                    elif kind == "silent":
+                        hung_up = self._client_gone(behaviour[1])
+                        if not hung_up:
+                            self._send(200, json.dumps({"pattern_id": "late", "message": "late"}))
+                except OSError:
+                    hung_up = True
+                self.close_connection = True
+                try:
+                    body = json.loads(raw)
+                    session_id = body.get("session_id")
+                except ValueError:
+                    session_id = None
+                with api.lock:
+                    api.answers.append({"behaviour": kind, "session_id": session_id,
+                                        "key": self.headers.get("Idempotency-Key"), "start": start,
+                                        "open_seconds": time.monotonic() - start, "hung_up": hung_up})
+
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                try:
+                    session_id = json.loads(raw).get("session_id")
+                except (ValueError, AttributeError):
+                    session_id = None
                 with api.lock:
                     api.attempts += 1
-                    behaviour = api.script.pop(0) if api.script else api.default
+                    api.tried.append((self.headers.get("Idempotency-Key"), session_id, time.monotonic()))
+                    if session_id in api.by_session:
+                        behaviour = api.by_session[session_id]
+                    else:
+                        behaviour = api.script.pop(0) if api.script else api.default
+                if isinstance(behaviour, tuple) and behaviour[0] in ("headers", "huge", "drip", "drip_head", "silent"):
+                    self._misbehave(behaviour, raw)
+                    return
                 if isinstance(behaviour, tuple) and behaviour[0] == "delay":
                     time.sleep(behaviour[1])
                     behaviour = 200

@@ -6,6 +6,7 @@ Exit 0 when nothing is a problem, 1 otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ from typing import List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
+from ..delivery import ANSWER_CAP, BoundedClient, redirect_target
 from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
@@ -165,28 +167,37 @@ def check_watching(config: Config) -> List[Check]:
 
 
 def check_api(config: Config) -> List[Check]:
+    """GET /health and an empty POST /learn, each within request_timeout_seconds and 64 KiB, as delivery does."""
     url = config.api_url
     start_api = "start the procedural service (./omnimemory_launcher.sh start), then: curl " + url + "/health"
     try:
-        with httpx.Client(timeout=5.0, trust_env=False) as client:
-            health = client.get(url + "/health")
+        with BoundedClient(config.request_timeout_seconds) as client:
+            health = client.request("GET", url + "/health")
+            target = redirect_target(health)
+            if target is not None:
+                return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}, a redirect to "
+                              f"{target} (not followed)", "set api_url to the procedural memory API's address")]
             if health.status_code != 200:
                 return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}", start_api)]
             try:
                 body = health.json()
             except ValueError:
-                return [Check("api", PROBLEM, f"GET {url}/health did not answer JSON; is api_url right?",
+                body = None
+            if not isinstance(body, dict):
+                return [Check("api", PROBLEM, f"GET {url}/health did not answer a JSON object; is api_url right?",
                               "set api_url to the procedural memory API")]
             checks = [Check("api", OK, f"{url}/health: {body.get('status', '?')} ({body.get('service', '?')} "
                             f"{body.get('version', '')})".rstrip())]
             # An empty session teaches nothing: the server answers "too short".
-            learn = client.post(url + "/learn", json={"session_commands": [], "session_outcome": "success",
-                                                      "tool_id": "omnimemory-learner-doctor"})
+            learn = client.request("POST", url + "/learn", content=json.dumps(
+                {"session_commands": [], "session_outcome": "success", "tool_id": "omnimemory-learner-doctor"}
+            ).encode(), headers={"Content-Type": "application/json"})
     except httpx.HTTPError as error:
         return [Check("api", PROBLEM, f"{url} is not answering: {error or type(error).__name__}", start_api)]
     if learn.status_code == 200:
         try:
-            contract = "pattern_id" in learn.json()
+            answer = learn.json()
+            contract = isinstance(answer, dict) and "pattern_id" in answer
         except ValueError:
             contract = False
         if contract:
@@ -197,8 +208,13 @@ def check_api(config: Config) -> List[Check]:
     elif learn.status_code == 422:
         checks.append(Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)"))
     else:
-        checks.append(Check("api contract", PROBLEM, f"POST /learn answered HTTP {learn.status_code}: "
-                            f"{learn.text}", "check the procedural service's log"))
+        target = redirect_target(learn)
+        if target is not None:
+            message = f"POST /learn answered HTTP {learn.status_code}, a redirect to {target} (not followed)"
+        else:
+            message = f"POST /learn answered HTTP {learn.status_code}: {learn.text}" + (
+                f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else "")
+        checks.append(Check("api contract", PROBLEM, message, "check the procedural service's log"))
     return checks
 
 

@@ -9,6 +9,7 @@ unknown id); 2 for a wrong command line; 4 when there is no state store.
 from __future__ import annotations
 
 import sys
+import time
 from typing import List
 
 from ..config import Config
@@ -17,7 +18,18 @@ from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
 from .output import echo, error, print_json, shown
 
 SESSION_CHARACTERS = 40
-ERROR_CHARACTERS = 60
+# Wide enough for a parked session's count of failures and a redirect's target.
+ERROR_WIDTH = 160
+
+
+def _next_try(entry: dict) -> str:
+    """When a pending session is tried again: "now", or the time it backs off until."""
+    if entry["status"] != "pending":
+        return "-"
+    due = entry.get("next_attempt_at")
+    if due is None or due <= time.time():
+        return "now"
+    return time.strftime("%H:%M:%S", time.localtime(due))
 
 
 def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool) -> int:
@@ -44,11 +56,11 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                 sessions = [shown(entry["session_id"], SESSION_CHARACTERS) for entry in entries]
                 width = max(len("SESSION"), *(len(session) for session in sessions))
                 echo(f"{'ID':>8}  {'STATUS':8}  {'SESSION':{width}}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
-                     "LAST ERROR")
+                     f"{'NEXT TRY':8}  LAST ERROR")
                 for entry, session in zip(entries, sessions):
                     echo(f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
                           f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
-                          f"{shown(entry['last_error'] or '', ERROR_CHARACTERS)}")
+                          f"{_next_try(entry):8}  {shown(entry['last_error'] or '', ERROR_WIDTH)}")
             return EX_FAILURE if ids and not entries else EX_OK
         if action == "retry":
             moved = store.retry_rejected(ids or None)

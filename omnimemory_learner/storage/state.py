@@ -12,6 +12,11 @@ Exactly once, without storing open sessions:
   while its rows are above the low-water mark, so the replay after a restart
   skips its events instead of forming it again.
 
+Each pending session carries its own schedule (next_attempt_at) and the
+count of failures that were its own, so that one session the API keeps
+failing backs off, and is parked, without holding up the others; delivery.py
+decides what counts.
+
 The state store is SQLite in WAL mode.  The reading side commits with
 synchronous=FULL: a closed session that was committed survives a crash of the
 process and of the machine.  The delivery thread records results with
@@ -76,11 +81,25 @@ CREATE TABLE IF NOT EXISTS sessions (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     pattern_id TEXT,
-    delivered_at REAL
+    delivered_at REAL,
+    next_attempt_at REAL,  -- these three: see _ADDED_COLUMNS
+    failures INTEGER NOT NULL DEFAULT 0,
+    first_failed_at REAL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
 CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
 """
+
+# Columns added after the first release, as (name, declaration): CREATE TABLE
+# IF NOT EXISTS leaves an older table as it is, so each is added when missing.
+_ADDED_COLUMNS = (
+    # The outbox's own schedule for a session the API failed (NULL: due now).
+    ("next_attempt_at", "REAL"),
+    # Failures that were the session's own (the API took the next session),
+    # and when the first of them happened: together they park it.
+    ("failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("first_failed_at", "REAL"),
+)
 
 
 class StateError(Exception):
@@ -100,6 +119,7 @@ class PendingSession(NamedTuple):
     outcome: str
     commands: list  # [(command, timestamp, event_type), ...]
     attempts: int
+    failures: int = 0  # the session's own failures (see StateStore.blame_failure)
 
     def body(self) -> dict:
         return {
@@ -190,6 +210,7 @@ class StateStore:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(name,) for name in COUNTERS]
                 )
+            self._add_columns(required=create)
         except (OSError, sqlite3.Error) as error:
             raise StateError(f"cannot use state store {self.path}: {error}") from None
         for suffix in ("-wal", "-shm"):
@@ -200,13 +221,54 @@ class StateStore:
 
     def _connect(self) -> None:
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # Turning a new file to WAL needs it to itself, and SQLite does not
+        # wait for that: two connections opening a new store at once (the
+        # reader and the delivery thread) would see "database is locked".
+        for attempt in range(200):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         status = os.stat(self.path)
         self._identity = (status.st_dev, status.st_ino)
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_columns(self, required: bool) -> None:
+        """Bring a state store of an earlier version up to this schema.
+
+        Checked again inside the write transaction: two connections opening
+        one old store at once (the reader and the delivery thread) must not
+        both add a column.  A command that only reads (create=False) may lack
+        the right to write: then it reads the old table as it is (see _column).
+        """
+        present = self._present_columns()
+        if all(name in present for name, _ in _ADDED_COLUMNS):
+            self._columns = present
+            return
+        try:
+            with _Transaction(self._db):
+                present = self._present_columns()
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in present:
+                        self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
+            present = self._present_columns()
+        except StateError:
+            if required:
+                raise
+        self._columns = present
+
+    def _present_columns(self) -> set:
+        return {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+
+    def _column(self, name: str) -> str:
+        """`name` in a SELECT, or NULL when an unmigrated store lacks it."""
+        return name if name in self._columns else f"NULL AS {name}"
 
     def _transaction(self):
         self._ensure_file()
@@ -332,16 +394,25 @@ class StateStore:
 
     # -- outbox ----------------------------------------------------------------
 
-    def pending(self, limit: int = 100, after_id: int = 0) -> List[PendingSession]:
+    def pending(self, limit: int = 100, after_id: int = 0, due_by: Optional[float] = None) -> List[PendingSession]:
+        """Pending sessions in outbox order; with `due_by`, only those due by then."""
         self._ensure_file()  # another connection may have restored a deleted file
+        due = "" if due_by is None else " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
         return [
-            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), row[5])
+            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), row[5], row[6])
             for row in self._db.execute(
-                "SELECT id, idempotency_key, session_id, outcome, commands, attempts FROM sessions"
-                " WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
-                (PENDING, after_id, limit),
+                "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures FROM sessions"
+                f" WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
+                (PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
             )
         ]
+
+    def next_due(self, now: float) -> Optional[float]:
+        """When the earliest pending session that backs off is due again (None: none does)."""
+        row = self._db.execute(
+            "SELECT min(next_attempt_at) FROM sessions WHERE status = ? AND next_attempt_at > ?", (PENDING, now)
+        ).fetchone()
+        return row[0]
 
     def mark_delivered(self, session_id: int, pattern_id: Optional[str]) -> None:
         status = LEARNED if pattern_id else NOT_LEARNED
@@ -362,26 +433,64 @@ class StateStore:
             )
             self._add_counters(db, {"sessions_rejected": 1, "errors": 1})
 
-    def note_failure(self, session_id: int, error: str) -> None:
+    def note_failure(self, session_id: int, error: str, retry_at: Optional[float] = None) -> None:
+        """An attempt that failed; the session is next due at `retry_at` (None: now)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE sessions SET last_error = ?, attempts = attempts + 1 WHERE id = ?", (error, session_id)
+                "UPDATE sessions SET last_error = ?, attempts = attempts + 1, next_attempt_at = ? WHERE id = ?",
+                (error, retry_at, session_id),
             )
             self._add_counters(db, {"errors": 1})
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_error', ?)", (f"{time.time()!r} {error}",)
             )
 
+    def blame_failure(self, session_id: int, error: str, failed_at: float, retry_at: float,
+                      limit: int, limit_seconds: float) -> Optional[Tuple[int, float]]:
+        """A failure that was the session's own: it backs off until `retry_at`.
+
+        Once it has `limit` such failures spanning at least `limit_seconds`, it
+        is parked as rejected; then (failures, seconds spanned), else None.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT failures, coalesce(first_failed_at, ?) FROM sessions WHERE id = ? AND status = ?",
+                (failed_at, session_id, PENDING),
+            ).fetchone()
+            if row is None:
+                return None  # settled or dropped meanwhile
+            failures, first_failed_at = row[0] + 1, row[1]
+            span = failed_at - first_failed_at
+            parked = failures >= limit and span >= limit_seconds
+            db.execute(
+                "UPDATE sessions SET failures = ?, first_failed_at = ?, next_attempt_at = ?, status = ?,"
+                " last_error = ? WHERE id = ?",
+                (failures, first_failed_at, None if parked else retry_at, REJECTED if parked else PENDING,
+                 f"failed {failures} times over {span:.0f} s while the API took other sessions; last: {error}"
+                 if parked else error, session_id),
+            )
+            if parked:
+                self._add_counters(db, {"sessions_rejected": 1})
+            return (failures, span) if parked else None
+
+    def reschedule(self, session_ids: List[int], at: Optional[float]) -> None:
+        """Pending sessions due at `at` (None: now) instead of their own time."""
+        with self._transaction() as db:
+            db.executemany("UPDATE sessions SET next_attempt_at = ? WHERE id = ? AND status = ?",
+                           [(at, session_id, PENDING) for session_id in session_ids])
+
     def retry_rejected(self, session_ids: Optional[List[int]] = None) -> int:
+        """Rejected sessions back to pending, due now, with a clean record of failures."""
+        fresh = "status = ?, failures = 0, first_failed_at = NULL, next_attempt_at = NULL"
         with self._transaction() as db:
             if session_ids:
                 marks = ",".join("?" * len(session_ids))
                 cursor = db.execute(
-                    f"UPDATE sessions SET status = ? WHERE status = ? AND id IN ({marks})",
+                    f"UPDATE sessions SET {fresh} WHERE status = ? AND id IN ({marks})",
                     (PENDING, REJECTED, *session_ids),
                 )
             else:
-                cursor = db.execute("UPDATE sessions SET status = ? WHERE status = ?", (PENDING, REJECTED))
+                cursor = db.execute(f"UPDATE sessions SET {fresh} WHERE status = ?", (PENDING, REJECTED))
             return cursor.rowcount
 
     def drop(self, session_id: int) -> bool:
@@ -400,10 +509,12 @@ class StateStore:
                 "id": row[0], "session_id": row[1], "status": row[2], "outcome": row[3], "commands": row[4],
                 "attempts": row[5], "last_error": row[6], "closed_at": row[7],
                 "first_rowid": row[8], "last_rowid": row[9],
+                "next_attempt_at": row[10], "failures": row[11] or 0, "first_failed_at": row[12],
             }
             for row in self._db.execute(
                 "SELECT id, session_id, status, outcome, n_commands, attempts, last_error, closed_at,"
-                f" first_rowid, last_rowid FROM sessions WHERE status IN ({marks}) ORDER BY id",
+                f" first_rowid, last_rowid, {self._column('next_attempt_at')}, {self._column('failures')},"
+                f" {self._column('first_failed_at')} FROM sessions WHERE status IN ({marks}) ORDER BY id",
                 tuple(statuses),
             )
         ]
