@@ -388,9 +388,9 @@ class Deliverer:
         self._tried: Dict[int, None] = {}
 
     @classmethod
-    def from_config(cls, config: Config) -> Deliverer:
+    def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
         return cls(config.state_dir, config.api_url, config.request_timeout_seconds, config.retry_max_seconds,
-                   session_retry_limit=config.session_retry_limit,
+                   on_progress=on_progress, session_retry_limit=config.session_retry_limit,
                    session_retry_seconds=config.session_retry_seconds)
 
     def apply_config(self, config: Config) -> None:

@@ -221,8 +221,7 @@ class Service:
                     # and `status` sees the service as running.
                     self.lock.acquire()
                 config = self.config
-                deliverer = Deliverer(config.state_dir, config.api_url, config.request_timeout_seconds,
-                                      config.retry_max_seconds, on_progress=self._on_delivered)
+                deliverer = Deliverer.from_config(config, on_progress=self._on_delivered)
                 self.pipeline = Pipeline(self.config, clock=self.clock, on_outbox=deliverer.wake)
                 self.deliverer = deliverer
             except AlreadyRunning as error:

@@ -56,3 +56,19 @@ def test_a_reload_takes_the_new_limits(tmp_path):
     path.write_text("session_retry_limit = 2\nsession_retry_seconds = 5\nrequest_timeout_seconds = 3\n")
     deliverer.apply_config(load_config(path, {"HOME": str(tmp_path)}))
     assert (deliverer.session_retry_limit, deliverer.session_retry_seconds, deliverer.timeout) == (2, 5.0, 3.0)
+
+
+def test_the_service_builds_its_deliverer_with_the_keys(tmp_path):
+    """The loop makes the Deliverer: the two keys must reach it, not only backfill's."""
+    from omnimemory_learner.service import Service
+
+    path = tmp_path / "learner.toml"
+    path.write_text(f'state_dir = "{tmp_path / "state"}"\ndb_path = "{tmp_path / "none.db"}"\n'
+                    "session_retry_limit = 4\nsession_retry_seconds = 90.5\n")
+    service = Service(load_config(path, {"HOME": str(tmp_path)}))
+    assert service._open_state()
+    try:
+        assert (service.deliverer.session_retry_limit, service.deliverer.session_retry_seconds) == (4, 90.5)
+    finally:
+        service.pipeline.close()
+        service.lock.release()
