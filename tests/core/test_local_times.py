@@ -97,7 +97,7 @@ def test_the_spring_forward_gap(new_york):
 
 def test_offsets_and_plain_hours_are_untouched(new_york):
     rows = [(1, "2026-11-01T01:30:00+00:00", "code_edit", "a"), (2, "2026-11-01T01:30:00-05:00", "code_edit", "a"),
-            (3, "2026-07-01T12:00:00", "code_edit", "a"), (4, "2026-07-01T12:00:01.5", "code_edit", "a")]
+            (3, "2026-07-01T12:00:00", "code_edit", "a"), (4, "2026-07-01T12:00:01.500000", "code_edit", "a")]
     assert read(rows) == [1793496600.0, 1793514600.0, 1782921600.0, 1782921601.5]
 
 
