@@ -35,6 +35,8 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 import httpx
 
 from .config import Config
+from .core.identity import session_key
+from .storage.history import LEARNED, NOT_LEARNED, REJECTED, Entry, HistoryStore
 from .storage.state import PendingSession, StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ ANSWER_CAP = 64 * 1024
 ERROR_TEXT_CAP = 500
 # Longest wait for the delivery thread with nothing due (a wake comes sooner).
 IDLE_WAIT_SECONDS = 60.0
+# History retention while idle: at most this many batches (of 500) before looking for work again.
+PRUNE_BATCHES_PER_IDLE = 20
 
 
 class Verdict:
@@ -83,8 +87,13 @@ class Answer(NamedTuple):
 
 
 def _shown(text: str, limit: int = ERROR_TEXT_CAP) -> str:
-    """Untrusted text cut to `limit`, marked when cut."""
-    return text if len(text) <= limit else text[:limit] + "..."
+    """Untrusted text cut to `limit`, marked when cut, and storable.
+
+    A lone surrogate (JSON can carry one: "\\ud800") cannot be stored as
+    SQLite text; it becomes its escape, so recording the answer cannot fail.
+    """
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _body_text(answer: Answer) -> str:
@@ -363,6 +372,9 @@ class Deliverer:
         on_progress: Optional[Callable[[], None]] = None,
         session_retry_limit: int = 10,
         session_retry_seconds: float = 3600.0,
+        fold_repeats: bool = False,
+        history_days: float = 30.0,
+        history_max_sessions: int = 100_000,
     ):
         self.state_dir = state_dir
         self.api_url = api_url.rstrip("/")
@@ -370,6 +382,10 @@ class Deliverer:
         self.backoff = Backoff(retry_max_seconds)
         self.session_retry_limit = session_retry_limit
         self.session_retry_seconds = session_retry_seconds
+        self.fold_repeats = fold_repeats
+        self.history_days = history_days
+        self.history_max_sessions = history_max_sessions
+        self._history: Optional[HistoryStore] = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -391,7 +407,8 @@ class Deliverer:
     def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
         return cls(config.state_dir, config.api_url, config.request_timeout_seconds, config.retry_max_seconds,
                    on_progress=on_progress, session_retry_limit=config.session_retry_limit,
-                   session_retry_seconds=config.session_retry_seconds)
+                   session_retry_seconds=config.session_retry_seconds, fold_repeats=config.fold_repeats,
+                   history_days=config.history_days, history_max_sessions=config.history_max_sessions)
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration: the next request uses it."""
@@ -400,6 +417,9 @@ class Deliverer:
         self.backoff.cap = config.retry_max_seconds
         self.session_retry_limit = config.session_retry_limit
         self.session_retry_seconds = config.session_retry_seconds
+        self.fold_repeats = config.fold_repeats
+        self.history_days = config.history_days
+        self.history_max_sessions = config.history_max_sessions
 
     def start(self) -> None:
         # The delivery thread waits on the network; during a catch-up the main
@@ -434,12 +454,14 @@ class Deliverer:
         client = None
         try:
             store = StateStore(self.state_dir, synchronous="NORMAL")
+            self._history = HistoryStore(self.state_dir)
             client = BoundedClient(self.timeout)
             while not self._stop.is_set():
                 idle = self._drain(store, client)
                 if self._stop.is_set():
                     break
                 if idle > 0:
+                    self._prune_history()
                     self._wake.wait(min(idle, IDLE_WAIT_SECONDS))
                     self._wake.clear()
         except Exception:
@@ -449,6 +471,9 @@ class Deliverer:
                 client.close()
             if store is not None:
                 store.close()
+            if self._history is not None:
+                self._history.close()
+                self._history = None
 
     def _drain(self, store: StateStore, client: BoundedClient) -> float:
         """Send what is due, oldest first; the seconds until something is due again."""
@@ -492,6 +517,29 @@ class Deliverer:
                 break
         return 0.0
 
+    def _prune_history(self) -> None:
+        """History retention, in small batches while nothing is due (reading never waits for it)."""
+        history = self._history
+        for _ in range(PRUNE_BATCHES_PER_IDLE):
+            if history is None or self._stop.is_set() or self._wake.is_set():
+                return
+            if not history.prune_some(self.history_days, self.history_max_sessions):
+                return
+
+    def _remember(self, session: PendingSession, settled: str, pattern_id: Optional[str] = None) -> None:
+        """A settled session into the history (losing it never stops delivery)."""
+        if self._history is None:
+            return
+        commands = session.commands
+        times = [timestamp for _, timestamp, _ in commands]
+        unusual = json.loads(session.unusual) if session.unusual else None
+        self._history.record([Entry(
+            session_key(session.session_id, [event_type for _, _, event_type in commands], times),
+            session.session_id, min(times, default=0.0), max(times, default=0.0),
+            [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
+            session.quality, unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
+        )])
+
     def _wait(self, delay: float) -> bool:
         """Wait `delay` seconds for the API; True when the service stops meanwhile."""
         self.retry_at = time.time() + delay
@@ -516,7 +564,7 @@ class Deliverer:
 
     def _deliver_one(self, store: StateStore, client: BoundedClient, session: PendingSession) -> Optional[float]:
         """One attempt.  None to go on with the next session; else seconds to wait for the API."""
-        body = session.body()
+        body = session.body(self.fold_repeats)
         if session.attempts == 0:
             log.info(
                 "Learning from session %s: %d commands, outcome=%s",
@@ -552,11 +600,13 @@ class Deliverer:
                 session.session_id, detail,
             )
             self._record(store.mark_rejected, session.id, detail or "")
+            self._remember(session, REJECTED)
         else:
             # The API has learned it: from here on only the record may be
             # retried, never the POST (that would teach the session twice).
             if not self._record(store.mark_delivered, session.id, detail)[0]:
                 return None  # stopping: unrecorded, it is resent with the same key after a restart
+            self._remember(session, LEARNED if detail else NOT_LEARNED, detail)
             if detail:
                 log.info(
                     "Successfully learned pattern %s from session %s (%d commands)",
@@ -627,6 +677,7 @@ class Deliverer:
                               failure.at + self.backoff.delay_after(session.failures + 1),
                               self.session_retry_limit, self.session_retry_seconds)
         if parked:
+            self._remember(session, REJECTED)
             log.error(
                 "Session %s failed %d times over %.0f s while the API took other sessions; parked as rejected "
                 "(see 'omnimemory-learner outbox'; 'omnimemory-learner outbox retry' sends it again): %s",

@@ -278,7 +278,8 @@ def _previous_near(seconds: float, context: LocalTimeContext, events: List[Event
 
 
 def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
-                  context: Optional[LocalTimeContext] = None) -> Tuple[List[Event], int, int]:
+                  context: Optional[LocalTimeContext] = None,
+                  unmapped_by_id: Optional[Dict[str, int]] = None) -> Tuple[List[Event], int, int]:
     """The well-formed rows of the wanted types, as events.
 
     `pairs` is mapping.command_pairs(): event_type -> (command, event_type).
@@ -286,6 +287,8 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
     rows of other types (ignored) and the number of malformed rows (bad).
     `context` carries what naive local times need across calls (pass the same
     one for consecutive batches); without it each call starts afresh.
+    `unmapped_by_id`, when given, counts the ignored rows per session id (a
+    session's quality weighs them); only those rows pay for it.
 
     The per-event hot path of a catch-up, so it is one pass: the type is
     looked up first and a row of another type costs nothing more; the common
@@ -308,6 +311,10 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
         if pair is None:
             if type(event_type) is str and event_type:
                 ignored += 1
+                if unmapped_by_id is not None:
+                    other = _session_id(session_id)
+                    if other is not None:
+                        unmapped_by_id[other] = unmapped_by_id.get(other, 0) + 1
             else:
                 bad += 1
             continue

@@ -37,10 +37,15 @@ from typing import Any, List, Mapping, Optional, Sequence, TextIO, Union
 from .text import shown
 
 # syslog priorities by logging level, for journald's PRIORITY field and "<N>" line prefix.
+# syslog's NOTICE (normal but significant: an unusual session), between INFO and WARNING.
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+
 _PRIORITIES = {
     logging.CRITICAL: 2,
     logging.ERROR: 3,
     logging.WARNING: 4,
+    NOTICE: 5,
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
@@ -54,7 +59,7 @@ _OWN_HANDLER = "_omnimemory_learner"
 
 
 def priority(levelno: int) -> int:
-    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, NOTICE, logging.INFO):
         if levelno >= level:
             return _PRIORITIES[level]
     return _PRIORITIES[logging.DEBUG]

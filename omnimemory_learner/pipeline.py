@@ -16,9 +16,13 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .config import Config
+from .core.identity import key_of_pairs
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
+from .core.unusual import UnusualDetector
 from .events import EventReader, LocalTimeContext, Unavailable, file_identity, validate_rows
+from .logs import NOTICE
+from .storage.history import LOW_QUALITY, SENT_SETTLEMENTS, TOO_SHORT, Entry, HistoryStore
 from .storage.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ COMMIT_EVERY_SESSIONS = 5000
 # often: nothing is lost by waiting (a restart re-reads a few events), and an
 # fsync per live event would put disk latency on every event's path.
 POSITION_COMMIT_SECONDS = 5.0
+# The unusual-session model is built at start from this many recent sent sessions of the history.
+UNUSUAL_MODEL_SESSIONS = 20_000
 # Sessions evicted by the open-session cap are logged at most this often.
 EVICTION_LOG_SECONDS = 60.0
 
@@ -75,11 +81,17 @@ class Pipeline:
         self.time_context = LocalTimeContext()
         self._evictions_unlogged = 0
         self._evictions_logged_at = float("-inf")
+        # Sessions settled here without being sent (too short, below
+        # min_quality) go to the history; the delivery thread records the rest.
+        self.history = HistoryStore(config.state_dir)
+        self.unusual = UnusualDetector(
+            entry.commands for entry in self.history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=SENT_SETTLEMENTS))
 
     @staticmethod
     def _new_tracker(config: Config) -> SessionTracker:
         return SessionTracker(
-            config.idle_seconds, config.min_commands_for_learning, config.max_session_commands, config.max_open_sessions
+            config.idle_seconds, config.min_commands_for_learning, config.max_session_commands,
+            config.max_open_sessions, config.close_on, config.fold_repeats,
         )
 
     def apply_config(self, config: Config) -> None:
@@ -93,6 +105,8 @@ class Pipeline:
         tracker.min_commands = config.min_commands_for_learning
         tracker.max_commands = config.max_session_commands
         tracker.max_open = config.max_open_sessions
+        tracker.close_on = frozenset(config.close_on)
+        tracker.fold_repeats = config.fold_repeats
         self.pairs = command_pairs(config.event_map)
         self.config = dataclasses.replace(config, db_path=self.config.db_path, state_dir=self.config.state_dir)
 
@@ -144,14 +158,19 @@ class Pipeline:
             # were counted then and closed sessions among them are skipped.
             split = bisect.bisect_right([row[0] for row in rows], self.replay_until)
             replayed, rows = rows[:split], rows[split:]
-            replayed_events, _, _ = validate_rows(replayed, self.pairs, self.time_context)
+            unmapped: Dict[str, int] = {}
+            replayed_events, _, _ = validate_rows(replayed, self.pairs, self.time_context, unmapped)
             kept = drop_replayed(replayed_events, self.closed_ranges)
             self._closed.extend(tracker.feed(kept, now))
+            tracker.note_unmapped(unmapped)
             if last_rowid >= self.replay_until:
                 self.closed_ranges = {}
         if rows:
-            mapped, ignored, bad = validate_rows(rows, self.pairs, self.time_context)
+            unmapped = {}
+            mapped, ignored, bad = validate_rows(rows, self.pairs, self.time_context, unmapped)
             self._closed.extend(tracker.feed(mapped, now))
+            if unmapped:
+                tracker.note_unmapped(unmapped)
             self._count("events_processed", len(mapped))
             self._count("events_ignored", ignored)
             self._count("events_skipped", bad)
@@ -270,9 +289,11 @@ class Pipeline:
         low_water = self.tracker.low_water()
         resume_after = self.read_after if low_water is None else low_water - 1
         closed = self._closed
+        self._assess(closed)
         counters = dict(self._counters)
         counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
         counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
+        counters["sessions_low_quality"] = sum(1 for session in closed if session.low_quality)
         try:
             added = self.state.commit(
                 resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters
@@ -293,9 +314,58 @@ class Pipeline:
         self._last_commit = self.clock()
         if added and self.on_outbox is not None:
             self.on_outbox()
+        self._remember_unsent(closed)
         return True
+
+    # -- quality, unusual sessions, history ----------------------------------------
+
+    def _assess(self, closed: List[ClosedSession]) -> None:
+        """Score each newly closed session once (a commit retried after a failure finds them scored)."""
+        min_quality = self.config.min_quality
+        for session in closed:
+            if session.quality is not None:
+                continue
+            session.quality = session.score_quality().score
+            if not session.learnable:
+                continue
+            if session.quality < min_quality:
+                session.low_quality = True
+                log.debug("Session %s scored %.3f, below min_quality %g: not sent",
+                          session.session_id, session.quality, min_quality)
+            names = session.names
+            score, flagged = self.unusual.judge(names)
+            if flagged and score is not None:
+                rarest = f"{score.rarest[0]} -> {score.rarest[1]}"
+                session.unusual = (round(score.value, 3), rarest)
+                log.log(NOTICE, "Unusual session %s: its rarest transition is %s (score %.2f, above the %gth "
+                        "percentile %.2f of your history)", session.session_id, rarest, score.value,
+                        self.unusual.flag_percentile, self.unusual.threshold)
+            self.unusual.learn(names)
+
+    def _remember_unsent(self, closed: List[ClosedSession]) -> None:
+        """Sessions settled without being sent, into the history (it never stops learning)."""
+        entries = [history_entry(session, TOO_SHORT if not session.learnable else LOW_QUALITY)
+                   for session in closed if not session.learnable or session.low_quality]
+        if entries:
+            self.history.record(entries)
+
+    def prune_history(self) -> int:
+        """One small batch of history retention; the loop calls it when idle."""
+        return self.history.prune_some(self.config.history_days, self.config.history_max_sessions)
 
     def close(self) -> None:
         self.commit()
         self.reader.close()
         self.state.close()
+        self.history.close()
+
+
+def history_entry(session: ClosedSession, settled: str) -> Entry:
+    times = session.times
+    return Entry(
+        key_of_pairs(session.session_id, session.pairs, times), session.session_id,
+        min(times) if len(times) else 0.0, max(times) if len(times) else 0.0, session.names, session.outcome, None,
+        session.reason, settled, session.quality,
+        session.unusual[0] if session.unusual else None, session.unusual is not None,
+        session.unusual[1] if session.unusual else None,
+    )

@@ -129,7 +129,9 @@ def _human_status(report: dict) -> str:
         f"         Events: {stats['events_processed']} processed, {stats['events_skipped']} malformed skipped,"
         f" {stats['events_ignored']} of other types",
         f"       Sessions: {stats['sessions_created']} created, {stats['patterns_learned']} learned,"
-        f" {stats['sessions_too_short']} too short, {stats['sessions_not_learned']} not learned by the API",
+        f" {stats['sessions_too_short']} too short, {stats.get('sessions_low_quality', 0)} below min_quality,"
+        f" {stats['sessions_not_learned']} not learned by the API, {stats.get('sessions_evicted', 0)} closed early"
+        " by the open-session cap",
         f"         Outbox: {stats['outbox_pending']} pending, {stats['rejected']} rejected",
         f"         Errors: {stats['errors']}",
         f"     Last event: {_when(stats['last_event_time'])}",

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .folding import folded_length
 from .outcome import OUTCOME_WINDOW, infer_outcome
+from .quality import Quality, session_quality
 
 # One command as the API gets it: (command, timestamp, event_type).
 Command = Tuple[str, float, str]
@@ -44,7 +46,8 @@ class _OpenSession:
     # A session is a list of references to the shared (command, event_type)
     # pairs and an array of timestamps: 16 bytes a command, where a tuple per
     # command with its own strings and float cost about 150.
-    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "latest_time", "pairs", "session_id", "times")
+    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "latest_time", "pairs", "session_id", "times",
+                 "unmapped")
 
     def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
         self.session_id = session_id
@@ -55,12 +58,15 @@ class _OpenSession:
         # The latest event time in the session: the rule cuts from it.
         self.latest_time = timestamp
         self.last_arrival = now
+        # Rows of the id of types the event map does not know, while it was open (quality's "signal").
+        self.unmapped = 0
 
 
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
-    __slots__ = ("first_rowid", "last_rowid", "learnable", "pairs", "reason", "session_id", "times")
+    __slots__ = ("first_rowid", "last_rowid", "learnable", "low_quality", "pairs", "quality", "reason", "session_id",
+                 "times", "unmapped", "unusual")
 
     def __init__(
         self,
@@ -71,14 +77,20 @@ class ClosedSession:
         last_rowid: int,
         reason: str,
         learnable: bool,
+        unmapped: int = 0,
     ):
         self.session_id: str = session_id
         self.pairs: Sequence[Tuple[str, str]] = pairs
         self.times: array = times  # array("d")
         self.first_rowid: int = first_rowid
         self.last_rowid: int = last_rowid
-        self.reason: str = reason  # idle, chunk, evicted, end, replaced
+        self.reason: str = reason  # idle, close_on, chunk, evicted, end, replaced
         self.learnable: bool = learnable
+        self.unmapped: int = unmapped
+        # Filled in by the pipeline when it commits the session.
+        self.quality: Optional[float] = None
+        self.low_quality = False  # below min_quality: settled without being sent
+        self.unusual: Optional[Tuple[float, str]] = None  # (score, rarest transition) when flagged
 
     @classmethod
     def from_commands(cls, session_id: str, commands: Sequence[Command], first_rowid: int, last_rowid: int,
@@ -94,6 +106,15 @@ class ClosedSession:
     def outcome(self) -> str:
         return infer_outcome([command for command, _ in self.pairs[-OUTCOME_WINDOW:]])
 
+    @property
+    def names(self) -> List[str]:
+        return [command for command, _ in self.pairs]
+
+    def score_quality(self) -> Quality:
+        if not len(self.times):
+            return session_quality([], 0.0, 0.0)
+        return session_quality(self.names, min(self.times), max(self.times), self.unmapped)
+
     def __repr__(self) -> str:
         return (
             f"ClosedSession({self.session_id!r}, {len(self.pairs)} commands, "
@@ -108,6 +129,8 @@ class SessionTracker:
         min_commands: int = 3,
         max_commands: int = 1000,
         max_open: int = 10000,
+        close_on: Iterable[str] = (),
+        fold_repeats: bool = False,
     ):
         if idle_seconds <= 0 or min_commands < 1 or max_commands < 1 or max_open < 1:
             raise ValueError("idle_seconds, min_commands, max_commands and max_open must be positive")
@@ -115,6 +138,10 @@ class SessionTracker:
         self.min_commands = min_commands
         self.max_commands = max_commands
         self.max_open = max_open
+        # Real-time learning: a session that receives one of these commands is finished at once.
+        self.close_on = frozenset(close_on)
+        # With folding, min_commands counts the commands a session has once its repeats are folded.
+        self.fold_repeats = fold_repeats
         # Ordered by last arrival: the first entry is always the longest idle,
         # so the next deadline and eviction are O(1).
         self._open: OrderedDict[str, _OpenSession] = OrderedDict()
@@ -138,6 +165,7 @@ class SessionTracker:
         idle = self.idle_seconds
         max_commands = self.max_commands
         max_open = self.max_open
+        close_on = self.close_on
         for rowid, session_id, pair, timestamp in events:
             session = get(session_id)
             if session is None:
@@ -162,7 +190,19 @@ class SessionTracker:
             if len(session.pairs) >= max_commands:
                 del sessions[session_id]
                 closed.append(finish(session, "chunk"))
+            elif close_on and pair[0] in close_on:
+                # Per id and in rowid order, like the cut: the same on any read or replay.
+                del sessions[session_id]
+                closed.append(finish(session, "close_on"))
         return closed
+
+    def note_unmapped(self, counts: Mapping[str, int]) -> None:
+        """Rows of unmapped types, per id, read in the last batch: they count against its open session."""
+        sessions = self._open
+        for session_id, count in counts.items():
+            session = sessions.get(session_id)
+            if session is not None:
+                session.unmapped += count
 
     # -- closing -------------------------------------------------------------
 
@@ -190,13 +230,14 @@ class SessionTracker:
         return closed
 
     def _finish(self, session: _OpenSession, reason: str) -> ClosedSession:
-        learnable = len(session.pairs) >= self.min_commands
+        length = folded_length([command for command, _ in session.pairs]) if self.fold_repeats else len(session.pairs)
+        learnable = length >= self.min_commands
         self.closed_count += 1
         if not learnable:
             self.too_short_count += 1
         return ClosedSession(
             session.session_id, session.pairs, session.times, session.first_rowid, session.last_rowid, reason,
-            learnable,
+            learnable, session.unmapped,
         )
 
     # -- questions the service loop asks ---------------------------------------

@@ -24,6 +24,8 @@ START, END = "^", "$"
 ALPHA = 0.5
 MIN_HISTORY = 200
 FLAG_PERCENTILE = 99.0
+# Sessions learned between two draws of the threshold.
+RECOMPUTE_EVERY = 500
 
 
 def _folded(names: Sequence[str]) -> List[str]:
@@ -84,20 +86,33 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class UnusualDetector:
-    """A model over the history plus the flagging threshold drawn from it."""
+    """A model over the history plus the flagging threshold drawn from it.
 
-    def __init__(self, history: Iterable[Sequence[str]], min_history: int = MIN_HISTORY,
-                 flag_percentile: float = FLAG_PERCENTILE, alpha: float = ALPHA):
+    `learn` adds each newly settled session; the threshold is drawn again
+    from the scores every RECOMPUTE_EVERY sessions (and as soon as the model
+    has seen MIN_HISTORY), so the service's view follows the user's habits.
+    """
+
+    def __init__(self, history: Iterable[Sequence[str]] = (), min_history: int = MIN_HISTORY,
+                 flag_percentile: float = FLAG_PERCENTILE, alpha: float = ALPHA, max_scores: int = 100_000):
         self.model = TransitionModel(alpha)
         self.min_history = min_history
         self.flag_percentile = flag_percentile
+        self.max_scores = max_scores
         sessions = [list(names) for names in history if names]
         for names in sessions:
             self.model.add(names)
-        scores = [score.value for score in map(self.model.score, sessions) if score is not None]
-        self.threshold: Optional[float] = (
-            percentile(scores, flag_percentile) if len(scores) >= min_history else None
-        )
+        self._scores: List[float] = [score.value for score in map(self.model.score, sessions) if score is not None]
+        self._learned_since = 0
+        self.threshold: Optional[float] = None
+        self._draw_threshold()
+
+    def _draw_threshold(self) -> None:
+        if len(self._scores) > self.max_scores:
+            del self._scores[: len(self._scores) - self.max_scores]
+        if self.model.sessions >= self.min_history and self._scores:
+            self.threshold = percentile(self._scores, self.flag_percentile)
+        self._learned_since = 0
 
     @property
     def ready(self) -> bool:
@@ -109,3 +124,16 @@ class UnusualDetector:
         if score is None or self.threshold is None:
             return score, False
         return score, score.value > self.threshold
+
+    def learn(self, names: Sequence[str]) -> None:
+        """A settled session joins the model (after it was judged)."""
+        if not names:
+            return
+        self.model.add(names)
+        score = self.model.score(names)
+        if score is not None:
+            self._scores.append(score.value)
+        self._learned_since += 1
+        first_time = self.threshold is None and self.model.sessions >= self.min_history
+        if self._learned_since >= RECOMPUTE_EVERY or first_time:
+            self._draw_threshold()

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # How settled sessions ended, as `history` shows them.
 LEARNED, NOT_LEARNED, REJECTED, TOO_SHORT, LOW_QUALITY, DROPPED = (
     "learned", "not_learned", "rejected", "too_short", "low_quality", "dropped")
+# Sessions that were sent: what the unusual-session model learns from.
+SENT_SETTLEMENTS = (LEARNED, NOT_LEARNED, REJECTED)
 PRUNE_BATCH = 500
 
 _SCHEMA = """
@@ -266,9 +268,12 @@ class HistoryStore:
 
     def sessions(self, since: Optional[float] = None, until: Optional[float] = None,
                  session_id: Optional[str] = None, limit: Optional[int] = None,
-                 oldest_first: bool = False) -> List[Entry]:
+                 oldest_first: bool = False, settled: Optional[Sequence[str]] = None) -> List[Entry]:
         clauses: List[str] = []
         values: List[Any] = []
+        if settled is not None:
+            clauses.append(f"settled IN ({','.join('?' * len(settled))})")
+            values.extend(settled)
         if since is not None:
             clauses.append("last_time >= ?")
             values.append(since)

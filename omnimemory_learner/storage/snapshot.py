@@ -60,6 +60,7 @@ def statistics(store: StateStore, open_sessions: int = 0) -> dict:
         "events_ignored": counters.get("events_ignored", 0),
         "sessions_too_short": counters.get("sessions_too_short", 0),
         "sessions_evicted": counters.get("sessions_evicted", 0),
+        "sessions_low_quality": counters.get("sessions_low_quality", 0),
         "sessions_not_learned": counters.get("sessions_not_learned", 0),
         "sessions_rejected_total": counters.get("sessions_rejected", 0),
         "outbox_pending": statuses.get("pending", 0),

@@ -36,8 +36,9 @@ import sys
 import time
 from array import array
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from ..core.folding import fold_runs
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE, ensure_private_dir
 
@@ -47,7 +48,9 @@ _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).en
 _BIG_ENDIAN = sys.byteorder == "big"
 
 PENDING, REJECTED, LEARNED, NOT_LEARNED, TOO_SHORT = "pending", "rejected", "learned", "not_learned", "too_short"
-DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT)
+LOW_QUALITY = "low_quality"
+DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT, LOW_QUALITY)
+_DONE_MARKS = ",".join("?" * len(DONE_STATUSES))
 
 COUNTERS = (
     "events_processed",
@@ -55,6 +58,7 @@ COUNTERS = (
     "events_ignored",
     "sessions_created",
     "sessions_too_short",
+    "sessions_low_quality",
     "sessions_evicted",
     "patterns_learned",
     "sessions_not_learned",
@@ -84,7 +88,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     delivered_at REAL,
     next_attempt_at REAL,  -- these three: see _ADDED_COLUMNS
     failures INTEGER NOT NULL DEFAULT 0,
-    first_failed_at REAL
+    first_failed_at REAL,
+    quality REAL,
+    unusual TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
 CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
@@ -99,6 +105,10 @@ _ADDED_COLUMNS = (
     # and when the first of them happened: together they park it.
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
     ("first_failed_at", "REAL"),
+    # The session's quality score (sent with it) and, when it was flagged as
+    # unusual, JSON [score, "a -> b"]: the history records both when it settles.
+    ("quality", "REAL"),
+    ("unusual", "TEXT"),
 )
 
 
@@ -120,17 +130,28 @@ class PendingSession(NamedTuple):
     commands: list  # [(command, timestamp, event_type), ...]
     attempts: int
     failures: int = 0  # the session's own failures (see StateStore.blame_failure)
+    quality: Optional[float] = None
+    unusual: Optional[str] = None  # JSON [score, "a -> b"] when flagged
+    reason: Optional[str] = None  # why it closed
 
-    def body(self) -> dict:
-        return {
-            "session_commands": [
+    def body(self, fold_repeats: bool = False) -> dict:
+        if fold_repeats:
+            commands = [run.as_payload() for run in fold_runs(self.commands)]
+        else:
+            commands = [
                 {"command": command, "timestamp": timestamp, "context": {"event_type": event_type}}
                 for command, timestamp, event_type in self.commands
-            ],
+            ]
+        body: Dict[str, Any] = {
+            "session_commands": commands,
+            # Inferred on the commands before folding.
             "session_outcome": self.outcome,
             "session_id": self.session_id,
             "tool_id": "omnimemory-learner",
         }
+        if self.quality is not None:
+            body["quality"] = self.quality
+        return body
 
 
 class _PairJSON(dict):
@@ -345,17 +366,20 @@ class StateStore:
         rows: List[tuple] = []
         for index, session in enumerate(closed):
             key = keys[32 * index:32 * index + 32]
-            if session.learnable:
+            unusual = _compact_json(list(session.unusual)) if session.unusual else None
+            if session.learnable and not session.low_quality:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
-                             session.outcome, len(session.pairs), encode_commands(session), session.reason, now))
+                             session.outcome, len(session.pairs), encode_commands(session), session.reason, now,
+                             session.quality, unusual))
             elif session.last_rowid > resume_after:
-                # Too short: kept only as a marker while a replay could meet its rows.
+                # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
-                             TOO_SHORT, None, len(session.pairs), None, session.reason, now))
+                             LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
+                             session.reason, now, session.quality, None))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-                " n_commands, commands, reason, closed_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " n_commands, commands, reason, closed_at, quality, unusual) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             db.executemany(
@@ -370,14 +394,15 @@ class StateStore:
             self._add_counters(db, counters)
             # Markers below the low-water mark can never be met again.
             db.execute(
-                "DELETE FROM sessions WHERE last_rowid <= ? AND status IN (?, ?, ?)", (resume_after, *DONE_STATUSES)
+                f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
+                (resume_after, *DONE_STATUSES),
             )
         return sum(1 for row in rows if row[4] == PENDING)
 
     def forget_database(self) -> None:
         """The events database was replaced: its rowids mean nothing any more."""
         with self._transaction() as db:
-            db.execute("DELETE FROM sessions WHERE status IN (?, ?, ?)", DONE_STATUSES)
+            db.execute(f"DELETE FROM sessions WHERE status IN ({_DONE_MARKS})", DONE_STATUSES)
             # Undelivered sessions stay; their rows are renumbered so no replay meets them.
             db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
             db.executemany(
@@ -399,9 +424,11 @@ class StateStore:
         self._ensure_file()  # another connection may have restored a deleted file
         due = "" if due_by is None else " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
         return [
-            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), row[5], row[6])
+            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), row[5], row[6], row[7], row[8],
+                           row[9])
             for row in self._db.execute(
-                "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures FROM sessions"
+                "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, unusual,"
+                " reason FROM sessions"
                 f" WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
                 (PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
             )
