@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import RecordingAPI, create_db, insert_events, learner_env  # noqa: E402
+from helpers import RecordingAPI, create_db, insert_events, learner_env
 
 WORKFLOWS = [  # (weight, event types)
     (6, ["git_pull", "file_open", "code_edit", "code_edit", "file_save", "test_run", "git_commit", "git_push"]),

@@ -113,7 +113,7 @@ def classify(answer: Answer) -> Tuple[str, Optional[str]]:
     if status == 200:
         try:
             body = answer.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
             # A 200 that is not JSON did not come from the procedural API
             # (a proxy, a captive page): it is not proof of learning.
             return Verdict.RETRY, f"200 with a body that is not JSON: {_body_text(answer)!r}"
@@ -140,15 +140,15 @@ def retry_after(answer: Answer, now: float) -> Optional[float]:
     value = (answer.headers.get("retry-after") or "").strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true, and float() refuses it
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when is None or when.tzinfo is None:
+            return None  # an HTTP date is GMT; one without a zone is not one
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    if when is None or when.tzinfo is None:
-        return None  # an HTTP date is GMT; one without a zone is not one
-    return max(0.0, when.timestamp() - now)
 
 
 # -- one bounded request ------------------------------------------------------------
@@ -580,8 +580,12 @@ class Deliverer:
                 content=json.dumps(body, separators=(",", ":")).encode(),
                 headers={"Content-Type": "application/json", "Idempotency-Key": session.idempotency_key},
             )
-            verdict, detail = classify(answer)
-            asked_wait = retry_after(answer, time.time())
+            try:
+                verdict, detail = classify(answer)
+                asked_wait = retry_after(answer, time.time())
+            except Exception as error:  # noqa: BLE001 - an answer we cannot read must not kill the thread
+                # (which would resend the session after a restart of the thread, even after a 200).
+                verdict, detail = Verdict.RETRY, f"an answer that cannot be read ({type(error).__name__})"
             problem = f"Procedural API failed for session {session.session_id}: {detail}"
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             connected = False

@@ -700,3 +700,23 @@ def test_a_lone_failing_session_backs_off_but_is_not_parked_without_evidence(tmp
     line = next(line for line in capsys.readouterr().out.splitlines() if " alone " in line)
     assert "pending" in line and time.strftime(" %H:%M:%S ", time.localtime(due)) in line
     assert "HTTP 500: later" in line
+
+
+def test_answers_that_broke_the_delivery_thread_are_ordinary_verdicts(tmp_path):
+    """Hostile review: each of these escaped the thread's handlers and resent a learned session."""
+    from omnimemory_learner.delivery import Answer, Verdict, classify, retry_after
+    from omnimemory_learner.storage.state import StateStore
+
+    nested = Answer(200, {}, b"[" * 20_000, False)
+    assert classify(nested)[0] == Verdict.RETRY
+    verdict, pattern_id = classify(Answer(200, {}, b'{"pattern_id": "p\\ud800\\n<0>x"}', False))
+    assert verdict == Verdict.LEARNED
+    pattern_id.encode("utf-8")  # storable: the lone surrogate is shown as its escape
+    assert pattern_id == "p\\ud800\n<0>x"
+    store = StateStore(tmp_path)
+    store.commit(0, 3, None, [ClosedSession.from_commands("s", [("open_file", 1.0, "file_open")] * 3, 1, 3)], {})
+    store.mark_delivered(store.pending()[0].id, pattern_id)  # raised UnicodeEncodeError before
+    store.close()
+    for value in ("\xb2", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "soon", "-5", "1e3"):
+        assert retry_after(Answer(429, {"retry-after": value}, b"", False), 0.0) is None, value
+    assert retry_after(Answer(503, {"retry-after": "7"}, b"", False), 0.0) == 7.0

@@ -28,6 +28,7 @@ Callers pass `now` (monotonic seconds) in; nothing here reads a clock.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -272,13 +273,24 @@ def drop_replayed(
     sessions that were already closed (and are in the outbox or delivered)
     come by again and must not form a session a second time.  A closed
     session owns every event of its id between its first and last rowid.
+    Each id's ranges must be sorted by first rowid (StateStore.closed_ranges
+    gives them so).
     """
     if not closed_ranges:
         return events
+    # The ranges of one id do not overlap (its sessions follow each other in
+    # rowid order) and come sorted by first rowid: a bisect finds the one that
+    # could hold a row, so an id with many closed sessions costs log(n) a row.
     kept = []
     for event in events:
         ranges = closed_ranges.get(event[1])
-        if ranges and any(first <= event[0] <= last for first, last in ranges):
-            continue
+        if ranges:
+            index = bisect_right(ranges, (event[0], _AFTER_ANY_ROWID)) - 1
+            if index >= 0 and event[0] <= ranges[index][1]:
+                continue
         kept.append(event)
     return kept
+
+
+# Greater than any rowid (SQLite's are 64-bit): (rowid, this) sorts after every (rowid, last).
+_AFTER_ANY_ROWID = 1 << 64

@@ -338,10 +338,11 @@ class StateStore:
         )
 
     def closed_ranges(self, after_rowid: int) -> Dict[str, List[Tuple[int, int]]]:
-        """Row ranges of closed sessions still above the low-water mark."""
+        """Row ranges of closed sessions still above the low-water mark, each id's sorted by first rowid."""
         ranges: Dict[str, List[Tuple[int, int]]] = {}
         for session_id, first, last in self._db.execute(
-            "SELECT session_id, first_rowid, last_rowid FROM sessions WHERE last_rowid > ?", (after_rowid,)
+            "SELECT session_id, first_rowid, last_rowid FROM sessions WHERE last_rowid > ? ORDER BY first_rowid",
+            (after_rowid,),
         ):
             ranges.setdefault(session_id, []).append((first, last))
         return ranges

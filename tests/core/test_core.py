@@ -1,6 +1,8 @@
 """The pure core: mapping, outcome, sessions.  No I/O; time is passed in."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP, build_event_map, command_pairs
 from omnimemory_learner.core.outcome import infer_outcome
@@ -184,3 +186,15 @@ def test_drop_replayed_skips_events_of_closed_sessions_only():
 def test_invalid_tracker_settings_are_refused():
     with pytest.raises(ValueError):
         SessionTracker(0)
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 6)), max_size=40), st.data())
+def test_drop_replayed_equals_a_plain_scan_of_the_ranges(plan, data):
+    """Each id's sessions follow each other: disjoint ranges, sorted by first rowid (as the store gives)."""
+    ranges, rowid = {}, 0
+    for session_id, length in plan:
+        ranges.setdefault(session_id, []).append((rowid + 1, rowid + length))
+        rowid += length + data.draw(st.integers(0, 3))
+    events = [(r, data.draw(st.sampled_from("abcd")), ("edit_code", "code_edit"), 1.0) for r in range(1, rowid + 3)]
+    plain = [e for e in events if not any(first <= e[0] <= last for first, last in ranges.get(e[1], []))]
+    assert list(drop_replayed(events, ranges)) == plain
