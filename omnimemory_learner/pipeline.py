@@ -248,7 +248,11 @@ class Pipeline:
     def _note_unavailable(self, problem: Unavailable) -> None:
         previous = self.unavailable
         self.unavailable = problem
-        self.caught_up = True
+        if problem.kind != "locked":
+            # Nothing more can be read for now: open sessions finish by processing
+            # time.  A lock is brief: a backlog read half-way is not caught up, or
+            # processing time would cut its sessions (hostile review).
+            self.caught_up = True
         if previous is not None and previous.kind == problem.kind:
             return  # said once, not every poll
         if problem.kind in ("missing", "no-table"):
