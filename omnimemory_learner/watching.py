@@ -27,6 +27,9 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 log = logging.getLogger(__name__)
 
+# Events a reader causes (watchdog 3+ reports them with inotify): they say
+# nothing about new rows, and the learner's own opening of the database makes them.
+READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
 # Seconds after the last file event at which the loop checks again.
 RECHECK_OFFSETS = (0.001, 0.005, 0.02, 0.05, 0.1, 0.25, 1.0)
 # File systems where inotify does not see other machines' writes.
@@ -135,6 +138,8 @@ class DatabaseWatcher:
 
             def on_any_event(self, event):
                 # Cheap, and the only thing done on the observer's thread.
+                if event.event_type in READ_ONLY_EVENTS:
+                    return  # our own reads: waking on them would read again, and again (a spin)
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     if not path:
                         continue

@@ -439,3 +439,10 @@ def journald_answers(socket_path="/run/systemd/journal/socket"):
         return False
     finally:
         probe.close()
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process, from /proc/PID/stat (fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

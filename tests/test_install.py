@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, RecordingAPI, create_db, insert_events, learner_env, output_of, start_learner, wait_until
 
+from omnimemory_learner.cli.service import learner_files
 from omnimemory_learner.system.installer import (
     InstallError,
     InstallPaths,
@@ -163,9 +164,29 @@ def test_uninstall_purge_removes_state_and_logs_and_nothing_else(home):
     (home / ".local/state/omnimemory-learner").mkdir(parents=True)
     (home / ".local/state/omnimemory-learner/state.db").write_bytes(b"x")
     (home / ".omnimemory/logs/workflow-learner.log").write_text("a log line\n")
-    uninstall(installer, [installer.paths.state_dir, installer.paths.log_dir])
+    uninstall(installer, learner_files(installer.paths.state_dir, home / ".omnimemory/logs/workflow-learner.log"))
     # .local/state is not ours (the learner's state directory is); it stays, empty.
     assert set(tree(home)) - set(before) == {".local", ".local/state"}
+
+
+def test_purge_removes_only_the_learners_files_even_when_pointed_at_home(home, monkeypatch):
+    """Hostile review: with log_file in the home directory, --purge removed the whole home."""
+    monkeypatch.setenv("HOME", str(home))
+    program = fake_program(home / "venv" / "bin")
+    installer = installer_for(user_paths(home, program), "linux")
+    install(installer, start=False)
+    (home / "Documents").mkdir()
+    (home / "Documents" / "thesis.txt").write_text("years of work\n")
+    (home / "learner.log").write_text("ours\n")
+    (home / "learner.log.1.gz").write_bytes(b"ours, rotated")
+    (home / "memory-daemon.log").write_text("another program's\n")
+    (home / "state.db").write_bytes(b"ours")
+    report = uninstall(installer, learner_files(home, home / "learner.log"))
+    assert (home / "Documents" / "thesis.txt").read_text() == "years of work\n"
+    assert (home / "memory-daemon.log").exists() and (home / ".config" / "mine.conf").exists()
+    assert not (home / "learner.log").exists() and not (home / "learner.log.1.gz").exists()
+    assert not (home / "state.db").exists()
+    assert home not in report.removed and home.is_dir()
 
 
 def test_uninstall_without_a_manifest_touches_nothing(home):

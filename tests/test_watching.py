@@ -12,10 +12,13 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import time
 
+import pytest
 from helpers import (
     IDLE_MINUTES,
+    cpu_seconds,
     create_db,
     insert_events,
     learner_env,
@@ -204,3 +207,33 @@ def test_check_notices_repointing_and_a_recreated_directory_in_process(tmp_path)
         assert not watcher.start() and "does not exist yet" in watcher.reason
     finally:
         watcher.stop()
+
+
+@pytest.mark.parametrize("problem", ["no table", "a view", "corrupt"])
+def test_a_database_with_a_problem_does_not_wake_the_watcher_with_our_own_reads(tmp_path, problem):
+    """Hostile review: each read-only opening made inotify 'opened'/'closed_no_write' events, which
+    woke the loop to read again: a core spun while the database had no events table."""
+    directory = tmp_path / "db"
+    directory.mkdir()
+    db = directory / "memory_data.db"
+    connection = sqlite3.connect(str(db))
+    if problem == "a view":
+        connection.execute("CREATE TABLE other (x)")
+        connection.execute("CREATE VIEW events AS SELECT x AS timestamp, x AS event_type, x AS session_id FROM other")
+    elif problem == "no table":
+        connection.execute("CREATE TABLE other (x)")
+    connection.commit()
+    connection.close()
+    if problem == "corrupt":
+        db.write_bytes(b"not a database at all" * 100)
+    env = learner_env(tmp_path, "http://127.0.0.1:9", db, OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=30)
+    learner = start_learner(env, "run")
+    try:
+        assert wait_until(lambda: "Watching" in output_of(learner), 20), output_of(learner)
+        time.sleep(1.0)
+        before = cpu_seconds(learner.pid)
+        time.sleep(5.0)
+        used = cpu_seconds(learner.pid) - before
+        assert used < 0.5, f"{used:.2f} CPU s in 5 s"
+    finally:
+        stop(learner)

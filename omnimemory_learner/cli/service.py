@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..config import Config, defaults
+from ..storage.files import HISTORY_FILE, LOCK_FILE, SNAPSHOT_FILE, STATE_FILE
 from ..system.installer import (
     PROGRAM_NAME,
     Installer,
@@ -45,15 +46,17 @@ def service(config: Optional[Config], action: str, no_start: bool = False, purge
     """`config` is None when the configuration is invalid: uninstall and status still work, on default paths."""
     if config is None:
         values = defaults()
-        state_dir, log_dir = values["state_dir"], values["log_file"].parent
-        echo(f"(the configuration is invalid: using the default paths {state_dir} and {log_dir})")
+        state_dir, log_file = values["state_dir"], values["log_file"]
+        echo(f"(the configuration is invalid: using the default paths {state_dir} and {log_file.parent})")
     else:
-        state_dir, log_dir = config.state_dir, config.log_file.parent
+        state_dir, log_file = config.state_dir, config.log_file
+    log_dir = log_file.parent
     try:
         if action == "install":
             return _install(_installer(state_dir, log_dir, need_program=True), no_start)
         if action == "uninstall":
-            return _uninstall(_installer(state_dir, log_dir, need_program=False), purge)
+            return _uninstall(_installer(state_dir, log_dir, need_program=False),
+                              learner_files(state_dir, log_file) if purge else None)
         return _status(_installer(state_dir, log_dir, need_program=False))
     except InstallError as problem:
         error(str(problem))
@@ -82,10 +85,21 @@ def _install(installer: Installer, no_start: bool) -> int:
     return EX_OK
 
 
-def _uninstall(installer: Installer, purge: bool) -> int:
+def learner_files(state_dir: Path, log_file: Path) -> List[Path]:
+    """The files the learner itself makes under state_dir and for its log (and rotations): what --purge removes."""
+    files = [state_dir / name for name in (LOCK_FILE, SNAPSHOT_FILE)]
+    for database in (STATE_FILE, HISTORY_FILE):
+        files += [state_dir / (database + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    files += sorted(state_dir.glob(".status.*")) + sorted(state_dir.glob(HISTORY_FILE + ".corrupt-*"))
+    files += [log_file, *sorted(log_file.parent.glob(log_file.name + ".*")),
+              *sorted(log_file.parent.glob(log_file.name + "-*"))]
+    return files
+
+
+def _uninstall(installer: Installer, purge_files: Optional[List[Path]]) -> int:
     paths = installer.paths
-    purge_dirs: List[Path] = [paths.state_dir, paths.log_dir] if purge else []
-    report = uninstall(installer, purge_dirs)
+    purge = purge_files is not None
+    report = uninstall(installer, purge_files or [])
     for action in report.actions:
         echo(action)
     for path in report.removed:

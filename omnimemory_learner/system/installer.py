@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -314,8 +313,13 @@ def install(installer: Installer, start: bool = True) -> Report:
     return report
 
 
-def uninstall(installer: Installer, purge_dirs: Sequence[Path] = ()) -> Report:
-    """Stop, then remove exactly what the manifest lists; `purge_dirs` (state, logs) only when asked."""
+def uninstall(installer: Installer, purge_files: Sequence[Path] = ()) -> Report:
+    """Stop, then remove exactly what the manifest lists; `purge_files` (state, logs) only when asked.
+
+    Purging removes those files, never a directory's other content: a state
+    directory or log directory shared with anything else (even the home
+    directory, if the configuration points there) keeps what is not ours.
+    """
     paths = installer.paths
     report = Report()
     manifest = read_manifest(paths.manifest)
@@ -329,10 +333,20 @@ def uninstall(installer: Installer, purge_dirs: Sequence[Path] = ()) -> Report:
                 path.unlink()
                 report.removed.append(path)
         installer.after_removal(report)
-    for directory in purge_dirs:
-        if directory.exists():
-            shutil.rmtree(directory)
+    home = Path.home().resolve()
+    for path in purge_files:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            report.removed.append(path)
+    for directory in sorted({path.parent for path in purge_files}, key=lambda p: len(p.parts), reverse=True):
+        resolved = directory.resolve()
+        if resolved == home or resolved in home.parents:
+            continue  # never the home directory or above it, even when empty
+        try:
+            directory.rmdir()  # only when nothing else is left in it
             report.removed.append(directory)
+        except OSError:
+            pass
     # Innermost first; a directory that holds anything else (a user's file, logs) stays.
     for directory in sorted(manifest_paths(manifest, "directories"), key=lambda p: len(p.parts), reverse=True):
         try:

@@ -18,6 +18,7 @@ import pytest
 from helpers import (
     IDLE_MINUTES,
     RecordingAPI,
+    cpu_seconds,
     create_db,
     delivered_once,
     free_port,
@@ -264,13 +265,6 @@ def test_state_store_deleted_while_running(tmp_path):
         assert_restart_sends_nothing_again(env, api, 10)
     finally:
         api.stop()
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process, from /proc/PID/stat (fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_state_store_failing_mid_catch_up_does_not_spin(tmp_path, small_filesystem):
