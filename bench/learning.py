@@ -31,60 +31,27 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import cpu_seconds
+from run import MinimalAPI
 
 from omnimemory_learner.core.graph import recurrence, summarize
 from omnimemory_learner.core.identity import session_key
 from omnimemory_learner.core.sessions import SessionTracker
 from omnimemory_learner.storage.history import Entry, HistoryStore
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
-
-
-class TimedAPI:
-    """A /learn server that records when each POST arrived (CLOCK_MONOTONIC)."""
-
-    def __init__(self):
-        self.arrivals = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                arrived = time.monotonic()
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                api.arrivals.append((body["session_id"], arrived))
-                answer = b'{"pattern_id": "abc123def456", "message": "learned"}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def service_env(work: Path, db: Path, api_url: str, **extra) -> dict:
@@ -124,7 +91,7 @@ for n in range(int(sys.argv[2])):
 def bench_close_on(work: Path, sessions: int) -> dict:
     db = work / "events.db"
     make_db(db)
-    api = TimedAPI()
+    api = MinimalAPI(record_arrivals=True)
     env = service_env(work, db, api.url, close_on="push_changes", session_idle_minutes=60)
     service = subprocess.Popen([sys.executable, "-m", "omnimemory_learner", "run"], env=env, cwd=str(ROOT),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -246,20 +213,14 @@ def bench_idle(work: Path, pending: int, history: int, seconds: float) -> dict:
         while time.monotonic() < deadline and pending_now() < pending:
             time.sleep(1)
         time.sleep(10)  # the catch-up's last commits and the first backoff
-        first = cpu_of(service.pid)
+        first = cpu_seconds(service.pid)
         time.sleep(seconds)
-        used = cpu_of(service.pid) - first
+        used = cpu_seconds(service.pid) - first
     finally:
         service.terminate()
         service.wait(30)
     return {"pending": pending_now(), "history": history, "seconds": seconds,
             "cpu_s_per_min": round(used * 60 / seconds, 4), "target": 0.05}
-
-
-def cpu_of(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def main() -> int:

@@ -368,10 +368,15 @@ def percentile(values, p):
 # -- delivery --------------------------------------------------------------------------------
 
 class MinimalAPI:
-    """A minimal keep-alive /learn server; `delay` makes it a slow one."""
+    """A minimal keep-alive /learn server; `delay` makes it a slow one.
 
-    def __init__(self, delay=0.0):
+    With `record_arrivals`, it keeps (session_id, CLOCK_MONOTONIC) of each POST
+    as it arrived (parsing the body: only where a latency is measured).
+    """
+
+    def __init__(self, delay=0.0, record_arrivals=False):
         self.count = 0
+        self.arrivals = []
         delay_seconds = delay
         api = self
 
@@ -383,7 +388,10 @@ class MinimalAPI:
                 pass
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                arrived = time.monotonic()
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if record_arrivals:
+                    api.arrivals.append((json.loads(raw)["session_id"], arrived))
                 if delay_seconds:
                     time.sleep(delay_seconds)
                 api.count += 1
