@@ -148,7 +148,9 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
             if value.upper() not in LOG_LEVELS:
                 raise bad("expected one of " + ", ".join(LOG_LEVELS))
             return value.upper()
-        if any(not char.isprintable() or char.isspace() for char in value):
+        # httpx refuses ASCII controls and spaces in a URL on every request; other
+        # characters (even odd Unicode ones) it percent-encodes: they are shown escaped.
+        if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in value):
             raise bad("a URL has no spaces or control characters")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:

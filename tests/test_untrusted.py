@@ -158,8 +158,9 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
         assert "Session \\u202eright-to-left was not learned" in text
         assert "Learning from session <2>\\n<3>forged priority" in text
         assert "Learning from session " + "\\x1b[31m" * 102 + "\\x1b[: 3 commands" in text
-        # The rejection line quotes 2,000 characters of the body: cut at 1,000 with a mark.
-        assert "...[1" in text and " more characters]" in text
+        # The rejection line quotes the body cut at delivery's 500 characters, with a mark.
+        rejection = next(line for line in text.splitlines() if "rejected session back" in line)
+        assert rejection.endswith("zzz...") and len(rejection) < 1000
         assert "Memory daemon DB: " + str(tmp_path) + "/odd\\n\\x1b[31mdir\\u202e/memory_data.db" in text
 
     # status: fixed lines, odd path and URL escaped; --json exact.
@@ -179,12 +180,12 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
     result = run_learner(env, "outbox")
     assert result.returncode == 0 and unsafe_characters(result.stdout) == []
     lines = result.stdout.splitlines()
-    assert len(lines) == 3 and lines[0].split() == ["ID", "STATUS", "SESSION", "CMDS", "OUTCOME", "TRIES", "LAST",
-                                                    "ERROR"]
+    assert len(lines) == 3 and lines[0].split() == ["ID", "STATUS", "SESSION", "CMDS", "OUTCOME", "TRIES", "NEXT",
+                                                    "TRY", "LAST", "ERROR"]
     shown_ids = sorted(line.split()[2] for line in lines[1:])
     assert shown_ids == ["back\\\\slash\\r\\n", "nul\\x00byte"]
-    # 60 characters of the error (itself 2,000 characters of the body), then the mark.
-    assert all(re.search(r"  HTTP 422: .*\.\.\.\[1950 more characters\]$", line) for line in lines[1:]), lines
+    # The start of the error (itself the body cut at 500 characters), then the mark.
+    assert all(re.search(r"  HTTP 422: .*\.\.\.\[\d+ more characters\]$", line) for line in lines[1:]), lines
     entries = json.loads(run_learner(env, "outbox", "--json").stdout)
     assert sorted(entry["session_id"] for entry in entries) == sorted([NUL, BACKSLASH])
 
@@ -200,10 +201,11 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
                in line for line in lines), lines
     contract = next(line for line in lines if " api contract: " in line)
     assert contract.startswith("problem  api contract: POST /learn answered HTTP 418: bad\\n2026")
-    assert contract.endswith(" more characters]")
+    assert contract.endswith("zzz...")  # the answer cut at 200 characters, with a mark
     checks = json.loads(run_learner(env, "doctor", "--json").stdout)
     assert any(check["name"] == "database" and str(db) in check["message"] for check in checks)
-    assert any(check["name"] == "api contract" and HOSTILE_BODY in check["message"] for check in checks)
+    # Exact (nothing escaped) in --json, and as bounded as the human line: the body's first 200 characters.
+    assert any(check["name"] == "api contract" and HOSTILE_BODY[:200] + "..." in check["message"] for check in checks)
 
     # backfill: the API fails every new session with a hostile body; its messages stay one line each.
     api.fallback = (500, HOSTILE_BODY)

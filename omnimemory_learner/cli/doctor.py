@@ -212,7 +212,8 @@ def check_api(config: Config) -> List[Check]:
         if target is not None:
             message = f"POST /learn answered HTTP {learn.status_code}, a redirect to {target} (not followed)"
         else:
-            message = f"POST /learn answered HTTP {learn.status_code}: {learn.text}" + (
+            text = learn.text if len(learn.text) <= 200 else learn.text[:200] + "..."
+            message = f"POST /learn answered HTTP {learn.status_code}: {text}" + (
                 f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else "")
         checks.append(Check("api contract", PROBLEM, message, "check the procedural service's log"))
     return checks
