@@ -7,6 +7,7 @@ in one batch, arbitrary batch boundaries, and restarts at arbitrary rows through
 pipeline (replay from the committed low-water position, closed sessions' rows dropped).
 """
 
+import dataclasses
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -163,7 +164,7 @@ def pipeline_config(work: Path, db: Path, batch_size: int, max_commands, max_ope
     })
 
 
-def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_open=1000):
+def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_open=1000, closing=frozenset()):
     """Read the stream with the real pipeline, killed after the given numbers of batches and
     started again each time; returns every session in the outbox and the evicted counter."""
     with tempfile.TemporaryDirectory() as temporary:
@@ -173,10 +174,13 @@ def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_op
         connection.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL,"
                            " event_type TEXT, session_id TEXT)")
         connection.executemany("INSERT INTO events (id, timestamp, event_type, session_id) VALUES (?, ?, ?, ?)",
-                               [(rowid, t, "code_edit", sid) for rowid, sid, t in events])
+                               [(rowid, t, "git_push" if rowid in closing else "code_edit", sid)
+                                for rowid, sid, t in events])
         connection.commit()
         connection.close()
         config = pipeline_config(work, db, batch_size, max_commands, max_open)
+        if closing:
+            config = dataclasses.replace(config, close_on=("push_changes",))
         commit_after = iter(commits * 100)
         for kill_after in list(kills) + [None]:
             pipeline = Pipeline(config, clock=lambda: 0.0)
@@ -247,3 +251,28 @@ def test_an_eviction_by_the_cap_is_counted_and_logged(caplog):
     assert evicted == 2 and sorted((sid, first, last) for sid, first, last, _, _ in stored) == [
         ("a", 1, 1), ("a", 4, 4), ("b", 2, 2), ("c", 3, 3)]
     assert "2 session(s) closed early by the open-session cap" in caplog.text
+
+
+# -- close_on (issue 11): the same cuts on any read, batch boundaries and restarts -----------------
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_streams(), st.lists(st.integers(0, 60), max_size=12), st.sets(st.integers(1, 60), max_size=15))
+def test_close_on_in_any_batches_is_cut_as_the_reference_cuts(events, cuts, closing):
+    closers = {f"c{rowid}" for rowid in closing}
+    tracker = SessionTracker(IDLE, min_commands=1, max_open=1000, close_on=closers)
+    closed = []
+    for batch in batches(mapped(events), cuts):
+        closed += tracker.feed(batch, now=0.0)
+    closed += tracker.close_all()
+    expected = reference_sessions(events, IDLE, closing=frozenset(closing))
+    assert rows_of(closed) == sorted(expected)
+    assert in_exactly_one_session(events, expected)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_streams(), st.integers(1, 7), st.lists(st.integers(1, 5), max_size=6),
+       st.lists(st.booleans(), min_size=1, max_size=8), st.sets(st.integers(1, 60), max_size=15))
+def test_close_on_with_restarts_gives_the_reference_sessions_exactly_once(events, batch_size, kills, commits,
+                                                                         closing):
+    stored, _ = run_with_kills(events, batch_size, kills, commits, closing=frozenset(closing))
+    assert sorted(stored) == sorted(as_stored(events, reference_sessions(events, IDLE, closing=frozenset(closing))))
