@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.folding import fold_runs
+from ..core.identity import key_of_pairs
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE, ensure_private_dir
 
@@ -71,7 +72,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
-    -- 128 random bits: unique without an index (one cost 2 us per session in a catch-up).
+    -- The session's content key (core/identity.py): the same session read twice gets the same key.
     idempotency_key TEXT NOT NULL,
     session_id TEXT NOT NULL,
     first_rowid INTEGER NOT NULL,
@@ -360,12 +361,12 @@ class StateStore:
         """
         now = time.time()
         closed = list(closed)
-        # Random 128-bit idempotency keys, as uuid4 makes them, from one
-        # getrandom() call for the batch instead of one per session.
-        keys = os.urandom(16 * len(closed)).hex()
         rows: List[tuple] = []
-        for index, session in enumerate(closed):
-            key = keys[32 * index:32 * index + 32]
+        for session in closed:
+            # The content key, not a random one: a session read again (a replay,
+            # a replaced or rewritten database, a backfill) is sent with the
+            # same Idempotency-Key, and the delivered ledger knows it.
+            key = key_of_pairs(session.session_id, session.pairs, session.times)
             unusual = _compact_json(list(session.unusual)) if session.unusual else None
             if session.learnable and not session.low_quality:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
