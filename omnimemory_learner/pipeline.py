@@ -84,6 +84,12 @@ class Pipeline:
         # Sessions settled here without being sent (too short, below
         # min_quality) go to the history; the delivery thread records the rest.
         self.history = HistoryStore(config.state_dir)
+        # After a rewritten database is read again from its start: sessions
+        # with rows up to this rowid may have been delivered before (None: no
+        # rewrite being read again).  In state.db, so a restart keeps it.
+        self.rewrite_head = self.state.rewrite_head()
+        self._ledger_skip_said = False
+        self._horizon_skip_said = False
         self.unusual = UnusualDetector(
             entry.commands for entry in self.history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=SENT_SETTLEMENTS))
 
@@ -236,8 +242,13 @@ class Pipeline:
         self.commit()
         if self.commit_failing:
             raise Unavailable("state", self.commit_failing)
-        self.state.forget_database()
         self.reader.close()
+        # Rows up to the new head may hold sessions sent before: the ledger
+        # decides (_against_ledger).  Read before forgetting, so that an
+        # unreadable new file leaves the state as it was.
+        rewrite_head = max(self.reader.head(), self.rewrite_head or 0)
+        self.state.forget_database(rewrite_head)
+        self.rewrite_head = rewrite_head
         self.read_after = self.replay_until = 0
         self.closed_ranges = {}
         self.db_identity = file_identity(self.config.db_path)
@@ -288,15 +299,18 @@ class Pipeline:
             return True
         low_water = self.tracker.low_water()
         resume_after = self.read_after if low_water is None else low_water - 1
-        closed = self._closed
+        closed, known, counters = self._against_ledger(self._closed)
         self._assess(closed)
-        counters = dict(self._counters)
         counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
         counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
         counters["sessions_low_quality"] = sum(1 for session in closed if session.low_quality)
+        rewrite_head = self.rewrite_head
+        if rewrite_head is not None and resume_after >= rewrite_head:
+            rewrite_head = None  # every row of the rewritten history is read again
         try:
             added = self.state.commit(
-                resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters
+                resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters,
+                known, rewrite_head,
             )
         except StateError as error:
             self._retry_commit_at = self.clock() + POSITION_COMMIT_SECONDS
@@ -311,11 +325,64 @@ class Pipeline:
         self._closed = []
         self._counters = {}
         self._dirty = False
+        self.rewrite_head = rewrite_head
         self._last_commit = self.clock()
         if added and self.on_outbox is not None:
             self.on_outbox()
         self._remember_unsent(closed)
         return True
+
+    def _against_ledger(self, closed: List[ClosedSession]) -> tuple:
+        """(fresh, known, counters): after a rewrite, leave out what was sent before.
+
+        A session read again from a rewritten database (a restored backup, a
+        history edited) whose content key the ledger (the history) or the
+        outbox has is not committed again; nor one whose last event is older
+        than the history's horizon (history_days), which the ledger may have
+        pruned: re-sending it could teach it twice.  Both are counted and
+        said once a run.
+        """
+        counters = dict(self._counters)
+        rewrite_head = self.rewrite_head
+        if rewrite_head is None:
+            return closed, [], counters
+        candidates = [session for session in closed if session.first_rowid <= rewrite_head]
+        if not candidates:
+            return closed, [], counters
+        keys = {id(session): key_of_pairs(session.session_id, session.pairs, session.times)
+                for session in candidates}
+        seen = self.history.delivered(list(keys.values())) | self.state.outbox_keys()
+        horizon = time.time() - self.config.history_days * 86400.0
+        fresh: List[ClosedSession] = []
+        known: List[ClosedSession] = []
+        already = past = 0
+        for session in closed:
+            key = keys.get(id(session))
+            if key is None:
+                fresh.append(session)
+            elif key in seen:
+                known.append(session)
+                already += 1
+            elif len(session.times) and max(session.times) < horizon:
+                known.append(session)  # kept as a replay marker like the others
+                past += 1
+            else:
+                fresh.append(session)
+        if already:
+            counters["sessions_already_delivered"] = counters.get("sessions_already_delivered", 0) + already
+            if not self._ledger_skip_said:
+                self._ledger_skip_said = True
+                log.info("%d session(s) read again from the rewritten database were delivered before (the "
+                         "history has their content keys): not sent again; counted as sessions_already_delivered",
+                         already)
+        if past:
+            counters["sessions_past_horizon"] = counters.get("sessions_past_horizon", 0) + past
+            if not self._horizon_skip_said:
+                self._horizon_skip_said = True
+                log.info("%d session(s) read again from the rewritten database end before the history's horizon "
+                         "(history_days = %g), past which delivered sessions are forgotten: not sent, to be sure "
+                         "none goes twice; counted as sessions_past_horizon", past, self.config.history_days)
+        return fresh, known, counters
 
     # -- quality, unusual sessions, history ----------------------------------------
 

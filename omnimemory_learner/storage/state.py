@@ -50,7 +50,9 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 PENDING, REJECTED, LEARNED, NOT_LEARNED, TOO_SHORT = "pending", "rejected", "learned", "not_learned", "too_short"
 LOW_QUALITY = "low_quality"
-DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT, LOW_QUALITY)
+# Not sent because the delivered ledger (the history) knew its content key.
+ALREADY_DELIVERED = "already_delivered"
+DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT, LOW_QUALITY, ALREADY_DELIVERED)
 _DONE_MARKS = ",".join("?" * len(DONE_STATUSES))
 
 COUNTERS = (
@@ -64,6 +66,8 @@ COUNTERS = (
     "patterns_learned",
     "sessions_not_learned",
     "sessions_rejected",
+    "sessions_already_delivered",
+    "sessions_past_horizon",
     "errors",
 )
 
@@ -354,10 +358,14 @@ class StateStore:
         db_identity: Optional[Tuple[int, int]],
         closed: Iterable[ClosedSession],
         counters: Dict[str, int],
+        known: Iterable[ClosedSession] = (),
+        rewrite_head: Optional[int] = None,
     ) -> int:
         """Record closed sessions and advance the position, atomically.
 
-        Returns the number of sessions added to the outbox.
+        `known`: sessions read again after a rewrite that the ledger or the
+        outbox has already; kept only as markers for a replay.  `rewrite_head`:
+        see rewrite_head().  Returns the number of sessions added to the outbox.
         """
         now = time.time()
         closed = list(closed)
@@ -377,6 +385,11 @@ class StateStore:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
                              LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
                              session.reason, now, session.quality, None))
+        for session in known:
+            if session.last_rowid > resume_after:
+                rows.append((key_of_pairs(session.session_id, session.pairs, session.times), session.session_id,
+                             session.first_rowid, session.last_rowid, ALREADY_DELIVERED, None, len(session.pairs),
+                             None, session.reason, now, session.quality, None))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
@@ -390,6 +403,7 @@ class StateStore:
                     ("replay_until", str(replay_until)),
                     ("db_identity", json.dumps(list(db_identity)) if db_identity else None),
                     ("committed_at", repr(now)),
+                    ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
                 ],
             )
             self._add_counters(db, counters)
@@ -400,7 +414,26 @@ class StateStore:
             )
         return sum(1 for row in rows if row[4] == PENDING)
 
-    def forget_database(self) -> None:
+    def rewrite_head(self) -> Optional[int]:
+        """After a rewritten database: sessions with rows up to here may have been delivered before."""
+        value = self._meta("rewrite_head")
+        return int(value) if value else None
+
+    def outbox_keys(self) -> set:
+        """Idempotency keys of the sessions still in the outbox (pending or rejected)."""
+        return {row[0] for row in self._db.execute(
+            "SELECT idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED))}
+
+    def mark_already_delivered(self, session_id: int) -> None:
+        """Settled without sending: the delivered ledger has its content key."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET status = ?, commands = NULL, delivered_at = ? WHERE id = ? AND status = ?",
+                (ALREADY_DELIVERED, time.time(), session_id, PENDING),
+            )
+            self._add_counters(db, {"sessions_already_delivered": 1})
+
+    def forget_database(self, rewrite_head: Optional[int] = None) -> None:
         """The events database was replaced: its rowids mean nothing any more."""
         with self._transaction() as db:
             db.execute(f"DELETE FROM sessions WHERE status IN ({_DONE_MARKS})", DONE_STATUSES)
@@ -408,7 +441,8 @@ class StateStore:
             db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None)],
+                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None),
+                 ("rewrite_head", None if rewrite_head is None else str(rewrite_head))],
             )
 
     @staticmethod
