@@ -360,12 +360,14 @@ class StateStore:
         counters: Dict[str, int],
         known: Iterable[ClosedSession] = (),
         rewrite_head: Optional[int] = None,
+        fingerprint: Optional[str] = None,
     ) -> int:
         """Record closed sessions and advance the position, atomically.
 
         `known`: sessions read again after a rewrite that the ledger or the
         outbox has already; kept only as markers for a replay.  `rewrite_head`:
-        see rewrite_head().  Returns the number of sessions added to the outbox.
+        see rewrite_head().  `fingerprint`: see fingerprint().  Returns the
+        number of sessions added to the outbox.
         """
         now = time.time()
         closed = list(closed)
@@ -404,6 +406,7 @@ class StateStore:
                     ("db_identity", json.dumps(list(db_identity)) if db_identity else None),
                     ("committed_at", repr(now)),
                     ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
+                    ("db_fingerprint", fingerprint),
                 ],
             )
             self._add_counters(db, counters)
@@ -413,6 +416,26 @@ class StateStore:
                 (resume_after, *DONE_STATUSES),
             )
         return sum(1 for row in rows if row[4] == PENDING)
+
+    def fingerprint(self) -> Optional[dict]:
+        """The events database's rows where it was read: {"first": [rowid, text], "last": [rowid, text]}.
+
+        Committed with the position; what tells a copy of the database (same
+        rows, new inode) from a rewritten one (pipeline._check_replaced).
+        """
+        value = self._meta("db_fingerprint")
+        return json.loads(value) if value else None
+
+    def note_replaced(self, verdict: str, why: str) -> None:
+        """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
+                       (_compact_json({"verdict": verdict, "why": why, "at": time.time()}),))
+
+    def replaced(self) -> Optional[dict]:
+        """note_replaced()'s last record, or None."""
+        value = self._meta("db_replaced")
+        return json.loads(value) if value else None
 
     def rewrite_head(self) -> Optional[int]:
         """After a rewritten database: sessions with rows up to here may have been delivered before."""
@@ -441,7 +464,7 @@ class StateStore:
             db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None),
+                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None), ("db_fingerprint", None),
                  ("rewrite_head", None if rewrite_head is None else str(rewrite_head))],
             )
 

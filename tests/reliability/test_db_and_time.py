@@ -12,6 +12,8 @@ import time
 import pytest
 from helpers import (
     IDLE_MINUTES,
+    SCHEMA_ID,
+    SCHEMA_ROWID,
     WRITER,
     RecordingAPI,
     compare,
@@ -22,6 +24,7 @@ from helpers import (
     learner_env,
     pending,
     received,
+    run_learner,
     start_learner,
     stop,
     true_sessions,
@@ -252,14 +255,14 @@ def test_the_database_copied_over_itself_while_stopped_then_a_backfill_sends_not
     copy_over_itself(db)
     done = backfill(env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "was replaced" in done.stdout + done.stderr
+    assert "was replaced by a copy" in done.stdout + done.stderr
     assert each_once(api) == [f"s{n}" for n in range(5)]
 
 
 def test_the_database_copied_over_itself_while_running_then_new_activity(tmp_path, api):
     db = create_db(tmp_path / "db" / "memory_data.db")
     insert_events(db, [event for n in range(5) for event in burst(f"s{n}", -600 + 60 * n)])
-    learner, _ = service(tmp_path, api, db)
+    learner, env = service(tmp_path, api, db)
     assert api.wait_for(5, timeout=30)
     copy_over_itself(db)
     time.sleep(3)  # a poll or two on the copy
@@ -267,8 +270,12 @@ def test_the_database_copied_over_itself_while_running_then_new_activity(tmp_pat
     assert api.wait_for(6, timeout=30)
     time.sleep(2)  # nothing more comes
     code, out = stop(learner)
-    assert code == 0 and "was replaced" in out
+    assert code == 0 and "was replaced by a copy" in out and "continuing from rowid 15" in out
+    assert "different history" not in out
     assert each_once(api) == ["after"] + [f"s{n}" for n in range(5)]
+    shown = run_learner(env, "status").stdout
+    assert "Replaced: by a copy with the same rows" in shown and "continued from rowid 15" in shown
+    assert "database replaced" in run_learner(env, "doctor").stdout
 
 
 def test_an_older_backup_restored_while_stopped_then_new_activity(tmp_path, api):
@@ -283,11 +290,40 @@ def test_an_older_backup_restored_while_stopped_then_new_activity(tmp_path, api)
     insert_events(db, [event for n in range(2, 5) for event in burst(f"old{n}", -900 + 60 * n)])
     assert api.wait_for(5, timeout=30)
     assert stop(learner)[0] == 0
-    subprocess.run(["mv", str(backup), str(db)], check=True)  # the backup restored: rowids reused from here on
+    # The backup restored as one should (without the old file's WAL): rowids are reused from here on.
+    subprocess.run(["sh", "-c", 'rm -f "$1-wal" "$1-shm" && mv "$0" "$1"', str(backup), str(db)], check=True)
     insert_events(db, [event for n in range(3) for event in burst(f"new{n}", -300 + 60 * n)])
-    learner, _ = service(tmp_path, api, db)
+    learner, env = service(tmp_path, api, db)
     assert api.wait_for(8, timeout=30)
     time.sleep(2)  # nothing more comes
     code, out = stop(learner)
-    assert code == 0 and "was replaced" in out
+    assert code == 0 and "was replaced by a different history" in out
     assert each_once(api) == [f"new{n}" for n in range(3)] + [f"old{n}" for n in range(5)]
+    shown = run_learner(env, "status").stdout
+    assert "Replaced: by a different history" in shown and "2 not sent again (delivered before)" in shown  # old0, old1: what the backup held
+    doctor = run_learner(env, "doctor").stdout
+    assert "database replaced" in doctor and "by a different history" in doctor
+
+
+@pytest.mark.parametrize("schema", [SCHEMA_ROWID, SCHEMA_ID], ids=["rowid", "autoincrement"])
+def test_the_table_wiped_while_stopped_then_new_activity_past_the_old_position(tmp_path, api, schema):
+    db = create_db(tmp_path / "db" / "memory_data.db", schema=schema)
+    insert_events(db, [event for n in range(5) for event in burst(f"old{n}", -900 + 60 * n)])
+    learner, _ = service(tmp_path, api, db)
+    assert api.wait_for(5, timeout=30)
+    assert stop(learner)[0] == 0
+    # Emptied in place (the same inode): rowids start again at 1.
+    subprocess.run(["sqlite3", str(db), "DELETE FROM events; VACUUM;"], check=True)
+    # 21 rows, past the old position 15: from rowid 1 in a plain rowid table; from 16 with AUTOINCREMENT,
+    # where nothing is reused and the rows read before are simply gone.
+    insert_events(db, [event for n in range(7) for event in burst(f"new{n}", -300 + 30 * n)])
+    learner, _ = service(tmp_path, api, db)
+    assert api.wait_for(12, timeout=30)
+    time.sleep(2)  # nothing more comes
+    code, out = stop(learner)
+    assert code == 0
+    if schema == SCHEMA_ROWID:
+        assert "was replaced by a different history" in out
+    else:
+        assert "different history" not in out
+    assert each_once(api) == [f"new{n}" for n in range(7)] + [f"old{n}" for n in range(5)]
