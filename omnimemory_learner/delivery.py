@@ -309,6 +309,13 @@ def _transport() -> httpx.HTTPTransport:
         return httpx.HTTPTransport(limits=limits)
 
 
+def content_key(session: PendingSession) -> str:
+    """The session's content key, from its commands (a store of an earlier build kept random keys)."""
+    commands = session.commands
+    return session_key(session.session_id, [event_type for _, _, event_type in commands],
+                       [timestamp for _, timestamp, _ in commands])
+
+
 def _decoded(raw: bytes, encoding: str) -> bytes:
     """The body without its Content-Encoding, never more than ANSWER_CAP bytes.
 
@@ -402,6 +409,8 @@ class Deliverer:
         # API in trouble goes to another session, so two sessions that always
         # fail cannot hold up the rest.
         self._tried: Dict[int, None] = {}
+        # Sessions settled without a POST because the ledger had their key: said once a run.
+        self._already_delivered_said = False
 
     @classmethod
     def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
@@ -534,8 +543,7 @@ class Deliverer:
         times = [timestamp for _, timestamp, _ in commands]
         unusual = json.loads(session.unusual) if session.unusual else None
         self._history.record([Entry(
-            session_key(session.session_id, [event_type for _, _, event_type in commands], times),
-            session.session_id, min(times, default=0.0), max(times, default=0.0),
+            content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
             [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
             session.quality, unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
         )])
@@ -562,8 +570,26 @@ class Deliverer:
                 return False, None
             wait = min(wait * 2, 30.0)
 
+    def _already_delivered(self, store: StateStore, session: PendingSession) -> bool:
+        """The ledger (the history) has this session's key: settle it without a POST.
+
+        A key settled as `rejected` does not count: `outbox retry` sends it again on purpose.
+        """
+        if self._history is None or not self._history.delivered([content_key(session)], excluding=(REJECTED,)):
+            return False
+        if not self._record(store.mark_already_delivered, session.id)[0]:
+            return True  # stopping: the next run asks the ledger again
+        if not self._already_delivered_said:
+            self._already_delivered_said = True
+            log.info("Session %s was delivered before (the history has its content key): not sent again; "
+                     "such sessions are counted as sessions_already_delivered and not logged again this run",
+                     session.session_id)
+        return True
+
     def _deliver_one(self, store: StateStore, client: BoundedClient, session: PendingSession) -> Optional[float]:
         """One attempt.  None to go on with the next session; else seconds to wait for the API."""
+        if self._already_delivered(store, session):
+            return None
         body = session.body(self.fold_repeats)
         if session.attempts == 0:
             log.info(

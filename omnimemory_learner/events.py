@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 log = logging.getLogger(__name__)
@@ -449,6 +449,30 @@ class EventReader:
         except sqlite3.DatabaseError as error:
             raise self._unavailable(error) from None
         return value or 0
+
+    def fingerprint_rows(self, rowids: Sequence[int]) -> Tuple[Optional[tuple], Dict[int, tuple]]:
+        """(the first row, {rowid: row} of these rowids), each row as (rowid, timestamp, event_type, session_id).
+
+        Two point reads by rowid on the read-only connection: what tells a copy
+        of the database from a rewritten one (pipeline._check_replaced).
+        """
+        connection = self._open()
+        # As read_batch falls back to for text that is not UTF-8: the same for valid text.
+        connection.text_factory = _decode_lossy
+        try:
+            first = connection.execute(
+                "SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid LIMIT 1").fetchone()
+            found = {}
+            for rowid in rowids:
+                row = connection.execute(
+                    "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid = ?", (rowid,)).fetchone()
+                if row is not None:
+                    found[rowid] = tuple(row)
+        except sqlite3.DatabaseError as error:
+            raise self._unavailable(error) from None
+        finally:
+            connection.text_factory = str
+        return (tuple(first) if first else None), found
 
     def _unavailable(self, error: sqlite3.Error) -> Unavailable:
         message = str(error)

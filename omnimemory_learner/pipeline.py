@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
 import logging
 import time
 from typing import Callable, Dict, List, Optional
@@ -26,6 +27,7 @@ from .storage.history import LOW_QUALITY, SENT_SETTLEMENTS, TOO_SHORT, Entry, Hi
 from .storage.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 # During a long catch-up, commit at least this often so delivery can start
 # and a crash loses little work.
@@ -84,6 +86,17 @@ class Pipeline:
         # Sessions settled here without being sent (too short, below
         # min_quality) go to the history; the delivery thread records the rest.
         self.history = HistoryStore(config.state_dir)
+        # After a rewritten database is read again from its start: sessions
+        # with rows up to this rowid may have been delivered before (None: no
+        # rewrite being read again).  In state.db, so a restart keeps it.
+        self.rewrite_head = self.state.rewrite_head()
+        self._ledger_skip_said = False
+        # The database's identity is its rows: [rowid, repr of the row] of the
+        # table's first row and of the last row read (see _check_replaced).
+        fingerprint = self.state.fingerprint() or {}
+        self.first_row: Optional[list] = fingerprint.get("first")
+        self.last_row: Optional[list] = fingerprint.get("last")
+        self._horizon_skip_said = False
         self.unusual = UnusualDetector(
             entry.commands for entry in self.history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=SENT_SETTLEMENTS))
 
@@ -150,7 +163,10 @@ class Pipeline:
 
     def _process(self, rows: list) -> None:
         now = self.clock()
-        last_rowid = rows[-1][0]
+        raw_last = rows[-1]
+        last_rowid = raw_last[0]
+        if self.first_row is None and self.read_after == 0:
+            self.first_row = [rows[0][0], repr(tuple(rows[0]))]  # the table's first row
         tracker = self.tracker
         evicted_before = tracker.evicted_count
         if rows[0][0] <= self.replay_until:
@@ -186,6 +202,7 @@ class Pipeline:
             self._note_evicted(evicted, now)
         self.read_after = last_rowid
         self.head = max(self.head, last_rowid)
+        self.last_row = [last_rowid, repr(tuple(raw_last))]
         self._dirty = True
 
     def _note_evicted(self, evicted: int, now: float) -> None:
@@ -220,24 +237,78 @@ class Pipeline:
     # -- the database's identity -------------------------------------------------
 
     def _check_replaced(self) -> None:
+        """At each drain's start: is the database still the history we read?
+
+        Its identity is its rows, not its inode: a copy (a sync tool, an
+        editor, a restore of the newest backup) has the same rows at the same
+        rowids and is read on from the position; rows that differ there, a
+        head below the position or a first row that differs (rowids reused
+        after a wipe) make a rewritten history, read again from its start.
+        """
         identity = file_identity(self.config.db_path)
         if identity is None:
             return
-        if self.db_identity is not None and identity != self.db_identity:
-            self._database_replaced("it is a different file (new inode)")
-        elif self.db_identity is None:
+        moved = self.db_identity is not None and identity != self.db_identity
+        if self.reader.replaced():
+            self.reader.close()  # read the file now at the path
+        if self.first_row is None and self.last_row is None:
+            if moved:  # a state of an earlier build: no rows to compare
+                self._database_replaced("it is a different file (new inode) and no fingerprint of its rows was kept")
+                return
+        else:
+            why = self._rewritten()
+            if why is not None:
+                self._database_replaced(why)
+                return
+        if moved:
+            log.info("The events database %s was replaced by a copy (a new file with the same rows where it was "
+                     "read): the same history, continuing from rowid %d", self.config.db_path, self.read_after)
+            self.state.note_replaced("copy", f"continued from rowid {self.read_after}")
+        if self.db_identity != identity:
             self.db_identity = identity
             self._dirty = True
 
+    def _rewritten(self) -> Optional[str]:
+        """Why the rows read before are not there any more, or None when they are."""
+        rowids = [entry[0] for entry in (self.first_row, self.last_row) if entry is not None]
+        first, found = self.reader.fingerprint_rows(rowids)
+        if self.last_row is not None:
+            rowid, text = self.last_row
+            row = found.get(rowid)
+            if row is not None and repr(row) != text:
+                return f"the row at rowid {rowid}, the last one read, is another event"
+            if row is None and self.reader.head() < rowid:
+                return f"its newest rowid {self.reader.head()} is below the last one read, {rowid}"
+        if self.first_row is not None:
+            rowid, text = self.first_row
+            row = found.get(rowid)
+            if row is not None and repr(row) != text:
+                return f"its first row, rowid {rowid}, is another event (rowids reused)"
+            if first is not None and first[0] < rowid:
+                return f"it has rows below its first one read before (rowid {first[0]} < {rowid})"
+        if self.first_row is None and first is not None:
+            self.first_row = [first[0], repr(first)]
+            self._dirty = True
+        return None
+
     def _database_replaced(self, why: str) -> None:
-        log.warning("The events database %s was replaced (%s); reading it from its start", self.config.db_path, why)
+        log.warning("The events database %s was replaced by a different history (%s); reading it again from its "
+                    "start (sessions delivered before are not sent again: the history keeps their keys)",
+                    self.config.db_path, why)
         # Open sessions had real events: they close now, as they are.
         self.close_all("replaced")
         self.commit()
         if self.commit_failing:
             raise Unavailable("state", self.commit_failing)
-        self.state.forget_database()
         self.reader.close()
+        # Rows up to the new head may hold sessions sent before: the ledger
+        # decides (_against_ledger).  Read before forgetting, so that an
+        # unreadable new file leaves the state as it was.
+        rewrite_head = max(self.reader.head(), self.rewrite_head or 0)
+        self.state.forget_database(rewrite_head)
+        self.state.note_replaced("rewritten", why)
+        self.rewrite_head = rewrite_head
+        self.first_row = self.last_row = None
         self.read_after = self.replay_until = 0
         self.closed_ranges = {}
         self.db_identity = file_identity(self.config.db_path)
@@ -292,15 +363,19 @@ class Pipeline:
             return True
         low_water = self.tracker.low_water()
         resume_after = self.read_after if low_water is None else low_water - 1
-        closed = self._closed
+        closed, known, counters = self._against_ledger(self._closed)
         self._assess(closed)
-        counters = dict(self._counters)
         counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
         counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
         counters["sessions_low_quality"] = sum(1 for session in closed if session.low_quality)
+        rewrite_head = self.rewrite_head
+        if rewrite_head is not None and resume_after >= rewrite_head:
+            rewrite_head = None  # every row of the rewritten history is read again
         try:
+            fingerprint = {"first": self.first_row, "last": self.last_row}
             added = self.state.commit(
-                resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters
+                resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters,
+                known, rewrite_head, _compact_json(fingerprint) if self.first_row or self.last_row else None,
             )
         except StateError as error:
             self._retry_commit_at = self.clock() + POSITION_COMMIT_SECONDS
@@ -315,11 +390,64 @@ class Pipeline:
         self._closed = []
         self._counters = {}
         self._dirty = False
+        self.rewrite_head = rewrite_head
         self._last_commit = self.clock()
         if added and self.on_outbox is not None:
             self.on_outbox()
         self._remember_unsent(closed)
         return True
+
+    def _against_ledger(self, closed: List[ClosedSession]) -> tuple:
+        """(fresh, known, counters): after a rewrite, leave out what was sent before.
+
+        A session read again from a rewritten database (a restored backup, a
+        history edited) whose content key the ledger (the history) or the
+        outbox has is not committed again; nor one whose last event is older
+        than the history's horizon (history_days), which the ledger may have
+        pruned: re-sending it could teach it twice.  Both are counted and
+        said once a run.
+        """
+        counters = dict(self._counters)
+        rewrite_head = self.rewrite_head
+        if rewrite_head is None:
+            return closed, [], counters
+        candidates = [session for session in closed if session.first_rowid <= rewrite_head]
+        if not candidates:
+            return closed, [], counters
+        keys = {id(session): key_of_pairs(session.session_id, session.pairs, session.times)
+                for session in candidates}
+        seen = self.history.delivered(list(keys.values())) | self.state.outbox_keys()
+        horizon = time.time() - self.config.history_days * 86400.0
+        fresh: List[ClosedSession] = []
+        known: List[ClosedSession] = []
+        already = past = 0
+        for session in closed:
+            key = keys.get(id(session))
+            if key is None:
+                fresh.append(session)
+            elif key in seen:
+                known.append(session)
+                already += 1
+            elif len(session.times) and max(session.times) < horizon:
+                known.append(session)  # kept as a replay marker like the others
+                past += 1
+            else:
+                fresh.append(session)
+        if already:
+            counters["sessions_already_delivered"] = counters.get("sessions_already_delivered", 0) + already
+            if not self._ledger_skip_said:
+                self._ledger_skip_said = True
+                log.info("%d session(s) read again from the rewritten database were delivered before (the "
+                         "history has their content keys): not sent again; counted as sessions_already_delivered",
+                         already)
+        if past:
+            counters["sessions_past_horizon"] = counters.get("sessions_past_horizon", 0) + past
+            if not self._horizon_skip_said:
+                self._horizon_skip_said = True
+                log.info("%d session(s) read again from the rewritten database end before the history's horizon "
+                         "(history_days = %g), past which delivered sessions are forgotten: not sent, to be sure "
+                         "none goes twice; counted as sessions_past_horizon", past, self.config.history_days)
+        return fresh, known, counters
 
     # -- quality, unusual sessions, history ----------------------------------------
 

@@ -29,6 +29,7 @@ from ..storage.state import StateError, StateStore
 from ..watching import resolve, watch_problem
 from .exits import EX_FAILURE, EX_OK
 from .output import echo, print_json, shown
+from .status import replaced_line
 
 UNIT_NAME = "omnimemory-learner.service"
 LAUNCHD_LABEL = "com.omnimemory.learner"
@@ -119,6 +120,7 @@ def check_position(config: Config) -> List[Check]:
     try:
         store = StateStore(config.state_dir, create=False)
         position = store.position()
+        replaced = store.replaced()
         store.close()
     except StateError as error:
         return [Check("position", PROBLEM, str(error), f"check the permissions of {config.state_dir}")]
@@ -135,13 +137,18 @@ def check_position(config: Config) -> List[Check]:
             raise sqlite3.DatabaseError("the row id is not an integer")
     except sqlite3.Error:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
+    last = []
+    if replaced:
+        last = [Check("database replaced", OK if replaced.get("verdict") == "copy" else WARNING,
+                      replaced_line(replaced))]
     if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
         return [Check("position", WARNING, "the database was replaced since the learner last read it",
-                      "nothing to do: the learner reads the new database from its start")]
+                      "nothing to do: the learner compares its rows with those it read; a copy is read on from "
+                      "the position, a different history again from its start (nothing is sent twice)"), *last]
     behind = head - position.replay_until
     level = OK if behind < 10000 or lock_is_held(config.state_dir) else WARNING
     return [Check("position", level, f"read to rowid {position.replay_until} of {head} ({behind} behind)",
-                  None if level == OK else "the learner is not running: start it to catch up")]
+                  None if level == OK else "the learner is not running: start it to catch up"), *last]
 
 
 def check_watching(config: Config) -> List[Check]:

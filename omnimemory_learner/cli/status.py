@@ -48,6 +48,10 @@ def collect_status(config: Config) -> Optional[dict]:
     try:
         active = snapshot.get("active_sessions", 0) if running else 0
         stats = statistics(store, active)
+        counters = store.counters()
+        for name in ("sessions_already_delivered", "sessions_past_horizon"):  # the delivered ledger's skips
+            stats[name] = counters.get(name, 0)
+        replaced = store.replaced()
     finally:
         store.close()
     stats["last_event_time"] = snapshot.get("stats", {}).get("last_event_time")
@@ -77,6 +81,8 @@ def collect_status(config: Config) -> Optional[dict]:
         "db_head": head,
         "behind": max(0, head - stats["read_position"]) if head is not None else None,
         "database_problem": database_problem,
+        # The last time the database was found replaced: {"verdict": "copy" or "rewritten", "why", "at"}.
+        "db_replaced": replaced,
         "api_down_since": snapshot.get("api_down_since") if running else None,
     }
 
@@ -132,10 +138,24 @@ def _human_status(report: dict) -> str:
         f" {stats['sessions_too_short']} too short, {stats.get('sessions_low_quality', 0)} below min_quality,"
         f" {stats['sessions_not_learned']} not learned by the API, {stats.get('sessions_evicted', 0)} closed early"
         " by the open-session cap",
-        f"         Outbox: {stats['outbox_pending']} pending, {stats['rejected']} rejected",
+        f"         Outbox: {stats['outbox_pending']} pending, {stats['rejected']} rejected,"
+        f" {stats.get('sessions_already_delivered', 0)} not sent again (delivered before),"
+        f" {stats.get('sessions_past_horizon', 0)} not sent (older than the history's horizon)",
         f"         Errors: {stats['errors']}",
         f"     Last event: {_when(stats['last_event_time'])}",
         f"  Last delivery: {_when(stats['last_delivery_at'])}",
         f"     Last error: {(_when(last_error['at']) + ': ' + shown(last_error['message'])) if last_error else 'none'}",
     ]
+    replaced = report.get("db_replaced")
+    if replaced:
+        lines.insert(2, "       Replaced: " + replaced_line(replaced))
     return "\n".join(lines)
+
+
+def replaced_line(replaced: dict) -> str:
+    """What the learner found the last time the database was replaced (status and doctor)."""
+    if replaced.get("verdict") == "copy":
+        return (f"by a copy with the same rows, {_when(replaced.get('at'))}: the same history, "
+                f"{shown(str(replaced.get('why')))}")
+    return (f"by a different history, {_when(replaced.get('at'))} ({shown(str(replaced.get('why')))}): read again "
+            "from its start; sessions delivered before were not sent again")

@@ -248,8 +248,12 @@ class HistoryStore:
 
     # -- the ledger --------------------------------------------------------------
 
-    def delivered(self, keys: Sequence[str]) -> set:
-        """Which of these content keys settled already (O(1) each: the primary key)."""
+    def delivered(self, keys: Sequence[str], excluding: Sequence[str] = ()) -> set:
+        """Which of these content keys settled already (O(1) each: the primary key).
+
+        `excluding`: settlements that do not count (the delivery thread leaves
+        out `rejected`: `outbox retry` sends such a session again on purpose).
+        """
         if not keys:
             return set()
 
@@ -259,7 +263,7 @@ class HistoryStore:
                 chunk = list(keys[start:start + 500])
                 marks = ",".join("?" * len(chunk))
                 found.update(row[0] for row in db.execute(
-                    f"SELECT key FROM history WHERE key IN ({marks})", chunk))
+                    f"SELECT key, settled FROM history WHERE key IN ({marks})", chunk) if row[1] not in excluding)
             return found
 
         return set(self._run(look, set()))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.folding import fold_runs
+from ..core.identity import key_of_pairs
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE, ensure_private_dir
 
@@ -49,7 +50,9 @@ _BIG_ENDIAN = sys.byteorder == "big"
 
 PENDING, REJECTED, LEARNED, NOT_LEARNED, TOO_SHORT = "pending", "rejected", "learned", "not_learned", "too_short"
 LOW_QUALITY = "low_quality"
-DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT, LOW_QUALITY)
+# Not sent because the delivered ledger (the history) knew its content key.
+ALREADY_DELIVERED = "already_delivered"
+DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT, LOW_QUALITY, ALREADY_DELIVERED)
 _DONE_MARKS = ",".join("?" * len(DONE_STATUSES))
 
 COUNTERS = (
@@ -63,6 +66,8 @@ COUNTERS = (
     "patterns_learned",
     "sessions_not_learned",
     "sessions_rejected",
+    "sessions_already_delivered",
+    "sessions_past_horizon",
     "errors",
 )
 
@@ -71,7 +76,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
-    -- 128 random bits: unique without an index (one cost 2 us per session in a catch-up).
+    -- The session's content key (core/identity.py): the same session read twice gets the same key.
     idempotency_key TEXT NOT NULL,
     session_id TEXT NOT NULL,
     first_rowid INTEGER NOT NULL,
@@ -354,19 +359,25 @@ class StateStore:
         db_identity: Optional[Tuple[int, int]],
         closed: Iterable[ClosedSession],
         counters: Dict[str, int],
+        known: Iterable[ClosedSession] = (),
+        rewrite_head: Optional[int] = None,
+        fingerprint: Optional[str] = None,
     ) -> int:
         """Record closed sessions and advance the position, atomically.
 
-        Returns the number of sessions added to the outbox.
+        `known`: sessions read again after a rewrite that the ledger or the
+        outbox has already; kept only as markers for a replay.  `rewrite_head`:
+        see rewrite_head().  `fingerprint`: see fingerprint().  Returns the
+        number of sessions added to the outbox.
         """
         now = time.time()
         closed = list(closed)
-        # Random 128-bit idempotency keys, as uuid4 makes them, from one
-        # getrandom() call for the batch instead of one per session.
-        keys = os.urandom(16 * len(closed)).hex()
         rows: List[tuple] = []
-        for index, session in enumerate(closed):
-            key = keys[32 * index:32 * index + 32]
+        for session in closed:
+            # The content key, not a random one: a session read again (a replay,
+            # a replaced or rewritten database, a backfill) is sent with the
+            # same Idempotency-Key, and the delivered ledger knows it.
+            key = key_of_pairs(session.session_id, session.pairs, session.times)
             unusual = _compact_json(list(session.unusual)) if session.unusual else None
             if session.learnable and not session.low_quality:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
@@ -377,6 +388,11 @@ class StateStore:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
                              LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
                              session.reason, now, session.quality, None))
+        for session in known:
+            if session.last_rowid > resume_after:
+                rows.append((key_of_pairs(session.session_id, session.pairs, session.times), session.session_id,
+                             session.first_rowid, session.last_rowid, ALREADY_DELIVERED, None, len(session.pairs),
+                             None, session.reason, now, session.quality, None))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
@@ -390,6 +406,8 @@ class StateStore:
                     ("replay_until", str(replay_until)),
                     ("db_identity", json.dumps(list(db_identity)) if db_identity else None),
                     ("committed_at", repr(now)),
+                    ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
+                    ("db_fingerprint", fingerprint),
                 ],
             )
             self._add_counters(db, counters)
@@ -400,7 +418,46 @@ class StateStore:
             )
         return sum(1 for row in rows if row[4] == PENDING)
 
-    def forget_database(self) -> None:
+    def fingerprint(self) -> Optional[dict]:
+        """The events database's rows where it was read: {"first": [rowid, text], "last": [rowid, text]}.
+
+        Committed with the position; what tells a copy of the database (same
+        rows, new inode) from a rewritten one (pipeline._check_replaced).
+        """
+        value = self._meta("db_fingerprint")
+        return json.loads(value) if value else None
+
+    def note_replaced(self, verdict: str, why: str) -> None:
+        """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
+                       (_compact_json({"verdict": verdict, "why": why, "at": time.time()}),))
+
+    def replaced(self) -> Optional[dict]:
+        """note_replaced()'s last record, or None."""
+        value = self._meta("db_replaced")
+        return json.loads(value) if value else None
+
+    def rewrite_head(self) -> Optional[int]:
+        """After a rewritten database: sessions with rows up to here may have been delivered before."""
+        value = self._meta("rewrite_head")
+        return int(value) if value else None
+
+    def outbox_keys(self) -> set:
+        """Idempotency keys of the sessions still in the outbox (pending or rejected)."""
+        return {row[0] for row in self._db.execute(
+            "SELECT idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED))}
+
+    def mark_already_delivered(self, session_id: int) -> None:
+        """Settled without sending: the delivered ledger has its content key."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET status = ?, commands = NULL, delivered_at = ? WHERE id = ? AND status = ?",
+                (ALREADY_DELIVERED, time.time(), session_id, PENDING),
+            )
+            self._add_counters(db, {"sessions_already_delivered": 1})
+
+    def forget_database(self, rewrite_head: Optional[int] = None) -> None:
         """The events database was replaced: its rowids mean nothing any more."""
         with self._transaction() as db:
             db.execute(f"DELETE FROM sessions WHERE status IN ({_DONE_MARKS})", DONE_STATUSES)
@@ -408,7 +465,8 @@ class StateStore:
             db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None)],
+                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None), ("db_fingerprint", None),
+                 ("rewrite_head", None if rewrite_head is None else str(rewrite_head))],
             )
 
     @staticmethod

@@ -12,6 +12,8 @@ import time
 import pytest
 from helpers import (
     IDLE_MINUTES,
+    SCHEMA_ID,
+    SCHEMA_ROWID,
     WRITER,
     RecordingAPI,
     compare,
@@ -22,6 +24,7 @@ from helpers import (
     learner_env,
     pending,
     received,
+    run_learner,
     start_learner,
     stop,
     true_sessions,
@@ -218,3 +221,109 @@ def test_a_pause_longer_than_the_idle_threshold_neither_loses_nor_cuts(tmp_path,
     assert code == 0
     assert received(api) == [("paused", ("open_file", "edit_code", "save_file", "run_tests", "edit_code",
                                          "commit_changes", "save_file"), "success")]
+
+
+# -- a replaced, restored or wiped database (issue 17): every session reaches the API once ----------
+
+
+def copy_over_itself(db):
+    """What a sync tool or an editor does: a new inode holding the same rows (another process)."""
+    subprocess.run(["sh", "-c", 'cp "$0" "$0.t" && mv "$0.t" "$0"', str(db)], check=True)
+
+
+def each_once(api):
+    """Session ids the API got, asserting that no content key and no session arrived twice."""
+    keys = [key for key, _ in api.sessions()]
+    ids = [body["session_id"] for _, body in api.sessions()]
+    assert len(set(keys)) == len(keys), f"a key was sent twice: {ids}"
+    assert len(set(ids)) == len(ids), f"a session was sent twice: {ids}"
+    return sorted(ids)
+
+
+def backfill(env):
+    return subprocess.run([sys.executable, "-m", "omnimemory_learner", "backfill", "--until-delivered-timeout", "20"],
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_database_copied_over_itself_while_stopped_then_a_backfill_sends_nothing_again(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    insert_events(db, [event for n in range(5) for event in burst(f"s{n}", -600 + 60 * n)])
+    learner, env = service(tmp_path, api, db)
+    assert api.wait_for(5, timeout=30)
+    assert stop(learner)[0] == 0
+    copy_over_itself(db)
+    done = backfill(env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "was replaced by a copy" in done.stdout + done.stderr
+    assert each_once(api) == [f"s{n}" for n in range(5)]
+
+
+def test_the_database_copied_over_itself_while_running_then_new_activity(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    insert_events(db, [event for n in range(5) for event in burst(f"s{n}", -600 + 60 * n)])
+    learner, env = service(tmp_path, api, db)
+    assert api.wait_for(5, timeout=30)
+    copy_over_itself(db)
+    time.sleep(3)  # a poll or two on the copy
+    insert_events(db, burst("after"))
+    assert api.wait_for(6, timeout=30)
+    time.sleep(2)  # nothing more comes
+    code, out = stop(learner)
+    assert code == 0 and "was replaced by a copy" in out and "continuing from rowid 15" in out
+    assert "different history" not in out
+    assert each_once(api) == ["after"] + [f"s{n}" for n in range(5)]
+    shown = run_learner(env, "status").stdout
+    assert "Replaced: by a copy with the same rows" in shown and "continued from rowid 15" in shown
+    assert "database replaced" in run_learner(env, "doctor").stdout
+
+
+def test_an_older_backup_restored_while_stopped_then_new_activity(tmp_path, api):
+    db = create_db(tmp_path / "db" / "memory_data.db")
+    insert_events(db, [event for n in range(2) for event in burst(f"old{n}", -900 + 60 * n)])
+    learner, _ = service(tmp_path, api, db)
+    assert api.wait_for(2, timeout=30)
+    backup = tmp_path / "backup.db"
+    subprocess.run([sys.executable, "-c", "import sqlite3, sys; s = sqlite3.connect(sys.argv[1]); "
+                    "d = sqlite3.connect(sys.argv[2]); s.backup(d); d.close(); s.close()", str(db), str(backup)],
+                   check=True)
+    insert_events(db, [event for n in range(2, 5) for event in burst(f"old{n}", -900 + 60 * n)])
+    assert api.wait_for(5, timeout=30)
+    assert stop(learner)[0] == 0
+    # The backup restored as one should (without the old file's WAL): rowids are reused from here on.
+    subprocess.run(["sh", "-c", 'rm -f "$1-wal" "$1-shm" && mv "$0" "$1"', str(backup), str(db)], check=True)
+    insert_events(db, [event for n in range(3) for event in burst(f"new{n}", -300 + 60 * n)])
+    learner, env = service(tmp_path, api, db)
+    assert api.wait_for(8, timeout=30)
+    time.sleep(2)  # nothing more comes
+    code, out = stop(learner)
+    assert code == 0 and "was replaced by a different history" in out
+    assert each_once(api) == [f"new{n}" for n in range(3)] + [f"old{n}" for n in range(5)]
+    shown = run_learner(env, "status").stdout
+    assert "Replaced: by a different history" in shown and "2 not sent again (delivered before)" in shown  # old0, old1: what the backup held
+    doctor = run_learner(env, "doctor").stdout
+    assert "database replaced" in doctor and "by a different history" in doctor
+
+
+@pytest.mark.parametrize("schema", [SCHEMA_ROWID, SCHEMA_ID], ids=["rowid", "autoincrement"])
+def test_the_table_wiped_while_stopped_then_new_activity_past_the_old_position(tmp_path, api, schema):
+    db = create_db(tmp_path / "db" / "memory_data.db", schema=schema)
+    insert_events(db, [event for n in range(5) for event in burst(f"old{n}", -900 + 60 * n)])
+    learner, _ = service(tmp_path, api, db)
+    assert api.wait_for(5, timeout=30)
+    assert stop(learner)[0] == 0
+    # Emptied in place (the same inode): rowids start again at 1.
+    subprocess.run(["sqlite3", str(db), "DELETE FROM events; VACUUM;"], check=True)
+    # 21 rows, past the old position 15: from rowid 1 in a plain rowid table; from 16 with AUTOINCREMENT,
+    # where nothing is reused and the rows read before are simply gone.
+    insert_events(db, [event for n in range(7) for event in burst(f"new{n}", -300 + 30 * n)])
+    learner, _ = service(tmp_path, api, db)
+    assert api.wait_for(12, timeout=30)
+    time.sleep(2)  # nothing more comes
+    code, out = stop(learner)
+    assert code == 0
+    if schema == SCHEMA_ROWID:
+        assert "was replaced by a different history" in out
+    else:
+        assert "different history" not in out
+    assert each_once(api) == [f"new{n}" for n in range(7)] + [f"old{n}" for n in range(5)]
