@@ -101,6 +101,27 @@ CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
 CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
 """
 
+# How many sessions have each status, kept by triggers in the transactions that
+# change them: the status snapshot every 5 s reads a few rows instead of
+# counting the outbox (16 ms with 137,000 pending: most of the idle CPU).
+# Triggers, so that no code path can forget a count.
+_COUNT_STATEMENTS = (
+    "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    """CREATE TRIGGER IF NOT EXISTS sessions_counted_in AFTER INSERT ON sessions BEGIN
+        INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS sessions_counted_out AFTER DELETE ON sessions BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS sessions_counted_moved AFTER UPDATE OF status ON sessions
+        WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
+        INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END""",
+)
+
 # Columns added after the first release, as (name, declaration): CREATE TABLE
 # IF NOT EXISTS leaves an older table as it is, so each is added when missing.
 _ADDED_COLUMNS = (
@@ -237,6 +258,9 @@ class StateStore:
                     "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(name,) for name in COUNTERS]
                 )
             self._add_columns(required=create)
+            if create:
+                self._count_statuses()
+            self._counted = self._meta("status_counts") == "kept"
         except (OSError, sqlite3.Error) as error:
             raise StateError(f"cannot use state store {self.path}: {error}") from None
         for suffix in ("-wal", "-shm"):
@@ -610,7 +634,23 @@ class StateStore:
     def counters(self) -> Dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters"))
 
+    def _count_statuses(self) -> None:
+        """Install the counting triggers; a store of an earlier version is counted once, in the same transaction."""
+        if self._meta("status_counts") == "kept":
+            return
+        with _Transaction(self._db):
+            if self._meta("status_counts") == "kept":
+                return  # another connection did it meanwhile
+            for statement in _COUNT_STATEMENTS:
+                self._db.execute(statement)
+            self._db.execute("DELETE FROM status_counts")
+            self._db.execute(
+                "INSERT INTO status_counts (status, n) SELECT status, count(*) FROM sessions GROUP BY status")
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('status_counts', 'kept')")
+
     def status_counts(self) -> Dict[str, int]:
+        if self._counted:
+            return {status: n for status, n in self._db.execute("SELECT status, n FROM status_counts") if n}
         return dict(self._db.execute("SELECT status, count(*) FROM sessions GROUP BY status"))
 
     def meta_value(self, key: str) -> Optional[str]:
