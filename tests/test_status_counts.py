@@ -80,7 +80,6 @@ def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
     for name in ("sessions_counted_in", "sessions_counted_out", "sessions_counted_moved"):
         connection.execute(f"DROP TRIGGER {name}")
     connection.execute("DROP TABLE status_counts")
-    connection.execute("DELETE FROM meta WHERE key = 'status_counts'")
     connection.execute("INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status,"
                        " n_commands, closed_at) VALUES ('k', 'old', 50, 60, 'rejected', 3, 0)")
     connection.commit()

@@ -260,7 +260,7 @@ class StateStore:
             self._add_columns(required=create)
             if create:
                 self._count_statuses()
-            self._counted = self._meta("status_counts") == "kept"
+            self._counted = self._counting()
         except (OSError, sqlite3.Error) as error:
             raise StateError(f"cannot use state store {self.path}: {error}") from None
         for suffix in ("-wal", "-shm"):
@@ -635,18 +635,25 @@ class StateStore:
         return dict(self._db.execute("SELECT name, value FROM counters"))
 
     def _count_statuses(self) -> None:
-        """Install the counting triggers; a store of an earlier version is counted once, in the same transaction."""
-        if self._meta("status_counts") == "kept":
+        """Install the counting triggers; a store without them is counted once, in the same transaction."""
+        if self._counting():
             return
         with _Transaction(self._db):
-            if self._meta("status_counts") == "kept":
+            if self._counting():
                 return  # another connection did it meanwhile
             for statement in _COUNT_STATEMENTS:
                 self._db.execute(statement)
             self._db.execute("DELETE FROM status_counts")
             self._db.execute(
                 "INSERT INTO status_counts (status, n) SELECT status, count(*) FROM sessions GROUP BY status")
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('status_counts', 'kept')")
+
+    def _counting(self) -> bool:
+        """Whether the counting triggers are there (the table they keep is then right)."""
+        names = [statement.split()[5] for statement in _COUNT_STATEMENTS[1:]]
+        found = self._db.execute(
+            f"SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN ({','.join('?' * len(names))})",
+            names).fetchone()[0]
+        return bool(found == len(names))
 
     def status_counts(self) -> Dict[str, int]:
         if self._counted:
