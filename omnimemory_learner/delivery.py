@@ -35,8 +35,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 import httpx
 
 from .config import Config
-from .core.identity import session_key
-from .storage.history import LEARNED, NOT_LEARNED, REJECTED, Entry, HistoryStore
+from .storage.history import LEARNED, NOT_LEARNED, REJECTED, HistoryStore, content_key, settled_entry
 from .storage.state import PendingSession, StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -309,13 +308,6 @@ def _transport() -> httpx.HTTPTransport:
         return httpx.HTTPTransport(limits=limits)
 
 
-def content_key(session: PendingSession) -> str:
-    """The session's content key, from its commands (a store of an earlier build kept random keys)."""
-    commands = session.commands
-    return session_key(session.session_id, [event_type for _, _, event_type in commands],
-                       [timestamp for _, timestamp, _ in commands])
-
-
 def _decoded(raw: bytes, encoding: str) -> bytes:
     """The body without its Content-Encoding, never more than ANSWER_CAP bytes.
 
@@ -537,16 +529,8 @@ class Deliverer:
 
     def _remember(self, session: PendingSession, settled: str, pattern_id: Optional[str] = None) -> None:
         """A settled session into the history (losing it never stops delivery)."""
-        if self._history is None:
-            return
-        commands = session.commands
-        times = [timestamp for _, timestamp, _ in commands]
-        unusual = json.loads(session.unusual) if session.unusual else None
-        self._history.record([Entry(
-            content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
-            [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
-            session.quality, unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
-        )])
+        if self._history is not None:
+            self._history.record([settled_entry(session, settled, pattern_id)])
 
     def _wait(self, delay: float) -> bool:
         """Wait `delay` seconds for the API; True when the service stops meanwhile."""

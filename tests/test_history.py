@@ -211,3 +211,24 @@ def test_an_untrusted_session_id_is_shown_escaped(tmp_path):
     assert len(lines) == 2 and "\x1b" not in out
     assert "evil\\n2026-11-24 07:00:00 - ERROR - Fake\\x1b...[4 more characters]" in lines[1]
     assert json.loads(run_cli(tmp_path, "history", "--json").stdout)[0]["session_id"] == evil
+
+
+def test_a_dropped_session_is_in_the_history_and_so_never_sent_after_a_rewrite(tmp_path):
+    """Review of issue 17: a session the operator dropped was not in the ledger."""
+    from omnimemory_learner.core.sessions import ClosedSession
+    from omnimemory_learner.storage.state import StateStore
+
+    store = StateStore(tmp_path)
+    commands = [("open_file", 1_700_000_000.0 + i, "file_open") for i in range(3)]
+    store.commit(3, 3, None, [ClosedSession.from_commands("dropme", commands, 1, 3)], {})
+    pending = store.pending()[0]
+    store.close()
+    result = run_cli(tmp_path, "outbox", "drop", str(pending.id), "--yes")
+    assert result.returncode == 0, result.stderr
+    settled = json.loads(run_cli(tmp_path, "history", "--json").stdout)
+    assert [(entry["session_id"], entry["settled"]) for entry in settled] == [("dropme", "dropped")]
+    history = HistoryStore(tmp_path)
+    key = session_key("dropme", ["file_open"] * 3, [time for _, time, _ in commands])
+    # What the delivery thread asks before a POST (rejected ones alone do not count as settled).
+    assert history.delivered([key], excluding=("rejected",)) == {key}
+    history.close()

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
+from ..core.identity import session_key
 from .files import HISTORY_FILE, ensure_private_dir
+from .state import PendingSession
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +304,22 @@ class HistoryStore:
 def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
     text = str(error).lower()
     return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def content_key(session: PendingSession) -> str:
+    """The session's content key, from its commands (a store of an earlier build kept random keys)."""
+    commands = session.commands
+    return session_key(session.session_id, [event_type for _, _, event_type in commands],
+                       [timestamp for _, timestamp, _ in commands])
+
+
+def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[str] = None) -> Entry:
+    """The history entry of an outbox session that settled (sent, rejected, parked or dropped)."""
+    commands = session.commands
+    times = [timestamp for _, timestamp, _ in commands]
+    unusual = json.loads(session.unusual) if session.unusual else None
+    return Entry(
+        content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
+        [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
+        session.quality, unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
+    )

@@ -517,6 +517,17 @@ class StateStore:
             )
         ]
 
+    def undelivered(self, session_id: int) -> Optional[PendingSession]:
+        """One pending or rejected session, whole (what `outbox drop` records before it drops it)."""
+        row = self._db.execute(
+            "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, unusual, reason"
+            " FROM sessions WHERE id = ? AND status IN (?, ?) AND commands IS NOT NULL",
+            (session_id, PENDING, REJECTED),
+        ).fetchone()
+        if row is None:
+            return None
+        return PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), *row[5:])
+
     def next_due(self, now: float) -> Optional[float]:
         """When the earliest pending session that backs off is due again (None: none does)."""
         row = self._db.execute(
