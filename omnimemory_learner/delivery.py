@@ -35,7 +35,17 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 import httpx
 
 from .config import Config
-from .storage.history import LEARNED, NOT_LEARNED, REJECTED, HistoryStore, content_key, settled_entry
+from .core.unusual import UnusualDetector
+from .logs import NOTICE
+from .storage.history import (
+    LEARNED,
+    MODEL_SETTLEMENTS,
+    NOT_LEARNED,
+    REJECTED,
+    HistoryStore,
+    content_key,
+    settled_entry,
+)
 from .storage.state import PendingSession, StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,8 @@ ANSWER_CAP = 64 * 1024
 ERROR_TEXT_CAP = 500
 # Longest wait for the delivery thread with nothing due (a wake comes sooner).
 IDLE_WAIT_SECONDS = 60.0
+# The unusual-session model is built at start from this many recent sessions of the history.
+UNUSUAL_MODEL_SESSIONS = 20_000
 # History retention while idle: at most this many batches (of 500) before looking for work again.
 PRUNE_BATCHES_PER_IDLE = 20
 
@@ -385,6 +397,11 @@ class Deliverer:
         self.history_days = history_days
         self.history_max_sessions = history_max_sessions
         self._history: Optional[HistoryStore] = None
+        # The user's transition model: built from the history when the thread
+        # starts, taught each session the API takes.  Here, not in the reading
+        # thread: a catch-up closes sessions far faster than the API takes
+        # them, and scoring each there cost it a third of its speed.
+        self._unusual: Optional[UnusualDetector] = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -456,6 +473,8 @@ class Deliverer:
         try:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             self._history = HistoryStore(self.state_dir)
+            self._unusual = UnusualDetector(entry.commands for entry in self._history.sessions(
+                limit=UNUSUAL_MODEL_SESSIONS, settled=MODEL_SETTLEMENTS))
             client = BoundedClient(self.timeout)
             while not self._stop.is_set():
                 idle = self._drain(store, client)
@@ -529,8 +548,26 @@ class Deliverer:
 
     def _remember(self, session: PendingSession, settled: str, pattern_id: Optional[str] = None) -> None:
         """A settled session into the history (losing it never stops delivery)."""
+        unusual = self._judge(session) if settled in MODEL_SETTLEMENTS else None
         if self._history is not None:
-            self._history.record([settled_entry(session, settled, pattern_id)])
+            self._history.record([settled_entry(session, settled, pattern_id, unusual)])
+
+    def _judge(self, session: PendingSession) -> Optional[Tuple[float, str]]:
+        """Score a session the API took against the user's model, then teach the model it.
+
+        (score, rarest transition) when it is unusual, which is said once, at NOTICE.
+        """
+        detector = self._unusual
+        if detector is None:
+            return None
+        score, flagged = detector.observe([command for command, _, _ in session.commands])
+        if not flagged or score is None:
+            return None
+        rarest = f"{score.rarest[0]} -> {score.rarest[1]}"
+        log.log(NOTICE, "Unusual session %s: its rarest transition is %s (score %.2f, above the %gth "
+                "percentile %.2f of your history)", session.session_id, rarest, score.value,
+                detector.flag_percentile, detector.threshold)
+        return round(score.value, 3), rarest
 
     def _wait(self, delay: float) -> bool:
         """Wait `delay` seconds for the API; True when the service stops meanwhile."""

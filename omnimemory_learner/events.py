@@ -312,7 +312,10 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
             if type(event_type) is str and event_type:
                 ignored += 1
                 if unmapped_by_id is not None:
-                    other = _session_id(session_id)
+                    if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
+                        other: Optional[str] = session_id  # the common case, without a call
+                    else:
+                        other = _session_id(session_id)
                     if other is not None:
                         unmapped_by_id[other] = unmapped_by_id.get(other, 0) + 1
             else:

@@ -17,13 +17,10 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .config import Config
-from .core.identity import key_of_pairs
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
-from .core.unusual import UnusualDetector
 from .events import EventReader, LocalTimeContext, Unavailable, file_identity, validate_rows
-from .logs import NOTICE
-from .storage.history import LOW_QUALITY, SENT_SETTLEMENTS, TOO_SHORT, Entry, HistoryStore
+from .storage.history import LOW_QUALITY, TOO_SHORT, Entry, HistoryStore
 from .storage.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -39,8 +36,6 @@ COMMIT_EVERY_SESSIONS = 5000
 # often: nothing is lost by waiting (a restart re-reads a few events), and an
 # fsync per live event would put disk latency on every event's path.
 POSITION_COMMIT_SECONDS = 5.0
-# The unusual-session model is built at start from this many recent sent sessions of the history.
-UNUSUAL_MODEL_SESSIONS = 20_000
 # Sessions evicted by the open-session cap are logged at most this often.
 EVICTION_LOG_SECONDS = 60.0
 
@@ -97,8 +92,6 @@ class Pipeline:
         self.first_row: Optional[list] = fingerprint.get("first")
         self.last_row: Optional[list] = fingerprint.get("last")
         self._horizon_skip_said = False
-        self.unusual = UnusualDetector(
-            entry.commands for entry in self.history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=SENT_SETTLEMENTS))
 
     @staticmethod
     def _new_tracker(config: Config) -> SessionTracker:
@@ -414,8 +407,7 @@ class Pipeline:
         candidates = [session for session in closed if session.first_rowid <= rewrite_head]
         if not candidates:
             return closed, [], counters
-        keys = {id(session): key_of_pairs(session.session_id, session.pairs, session.times)
-                for session in candidates}
+        keys = {id(session): session.key for session in candidates}
         seen = self.history.delivered(list(keys.values())) | self.state.outbox_keys()
         horizon = time.time() - self.config.history_days * 86400.0
         fresh: List[ClosedSession] = []
@@ -449,30 +441,23 @@ class Pipeline:
                          "none goes twice; counted as sessions_past_horizon", past, self.config.history_days)
         return fresh, known, counters
 
-    # -- quality, unusual sessions, history ----------------------------------------
+    # -- quality, history -------------------------------------------------------
 
     def _assess(self, closed: List[ClosedSession]) -> None:
-        """Score each newly closed session once (a commit retried after a failure finds them scored)."""
+        """Score each newly closed session once (a commit retried after a failure finds them scored).
+
+        Unusual sessions are judged by the delivery thread when the API takes
+        them (delivery.Deliverer._judge), off this, the reading thread.
+        """
         min_quality = self.config.min_quality
         for session in closed:
             if session.quality is not None:
                 continue
-            session.quality = session.score_quality().score
-            if not session.learnable:
-                continue
-            if session.quality < min_quality:
+            session.quality = session.score_quality()
+            if session.learnable and session.quality < min_quality:
                 session.low_quality = True
                 log.debug("Session %s scored %.3f, below min_quality %g: not sent",
                           session.session_id, session.quality, min_quality)
-            names = session.names
-            score, flagged = self.unusual.judge(names)
-            if flagged and score is not None:
-                rarest = f"{score.rarest[0]} -> {score.rarest[1]}"
-                session.unusual = (round(score.value, 3), rarest)
-                log.log(NOTICE, "Unusual session %s: its rarest transition is %s (score %.2f, above the %gth "
-                        "percentile %.2f of your history)", session.session_id, rarest, score.value,
-                        self.unusual.flag_percentile, self.unusual.threshold)
-            self.unusual.learn(names)
 
     def _remember_unsent(self, closed: List[ClosedSession]) -> None:
         """Sessions settled without being sent, into the history (it never stops learning)."""
@@ -495,9 +480,7 @@ class Pipeline:
 def history_entry(session: ClosedSession, settled: str) -> Entry:
     times = session.times
     return Entry(
-        key_of_pairs(session.session_id, session.pairs, times), session.session_id,
+        session.key, session.session_id,
         min(times) if len(times) else 0.0, max(times) if len(times) else 0.0, session.names, session.outcome, None,
         session.reason, settled, session.quality,
-        session.unusual[0] if session.unusual else None, session.unusual is not None,
-        session.unusual[1] if session.unusual else None,
     )

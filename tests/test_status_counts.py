@@ -78,7 +78,7 @@ def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
     # As an earlier version left it: no counting table, no triggers, no mark.
     connection = sqlite3.connect(str(tmp_path / "state.db"))
     for name in ("sessions_counted_in", "sessions_counted_out", "sessions_counted_moved"):
-        connection.execute(f"DROP TRIGGER {name}")
+        connection.execute(f"DROP TRIGGER IF EXISTS {name}")
     connection.execute("DROP TABLE status_counts")
     connection.execute("INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status,"
                        " n_commands, closed_at) VALUES ('k', 'old', 50, 60, 'rejected', 3, 0)")
@@ -92,4 +92,28 @@ def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
         tmp_path / "state.db")
     store.mark_delivered(store.pending()[0].id, "p")
     assert store.status_counts() == plain_counts(tmp_path / "state.db")
+    store.close()
+
+
+def test_the_insert_trigger_of_the_previous_build_is_dropped_not_counted_twice(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(10, 10, None, [session(1, 4), session(2, 1)], {})
+    store.close()
+    # As the previous build left it: its counts right, and a trigger counting each insert.
+    connection = sqlite3.connect(str(tmp_path / "state.db"))
+    connection.execute("""CREATE TRIGGER sessions_counted_in AFTER INSERT ON sessions BEGIN
+        INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+    END""")
+    connection.commit()
+    connection.close()
+    reader = StateStore(tmp_path, create=False)  # it cannot tell which counts are kept: counts the plain way
+    assert reader.status_counts() == {"pending": 1, "too_short": 1}
+    reader.close()
+    store = StateStore(tmp_path)
+    store.commit(40, 40, None, [session(3, 4), session(4, 4), session(5, 1)], {})
+    assert store.status_counts() == {"pending": 3, "too_short": 1} == plain_counts(tmp_path / "state.db")
+    triggers = {name for (name,) in sqlite3.connect(str(tmp_path / "state.db")).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert "sessions_counted_in" not in triggers
     store.close()

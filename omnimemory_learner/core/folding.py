@@ -18,6 +18,7 @@ is inferred on the commands before folding (see outcome.py); expanding
 
 from __future__ import annotations
 
+from operator import ne
 from typing import List, NamedTuple, Sequence, Tuple
 
 # (command, timestamp, event_type), as core.sessions.Command.
@@ -60,5 +61,11 @@ def expand_names(folded: Sequence[FoldedCommand]) -> List[str]:
 
 
 def folded_length(names: Sequence[str]) -> int:
-    """How many commands a session has once folded (without building it)."""
-    return sum(1 for index, name in enumerate(names) if index == 0 or names[index - 1] != name)
+    """How many commands a session has once folded (without building it).
+
+    One plus the places where a name differs from the one before; map(ne)
+    runs in C (this is asked of every closed session of a catch-up).
+    """
+    if not names:
+        return 0
+    return 1 + sum(map(ne, names[1:], names))

@@ -19,7 +19,8 @@ Nothing here reads a clock: the duration is the span of the event times.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Sequence
+from operator import mul
+from typing import Dict, NamedTuple, Sequence, Tuple
 
 from .folding import folded_length
 from .outcome import has_outcome_indicator
@@ -31,6 +32,7 @@ WEIGHTS: Dict[str, float] = {
     "duration": 0.15,
     "evidence": 0.20,
 }
+_WEIGHT_VALUES = tuple(WEIGHTS.values())
 FULL_VARIETY = 4
 SHORT_SECONDS = 30.0
 LONG_SECONDS = 2 * 3600.0
@@ -57,22 +59,33 @@ def duration_component(seconds: float) -> float:
     return 1.0 - (1.0 - VERY_LONG_SCORE) * (seconds - LONG_SECONDS) / (VERY_LONG_SECONDS - LONG_SECONDS)
 
 
+def _components(names: Sequence[str], first_time: float, last_time: float, unmapped_rows: int) -> Tuple[float, ...]:
+    """The five components, in WEIGHTS' order."""
+    count = len(names)
+    return (
+        min(1.0, (len(set(names)) - 1) / (FULL_VARIETY - 1)),
+        count / (count + max(0, unmapped_rows)),
+        folded_length(names) / count if count > 1 else 1.0,
+        duration_component(last_time - first_time),
+        1.0 if has_outcome_indicator(names) else DEFAULT_OUTCOME_EVIDENCE,
+    )
+
+
+def quality_score(names: Sequence[str], first_time: float, last_time: float, unmapped_rows: int = 0) -> float:
+    """session_quality()'s score alone: what the pipeline asks of every closed session, without the dict."""
+    if not names:
+        return 0.0
+    score = sum(map(mul, _WEIGHT_VALUES, _components(names, first_time, last_time, unmapped_rows)))
+    return round(min(1.0, max(0.0, score)), 3)
+
+
 def session_quality(names: Sequence[str], first_time: float, last_time: float, unmapped_rows: int = 0) -> Quality:
-    """The score of a session with these command names (before folding).
+    """The score of a session with these command names (before folding), with its components.
 
     `unmapped_rows` counts the rows of the session's id, between its first and
     last event, whose type the event map does not know.
     """
-    count = len(names)
-    if count == 0:
+    if not names:
         return Quality(0.0, dict.fromkeys(WEIGHTS, 0.0))
-    distinct = len(set(names))
-    components = {
-        "variety": min(1.0, (distinct - 1) / (FULL_VARIETY - 1)),
-        "signal": count / (count + max(0, unmapped_rows)),
-        "repetition": folded_length(names) / count if count > 1 else 1.0,
-        "duration": duration_component(last_time - first_time),
-        "evidence": 1.0 if has_outcome_indicator(names) else DEFAULT_OUTCOME_EVIDENCE,
-    }
-    score = sum(WEIGHTS[name] * value for name, value in components.items())
-    return Quality(round(min(1.0, max(0.0, score)), 3), components)
+    components = dict(zip(WEIGHTS, _components(names, first_time, last_time, unmapped_rows)))
+    return Quality(quality_score(names, first_time, last_time, unmapped_rows), components)

@@ -30,11 +30,13 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
+from operator import itemgetter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .folding import folded_length
+from .identity import key_of_pairs
 from .outcome import OUTCOME_WINDOW, infer_outcome
-from .quality import Quality, session_quality
+from .quality import quality_score
 
 # One command as the API gets it: (command, timestamp, event_type).
 Command = Tuple[str, float, str]
@@ -66,8 +68,8 @@ class _OpenSession:
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
-    __slots__ = ("first_rowid", "last_rowid", "learnable", "low_quality", "pairs", "quality", "reason", "session_id",
-                 "times", "unmapped", "unusual")
+    __slots__ = ("_key", "first_rowid", "last_rowid", "learnable", "low_quality", "pairs", "quality", "reason",
+                 "session_id", "times", "unmapped")
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class ClosedSession:
         # Filled in by the pipeline when it commits the session.
         self.quality: Optional[float] = None
         self.low_quality = False  # below min_quality: settled without being sent
-        self.unusual: Optional[Tuple[float, str]] = None  # (score, rarest transition) when flagged
+        self._key: Optional[str] = None
 
     @classmethod
     def from_commands(cls, session_id: str, commands: Sequence[Command], first_rowid: int, last_rowid: int,
@@ -104,17 +106,26 @@ class ClosedSession:
         return [(command, timestamp, event_type) for (command, event_type), timestamp in zip(self.pairs, self.times)]
 
     @property
+    def key(self) -> str:
+        """The content key (core.identity), made once: the ledger, the outbox and the history all ask."""
+        if self._key is None:
+            self._key = key_of_pairs(self.session_id, self.pairs, self.times)
+        return self._key
+
+    @property
     def outcome(self) -> str:
         return infer_outcome([command for command, _ in self.pairs[-OUTCOME_WINDOW:]])
 
     @property
     def names(self) -> List[str]:
-        return [command for command, _ in self.pairs]
+        return list(map(itemgetter(0), self.pairs))
 
-    def score_quality(self) -> Quality:
-        if not len(self.times):
-            return session_quality([], 0.0, 0.0)
-        return session_quality(self.names, min(self.times), max(self.times), self.unmapped)
+    def score_quality(self) -> float:
+        """The quality score (core.quality) of the session as it is."""
+        times = self.times
+        if not len(times):
+            return 0.0
+        return quality_score(self.names, min(times), max(times), self.unmapped)
 
     def __repr__(self) -> str:
         return (

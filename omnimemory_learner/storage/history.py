@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..core.identity import session_key
 from .files import HISTORY_FILE, ensure_private_dir
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # How settled sessions ended, as `history` shows them.
 LEARNED, NOT_LEARNED, REJECTED, TOO_SHORT, LOW_QUALITY, DROPPED = (
     "learned", "not_learned", "rejected", "too_short", "low_quality", "dropped")
-# Sessions that were sent: what the unusual-session model learns from.
-SENT_SETTLEMENTS = (LEARNED, NOT_LEARNED, REJECTED)
+# Sessions the API took (it answered 2xx): what the unusual-session model learns from.
+MODEL_SETTLEMENTS = (LEARNED, NOT_LEARNED)
 PRUNE_BATCH = 500
 
 _SCHEMA = """
@@ -313,11 +313,14 @@ def content_key(session: PendingSession) -> str:
                        [timestamp for _, timestamp, _ in commands])
 
 
-def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[str] = None) -> Entry:
-    """The history entry of an outbox session that settled (sent, rejected, parked or dropped)."""
+def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[str] = None,
+                  unusual: Optional[Tuple[float, str]] = None) -> Entry:
+    """The history entry of an outbox session that settled (sent, rejected, parked or dropped).
+
+    `unusual`: (score, rarest transition "a -> b") when the session was flagged.
+    """
     commands = session.commands
     times = [timestamp for _, timestamp, _ in commands]
-    unusual = json.loads(session.unusual) if session.unusual else None
     return Entry(
         content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
         [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.folding import fold_runs
-from ..core.identity import key_of_pairs
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE, ensure_private_dir
 
@@ -94,23 +93,22 @@ CREATE TABLE IF NOT EXISTS sessions (
     next_attempt_at REAL,  -- these three: see _ADDED_COLUMNS
     failures INTEGER NOT NULL DEFAULT 0,
     first_failed_at REAL,
-    quality REAL,
-    unusual TEXT
+    quality REAL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
 CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
 """
 
-# How many sessions have each status, kept by triggers in the transactions that
-# change them: the status snapshot every 5 s reads a few rows instead of
-# counting the outbox (16 ms with 137,000 pending: most of the idle CPU).
-# Triggers, so that no code path can forget a count.
+# How many sessions have each status, kept in the transactions that change
+# them: the status snapshot every 5 s reads a few rows instead of counting the
+# outbox (16 ms with 137,000 pending: most of the idle CPU).  Deletes and
+# status changes are counted by triggers, so that no code path can forget
+# one; inserts happen in one place, commit(), which adds its batch's tally
+# per status: a trigger's upsert per inserted row was a fifth of a
+# catch-up's commit.
+_INSERT_TRIGGER_OF_EARLIER_BUILDS = "sessions_counted_in"
 _COUNT_STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-    """CREATE TRIGGER IF NOT EXISTS sessions_counted_in AFTER INSERT ON sessions BEGIN
-        INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-            ON CONFLICT (status) DO UPDATE SET n = n + 1;
-    END""",
     """CREATE TRIGGER IF NOT EXISTS sessions_counted_out AFTER DELETE ON sessions BEGIN
         UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
     END""",
@@ -131,10 +129,10 @@ _ADDED_COLUMNS = (
     # and when the first of them happened: together they park it.
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
     ("first_failed_at", "REAL"),
-    # The session's quality score (sent with it) and, when it was flagged as
-    # unusual, JSON [score, "a -> b"]: the history records both when it settles.
+    # The session's quality score (sent with it; the history records it).
+    # (Stores of an earlier build also have an unused "unusual" column: the
+    # delivery thread judges a session when it settles now.)
     ("quality", "REAL"),
-    ("unusual", "TEXT"),
 )
 
 
@@ -157,7 +155,6 @@ class PendingSession(NamedTuple):
     attempts: int
     failures: int = 0  # the session's own failures (see StateStore.blame_failure)
     quality: Optional[float] = None
-    unusual: Optional[str] = None  # JSON [score, "a -> b"] when flagged
     reason: Optional[str] = None  # why it closed
 
     def body(self, fold_repeats: bool = False) -> dict:
@@ -401,26 +398,25 @@ class StateStore:
             # The content key, not a random one: a session read again (a replay,
             # a replaced or rewritten database, a backfill) is sent with the
             # same Idempotency-Key, and the delivered ledger knows it.
-            key = key_of_pairs(session.session_id, session.pairs, session.times)
-            unusual = _compact_json(list(session.unusual)) if session.unusual else None
+            key = session.key
             if session.learnable and not session.low_quality:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
                              session.outcome, len(session.pairs), encode_commands(session), session.reason, now,
-                             session.quality, unusual))
+                             session.quality))
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
                              LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
-                             session.reason, now, session.quality, None))
+                             session.reason, now, session.quality))
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append((key_of_pairs(session.session_id, session.pairs, session.times), session.session_id,
+                rows.append((session.key, session.session_id,
                              session.first_rowid, session.last_rowid, ALREADY_DELIVERED, None, len(session.pairs),
-                             None, session.reason, now, session.quality, None))
+                             None, session.reason, now, session.quality))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-                " n_commands, commands, reason, closed_at, quality, unusual) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " n_commands, commands, reason, closed_at, quality) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             db.executemany(
@@ -435,6 +431,13 @@ class StateStore:
                 ],
             )
             self._add_counters(db, counters)
+            tally: Dict[str, int] = {}
+            for row in rows:
+                tally[row[4]] = tally.get(row[4], 0) + 1
+            db.executemany(
+                "INSERT INTO status_counts (status, n) VALUES (?, ?) ON CONFLICT (status) DO UPDATE SET n = n + ?",
+                [(status, n, n) for status, n in tally.items()],
+            )
             # Markers below the low-water mark can never be met again.
             db.execute(
                 f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
@@ -507,11 +510,10 @@ class StateStore:
         self._ensure_file()  # another connection may have restored a deleted file
         due = "" if due_by is None else " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
         return [
-            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), row[5], row[6], row[7], row[8],
-                           row[9])
+            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), *row[5:])
             for row in self._db.execute(
-                "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, unusual,"
-                " reason FROM sessions"
+                "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, reason"
+                " FROM sessions"
                 f" WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
                 (PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
             )
@@ -520,7 +522,7 @@ class StateStore:
     def undelivered(self, session_id: int) -> Optional[PendingSession]:
         """One pending or rejected session, whole (what `outbox drop` records before it drops it)."""
         row = self._db.execute(
-            "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, unusual, reason"
+            "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, reason"
             " FROM sessions WHERE id = ? AND status IN (?, ?) AND commands IS NOT NULL",
             (session_id, PENDING, REJECTED),
         ).fetchone()
@@ -646,12 +648,17 @@ class StateStore:
         return dict(self._db.execute("SELECT name, value FROM counters"))
 
     def _count_statuses(self) -> None:
-        """Install the counting triggers; a store without them is counted once, in the same transaction."""
+        """Install the counting triggers; a store without them is counted once, in the same transaction.
+
+        A store of an earlier build also counted inserts by a trigger: it is
+        dropped (commit() counts them now), or each insert would count twice.
+        """
         if self._counting():
             return
         with _Transaction(self._db):
             if self._counting():
                 return  # another connection did it meanwhile
+            self._db.execute(f"DROP TRIGGER IF EXISTS {_INSERT_TRIGGER_OF_EARLIER_BUILDS}")
             for statement in _COUNT_STATEMENTS:
                 self._db.execute(statement)
             self._db.execute("DELETE FROM status_counts")
@@ -659,12 +666,11 @@ class StateStore:
                 "INSERT INTO status_counts (status, n) SELECT status, count(*) FROM sessions GROUP BY status")
 
     def _counting(self) -> bool:
-        """Whether the counting triggers are there (the table they keep is then right)."""
-        names = [statement.split()[5] for statement in _COUNT_STATEMENTS[1:]]
-        found = self._db.execute(
-            f"SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN ({','.join('?' * len(names))})",
-            names).fetchone()[0]
-        return bool(found == len(names))
+        """Whether this build's counting triggers, and only they, are there (the table they keep is then right)."""
+        names = {statement.split()[5] for statement in _COUNT_STATEMENTS[1:]}
+        found = {name for (name,) in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sessions_counted_%'")}
+        return found == names
 
     def status_counts(self) -> Dict[str, int]:
         if self._counted:

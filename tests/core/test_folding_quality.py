@@ -99,3 +99,7 @@ def test_quality_is_always_in_range(names, a, b, unmapped):
     assert set(quality.components) == set(WEIGHTS)
     assert all(0.0 <= value <= 1.0 for value in quality.components.values())
     assert abs(sum(WEIGHTS.values()) - 1.0) < 1e-9
+    # The score is the weighted sum of the components it shows, clamped and rounded.
+    if names:
+        weighted = sum(WEIGHTS[name] * value for name, value in quality.components.items())
+        assert quality.score == round(min(1.0, max(0.0, weighted)), 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -106,3 +107,43 @@ def test_percentile_nearest_rank():
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 100) == 5.0
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 40) == 2.0
     assert percentile([7.0], 99) == 7.0
+
+
+def reference_score(history, names, alpha=0.5):
+    """The model's score in a few plain lines: counts over the folded history, add-alpha smoothing."""
+    counts, seen = {}, set()
+    for past in history:
+        path = ["^"] + plain_fold(past) + ["$"]
+        seen.update(path[1:-1])
+        for a, b in zip(path, path[1:]):
+            counts[(a, b)] = counts.get((a, b), 0) + 1
+    path = ["^"] + plain_fold(names) + ["$"]
+    logs = []
+    for a, b in zip(path, path[1:]):
+        leaving = sum(n for (x, _), n in counts.items() if x == a)
+        logs.append(-math.log((counts.get((a, b), 0) + alpha) / (leaving + alpha * (len(seen) + 1))))
+    return sum(logs) / len(logs)
+
+
+SESSION_NAMES = st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), min_size=1, max_size=12)
+
+
+@given(st.lists(SESSION_NAMES, max_size=30), SESSION_NAMES)
+def test_score_equals_a_plain_count(history, names):
+    model = TransitionModel()
+    for past in history:
+        model.add(past)
+    assert math.isclose(model.score(names).value, reference_score(history, names), rel_tol=1e-9)
+
+
+@given(st.lists(SESSION_NAMES, min_size=0, max_size=40), st.lists(SESSION_NAMES, min_size=1, max_size=40))
+def test_observe_judges_before_it_learns(history, arriving):
+    # min_history small so the threshold is drawn and judged inside the example.
+    detector = UnusualDetector(history, min_history=5)
+    for index, names in enumerate(arriving):
+        expected_flag = detector.judge(names)[1]
+        expected_score = reference_score(history + arriving[:index], names)
+        score, flagged = detector.observe(names)
+        assert flagged == expected_flag
+        assert math.isclose(score.value, expected_score, rel_tol=1e-9)
+        assert detector.model.sessions == len(history) + index + 1
