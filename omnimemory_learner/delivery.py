@@ -118,6 +118,17 @@ def redirect_target(answer: Answer) -> Optional[str]:
     return None
 
 
+def _earlier_flag(value: Optional[str]) -> Optional[Tuple[float, str]]:
+    """An earlier build's flag, JSON [score, "a -> b"], or None (also for anything else)."""
+    try:
+        flag = json.loads(value) if value else None
+    except ValueError:
+        return None
+    if isinstance(flag, list) and len(flag) == 2 and isinstance(flag[0], (int, float)) and isinstance(flag[1], str):
+        return float(flag[0]), flag[1]
+    return None
+
+
 def classify(answer: Answer) -> Tuple[str, Optional[str]]:
     """(verdict, pattern_id or error text) for one answer of POST /learn."""
     status = answer.status_code
@@ -558,10 +569,13 @@ class Deliverer:
         (score, rarest transition) when it is unusual, which is said once, at NOTICE.
         """
         detector = self._unusual
-        if detector is None:
-            return None
-        score, flagged = detector.observe([command for command, _, _ in session.commands])
-        if not flagged or score is None:
+        score, flagged = None, False
+        if detector is not None:
+            score, flagged = detector.observe([command for command, _, _ in session.commands])
+        earlier = _earlier_flag(session.unusual)
+        if earlier is not None:
+            return earlier  # flagged, and said at NOTICE, by the build that read it
+        if detector is None or not flagged or score is None:
             return None
         rarest = f"{score.rarest[0]} -> {score.rarest[1]}"
         log.log(NOTICE, "Unusual session %s: its rarest transition is %s (score %.2f, above the %gth "

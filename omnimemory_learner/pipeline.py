@@ -444,14 +444,19 @@ class Pipeline:
     # -- quality, history -------------------------------------------------------
 
     def _assess(self, closed: List[ClosedSession]) -> None:
-        """Score each newly closed session once (a commit retried after a failure finds them scored).
+        """Score the sessions min_quality needs scored now, once each.
 
-        Unusual sessions are judged by the delivery thread when the API takes
-        them (delivery.Deliverer._judge), off this, the reading thread.
+        With min_quality = 0 (the default) nothing waits on the score: a
+        session to be sent is scored by the delivery thread when it is sent
+        (PendingSession.scored_quality), from the same names, times and
+        unmapped rows, off this, the reading thread; so are unusual sessions
+        (delivery.Deliverer._judge).  A session that is not sent (too short)
+        is scored here for the history.  A commit retried after a failure
+        finds them scored.
         """
         min_quality = self.config.min_quality
         for session in closed:
-            if session.quality is not None:
+            if session.quality is not None or (session.learnable and min_quality <= 0):
                 continue
             session.quality = session.score_quality()
             if session.learnable and session.quality < min_quality:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 from hypothesis import HealthCheck, given, settings
@@ -116,4 +117,69 @@ def test_the_insert_trigger_of_the_previous_build_is_dropped_not_counted_twice(t
     triggers = {name for (name,) in sqlite3.connect(str(tmp_path / "state.db")).execute(
         "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert "sessions_counted_in" not in triggers
+    store.close()
+
+
+NAMES = st.sampled_from([("open_file", "file_open"), ("edit_code", "code_edit"), ("save_file", "file_save"),
+                         ("commit_changes", "git_commit"), ("delete_file", "file_delete")])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(NAMES, st.floats(1e9, 2e9)), min_size=1, max_size=30), st.integers(0, 50))
+def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_factory, events, unmapped):
+    # min_quality = 0: the reading thread leaves the score to the delivery thread (PendingSession.scored_quality).
+    from array import array
+    closed = ClosedSession("s", [pair for pair, _ in events], array("d", [time for _, time in events]), 1,
+                           len(events), "idle", True, unmapped)
+    at_close = closed.score_quality()
+    store = StateStore(tmp_path_factory.mktemp("state"))
+    store.commit(0, len(events), None, [closed], {})
+    pending, = store.pending()
+    assert pending.quality is None and pending.scored_quality() == at_close
+    assert pending.body()["quality"] == at_close
+    store.close()
+
+
+def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path):
+    store = StateStore(tmp_path)
+    store.commit(0, 20, None, [session(1, 4), session(2, 4)], {})
+    connection = sqlite3.connect(str(tmp_path / "state.db"))
+    first, second = [row[0] for row in connection.execute("SELECT id FROM sessions ORDER BY id")]
+    connection.execute("UPDATE sessions SET quality = 0.42, unmapped = NULL WHERE id = ?", (first,))  # scored then
+    connection.execute("UPDATE sessions SET quality = NULL, unmapped = NULL WHERE id = ?", (second,))  # before quality
+    connection.commit()
+    connection.close()
+    by_id = {row.id: row for row in store.pending()}
+    assert by_id[first].body()["quality"] == 0.42
+    assert "quality" not in by_id[second].body()
+    store.close()
+
+
+def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_brought_up_to_date(tmp_path):
+    # A backup restored by hand while the service runs: its connection reopens the file at the
+    # path and must count as this build does (no insert trigger, a counting table).
+    store = StateStore(tmp_path / "live")
+    store.commit(10, 10, None, [session(1, 4)], {})
+    for kind in ("previous build", "before counting"):
+        older = StateStore(tmp_path / kind)
+        older.commit(10, 10, None, [session(2, 4), session(3, 1)], {})
+        older.close()
+        connection = sqlite3.connect(str(tmp_path / kind / "state.db"))
+        if kind == "previous build":
+            connection.execute("""CREATE TRIGGER sessions_counted_in AFTER INSERT ON sessions BEGIN
+                INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+                    ON CONFLICT (status) DO UPDATE SET n = n + 1;
+            END""")
+        else:
+            for name in ("sessions_counted_out", "sessions_counted_moved"):
+                connection.execute(f"DROP TRIGGER {name}")
+            connection.execute("DROP TABLE status_counts")
+        connection.commit()
+        connection.execute("VACUUM INTO ?", (str(tmp_path / "live" / "state.db.restored"),))  # the backup, whole
+        connection.close()
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a quiet moment: the live WAL holds nothing
+        os.replace(tmp_path / "live" / "state.db.restored", tmp_path / "live" / "state.db")
+        store.commit(40, 40, None, [session(4, 4), session(5, 4)], {})
+        print(kind, store.status_counts(), plain_counts(tmp_path / "live" / "state.db"), [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")])
+        assert store.status_counts() == plain_counts(tmp_path / "live" / "state.db")
     store.close()

@@ -324,5 +324,5 @@ def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[st
     return Entry(
         content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
         [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
-        session.quality, unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
+        session.scored_quality(), unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
     )

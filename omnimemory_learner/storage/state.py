@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.folding import fold_runs
+from ..core.quality import quality_score
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE, ensure_private_dir
 
@@ -93,7 +94,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     next_attempt_at REAL,  -- these three: see _ADDED_COLUMNS
     failures INTEGER NOT NULL DEFAULT 0,
     first_failed_at REAL,
-    quality REAL
+    quality REAL,
+    unmapped INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
 CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
@@ -130,9 +132,13 @@ _ADDED_COLUMNS = (
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
     ("first_failed_at", "REAL"),
     # The session's quality score (sent with it; the history records it).
-    # (Stores of an earlier build also have an unused "unusual" column: the
-    # delivery thread judges a session when it settles now.)
+    # (Stores of the build before also have an "unusual" column, flags made
+    # when sessions were read; read while they are pending, never written.)
     ("quality", "REAL"),
+    # Rows of the session's id of unmapped types: with them the delivery
+    # thread scores the quality of a session the reading thread did not
+    # (min_quality = 0), off the catch-up's path.
+    ("unmapped", "INTEGER"),
 )
 
 
@@ -154,8 +160,26 @@ class PendingSession(NamedTuple):
     commands: list  # [(command, timestamp, event_type), ...]
     attempts: int
     failures: int = 0  # the session's own failures (see StateStore.blame_failure)
-    quality: Optional[float] = None
+    quality: Optional[float] = None  # None: scored when sent (see scored_quality)
     reason: Optional[str] = None  # why it closed
+    unmapped: Optional[int] = None
+    # JSON [score, "a -> b"]: flagged as unusual by an earlier build when it
+    # was read (this one judges it when the API takes it; see delivery._judge).
+    unusual: Optional[str] = None
+
+    def scored_quality(self) -> Optional[float]:
+        """The quality score: as committed, else worked out now from what the session was read with.
+
+        The same inputs as at close (names, event times, unmapped rows), so
+        the same score.  None for a session of a build before quality.
+        """
+        if self.quality is not None or self.unmapped is None:
+            return self.quality
+        commands = self.commands
+        if not commands:
+            return 0.0
+        times = [timestamp for _, timestamp, _ in commands]
+        return quality_score([command for command, _, _ in commands], min(times), max(times), self.unmapped)
 
     def body(self, fold_repeats: bool = False) -> dict:
         if fold_repeats:
@@ -172,8 +196,9 @@ class PendingSession(NamedTuple):
             "session_id": self.session_id,
             "tool_id": "omnimemory-learner",
         }
-        if self.quality is not None:
-            body["quality"] = self.quality
+        quality = self.scored_quality()
+        if quality is not None:
+            body["quality"] = quality
         return body
 
 
@@ -248,16 +273,9 @@ class StateStore:
             if create:
                 ensure_private_dir(self.state_dir)
                 _create_private(self.path)
+            self._create = create
             self._connect()
-            if create:
-                self._db.executescript(_SCHEMA)
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(name,) for name in COUNTERS]
-                )
-            self._add_columns(required=create)
-            if create:
-                self._count_statuses()
-            self._counted = self._counting()
+            self._prepare()
         except (OSError, sqlite3.Error) as error:
             raise StateError(f"cannot use state store {self.path}: {error}") from None
         for suffix in ("-wal", "-shm"):
@@ -265,6 +283,18 @@ class StateStore:
                 os.chmod(str(self.path) + suffix, 0o600)
             except OSError:
                 pass
+
+    def _prepare(self) -> None:
+        """Bring the file at our path to this build's schema: when opened, and when it was replaced under us."""
+        if self._create:
+            self._db.executescript(_SCHEMA)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(name,) for name in COUNTERS]
+            )
+        self._add_columns(required=self._create)
+        if self._create:
+            self._count_statuses()
+        self._counted = self._counting()
 
     def _connect(self) -> None:
         self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -313,6 +343,11 @@ class StateStore:
     def _present_columns(self) -> set:
         return {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
 
+    def _pending_columns(self) -> str:
+        """PendingSession's fields, as the outbox keeps them (NULL for what an older store lacks)."""
+        later = ", ".join(map(self._column, ("failures", "quality", "reason", "unmapped", "unusual")))
+        return f"id, idempotency_key, session_id, outcome, commands, attempts, {later}"
+
     def _column(self, name: str) -> str:
         """`name` in a SELECT, or NULL when an unmigrated store lacks it."""
         return name if name in self._columns else f"NULL AS {name}"
@@ -347,7 +382,12 @@ class StateStore:
         except OSError as error:
             raise StateError(f"cannot check the state store {self.path}: {error}") from None
         self._db.close()
-        self._connect()
+        try:
+            self._connect()
+            # A file put there by hand (a restored backup) may be of an earlier build.
+            self._prepare()
+        except sqlite3.Error as error:
+            raise StateError(f"cannot use state store {self.path}: {error}") from None
 
     # -- position --------------------------------------------------------------
 
@@ -402,21 +442,21 @@ class StateStore:
             if session.learnable and not session.low_quality:
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
                              session.outcome, len(session.pairs), encode_commands(session), session.reason, now,
-                             session.quality))
+                             session.quality, session.unmapped))
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
                 rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
                              LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
-                             session.reason, now, session.quality))
+                             session.reason, now, session.quality, session.unmapped))
         for session in known:
             if session.last_rowid > resume_after:
                 rows.append((session.key, session.session_id,
                              session.first_rowid, session.last_rowid, ALREADY_DELIVERED, None, len(session.pairs),
-                             None, session.reason, now, session.quality))
+                             None, session.reason, now, session.quality, session.unmapped))
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-                " n_commands, commands, reason, closed_at, quality) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             db.executemany(
@@ -512,8 +552,7 @@ class StateStore:
         return [
             PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), *row[5:])
             for row in self._db.execute(
-                "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, reason"
-                " FROM sessions"
+                f"SELECT {self._pending_columns()} FROM sessions"
                 f" WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
                 (PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
             )
@@ -522,8 +561,8 @@ class StateStore:
     def undelivered(self, session_id: int) -> Optional[PendingSession]:
         """One pending or rejected session, whole (what `outbox drop` records before it drops it)."""
         row = self._db.execute(
-            "SELECT id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, reason"
-            " FROM sessions WHERE id = ? AND status IN (?, ?) AND commands IS NOT NULL",
+            f"SELECT {self._pending_columns()} FROM sessions"
+            " WHERE id = ? AND status IN (?, ?) AND commands IS NOT NULL",
             (session_id, PENDING, REJECTED),
         ).fetchone()
         if row is None:
