@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sqlite3
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
-from omnimemory_learner.storage.state import StateStore
+from omnimemory_learner.storage.state import StateError, StateStore
 
 OPERATIONS = st.lists(st.one_of(
     st.tuples(st.just("commit"), st.integers(0, 4), st.integers(0, 3), st.booleans()),
@@ -182,4 +183,46 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
         store.commit(40, 40, None, [session(4, 4), session(5, 4)], {})
         print(kind, store.status_counts(), plain_counts(tmp_path / "live" / "state.db"), [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")])
         assert store.status_counts() == plain_counts(tmp_path / "live" / "state.db")
+    store.close()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all " * 100], ids=["empty", "junk"])
+def test_a_state_store_replaced_by_a_file_that_is_not_one_is_moved_aside_and_the_state_kept(tmp_path, content):
+    store = StateStore(tmp_path)
+    store.commit(10, 10, None, [session(1, 4), session(2, 4)], {})
+    (tmp_path / "junk").write_bytes(content)
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a quiet moment
+    os.replace(tmp_path / "junk", tmp_path / "state.db")
+    store.commit(40, 40, None, [session(3, 4)], {})
+    assert [row.session_id for row in store.pending()] == ["s1", "s2", "s3"]
+    assert store.status_counts() == {"pending": 3} == plain_counts(tmp_path / "state.db")
+    aside, = [path for path in tmp_path.iterdir() if ".not-a-state-store-" in path.name]
+    assert aside.read_bytes() == content
+    store.close()
+
+
+def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_write(tmp_path, monkeypatch):
+    store = StateStore(tmp_path)
+    store.commit(10, 10, None, [session(1, 4)], {})
+    older = StateStore(tmp_path / "older")
+    older.commit(10, 10, None, [session(2, 4)], {})
+    older.close()
+    connection = sqlite3.connect(str(tmp_path / "older" / "state.db"))
+    connection.execute("ALTER TABLE sessions DROP COLUMN unmapped")  # as a build before it left it
+    connection.execute("VACUUM INTO ?", (str(tmp_path / "restored"),))
+    connection.close()
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.replace(tmp_path / "restored", tmp_path / "state.db")
+    prepare = StateStore._prepare
+
+    def locked_once(self):
+        monkeypatch.setattr(StateStore, "_prepare", prepare)
+        raise sqlite3.OperationalError("database is locked")  # another process held it past the busy timeout
+
+    monkeypatch.setattr(StateStore, "_prepare", locked_once)
+    with pytest.raises(StateError):
+        store.commit(40, 40, None, [session(4, 4)], {})
+    store.commit(40, 40, None, [session(4, 4)], {})
+    assert [row.session_id for row in store.pending()] == ["s2", "s4"]
+    assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
     store.close()

@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import sys
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -260,6 +261,26 @@ def _create_private(path: Path) -> None:
         pass
 
 
+# Held while a connection repairs or reopens a state store deleted or replaced under it.
+_REPAIRING = threading.Lock()
+
+
+def _is_state_store(path: Path) -> bool:
+    """Whether the file holds a learner's state (its sessions table), read without writing."""
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error:
+        return False
+    try:
+        found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")
+        return found.fetchone() is not None
+    except sqlite3.DatabaseError as error:
+        # Busy or locked is a store in use; anything else ("file is not a database") is not one.
+        return "locked" in str(error) or "busy" in str(error)
+    finally:
+        connection.close()
+
+
 class StateStore:
     """One connection to the state database; each thread opens its own."""
 
@@ -311,7 +332,7 @@ class StateStore:
                 time.sleep(0.05)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         status = os.stat(self.path)
-        self._identity = (status.st_dev, status.st_ino)
+        self._identity: Optional[Tuple[int, int]] = (status.st_dev, status.st_ino)
 
     def close(self) -> None:
         self._db.close()
@@ -357,28 +378,39 @@ class StateStore:
         return _Transaction(self._db)
 
     def _ensure_file(self) -> None:
-        """Writes must reach the file at our path, not one deleted under us.
+        """Writes must reach the file at our path, not one deleted or replaced under us.
 
         If state.db was deleted while we run, our connection still holds the
-        whole state: write it back with VACUUM INTO.  If another connection did
-        that already (or the file was replaced), reopen the one at the path.
+        whole state: write it back with VACUUM INTO.  If the file at the path
+        is not a state store (an empty file, another database, junk), it is
+        moved aside and the state written back the same way.  Otherwise (a
+        restored backup, or another connection wrote it back) reopen the one
+        at the path and bring it to this build's schema.  One connection of
+        this process at a time does this (the reader and the delivery thread
+        would race: two VACUUM INTOs into one new file empty it).
         """
         try:
             status = os.stat(self.path)
             if (status.st_dev, status.st_ino) == self._identity:
                 return
         except FileNotFoundError:
-            try:
-                ensure_private_dir(self.state_dir)
-                self._db.execute("VACUUM INTO ?", (str(self.path),))
-                os.chmod(self.path, 0o600)
-                log.warning("The state store %s was deleted while running; restored it from the open connection",
-                            self.path)
-            except (sqlite3.Error, OSError) as error:
-                if not self.path.exists():
-                    raise StateError(
-                        f"the state store {self.path} was deleted and cannot be restored: {error}"
-                    ) from None
+            pass
+        except OSError as error:
+            raise StateError(f"cannot check the state store {self.path}: {error}") from None
+        with _REPAIRING:
+            self._repair()
+
+    def _repair(self) -> None:
+        try:
+            status = os.stat(self.path)
+            if (status.st_dev, status.st_ino) == self._identity:
+                return  # another connection repaired it meanwhile and it is ours after all
+            if not _is_state_store(self.path):
+                aside = self.path.with_name(f"{self.path.name}.not-a-state-store-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(self.path, aside)
+                self._write_back(f"was replaced by a file that is not a state store (moved to {aside})")
+        except FileNotFoundError:
+            self._write_back("was deleted while running")
         except OSError as error:
             raise StateError(f"cannot check the state store {self.path}: {error}") from None
         self._db.close()
@@ -387,7 +419,20 @@ class StateStore:
             # A file put there by hand (a restored backup) may be of an earlier build.
             self._prepare()
         except sqlite3.Error as error:
+            self._identity = None  # not ready: the next write tries again
             raise StateError(f"cannot use state store {self.path}: {error}") from None
+
+    def _write_back(self, what: str) -> None:
+        """Our connection's state into a new file at the path."""
+        try:
+            ensure_private_dir(self.state_dir)
+            self._db.execute("VACUUM INTO ?", (str(self.path),))
+            os.chmod(self.path, 0o600)
+        except (sqlite3.Error, OSError) as error:
+            if not self.path.exists():
+                raise StateError(f"the state store {self.path} {what} and cannot be restored: {error}") from None
+            return  # written back by another process meanwhile: reopened below
+        log.warning("The state store %s %s; restored it from the open connection", self.path, what)
 
     # -- position --------------------------------------------------------------
 
