@@ -186,18 +186,31 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
     store.close()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a database at all " * 100], ids=["empty", "junk"])
-def test_a_state_store_replaced_by_a_file_that_is_not_one_is_moved_aside_and_the_state_kept(tmp_path, content):
+@pytest.mark.parametrize("kind", ["empty", "junk", "another database", "fifo"])
+def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_state_kept(tmp_path, kind):
     store = StateStore(tmp_path)
     store.commit(10, 10, None, [session(1, 4), session(2, 4)], {})
-    (tmp_path / "junk").write_bytes(content)
-    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a quiet moment
-    os.replace(tmp_path / "junk", tmp_path / "state.db")
+    foreign = tmp_path / "foreign"
+    if kind == "fifo":
+        os.mkfifo(foreign)
+    elif kind == "another database":
+        other = sqlite3.connect(str(foreign))
+        other.execute("CREATE TABLE users (name TEXT)")
+        other.commit()
+        other.close()
+    else:
+        foreign.write_bytes(b"" if kind == "empty" else b"not a database at all " * 100)
+    before = None if kind == "fifo" else foreign.read_bytes()
+    os.replace(foreign, tmp_path / "state.db")
+    for _ in range(2):  # said on every write, never adopted nor overwritten
+        with pytest.raises(StateError, match="replaced by a file that is not one"):
+            store.commit(40, 40, None, [session(3, 4)], {})
+    if before is not None:
+        assert (tmp_path / "state.db").read_bytes() == before
+    os.remove(tmp_path / "state.db")  # the user moves it away: the state is written back
     store.commit(40, 40, None, [session(3, 4)], {})
     assert [row.session_id for row in store.pending()] == ["s1", "s2", "s3"]
     assert store.status_counts() == {"pending": 3} == plain_counts(tmp_path / "state.db")
-    aside, = [path for path in tmp_path.iterdir() if ".not-a-state-store-" in path.name]
-    assert aside.read_bytes() == content
     store.close()
 
 

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -265,18 +266,31 @@ def _create_private(path: Path) -> None:
 _REPAIRING = threading.Lock()
 
 
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+
 def _is_state_store(path: Path) -> bool:
-    """Whether the file holds a learner's state (its sessions table), read without writing."""
+    """Whether the regular file at `path` is a SQLite database with a learner's sessions table.
+
+    Read as the file alone (immutable=1): the write-ahead log beside it is
+    named after the path, so it may be the log of the file this one
+    replaced, and SQLite would lay those pages over this file.  A FIFO or a
+    device is never opened (that could block).
+    """
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
-    except sqlite3.Error:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as file:
+            if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                return False
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+    except (OSError, sqlite3.Error):
         return False
     try:
         found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")
         return found.fetchone() is not None
-    except sqlite3.DatabaseError as error:
-        # Busy or locked is a store in use; anything else ("file is not a database") is not one.
-        return "locked" in str(error) or "busy" in str(error)
+    except sqlite3.Error:
+        return False
     finally:
         connection.close()
 
@@ -383,11 +397,12 @@ class StateStore:
         If state.db was deleted while we run, our connection still holds the
         whole state: write it back with VACUUM INTO.  If the file at the path
         is not a state store (an empty file, another database, junk), it is
-        moved aside and the state written back the same way.  Otherwise (a
-        restored backup, or another connection wrote it back) reopen the one
-        at the path and bring it to this build's schema.  One connection of
-        this process at a time does this (the reader and the delivery thread
-        would race: two VACUUM INTOs into one new file empty it).
+        left alone and every write says so (StateError) until it is moved
+        away.  Otherwise (a restored backup, or another connection wrote it
+        back) reopen the one at the path and bring it to this build's
+        schema.  One connection of this process at a time does this (the
+        reader and the delivery thread would race: two VACUUM INTOs into one
+        new file empty it).
         """
         try:
             status = os.stat(self.path)
@@ -406,9 +421,11 @@ class StateStore:
             if (status.st_dev, status.st_ino) == self._identity:
                 return  # another connection repaired it meanwhile and it is ours after all
             if not _is_state_store(self.path):
-                aside = self.path.with_name(f"{self.path.name}.not-a-state-store-{time.strftime('%Y%m%dT%H%M%S')}")
-                os.replace(self.path, aside)
-                self._write_back(f"was replaced by a file that is not a state store (moved to {aside})")
+                # Not ours to overwrite or adopt (an empty file, another program's database, a FIFO):
+                # said on every write, reading pauses, our connection keeps the state meanwhile.
+                raise StateError(
+                    f"the state store {self.path} was replaced by a file that is not one; move that file away "
+                    "(the state is then written back from the running service) or put the state back")
         except FileNotFoundError:
             self._write_back("was deleted while running")
         except OSError as error:
