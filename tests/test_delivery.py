@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from omnimemory_learner.cli.outbox import outbox as outbox_command
 from omnimemory_learner.config import load_config
+from omnimemory_learner.core.quality import session_quality
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Backoff, Deliverer
 from omnimemory_learner.storage.lock import AlreadyRunning, InstanceLock, lock_is_held
@@ -132,6 +133,8 @@ def test_sessions_arrive_with_body_key_and_are_learned(tmp_path, api):
             {"command": "save_file", "timestamp": 200.0, "context": {"event_type": "file_save"}},
         ],
         "session_outcome": "success", "session_id": "s1", "tool_id": "omnimemory-learner",
+        # Scored when sent (min_quality = 0): the same score the session had when it closed.
+        "quality": session_quality(["open_file", "open_file", "save_file"], 100.0, 200.0).score,
     }
     assert len(body2["session_commands"]) == 4 and key1 and key2 and key1 != key2
     store = StateStore(tmp_path)
