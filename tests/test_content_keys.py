@@ -40,6 +40,8 @@ def test_commit_keys_each_session_by_its_content_wherever_its_rows_were(tmp_path
         ClosedSession.from_commands("b", COMMANDS, 17, 19, "idle", True),
     ], {})
     keys = [session.idempotency_key for session in store.pending()]
+    # Made when taken from the outbox (the reading thread stores none); the rewrite check sees the same.
+    assert store.outbox_keys() == set(keys)
     store.close()
     assert keys[0] == keys[1] == reference_key("a", COMMANDS)
     assert keys[2] == reference_key("a", COMMANDS[:2] + [("save_file", 1760000002.5, "file_save")])

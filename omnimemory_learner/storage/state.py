@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.folding import fold_runs
+from ..core.identity import session_key
 from ..core.quality import quality_score
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE, ensure_private_dir
@@ -247,6 +248,17 @@ def decode_commands(value) -> List[Tuple[str, float, str]]:
         times.byteswap()
     return [(command, timestamp, event_type)
             for (command, event_type), timestamp in zip(json.loads(value[:split]), times)]
+
+
+def _content_key(session_id: str, commands: List[Tuple[str, float, str]]) -> str:
+    return session_key(session_id, [event_type for _, _, event_type in commands],
+                       [timestamp for _, timestamp, _ in commands])
+
+
+def _pending_session(row: tuple) -> PendingSession:
+    """A PendingSession from _pending_columns(); an empty key is the content key, made now."""
+    commands = decode_commands(row[4])
+    return PendingSession(row[0], row[1] or _content_key(row[2], commands), row[2], row[3], commands, *row[5:])
 
 
 def _create_private(path: Path) -> None:
@@ -497,22 +509,24 @@ class StateStore:
         closed = list(closed)
         rows: List[tuple] = []
         for session in closed:
-            # The content key, not a random one: a session read again (a replay,
-            # a replaced or rewritten database, a backfill) is sent with the
-            # same Idempotency-Key, and the delivered ledger knows it.
-            key = session.key
+            # The Idempotency-Key is the content key (core/identity.py): a session
+            # read again (a replay, a replaced or rewritten database, a backfill)
+            # is sent with the same one, and the delivered ledger knows it.  It is
+            # made when the session is taken from the outbox (_pending_session),
+            # in the delivery thread: here it was a tenth of a catch-up.  Markers
+            # need none.
             if session.learnable and not session.low_quality:
-                rows.append((key, session.session_id, session.first_rowid, session.last_rowid, PENDING,
+                rows.append(("", session.session_id, session.first_rowid, session.last_rowid, PENDING,
                              session.outcome, len(session.pairs), encode_commands(session), session.reason, now,
                              session.quality, session.unmapped))
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                rows.append((key, session.session_id, session.first_rowid, session.last_rowid,
+                rows.append(("", session.session_id, session.first_rowid, session.last_rowid,
                              LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
                              session.reason, now, session.quality, session.unmapped))
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append((session.key, session.session_id,
+                rows.append(("", session.session_id,
                              session.first_rowid, session.last_rowid, ALREADY_DELIVERED, None, len(session.pairs),
                              None, session.reason, now, session.quality, session.unmapped))
         with self._transaction() as db:
@@ -574,8 +588,14 @@ class StateStore:
 
     def outbox_keys(self) -> set:
         """Idempotency keys of the sessions still in the outbox (pending or rejected)."""
-        return {row[0] for row in self._db.execute(
-            "SELECT idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED))}
+        keys = set()
+        rows = self._db.execute(
+            "SELECT idempotency_key, session_id, commands FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED))
+        for key, session_id, commands in rows:
+            if not key and commands is not None:
+                key = _content_key(session_id, decode_commands(commands))
+            keys.add(key)
+        return keys
 
     def mark_already_delivered(self, session_id: int) -> None:
         """Settled without sending: the delivered ledger has its content key."""
@@ -612,7 +632,7 @@ class StateStore:
         self._ensure_file()  # another connection may have restored a deleted file
         due = "" if due_by is None else " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
         return [
-            PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), *row[5:])
+            _pending_session(row)
             for row in self._db.execute(
                 f"SELECT {self._pending_columns()} FROM sessions"
                 f" WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
@@ -629,7 +649,7 @@ class StateStore:
         ).fetchone()
         if row is None:
             return None
-        return PendingSession(row[0], row[1], row[2], row[3], decode_commands(row[4]), *row[5:])
+        return _pending_session(row)
 
     def next_due(self, now: float) -> Optional[float]:
         """When the earliest pending session that backs off is due again (None: none does)."""
