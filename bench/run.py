@@ -71,7 +71,10 @@ def bare_loop(db: Path) -> float:
 def catch_up(db: Path, work: Path) -> dict:
     """Everything read, every session closed and in the outbox; delivery excluded."""
     shutil.rmtree(work / "state", ignore_errors=True)
-    pipeline = Pipeline(config_for(work, db))
+    # As the service does: sessions settled without being sent go to the
+    # delivery thread for the history, which is excluded here like delivery.
+    handed_over: list = []
+    pipeline = Pipeline(config_for(work, db), on_unsent=lambda sessions: handed_over.extend(sessions) or True)
     started = time.perf_counter()
     pipeline.drain()
     pipeline.close_all()

@@ -29,12 +29,14 @@ import sys
 import threading
 import time
 import zlib
+from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import httpx
 
 from .config import Config
+from .core.sessions import ClosedSession
 from .core.unusual import UnusualDetector
 from .logs import NOTICE
 from .storage.history import (
@@ -45,6 +47,7 @@ from .storage.history import (
     HistoryStore,
     content_key,
     settled_entry,
+    unsent_entry,
 )
 from .storage.state import PendingSession, StateError, StateStore
 
@@ -62,6 +65,9 @@ ERROR_TEXT_CAP = 500
 IDLE_WAIT_SECONDS = 60.0
 # The unusual-session model is built at start from this many recent sessions of the history.
 UNUSUAL_MODEL_SESSIONS = 20_000
+# Sessions settled without being sent, waiting here for the history; past this
+# (the thread is waiting out an API outage) the reading thread records them itself.
+UNSENT_QUEUE_CAP = 10_000
 # History retention while idle: at most this many batches (of 500) before looking for work again.
 PRUNE_BATCHES_PER_IDLE = 20
 
@@ -413,6 +419,9 @@ class Deliverer:
         # thread: a catch-up closes sessions far faster than the API takes
         # them, and scoring each there cost it a third of its speed.
         self._unusual: Optional[UnusualDetector] = None
+        # Sessions settled without being sent (too short, below min_quality),
+        # handed over by the reading thread for the history (take_unsent).
+        self._unsent: Deque[ClosedSession] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -463,6 +472,25 @@ class Deliverer:
     def wake(self) -> None:
         self._wake.set()
 
+    def take_unsent(self, sessions: List[ClosedSession]) -> bool:
+        """Sessions settled without being sent, to record in the history here; False: record them yourself.
+
+        The reading thread hands them over (Pipeline's on_unsent) so that a
+        catch-up does not wait on the history.  deque.extend and popleft are
+        thread-safe.
+        """
+        if not self.alive or len(self._unsent) + len(sessions) > UNSENT_QUEUE_CAP:
+            return False
+        self._unsent.extend(sessions)
+        self._wake.set()
+        return True
+
+    def _record_unsent(self) -> None:
+        unsent = self._unsent
+        while unsent and self._history is not None:
+            entries = [unsent_entry(unsent.popleft()) for _ in range(min(len(unsent), 1000))]
+            self._history.record(entries)
+
     def stop(self, grace: float) -> bool:
         """Ask the thread to stop; a POST in flight gets `grace` seconds. True if it stopped."""
         self._stop.set()
@@ -488,6 +516,7 @@ class Deliverer:
                 limit=UNUSUAL_MODEL_SESSIONS, settled=MODEL_SETTLEMENTS))
             client = BoundedClient(self.timeout)
             while not self._stop.is_set():
+                self._record_unsent()
                 idle = self._drain(store, client)
                 if self._stop.is_set():
                     break
@@ -503,6 +532,10 @@ class Deliverer:
             if store is not None:
                 store.close()
             if self._history is not None:
+                try:
+                    self._record_unsent()
+                except Exception:
+                    log.exception("Could not record sessions settled without being sent in the history")
                 self._history.close()
                 self._history = None
 
@@ -513,6 +546,7 @@ class Deliverer:
         passed_over = False  # this pass skipped due sessions that failed since the API last took one
         while not self._stop.is_set():
             self._wake.clear()
+            self._record_unsent()  # between batches too: a long catch-up hands over many
             now = time.time()
             due = store.pending(limit=100, after_id=after_id, due_by=now)
             batch = [session for session in due if session.id not in self._tried]

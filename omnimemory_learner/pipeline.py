@@ -4,7 +4,10 @@ Shared by the service loop and `backfill`.  Owns the read position, the
 session tracker and the state store; knows nothing of signals, watching,
 delivery or the service manager.  Whoever runs it hands it a callback,
 `on_outbox`, called after a commit put new sessions in the outbox (the loop
-and `backfill` wake their delivery thread with it).
+and `backfill` wake their delivery thread with it), and `on_unsent`, handed
+the sessions a commit settled without sending (too short, below
+min_quality) for the history (their delivery thread records them with the
+rest; without it the pipeline records them itself).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .config import Config
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
 from .events import EventReader, LocalTimeContext, Unavailable, file_identity, validate_rows
-from .storage.history import LOW_QUALITY, TOO_SHORT, Entry, HistoryStore
+from .storage.history import HistoryStore, unsent_entry
 from .storage.state import StateError, StateStore
 
 log = logging.getLogger(__name__)
@@ -46,9 +49,11 @@ class Pipeline:
         config: Config,
         clock: Callable[[], float] = time.monotonic,
         on_outbox: Optional[Callable[[], None]] = None,
+        on_unsent: Optional[Callable[[List[ClosedSession]], bool]] = None,
     ):
         self.config = config
         self.on_outbox = on_outbox
+        self.on_unsent = on_unsent
         self.clock = clock
         self.state = StateStore(config.state_dir)
         self.reader = EventReader(config.db_path)
@@ -78,8 +83,8 @@ class Pipeline:
         self.time_context = LocalTimeContext()
         self._evictions_unlogged = 0
         self._evictions_logged_at = float("-inf")
-        # Sessions settled here without being sent (too short, below
-        # min_quality) go to the history; the delivery thread records the rest.
+        # The ledger, asked while a rewritten database is read again; and where
+        # sessions settled without being sent go when there is no on_unsent.
         self.history = HistoryStore(config.state_dir)
         # After a rewritten database is read again from its start: sessions
         # with rows up to this rowid may have been delivered before (None: no
@@ -465,27 +470,16 @@ class Pipeline:
                           session.session_id, session.quality, min_quality)
 
     def _remember_unsent(self, closed: List[ClosedSession]) -> None:
-        """Sessions settled without being sent, into the history (it never stops learning)."""
-        entries = [history_entry(session, TOO_SHORT if not session.learnable else LOW_QUALITY)
-                   for session in closed if not session.learnable or session.low_quality]
-        if entries:
-            self.history.record(entries)
-
-    def prune_history(self) -> int:
-        """One small batch of history retention; the loop calls it when idle."""
-        return self.history.prune_some(self.config.history_days, self.config.history_max_sessions)
+        """Sessions settled without being sent, for the history (it never stops learning)."""
+        unsent = [session for session in closed if not session.learnable or session.low_quality]
+        if not unsent:
+            return
+        if self.on_unsent is not None and self.on_unsent(unsent):
+            return  # recorded by the delivery thread, off the reading path
+        self.history.record([unsent_entry(session) for session in unsent])
 
     def close(self) -> None:
         self.commit()
         self.reader.close()
         self.state.close()
         self.history.close()
-
-
-def history_entry(session: ClosedSession, settled: str) -> Entry:
-    times = session.times
-    return Entry(
-        session.key, session.session_id,
-        min(times) if len(times) else 0.0, max(times) if len(times) else 0.0, session.names, session.outcome, None,
-        session.reason, settled, session.quality,
-    )

@@ -222,7 +222,8 @@ class Service:
                     self.lock.acquire()
                 config = self.config
                 deliverer = Deliverer.from_config(config, on_progress=self._on_delivered)
-                self.pipeline = Pipeline(self.config, clock=self.clock, on_outbox=deliverer.wake)
+                self.pipeline = Pipeline(self.config, clock=self.clock, on_outbox=deliverer.wake,
+                                         on_unsent=deliverer.take_unsent)
                 self.deliverer = deliverer
             except AlreadyRunning as error:
                 if service_manager() == NONE:

@@ -247,3 +247,48 @@ def test_a_flag_made_by_the_build_before_survives_the_upgrade_and_is_not_said_ag
     entry, = history_json(env)
     assert (entry["unusual"], entry["unusual_score"], entry["rarest"]) == (True, 4.2, "open_file -> delete_file")
     assert "Unusual session" not in (tmp_path / "learner.log").read_text()
+
+
+def test_sessions_settled_without_sending_reach_the_history_through_the_delivery_thread(tmp_path, api):
+    # The reading thread hands too-short sessions to the delivery thread, which records them; a
+    # delivery thread that is not running (or whose queue is full) leaves them to the reading thread.
+    from omnimemory_learner.config import load_config
+    from omnimemory_learner.delivery import Deliverer
+    from omnimemory_learner.pipeline import Pipeline
+    from omnimemory_learner.storage.history import HistoryStore
+
+    db = create_db(tmp_path / "events.db")
+    base = time.time() - 7200
+    insert_events(db, [(stamp(base), "file_open", "short"),
+                       (stamp(base + 1), "file_open", "long"), (stamp(base + 2), "code_edit", "long"),
+                       (stamp(base + 3), "file_save", "long"),
+                       (stamp(base + 4000), "file_open", "late")])
+    config = load_config(env=learner_env(tmp_path, api.url, db))
+    deliverer = Deliverer.from_config(config)
+    handed = []
+
+    def hand_over(sessions):
+        handed.append((len(sessions), deliverer.take_unsent(sessions)))
+        return handed[-1][1]
+
+    pipeline = Pipeline(config, on_unsent=hand_over)
+    pipeline.drain()
+    pipeline.close_all()
+    pipeline.commit()  # the delivery thread is not running: the pipeline records them itself
+    assert handed == [(2, False)]
+    history = HistoryStore(config.state_dir)
+    assert sorted(entry.session_id for entry in history.sessions()) == ["late", "short"]
+    insert_events(db, [(stamp(base + 9000), "file_open", "later")])
+    deliverer.start()
+    try:
+        pipeline.drain()
+        pipeline.close_all()
+        pipeline.commit()
+        assert handed == [(2, False), (1, True)]
+        assert wait_until(lambda: len(history.sessions()) == 4, 10)  # "long" learned, "later" too short
+        assert {entry.session_id: entry.settled for entry in history.sessions()} == {
+            "short": "too_short", "late": "too_short", "later": "too_short", "long": "learned"}
+    finally:
+        deliverer.stop(2)
+        pipeline.close()
+        history.close()

@@ -36,7 +36,7 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
         return EX_CANTCREAT
     deliverer = Deliverer.from_config(config)
     try:
-        pipeline = Pipeline(config, on_outbox=deliverer.wake)
+        pipeline = Pipeline(config, on_outbox=deliverer.wake, on_unsent=deliverer.take_unsent)
     except StateError as problem:
         lock.release()
         error(str(problem))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..core.identity import session_key
+from ..core.sessions import ClosedSession
 from .files import HISTORY_FILE, ensure_private_dir
 from .state import PendingSession
 
@@ -325,4 +326,14 @@ def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[st
         content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
         [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
         session.scored_quality(), unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
+    )
+
+
+def unsent_entry(session: ClosedSession) -> Entry:
+    """The history entry of a session settled without being sent: too short, or below min_quality."""
+    times = session.times
+    return Entry(
+        session.key, session.session_id, min(times) if len(times) else 0.0, max(times) if len(times) else 0.0,
+        session.names, session.outcome, None, session.reason, LOW_QUALITY if session.learnable else TOO_SHORT,
+        session.quality,
     )
