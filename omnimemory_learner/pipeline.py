@@ -449,22 +449,23 @@ class Pipeline:
     # -- quality, history -------------------------------------------------------
 
     def _assess(self, closed: List[ClosedSession]) -> None:
-        """Score the sessions min_quality needs scored now, once each.
+        """Score the sessions min_quality must judge now, once each (a retried commit finds them scored).
 
-        With min_quality = 0 (the default) nothing waits on the score: a
+        Nothing else waits on a score here, off this, the reading thread: a
         session to be sent is scored by the delivery thread when it is sent
-        (PendingSession.scored_quality), from the same names, times and
-        unmapped rows, off this, the reading thread; so are unusual sessions
-        (delivery.Deliverer._judge).  A session that is not sent (too short)
-        is scored here for the history.  A commit retried after a failure
-        finds them scored.
+        (PendingSession.scored_quality) from the same names, times and
+        unmapped rows; one settled without sending (too short) when the
+        history records it (unsent_entry); unusual sessions are judged when
+        the API takes them (delivery.Deliverer._judge).
         """
         min_quality = self.config.min_quality
+        if min_quality <= 0:
+            return
         for session in closed:
-            if session.quality is not None or (session.learnable and min_quality <= 0):
+            if session.quality is not None or not session.learnable:
                 continue
             session.quality = session.score_quality()
-            if session.learnable and session.quality < min_quality:
+            if session.quality < min_quality:
                 session.low_quality = True
                 log.debug("Session %s scored %.3f, below min_quality %g: not sent",
                           session.session_id, session.quality, min_quality)

@@ -335,5 +335,5 @@ def unsent_entry(session: ClosedSession) -> Entry:
     return Entry(
         session.key, session.session_id, min(times) if len(times) else 0.0, max(times) if len(times) else 0.0,
         session.names, session.outcome, None, session.reason, LOW_QUALITY if session.learnable else TOO_SHORT,
-        session.quality,
+        session.score_quality() if session.quality is None else session.quality,
     )
