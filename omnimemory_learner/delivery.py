@@ -66,8 +66,8 @@ IDLE_WAIT_SECONDS = 60.0
 # The unusual-session model is built at start from this many recent sessions of the history.
 UNUSUAL_MODEL_SESSIONS = 20_000
 # Sessions settled without being sent, waiting here for the history; past this
-# (the thread is waiting out an API outage) the reading thread records them itself.
-UNSENT_QUEUE_CAP = 10_000
+# the reading thread records them itself (bounds the memory they hold).
+UNSENT_QUEUE_CAP = 2_000
 # History retention while idle: at most this many batches (of 500) before looking for work again.
 PRUNE_BATCHES_PER_IDLE = 20
 
@@ -479,11 +479,21 @@ class Deliverer:
         catch-up does not wait on the history.  deque.extend and popleft are
         thread-safe.
         """
-        if not self.alive or len(self._unsent) + len(sessions) > UNSENT_QUEUE_CAP:
-            return False
+        if not self.alive or self.retry_at is not None or len(self._unsent) + len(sessions) > UNSENT_QUEUE_CAP:
+            return False  # not running, or waiting out an API outage: they would sit in memory
         self._unsent.extend(sessions)
         self._wake.set()
         return True
+
+    def take_back_unsent(self) -> List[ClosedSession]:
+        """What was handed over and not recorded yet (after stop(): a POST in flight outlived the grace)."""
+        taken = []
+        while self._unsent:
+            try:
+                taken.append(self._unsent.popleft())
+            except IndexError:  # the thread took the last one meanwhile
+                break
+        return taken
 
     def _record_unsent(self) -> None:
         unsent = self._unsent
@@ -620,6 +630,7 @@ class Deliverer:
     def _wait(self, delay: float) -> bool:
         """Wait `delay` seconds for the API; True when the service stops meanwhile."""
         self.retry_at = time.time() + delay
+        self._record_unsent()  # what was handed over before the outage; take_unsent refuses meanwhile
         log.info("Will retry in %.1f s (%s)", delay, time.strftime("%H:%M:%S", time.localtime(self.retry_at)))
         return self._stop.wait(delay)
 

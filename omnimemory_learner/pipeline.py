@@ -477,7 +477,13 @@ class Pipeline:
             return
         if self.on_unsent is not None and self.on_unsent(unsent):
             return  # recorded by the delivery thread, off the reading path
-        self.history.record([unsent_entry(session) for session in unsent])
+        self.record_unsent(unsent)
+
+    def record_unsent(self, sessions: List[ClosedSession]) -> None:
+        """Record sessions settled without being sent in the history here (e.g. those a stopped delivery
+        thread had not recorded yet: Deliverer.take_back_unsent)."""
+        if sessions:
+            self.history.record([unsent_entry(session) for session in sessions])
 
     def close(self) -> None:
         self.commit()

@@ -462,6 +462,7 @@ class Service:
                 self.pipeline.commit()
                 if not self.deliverer.stop(STOP_GRACE_SECONDS):
                     log.warning("A delivery was still in flight at exit; it will be sent again with the same key")
+                self.pipeline.record_unsent(self.deliverer.take_back_unsent())
                 self._publish(running=False)
                 self.pipeline.close()
             log.info("Workflow learner stopped")

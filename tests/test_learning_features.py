@@ -292,3 +292,57 @@ def test_sessions_settled_without_sending_reach_the_history_through_the_delivery
         deliverer.stop(2)
         pipeline.close()
         history.close()
+
+
+def test_a_too_short_session_handed_over_reaches_the_history_though_a_post_outlives_the_stop(tmp_path, api):
+    # SIGTERM while a POST hangs past the stop's grace: the delivery thread never gets to record
+    # what the reading thread handed it; the service records it itself before it exits.
+    api.default = ("silent", 30)  # takes the POST and never answers
+    db = create_db(tmp_path / "events.db")
+    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=0.02)
+    base = time.time()
+    insert_events(db, [(stamp(base), "file_open", "long"), (stamp(base + 0.1), "code_edit", "long"),
+                       (stamp(base + 0.2), "file_save", "long")])
+    learner = start_learner(env, "run")
+    try:
+        assert wait_until(lambda: len(api.tried) >= 1, 20), output_of(learner)
+        insert_events(db, [(stamp(time.time()), "file_open", "short")])  # one event: too short
+        state = sqlite3.connect(str(tmp_path / "state" / "state.db"))
+        assert wait_until(lambda: state.execute(
+            "SELECT value FROM counters WHERE name = 'sessions_too_short'").fetchone()[0] == 1, 20)
+        state.close()
+        code, output = stop(learner, timeout=30)
+        assert code == 0 and "still in flight" in output
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+    history = sqlite3.connect(str(tmp_path / "state" / "history.db"))
+    assert history.execute("SELECT session_id, settled FROM history").fetchall() == [("short", "too_short")]
+    history.close()
+
+
+def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over(tmp_path):
+    # The delivery thread waits out the outage without looking at its queue: handed over, sessions
+    # would sit in memory for minutes, so take_unsent refuses them and the pipeline records them.
+    from helpers import free_port
+
+    from omnimemory_learner.config import load_config
+    from omnimemory_learner.core.sessions import ClosedSession
+    from omnimemory_learner.delivery import Deliverer
+    from omnimemory_learner.storage.state import StateStore
+
+    db = create_db(tmp_path / "events.db")
+    config = load_config(env=learner_env(tmp_path, f"http://127.0.0.1:{free_port()}", db))  # nothing listens
+    store = StateStore(config.state_dir)
+    store.commit(0, 3, None, [ClosedSession.from_commands(
+        "waiting", [("open_file", 1e9, "file_open"), ("edit_code", 1e9 + 1, "code_edit"),
+                    ("save_file", 1e9 + 2, "file_save")], 1, 3)], {})
+    store.close()
+    deliverer = Deliverer.from_config(config)
+    deliverer.start()
+    try:
+        assert wait_until(lambda: deliverer.retry_at is not None, 20)
+        short = ClosedSession.from_commands("short", [("open_file", 1e9 + 10, "file_open")], 4, 4, learnable=False)
+        assert deliverer.take_unsent([short]) is False
+    finally:
+        deliverer.stop(2)

@@ -89,5 +89,6 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
         return EX_OK
     finally:
         deliverer.stop(2.0)
+        pipeline.record_unsent(deliverer.take_back_unsent())
         pipeline.close()
         lock.release()

@@ -321,6 +321,7 @@ class StateStore:
                 ensure_private_dir(self.state_dir)
                 _create_private(self.path)
             self._create = create
+            self._made_keys: Dict[int, str] = {}  # see outbox_keys
             self._connect()
             self._prepare()
         except (OSError, sqlite3.Error) as error:
@@ -587,14 +588,31 @@ class StateStore:
         return int(value) if value else None
 
     def outbox_keys(self) -> set:
-        """Idempotency keys of the sessions still in the outbox (pending or rejected)."""
+        """Idempotency keys of the sessions still in the outbox (pending or rejected).
+
+        Asked at every commit while a rewritten database is read again: a
+        row stored without its key (made when delivered, _pending_session)
+        has it made once here and remembered by row id.
+        """
         keys = set()
-        rows = self._db.execute(
-            "SELECT idempotency_key, session_id, commands FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED))
-        for key, session_id, commands in rows:
-            if not key and commands is not None:
-                key = _content_key(session_id, decode_commands(commands))
-            keys.add(key)
+        made: Dict[int, str] = {}
+        missing: List[int] = []
+        for row_id, key in self._db.execute(
+                "SELECT id, idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED)):
+            if key:
+                keys.add(key)
+            elif row_id in self._made_keys:
+                made[row_id] = self._made_keys[row_id]
+            else:
+                missing.append(row_id)
+        for start in range(0, len(missing), 500):
+            chunk = missing[start:start + 500]
+            for row_id, session_id, commands in self._db.execute(
+                    f"SELECT id, session_id, commands FROM sessions WHERE id IN ({','.join('?' * len(chunk))})"
+                    " AND commands IS NOT NULL", chunk):
+                made[row_id] = _content_key(session_id, decode_commands(commands))
+        self._made_keys = made  # only the rows still there: bounded by the outbox
+        keys.update(made.values())
         return keys
 
     def mark_already_delivered(self, session_id: int) -> None:
