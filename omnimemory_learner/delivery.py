@@ -45,7 +45,6 @@ from .storage.history import (
     NOT_LEARNED,
     REJECTED,
     HistoryStore,
-    content_key,
     settled_entry,
     unsent_entry,
 )
@@ -655,7 +654,7 @@ class Deliverer:
 
         A key settled as `rejected` does not count: `outbox retry` sends it again on purpose.
         """
-        if self._history is None or not self._history.delivered([content_key(session)], excluding=(REJECTED,)):
+        if self._history is None or not self._history.delivered([session.content_key], excluding=(REJECTED,)):
             return False
         if not self._record(store.mark_already_delivered, session.id)[0]:
             return True  # stopping: the next run asks the ledger again

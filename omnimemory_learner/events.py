@@ -290,8 +290,8 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
     `unmapped_by_id`, when given, counts the ignored rows per session id (a
     session's quality weighs them); only those rows pay for it.
 
-    The per-event hot path of a catch-up, so it is one pass: the type is
-    looked up first and a row of another type costs nothing more; the common
+    The per-event hot path of a catch-up, so it is one pass: a row of another
+    type costs its id's check and a count, nothing more; the common
     row (an isoformat() string of the form YYYY-MM-DDTHH:MM:SS, a text session
     id) is handled inline, without a function call per field, and its time is
     checked against the span of plain local hours already known (two
@@ -307,17 +307,16 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
     plain_low = context.plain_low
     plain_high = context.plain_high
     for rowid, timestamp, event_type, session_id in rows:
+        if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
+            sid: Optional[str] = session_id  # the common case, without a call
+        else:
+            sid = _session_id(session_id)
         pair = lookup(event_type)
         if pair is None:
             if type(event_type) is str and event_type:
                 ignored += 1
-                if unmapped_by_id is not None:
-                    if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
-                        other: Optional[str] = session_id  # the common case, without a call
-                    else:
-                        other = _session_id(session_id)
-                    if other is not None:
-                        unmapped_by_id[other] = unmapped_by_id.get(other, 0) + 1
+                if unmapped_by_id is not None and sid is not None:
+                    unmapped_by_id[sid] = unmapped_by_id.get(sid, 0) + 1
             else:
                 bad += 1
             continue
@@ -335,10 +334,6 @@ def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
                     plain_low, plain_high = context.plain_low, context.plain_high
         else:
             seconds = parse_timestamp(timestamp)
-        if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
-            sid: Optional[str] = session_id  # the common case, without a call
-        else:
-            sid = _session_id(session_id)
         if seconds is None or sid is None:
             bad += 1
             continue

@@ -71,12 +71,15 @@ def _components(names: Sequence[str], first_time: float, last_time: float, unmap
     )
 
 
+def _score(components: Tuple[float, ...]) -> float:
+    return round(min(1.0, max(0.0, sum(map(mul, _WEIGHT_VALUES, components)))), 3)
+
+
 def quality_score(names: Sequence[str], first_time: float, last_time: float, unmapped_rows: int = 0) -> float:
-    """session_quality()'s score alone: what the pipeline asks of every closed session, without the dict."""
+    """session_quality()'s score alone, without the dict of its components."""
     if not names:
         return 0.0
-    score = sum(map(mul, _WEIGHT_VALUES, _components(names, first_time, last_time, unmapped_rows)))
-    return round(min(1.0, max(0.0, score)), 3)
+    return _score(_components(names, first_time, last_time, unmapped_rows))
 
 
 def session_quality(names: Sequence[str], first_time: float, last_time: float, unmapped_rows: int = 0) -> Quality:
@@ -87,5 +90,5 @@ def session_quality(names: Sequence[str], first_time: float, last_time: float, u
     """
     if not names:
         return Quality(0.0, dict.fromkeys(WEIGHTS, 0.0))
-    components = dict(zip(WEIGHTS, _components(names, first_time, last_time, unmapped_rows)))
-    return Quality(quality_score(names, first_time, last_time, unmapped_rows), components)
+    components = _components(names, first_time, last_time, unmapped_rows)
+    return Quality(_score(components), dict(zip(WEIGHTS, components)))

@@ -68,8 +68,8 @@ class _OpenSession:
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
-    __slots__ = ("_key", "first_rowid", "last_rowid", "learnable", "low_quality", "pairs", "quality", "reason",
-                 "session_id", "times", "unmapped")
+    __slots__ = ("first_rowid", "last_rowid", "learnable", "low_quality", "pairs", "quality", "reason", "session_id",
+                 "times", "unmapped")
 
     def __init__(
         self,
@@ -93,7 +93,6 @@ class ClosedSession:
         # Filled in by the pipeline when it commits the session.
         self.quality: Optional[float] = None
         self.low_quality = False  # below min_quality: settled without being sent
-        self._key: Optional[str] = None
 
     @classmethod
     def from_commands(cls, session_id: str, commands: Sequence[Command], first_rowid: int, last_rowid: int,
@@ -107,10 +106,8 @@ class ClosedSession:
 
     @property
     def key(self) -> str:
-        """The content key (core.identity), made once: the ledger, the outbox and the history all ask."""
-        if self._key is None:
-            self._key = key_of_pairs(self.session_id, self.pairs, self.times)
-        return self._key
+        """The content key (core.identity): the ledger's and the history's index, the Idempotency-Key."""
+        return key_of_pairs(self.session_id, self.pairs, self.times)
 
     @property
     def outcome(self) -> str:

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
-from ..core.identity import session_key
 from ..core.sessions import ClosedSession
 from .files import HISTORY_FILE, ensure_private_dir
 from .state import PendingSession
@@ -307,13 +306,6 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
     return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
-def content_key(session: PendingSession) -> str:
-    """The session's content key, from its commands (a store of an earlier build kept random keys)."""
-    commands = session.commands
-    return session_key(session.session_id, [event_type for _, _, event_type in commands],
-                       [timestamp for _, timestamp, _ in commands])
-
-
 def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[str] = None,
                   unusual: Optional[Tuple[float, str]] = None) -> Entry:
     """The history entry of an outbox session that settled (sent, rejected, parked or dropped).
@@ -323,7 +315,7 @@ def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[st
     commands = session.commands
     times = [timestamp for _, timestamp, _ in commands]
     return Entry(
-        content_key(session), session.session_id, min(times, default=0.0), max(times, default=0.0),
+        session.content_key, session.session_id, min(times, default=0.0), max(times, default=0.0),
         [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
         session.scored_quality(), unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
     )

@@ -169,6 +169,10 @@ class PendingSession(NamedTuple):
     # JSON [score, "a -> b"]: flagged as unusual by an earlier build when it
     # was read (this one judges it when the API takes it; see delivery._judge).
     unusual: Optional[str] = None
+    # The session's content key (core/identity.py), made once when it is taken
+    # from the outbox: the ledger's and the history's index.  Its Idempotency-Key
+    # is the same, except in rows of a build that used random keys.
+    content_key: str = ""
 
     def scored_quality(self) -> Optional[float]:
         """The quality score: as committed, else worked out now from what the session was read with.
@@ -256,9 +260,11 @@ def _content_key(session_id: str, commands: List[Tuple[str, float, str]]) -> str
 
 
 def _pending_session(row: tuple) -> PendingSession:
-    """A PendingSession from _pending_columns(); an empty key is the content key, made now."""
+    """A PendingSession from _pending_columns(), its content key made now (an empty stored key is that key)."""
     commands = decode_commands(row[4])
-    return PendingSession(row[0], row[1] or _content_key(row[2], commands), row[2], row[3], commands, *row[5:])
+    key = _content_key(row[2], commands)
+    return PendingSession(row[0], row[1] or key, row[2], row[3], commands, row[5], row[6], row[7], row[8], row[9],
+                          row[10], key)
 
 
 def _create_private(path: Path) -> None:
