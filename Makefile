@@ -30,9 +30,10 @@ test:
 test-quick:
 	$(PYTHON) -m pytest -ra -m 'not systemd and not slow'
 
-# ruff and mypy (rules in pyproject.toml), the man pages, the units and the plist.
+# ruff (rules and format) and mypy (settings in pyproject.toml), the man pages, the units and the plist.
 lint:
 	$(PYTHON) -m ruff check omnimemory_learner tests bench setup.py
+	$(PYTHON) -m ruff format --check omnimemory_learner tests bench setup.py
 	$(PYTHON) -m mypy
 	mandoc -Tlint -Wwarning man/omnimemory-learner.1 man/omnimemory-learner.toml.5
 	@# The units as an install writes them, with a stand-in executable; any finding fails.

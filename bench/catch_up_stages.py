@@ -41,6 +41,7 @@ def timed(totals, label, function):
             return function(*args, **kwargs)
         finally:
             totals[label] += time.process_time() - started
+
     return wrapper
 
 

@@ -47,10 +47,16 @@ def main() -> int:
         try:
             env = learner_env(work, api.url, db, OMNIMEMORY_LEARNER_FOLD_REPEATS="true")
             run = [sys.executable, "-m", "omnimemory_learner"]
-            subprocess.run([*run, "backfill", "--until-delivered-timeout", "60"], env=env, check=True,
-                           cwd=str(ROOT), capture_output=True)
-            report = subprocess.run([*run, "report", "--svg", str(target)], env=env, cwd=str(ROOT),
-                                    capture_output=True, text=True)
+            subprocess.run(
+                [*run, "backfill", "--until-delivered-timeout", "60"],
+                env=env,
+                check=True,
+                cwd=str(ROOT),
+                capture_output=True,
+            )
+            report = subprocess.run(
+                [*run, "report", "--svg", str(target)], env=env, cwd=str(ROOT), capture_output=True, text=True
+            )
         finally:
             api.stop()
     sys.stdout.write(report.stdout)

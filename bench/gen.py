@@ -12,16 +12,41 @@ import random
 import sqlite3
 from pathlib import Path
 
-MAPPED = ["file_open", "file_save", "file_create", "file_delete", "file_modify", "process_start",
-          "process_end", "editor_open", "editor_close", "code_edit", "test_run", "build_start",
-          "git_commit", "git_push", "git_pull"]
+MAPPED = [
+    "file_open",
+    "file_save",
+    "file_create",
+    "file_delete",
+    "file_modify",
+    "process_start",
+    "process_end",
+    "editor_open",
+    "editor_close",
+    "code_edit",
+    "test_run",
+    "build_start",
+    "git_commit",
+    "git_push",
+    "git_pull",
+]
 UNMAPPED = ["window_focus", "clipboard_copy", "mouse_idle", "terminal_resize"]
-SCHEMA = ("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT,"
-          " event_type TEXT, session_id TEXT, payload BLOB)")
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT,"
+    " event_type TEXT, session_id TEXT, payload BLOB)"
+)
 
 
-def generate(path, events, sessions, bad_share=0.01, unmapped_share=0.15, seed=1, start=None,
-             open_at_end=False, idle_seconds=300.0):
+def generate(
+    path,
+    events,
+    sessions,
+    bad_share=0.01,
+    unmapped_share=0.15,
+    seed=1,
+    start=None,
+    open_at_end=False,
+    idle_seconds=300.0,
+):
     """Write the database; returns the number of rows.
 
     open_at_end: every session's last burst ends within the idle threshold of

@@ -32,7 +32,8 @@ def main():
         generate(db, events, 1000)
         connection = sqlite3.connect(str(db))
         rows = connection.execute(
-            "SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid").fetchall()
+            "SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid"
+        ).fetchall()
         connection.close()
     pairs = command_pairs(DEFAULT_EVENT_MAP)
     with_context = "context" in inspect.signature(validate_rows).parameters
@@ -43,10 +44,11 @@ def main():
         extra = ()
         if with_context:
             from omnimemory_learner.events import LocalTimeContext
+
             extra = (LocalTimeContext(),)
         validating = feeding = 0.0
         for start in range(0, len(rows), 1000):
-            batch = rows[start:start + 1000]
+            batch = rows[start : start + 1000]
             began = time.perf_counter()
             mapped = validate_rows(batch, pairs, *extra)[0]
             validated = time.perf_counter()
@@ -59,8 +61,10 @@ def main():
         best_validate = min(best_validate, validating)
         best_feed = min(best_feed, feeding)
     per_row = 1e9 / len(rows)
-    print(f"{len(rows):,} rows, best of {repeats}: validate {best_validate * per_row:.0f} ns/row, "
-          f"feed {best_feed * per_row:.0f} ns/row, together {(best_validate + best_feed) * per_row:.0f} ns/row")
+    print(
+        f"{len(rows):,} rows, best of {repeats}: validate {best_validate * per_row:.0f} ns/row, "
+        f"feed {best_feed * per_row:.0f} ns/row, together {(best_validate + best_feed) * per_row:.0f} ns/row"
+    )
 
 
 if __name__ == "__main__":

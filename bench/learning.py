@@ -56,9 +56,16 @@ def percentile(values, p):
 
 def service_env(work: Path, db: Path, api_url: str, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIMEMORY_LEARNER_")}
-    env.update({"HOME": str(work), "PYTHONPATH": str(ROOT), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
-                "OMNIMEMORY_LEARNER_API_URL": api_url, "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
-                "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log")})
+    env.update(
+        {
+            "HOME": str(work),
+            "PYTHONPATH": str(ROOT),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+            "OMNIMEMORY_LEARNER_API_URL": api_url,
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+            "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"),
+        }
+    )
     env.update({f"OMNIMEMORY_LEARNER_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
@@ -66,8 +73,9 @@ def service_env(work: Path, db: Path, api_url: str, **extra) -> dict:
 def make_db(path: Path) -> None:
     db = sqlite3.connect(str(path))
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT, event_type TEXT,"
-               " session_id TEXT)")
+    db.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT, event_type TEXT, session_id TEXT)"
+    )
     db.commit()
     db.close()
 
@@ -93,17 +101,24 @@ def bench_close_on(work: Path, sessions: int) -> dict:
     make_db(db)
     api = MinimalAPI(record_arrivals=True)
     env = service_env(work, db, api.url, close_on="push_changes", session_idle_minutes=60)
-    service = subprocess.Popen([sys.executable, "-m", "omnimemory_learner", "run"], env=env, cwd=str(ROOT),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "omnimemory_learner", "run"],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (work / "state" / "status.json").exists():
             time.sleep(0.05)
         time.sleep(0.5)
-        writer = subprocess.run([sys.executable, "-c", WRITER, str(db), str(sessions)], capture_output=True,
-                                text=True, timeout=300)
-        committed = {name: float(at) for name, at in (line.split() for line in writer.stdout.split("\n")
-                                                            if line.strip())}
+        writer = subprocess.run(
+            [sys.executable, "-c", WRITER, str(db), str(sessions)], capture_output=True, text=True, timeout=300
+        )
+        committed = {
+            name: float(at) for name, at in (line.split() for line in writer.stdout.split("\n") if line.strip())
+        }
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(api.arrivals) < len(committed):
             time.sleep(0.05)
@@ -112,16 +127,24 @@ def bench_close_on(work: Path, sessions: int) -> dict:
         service.wait(20)
         api.stop()
     latencies = sorted((arrived - committed[name]) * 1000 for name, arrived in api.arrivals if name in committed)
-    return {"sessions": len(committed), "received": len(latencies), "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1], "target_p99_ms": 20}
+    return {
+        "sessions": len(committed),
+        "received": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": latencies[-1],
+        "target_p99_ms": 20,
+    }
 
 
 def generated_stream(sessions: int, seed: int = 7):
     """Realistic activity: a few workflows, with runs of 1 to 40 edits and of 1 to 4 test runs."""
     rng = random.Random(seed)
-    shapes = [["open_file", "EDIT", "save_file", "TEST", "commit_changes"],
-              ["pull_changes", "open_file", "EDIT", "save_file", "push_changes"],
-              ["open_file", "EDIT", "TEST", "EDIT", "save_file", "commit_changes"]]
+    shapes = [
+        ["open_file", "EDIT", "save_file", "TEST", "commit_changes"],
+        ["pull_changes", "open_file", "EDIT", "save_file", "push_changes"],
+        ["open_file", "EDIT", "TEST", "EDIT", "save_file", "commit_changes"],
+    ]
     events, rowid, clock = [], 0, 1_700_000_000.0
     for number in range(sessions):
         for step in rng.choice(shapes):
@@ -140,8 +163,13 @@ def bench_recurrence(sessions: int) -> dict:
     closed = tracker.feed(generated_stream(sessions), 0.0) + tracker.close_all()
     summaries = [summarize(session.names, session.outcome) for session in closed if session.learnable]
     exact, folded = recurrence(summaries)
-    return {"sessions": len(summaries), "seen_before_exact": exact, "seen_before_folded": folded,
-            "share_exact": round(exact / len(summaries), 3), "share_folded": round(folded / len(summaries), 3)}
+    return {
+        "sessions": len(summaries),
+        "seen_before_exact": exact,
+        "seen_before_folded": folded,
+        "share_exact": round(exact / len(summaries), 3),
+        "share_folded": round(folded / len(summaries), 3),
+    }
 
 
 def fill_history(state_dir: Path, count: int) -> None:
@@ -153,8 +181,19 @@ def fill_history(state_dir: Path, count: int) -> None:
     for number in range(count):
         commands = [rng.choice(names) for _ in range(rng.randrange(3, 30))]
         last = now - rng.random() * 25 * 86400
-        batch.append(Entry(session_key(f"s{number}", commands, [last] * len(commands)), f"s{number}", last - 60,
-                           last, commands, "success", "p", "idle", "learned"))
+        batch.append(
+            Entry(
+                session_key(f"s{number}", commands, [last] * len(commands)),
+                f"s{number}",
+                last - 60,
+                last,
+                commands,
+                "success",
+                "p",
+                "idle",
+                "learned",
+            )
+        )
         if len(batch) == 5000:
             store.record(batch)
             batch = []
@@ -167,13 +206,22 @@ def bench_report(work: Path, count: int) -> dict:
     env = service_env(work, work / "none.db", "http://127.0.0.1:9")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "omnimemory_learner", "report", "--json"], env=env,
-                            cwd=str(ROOT), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "report", "--json"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.returncode == 0, result.stderr
-    return {"sessions": json.loads(result.stdout)["sessions"], "wall_s": round(wall, 2),
-            "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)}
+    return {
+        "sessions": json.loads(result.stdout)["sessions"],
+        "wall_s": round(wall, 2),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+    }
 
 
 def bench_idle(work: Path, pending: int, history: int, seconds: float) -> dict:
@@ -184,8 +232,10 @@ def bench_idle(work: Path, pending: int, history: int, seconds: float) -> dict:
     rows = []
     start = time.time() - 86400
     for number in range(pending):
-        rows += [(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start + number * 0.5)), t, f"p{number}")
-                 for t in ("file_open", "code_edit", "file_save")]
+        rows += [
+            (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start + number * 0.5)), t, f"p{number}")
+            for t in ("file_open", "code_edit", "file_save")
+        ]
     connection = sqlite3.connect(str(db))
     connection.executemany("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)", rows)
     connection.commit()
@@ -194,8 +244,13 @@ def bench_idle(work: Path, pending: int, history: int, seconds: float) -> dict:
         probe.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{probe.getsockname()[1]}"
     env = service_env(work, db, down, retry_max_seconds=300)
-    service = subprocess.Popen([sys.executable, "-m", "omnimemory_learner", "run"], env=env, cwd=str(ROOT),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "omnimemory_learner", "run"],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         state = work / "state" / "state.db"
         deadline = time.monotonic() + 600
@@ -219,8 +274,13 @@ def bench_idle(work: Path, pending: int, history: int, seconds: float) -> dict:
     finally:
         service.terminate()
         service.wait(30)
-    return {"pending": pending_now(), "history": history, "seconds": seconds,
-            "cpu_s_per_min": round(used * 60 / seconds, 4), "target": 0.05}
+    return {
+        "pending": pending_now(),
+        "history": history,
+        "seconds": seconds,
+        "cpu_s_per_min": round(used * 60 / seconds, 4),
+        "target": 0.05,
+    }
 
 
 def main() -> int:

@@ -44,9 +44,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def config_for(work: Path, db: Path, **extra):
-    env = {"HOME": str(work), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
-           "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
-           "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log")}
+    env = {
+        "HOME": str(work),
+        "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+        "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+        "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"),
+    }
     env.update({f"OMNIMEMORY_LEARNER_{k.upper()}": str(v) for k, v in extra.items()})
     return load_config(env=env)
 
@@ -57,8 +60,10 @@ def bare_loop(db: Path) -> float:
     after = count = 0
     started = time.perf_counter()
     while True:
-        rows = conn.execute("SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid > ?"
-                            " ORDER BY rowid LIMIT ?", (after, BATCH)).fetchall()
+        rows = conn.execute(
+            "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, BATCH),
+        ).fetchall()
         if not rows:
             break
         count += len(rows)
@@ -84,8 +89,14 @@ def catch_up(db: Path, work: Path) -> dict:
     pending = pipeline.state.status_counts().get("pending", 0)
     pipeline.close()
     size = sum(p.stat().st_size for p in (work / "state").iterdir() if p.name.startswith("state.db"))
-    return {"rows": rows, "seconds": elapsed, "rate": rows / elapsed, "pending_sessions": pending,
-            "state_bytes": size, "state_bytes_per_pending": size / max(pending, 1)}
+    return {
+        "rows": rows,
+        "seconds": elapsed,
+        "rate": rows / elapsed,
+        "pending_sessions": pending,
+        "state_bytes": size,
+        "state_bytes_per_pending": size / max(pending, 1),
+    }
 
 
 def bench_catch_up(work: Path, events: int) -> dict:
@@ -95,8 +106,14 @@ def bench_catch_up(work: Path, events: int) -> dict:
     ours = catch_up(db, work)
     bare_after = bare_loop(db)
     bare = (bare_before + bare_after) / 2
-    return {"events": events, "bare_rate": bare, "learner_rate": ours["rate"], "ratio": ours["rate"] / bare,
-            "target_ratio": 0.5, "sessions_in_outbox": ours["pending_sessions"]}
+    return {
+        "events": events,
+        "bare_rate": bare,
+        "learner_rate": ours["rate"],
+        "ratio": ours["rate"] / bare,
+        "target_ratio": 0.5,
+        "sessions_in_outbox": ours["pending_sessions"],
+    }
 
 
 def bench_scaling(work: Path, sizes, id_counts, id_events) -> dict:
@@ -106,18 +123,34 @@ def bench_scaling(work: Path, sizes, id_counts, id_events) -> dict:
         generate(db, events, 1000)
         bare = bare_loop(db)
         ours = catch_up(db, work)
-        by_size.append({"events": events, "rate": ours["rate"], "bare_rate": bare, "ratio": ours["rate"] / bare,
-                        "ns_per_event": 1e9 / ours["rate"], "state_bytes": ours["state_bytes"],
-                        "pending_sessions": ours["pending_sessions"]})
+        by_size.append(
+            {
+                "events": events,
+                "rate": ours["rate"],
+                "bare_rate": bare,
+                "ratio": ours["rate"] / bare,
+                "ns_per_event": 1e9 / ours["rate"],
+                "state_bytes": ours["state_bytes"],
+                "pending_sessions": ours["pending_sessions"],
+            }
+        )
         db.unlink()
     for ids in id_counts:
         db = work / f"ids-{ids}.db"
         generate(db, id_events, ids)
         bare = bare_loop(db)
         ours = catch_up(db, work)
-        by_ids.append({"session_ids": ids, "events": id_events, "rate": ours["rate"], "ratio": ours["rate"] / bare,
-                       "ns_per_event": 1e9 / ours["rate"], "state_bytes": ours["state_bytes"],
-                       "pending_sessions": ours["pending_sessions"]})
+        by_ids.append(
+            {
+                "session_ids": ids,
+                "events": id_events,
+                "rate": ours["rate"],
+                "ratio": ours["rate"] / bare,
+                "ns_per_event": 1e9 / ours["rate"],
+                "state_bytes": ours["state_bytes"],
+                "pending_sessions": ours["pending_sessions"],
+            }
+        )
         db.unlink()
     # After delivery the state shrinks to the markers above the low-water mark.
     db = work / "delivered.db"
@@ -146,11 +179,16 @@ def bench_scaling(work: Path, sizes, id_counts, id_events) -> dict:
     # Super-linear would show as a step up in cost per event as the size grows
     # (the smallest size carries fixed costs and is dearer per event).
     flat = max(b["ns_per_event"] / a["ns_per_event"] for a, b in zip(by_size, by_size[1:])) if len(by_size) > 1 else 1.0
-    return {"by_events": by_size, "by_session_ids": by_ids, "cost_per_event_max_over_min": flat,
-            "state_bytes_after_delivery": delivered_bytes}
+    return {
+        "by_events": by_size,
+        "by_session_ids": by_ids,
+        "cost_per_event_max_over_min": flat,
+        "state_bytes_after_delivery": delivered_bytes,
+    }
 
 
 # -- a process to measure ----------------------------------------------------------------
+
 
 class NotifyListener:
     """Stands in for systemd's notify socket; counts watchdog pings."""
@@ -182,14 +220,26 @@ class NotifyListener:
 
 def start_service(work: Path, db: Path, api_url: str, notify: Optional[Path] = None, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIMEMORY_LEARNER_")}
-    env.update({"HOME": str(work), "PYTHONPATH": str(ROOT), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
-                "OMNIMEMORY_LEARNER_API_URL": api_url, "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
-                "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log")})
+    env.update(
+        {
+            "HOME": str(work),
+            "PYTHONPATH": str(ROOT),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+            "OMNIMEMORY_LEARNER_API_URL": api_url,
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+            "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"),
+        }
+    )
     env.update({f"OMNIMEMORY_LEARNER_{k.upper()}": str(v) for k, v in extra.items()})
     if notify:
         env.update({"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "30000000"})
-    return subprocess.Popen([sys.executable, "-m", "omnimemory_learner", "run"], env=env, cwd=str(ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "omnimemory_learner", "run"],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def proc_figures(pid: int) -> dict:
@@ -207,9 +257,13 @@ def proc_figures(pid: int) -> dict:
         for line in handle:
             key, _, value = line.partition(":")
             status[key] = value.strip()
-    return {"cpu_seconds": cpu, "context_switches": switches,
-            "rss_kb": int(status["VmRSS"].split()[0]), "hwm_kb": int(status["VmHWM"].split()[0]),
-            "threads": int(status["Threads"])}
+    return {
+        "cpu_seconds": cpu,
+        "context_switches": switches,
+        "rss_kb": int(status["VmRSS"].split()[0]),
+        "hwm_kb": int(status["VmHWM"].split()[0]),
+        "threads": int(status["Threads"]),
+    }
 
 
 def wait_snapshot(work: Path, predicate, timeout=120):
@@ -243,11 +297,17 @@ def bench_idle(work: Path, seconds: float) -> dict:
         listener.close()
     minutes = seconds / 60
     pings = sum(1 for _, message in listener.messages if message == "WATCHDOG=1")
-    return {"seconds": seconds, "cpu_seconds_per_minute": (after["cpu_seconds"] - before["cpu_seconds"]) / minutes,
-            "target_cpu_seconds_per_minute": 0.05,
-            "wakeups_per_minute": (after["context_switches"] - before["context_switches"]) / minutes,
-            "watchdog_pings": pings, "peak_rss_mb": after["hwm_kb"] / 1024, "target_peak_rss_mb": 32,
-            "threads": after["threads"], "clock_tick_seconds": 1 / CLK_TCK}
+    return {
+        "seconds": seconds,
+        "cpu_seconds_per_minute": (after["cpu_seconds"] - before["cpu_seconds"]) / minutes,
+        "target_cpu_seconds_per_minute": 0.05,
+        "wakeups_per_minute": (after["context_switches"] - before["context_switches"]) / minutes,
+        "watchdog_pings": pings,
+        "peak_rss_mb": after["hwm_kb"] / 1024,
+        "target_peak_rss_mb": 32,
+        "threads": after["threads"],
+        "clock_tick_seconds": 1 / CLK_TCK,
+    }
 
 
 def bench_open_sessions_memory(work: Path, sessions: int, commands: int) -> dict:
@@ -257,14 +317,21 @@ def bench_open_sessions_memory(work: Path, sessions: int, commands: int) -> dict
     generate(db, sessions * commands, sessions, bad_share=0, unmapped_share=0, start=start, open_at_end=True)
     service = start_service(work, db, "http://127.0.0.1:9", session_idle_minutes=60)
     try:
-        snapshot = wait_snapshot(work, lambda s: s["active_sessions"] >= sessions
-                                 and s["stats"]["events_processed"] >= sessions * commands, timeout=300)
+        snapshot = wait_snapshot(
+            work,
+            lambda s: s["active_sessions"] >= sessions and s["stats"]["events_processed"] >= sessions * commands,
+            timeout=300,
+        )
         figures = proc_figures(service.pid)
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(30)
-    return {"open_sessions": snapshot["active_sessions"], "commands_each": commands,
-            "peak_rss_mb": figures["hwm_kb"] / 1024, "target_peak_rss_mb": 64}
+    return {
+        "open_sessions": snapshot["active_sessions"],
+        "commands_each": commands,
+        "peak_rss_mb": figures["hwm_kb"] / 1024,
+        "target_peak_rss_mb": 64,
+    }
 
 
 BACKLOG_CHILD = r"""
@@ -284,23 +351,36 @@ def bench_backlog_memory(work: Path, events: int, ids: int) -> dict:
     counted in sessions_evicted."""
     db = work / "backlog.db"
     generate(db, events, ids)
-    env = {"HOME": str(work), "PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
-           "OMNIMEMORY_LEARNER_DB_PATH": str(db), "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
-           "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"), "OMNIMEMORY_LEARNER_API_URL": "http://127.0.0.1:9"}
+    env = {
+        "HOME": str(work),
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+        "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+        "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"),
+        "OMNIMEMORY_LEARNER_API_URL": "http://127.0.0.1:9",
+    }
     started = time.perf_counter()
-    child = subprocess.run([sys.executable, "-c", BACKLOG_CHILD], env=env, cwd=str(ROOT), capture_output=True,
-                           text=True, timeout=3600)
+    child = subprocess.run(
+        [sys.executable, "-c", BACKLOG_CHILD], env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=3600
+    )
     seconds = time.perf_counter() - started
     peak_kb = int(child.stdout.split()[-1])
     store = StateStore(work / "state")
     counters = store.counters()
     store.close()
     db.unlink()
-    return {"events": events, "session_ids": ids, "seconds": seconds, "events_per_second": events / seconds,
-            "events_processed": counters.get("events_processed", 0),
-            "sessions_created": counters.get("sessions_created", 0),
-            "sessions_evicted": counters.get("sessions_evicted", 0),
-            "peak_rss_mb": peak_kb / 1024, "target_peak_rss_mb": 64}
+    return {
+        "events": events,
+        "session_ids": ids,
+        "seconds": seconds,
+        "events_per_second": events / seconds,
+        "events_processed": counters.get("events_processed", 0),
+        "sessions_created": counters.get("sessions_created", 0),
+        "sessions_evicted": counters.get("sessions_evicted", 0),
+        "peak_rss_mb": peak_kb / 1024,
+        "target_peak_rss_mb": 64,
+    }
 
 
 # -- latency -------------------------------------------------------------------------------
@@ -323,12 +403,12 @@ for i in range(int(sys.argv[3])):
 def bench_latency(work: Path, synchronous: str, count: int, watch: bool, poll_seconds: float = 30.0) -> dict:
     """From the writer's commit() returning to the event being in its session."""
     from omnimemory_learner.service import Service
+
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     db = work / "live.db"
     generate(db, 10, 1)
-    config = config_for(work, db, watch=str(watch).lower(), poll_interval_seconds=poll_seconds,
-                        session_idle_minutes=60)
+    config = config_for(work, db, watch=str(watch).lower(), poll_interval_seconds=poll_seconds, session_idle_minutes=60)
     fed = {}
     original = SessionTracker.feed
 
@@ -344,8 +424,12 @@ def bench_latency(work: Path, synchronous: str, count: int, watch: bool, poll_se
     runner.start()
     try:
         wait_snapshot(work, lambda s: True, timeout=20)
-        writer = subprocess.run([sys.executable, "-c", WRITER, str(db), synchronous, str(count)],
-                                capture_output=True, text=True, timeout=600)
+        writer = subprocess.run(
+            [sys.executable, "-c", WRITER, str(db), synchronous, str(count)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         commits = [tuple(map(float, line.split())) for line in writer.stdout.split("\n") if line.strip()]
         deadline = time.monotonic() + poll_seconds + 5
         while time.monotonic() < deadline and not all(int(r) in fed for r, _ in commits):
@@ -355,10 +439,17 @@ def bench_latency(work: Path, synchronous: str, count: int, watch: bool, poll_se
         runner.join(30)
         SessionTracker.feed = original
     latencies = sorted((fed[int(rowid)] - committed) * 1000 for rowid, committed in commits if int(rowid) in fed)
-    return {"mode": "watch" if watch else f"poll every {poll_seconds:g} s", "synchronous": synchronous,
-            "events": len(commits), "seen": len(latencies),
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1],
-            "target_p50_ms": 2 if watch else None, "target_p99_ms": 10 if watch else None}
+    return {
+        "mode": "watch" if watch else f"poll every {poll_seconds:g} s",
+        "synchronous": synchronous,
+        "events": len(commits),
+        "seen": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": latencies[-1],
+        "target_p50_ms": 2 if watch else None,
+        "target_p99_ms": 10 if watch else None,
+    }
 
 
 def percentile(values, p):
@@ -369,6 +460,7 @@ def percentile(values, p):
 
 
 # -- delivery --------------------------------------------------------------------------------
+
 
 class MinimalAPI:
     """A minimal keep-alive /learn server; `delay` makes it a slow one.
@@ -417,8 +509,13 @@ class MinimalAPI:
 def fill_outbox(state_dir: Path, sessions: int):
     commands = [("open_file", 1.0, "file_open"), ("edit_code", 2.0, "code_edit"), ("save_file", 3.0, "file_save")]
     store = StateStore(state_dir)
-    store.commit(0, sessions * 3, None,
-                 [ClosedSession.from_commands(f"s{i}", commands, i * 3 + 1, i * 3 + 3) for i in range(sessions)], {})
+    store.commit(
+        0,
+        sessions * 3,
+        None,
+        [ClosedSession.from_commands(f"s{i}", commands, i * 3 + 1, i * 3 + 3) for i in range(sessions)],
+        {},
+    )
     store.close()
 
 
@@ -439,8 +536,7 @@ def bare_client_rate(url: str, body: str, count: int) -> float:
     """The limit for delivery: a bare httpx loop posting to the same server."""
     import httpx
 
-    client = httpx.Client(transport=httpx.HTTPTransport(
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
+    client = httpx.Client(transport=httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
     started = time.perf_counter()
     for _ in range(count):
         client.post(url + "/learn", content=body, headers={"Content-Type": "application/json"})
@@ -452,9 +548,15 @@ def bare_client_rate(url: str, body: str, count: int) -> float:
 def bench_delivery(work: Path, sessions: int, slow_sessions: int) -> dict:
     api = MinimalAPI()
     try:
-        body = json.dumps({"session_commands": [{"command": "open_file", "timestamp": 1.0,
-                                                 "context": {"event_type": "file_open"}}] * 3,
-                           "session_outcome": "success", "session_id": "s", "tool_id": "omnimemory-learner"})
+        body = json.dumps(
+            {
+                "session_commands": [{"command": "open_file", "timestamp": 1.0, "context": {"event_type": "file_open"}}]
+                * 3,
+                "session_outcome": "success",
+                "session_id": "s",
+                "tool_id": "omnimemory-learner",
+            }
+        )
         bare = bare_client_rate(api.url, body, sessions)
         state = work / "delivery-state"
         shutil.rmtree(state, ignore_errors=True)
@@ -486,13 +588,21 @@ def bench_delivery(work: Path, sessions: int, slow_sessions: int) -> dict:
         store.close()
     finally:
         slow.stop()
-    return {"sessions": sessions, "bare_client_rate": bare, "learner_rate": ours, "ratio": ours / bare,
-            "target_rate": 1000, "slow_server_pace": slow_pace, "slow_server_learner_rate_alone": slow_alone,
-            "slow_server_learner_rate": slow_rate,
-            "reading_rate_while_delivering": read["rate"]}
+    return {
+        "sessions": sessions,
+        "bare_client_rate": bare,
+        "learner_rate": ours,
+        "ratio": ours / bare,
+        "target_rate": 1000,
+        "slow_server_pace": slow_pace,
+        "slow_server_learner_rate_alone": slow_alone,
+        "slow_server_learner_rate": slow_rate,
+        "reading_rate_while_delivering": read["rate"],
+    }
 
 
 # -- the run -------------------------------------------------------------------------------------
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -503,21 +613,33 @@ def main():
     quick = args.quick
     parts = {
         "catch_up": lambda w: bench_catch_up(w, 200_000 if quick else 1_000_000),
-        "latency": lambda w: [bench_latency(w / "l1", "NORMAL", 100 if quick else 500, True),
-                              bench_latency(w / "l2", "FULL", 100 if quick else 500, True),
-                              bench_latency(w / "l3", "NORMAL", 20 if quick else 60, False, 1.0)],
+        "latency": lambda w: [
+            bench_latency(w / "l1", "NORMAL", 100 if quick else 500, True),
+            bench_latency(w / "l2", "FULL", 100 if quick else 500, True),
+            bench_latency(w / "l3", "NORMAL", 20 if quick else 60, False, 1.0),
+        ],
         "idle": lambda w: bench_idle(w / "idle", 15 if quick else 60),
         "memory": lambda w: bench_open_sessions_memory(w / "mem", 2_000 if quick else 10_000, 50),
         "backlog_memory": lambda w: bench_backlog_memory(w, 200_000 if quick else 10_000_000, 100_000),
         "delivery": lambda w: bench_delivery(w, 1_000 if quick else 5_000, 200 if quick else 1_000),
         "scaling": lambda w: bench_scaling(
-            w, [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000, 10_000_000],
-            [10, 1_000, 100_000], 100_000 if quick else 1_000_000),
+            w,
+            [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000, 10_000_000],
+            [10, 1_000, 100_000],
+            100_000 if quick else 1_000_000,
+        ),
     }
-    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "mode": "quick" if quick else "full",
-               "command": "python3 bench/run.py" + (" --quick" if quick else ""),
-               "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                           "cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "mode": "quick" if quick else "full",
+        "command": "python3 bench/run.py" + (" --quick" if quick else ""),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "sqlite": sqlite3.sqlite_version,
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="learner-bench-") as temporary:
         work = Path(temporary)
         for name, part in parts.items():
@@ -539,66 +661,115 @@ def main():
 
 def render(r: dict) -> str:
     m = r["machine"]
-    lines = [f"## {r['date']}: {r['mode']} run", "",
-             f"`{r['command']}` on {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, SQLite {m['sqlite']}", "",
-             "| figure | measured | limit or target | verdict |", "|---|---|---|---|"]
+    lines = [
+        f"## {r['date']}: {r['mode']} run",
+        "",
+        f"`{r['command']}` on {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, SQLite {m['sqlite']}",
+        "",
+        "| figure | measured | limit or target | verdict |",
+        "|---|---|---|---|",
+    ]
 
     def row(name, value, target, ok):
         lines.append(f"| {name} | {value} | {target} | {'met' if ok else 'NOT met'} |")
 
     if "catch_up" in r:
         c = r["catch_up"]
-        row(f"catch-up of {c['events']:,} events (to outbox)", f"{c['learner_rate']:,.0f} events/s",
-            f"bare sqlite3 loop {c['bare_rate']:,.0f}/s; target ratio 0.50", c["ratio"] >= 0.5)
-        lines[-1] = lines[-1].replace(" | met |", f" (ratio {c['ratio']:.2f}) | met |").replace(
-            " | NOT met |", f" (ratio {c['ratio']:.2f}) | NOT met |")
+        row(
+            f"catch-up of {c['events']:,} events (to outbox)",
+            f"{c['learner_rate']:,.0f} events/s",
+            f"bare sqlite3 loop {c['bare_rate']:,.0f}/s; target ratio 0.50",
+            c["ratio"] >= 0.5,
+        )
+        lines[-1] = (
+            lines[-1]
+            .replace(" | met |", f" (ratio {c['ratio']:.2f}) | met |")
+            .replace(" | NOT met |", f" (ratio {c['ratio']:.2f}) | NOT met |")
+        )
     for lat in r.get("latency", []):
         if lat["target_p99_ms"]:
-            row(f"live latency, {lat['mode']}, synchronous={lat['synchronous']} ({lat['seen']}/{lat['events']})",
+            row(
+                f"live latency, {lat['mode']}, synchronous={lat['synchronous']} ({lat['seen']}/{lat['events']})",
                 f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms",
-                "p50 <= 2 ms, p99 <= 10 ms", lat["p50_ms"] <= 2 and lat["p99_ms"] <= 10)
+                "p50 <= 2 ms, p99 <= 10 ms",
+                lat["p50_ms"] <= 2 and lat["p99_ms"] <= 10,
+            )
         else:
-            row(f"live latency, {lat['mode']} ({lat['seen']}/{lat['events']})",
-                f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms", "bounded by the poll interval",
-                lat["max_ms"] <= 1000 * float(lat["mode"].split()[2]) + 100)
+            row(
+                f"live latency, {lat['mode']} ({lat['seen']}/{lat['events']})",
+                f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms",
+                "bounded by the poll interval",
+                lat["max_ms"] <= 1000 * float(lat["mode"].split()[2]) + 100,
+            )
     if "idle" in r:
         i = r["idle"]
-        row(f"idle CPU ({i['seconds']:g} s, watchdog on, {i['watchdog_pings']} pings)",
+        row(
+            f"idle CPU ({i['seconds']:g} s, watchdog on, {i['watchdog_pings']} pings)",
             f"{i['cpu_seconds_per_minute']:.3f} CPU s/min, {i['wakeups_per_minute']:.0f} wake-ups/min",
-            "<= 0.05 CPU s/min", i["cpu_seconds_per_minute"] <= 0.05)
+            "<= 0.05 CPU s/min",
+            i["cpu_seconds_per_minute"] <= 0.05,
+        )
         row("peak RSS idle", f"{i['peak_rss_mb']:.1f} MB", "<= 32 MB", i["peak_rss_mb"] <= 32)
     if "memory" in r:
         mem = r["memory"]
-        row(f"peak RSS, {mem['open_sessions']:,} open sessions x {mem['commands_each']} commands",
-            f"{mem['peak_rss_mb']:.1f} MB", "<= 64 MB (10,000 sessions)", mem["peak_rss_mb"] <= 64)
+        row(
+            f"peak RSS, {mem['open_sessions']:,} open sessions x {mem['commands_each']} commands",
+            f"{mem['peak_rss_mb']:.1f} MB",
+            "<= 64 MB (10,000 sessions)",
+            mem["peak_rss_mb"] <= 64,
+        )
     if "backlog_memory" in r:
         b = r["backlog_memory"]
-        row(f"peak RSS, backlog of {b['events']:,} events over {b['session_ids']:,} ids (backfill)",
+        row(
+            f"peak RSS, backlog of {b['events']:,} events over {b['session_ids']:,} ids (backfill)",
             f"{b['peak_rss_mb']:.1f} MB; {b['events_per_second']:,.0f} events/s; "
             f"{b['sessions_evicted']:,} of {b['sessions_created']:,} sessions evicted by the cap",
-            "<= 64 MB", b["peak_rss_mb"] <= 64)
+            "<= 64 MB",
+            b["peak_rss_mb"] <= 64,
+        )
     if "delivery" in r:
         d = r["delivery"]
-        row(f"delivery to a minimal local /learn ({d['sessions']:,} sessions)", f"{d['learner_rate']:,.0f} sessions/s",
+        row(
+            f"delivery to a minimal local /learn ({d['sessions']:,} sessions)",
+            f"{d['learner_rate']:,.0f} sessions/s",
             f">= 1,000/s; bare client loop {d['bare_client_rate']:,.0f}/s (ratio {d['ratio']:.2f})",
-            d["learner_rate"] >= 1000)
-        row("delivery to a slow server (5 ms each), alone", f"{d['slow_server_learner_rate_alone']:,.0f} sessions/s",
+            d["learner_rate"] >= 1000,
+        )
+        row(
+            "delivery to a slow server (5 ms each), alone",
+            f"{d['slow_server_learner_rate_alone']:,.0f} sessions/s",
             f"the server's pace (bare client loop) {d['slow_server_pace']:.0f}/s",
-            d["slow_server_learner_rate_alone"] >= 0.85 * d["slow_server_pace"])
-        row("the same while catching up on 200,000 events", f"{d['slow_server_learner_rate']:,.0f} sessions/s",
+            d["slow_server_learner_rate_alone"] >= 0.85 * d["slow_server_pace"],
+        )
+        row(
+            "the same while catching up on 200,000 events",
+            f"{d['slow_server_learner_rate']:,.0f} sessions/s",
             f"reading went on at {d['reading_rate_while_delivering']:,.0f} events/s (2 cores shared)",
-            d["slow_server_learner_rate"] >= 0.6 * d["slow_server_pace"])
+            d["slow_server_learner_rate"] >= 0.6 * d["slow_server_pace"],
+        )
     if "scaling" in r:
         s = r["scaling"]
         for x in s["by_events"]:
-            row(f"scaling: {x['events']:,} events", f"{x['ns_per_event']:,.0f} ns/event, state {x['state_bytes']:,} B "
-                f"for {x['pending_sessions']:,} pending", "flat cost per event", True)
+            row(
+                f"scaling: {x['events']:,} events",
+                f"{x['ns_per_event']:,.0f} ns/event, state {x['state_bytes']:,} B "
+                f"for {x['pending_sessions']:,} pending",
+                "flat cost per event",
+                True,
+            )
         for x in s["by_session_ids"]:
-            row(f"scaling: {x['session_ids']:,} session ids ({x['events']:,} events)",
-                f"{x['ns_per_event']:,.0f} ns/event, {x['pending_sessions']:,} sessions", "flat cost per event", True)
-        row("cost per event: largest step up between sizes", f"{s['cost_per_event_max_over_min']:.2f}x",
+            row(
+                f"scaling: {x['session_ids']:,} session ids ({x['events']:,} events)",
+                f"{x['ns_per_event']:,.0f} ns/event, {x['pending_sessions']:,} sessions",
+                "flat cost per event",
+                True,
+            )
+        row(
+            "cost per event: largest step up between sizes",
+            f"{s['cost_per_event_max_over_min']:.2f}x",
             "no super-linear step (< 1.5x)",
-            s["cost_per_event_max_over_min"] < 1.5)
+            s["cost_per_event_max_over_min"] < 1.5,
+        )
         row("state store after delivery", f"{s['state_bytes_after_delivery']:,} B", "does not grow with events", True)
     return "\n".join(lines) + "\n"
 

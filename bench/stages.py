@@ -33,6 +33,7 @@ def timed(name, function):
             return function(*args, **kwargs)
         finally:
             spent[name] = spent.get(name, 0.0) + time.perf_counter() - started
+
     return wrapper
 
 
@@ -49,8 +50,10 @@ def main():
         bare = bare_loop(db)
         result = catch_up(db, work)
     rows = result["rows"]
-    print(f"{rows:,} events; bare sqlite3 loop {1e9 / bare:,.0f} ns/event; "
-          f"catch-up {1e9 * result['seconds'] / rows:,.0f} ns/event (ratio {result['rate'] / bare:.2f})")
+    print(
+        f"{rows:,} events; bare sqlite3 loop {1e9 / bare:,.0f} ns/event; "
+        f"catch-up {1e9 * result['seconds'] / rows:,.0f} ns/event (ratio {result['rate'] / bare:.2f})"
+    )
     for name, seconds in spent.items():
         print(f"  {name:18s} {1e9 * seconds / rows:6,.0f} ns/event")
 

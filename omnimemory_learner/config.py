@@ -207,8 +207,7 @@ def _event_map(value: Any, source: str) -> Dict[str, str]:
     for event_type, command in value.items():
         if not event_type.strip() or not isinstance(command, str) or not command.strip():
             raise ConfigError(
-                f"{source}: invalid value {command!r} for 'event_map.{event_type}': "
-                "expected a non-empty command name"
+                f"{source}: invalid value {command!r} for 'event_map.{event_type}': expected a non-empty command name"
             )
     return {event_type: command.strip() for event_type, command in value.items()}
 
@@ -274,8 +273,10 @@ def load_config(
     event_map = build_event_map(event_overrides)
     unknown = [name for name in values.get("close_on", ()) if name not in set(event_map.values())]
     if unknown:
-        raise ConfigError(f"{origins['close_on']}: invalid value for 'close_on': {', '.join(map(repr, unknown))} "
-                          f"is not a command of the event map (commands: {', '.join(sorted(set(event_map.values())))})")
+        raise ConfigError(
+            f"{origins['close_on']}: invalid value for 'close_on': {', '.join(map(repr, unknown))} "
+            f"is not a command of the event map (commands: {', '.join(sorted(set(event_map.values())))})"
+        )
     return Config(event_map=event_map, origins=origins, config_file=used_file, **values)
 
 

@@ -281,21 +281,23 @@ class BoundedClient:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def request(self, method: str, url: str, content: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None) -> Answer:
+    def request(
+        self, method: str, url: str, content: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None
+    ) -> Answer:
         """One request, finished within `timeout` seconds; raises httpx.HTTPError otherwise."""
         start = time.monotonic()
         self._deadline.at = start + self.timeout
         try:
-            with self._client.stream(method, url, content=content, headers=headers,
-                                     timeout=httpx.Timeout(max(self._deadline.left(), 0.001))) as response:
+            with self._client.stream(
+                method, url, content=content, headers=headers, timeout=httpx.Timeout(max(self._deadline.left(), 0.001))
+            ) as response:
                 chunks: List[bytes] = []
                 size = 0
                 truncated = False
                 for chunk in response.iter_raw():
                     if self._deadline.left() <= 0:
                         raise DeadlineExceeded(f"no whole answer within {self.timeout:g} s")
-                    chunks.append(chunk[:ANSWER_CAP - size])
+                    chunks.append(chunk[: ANSWER_CAP - size])
                     size += len(chunks[-1])
                     if size >= ANSWER_CAP:
                         # Leaving the block unread closes the connection.
@@ -442,10 +444,18 @@ class Deliverer:
 
     @classmethod
     def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
-        return cls(config.state_dir, config.api_url, config.request_timeout_seconds, config.retry_max_seconds,
-                   on_progress=on_progress, session_retry_limit=config.session_retry_limit,
-                   session_retry_seconds=config.session_retry_seconds, fold_repeats=config.fold_repeats,
-                   history_days=config.history_days, history_max_sessions=config.history_max_sessions)
+        return cls(
+            config.state_dir,
+            config.api_url,
+            config.request_timeout_seconds,
+            config.retry_max_seconds,
+            on_progress=on_progress,
+            session_retry_limit=config.session_retry_limit,
+            session_retry_seconds=config.session_retry_seconds,
+            fold_repeats=config.fold_repeats,
+            history_days=config.history_days,
+            history_max_sessions=config.history_max_sessions,
+        )
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration: the next request uses it."""
@@ -521,8 +531,10 @@ class Deliverer:
         try:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             self._history = HistoryStore(self.state_dir)
-            self._unusual = UnusualDetector(entry.commands for entry in self._history.sessions(
-                limit=UNUSUAL_MODEL_SESSIONS, settled=MODEL_SETTLEMENTS))
+            self._unusual = UnusualDetector(
+                entry.commands
+                for entry in self._history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=MODEL_SETTLEMENTS)
+            )
             client = BoundedClient(self.timeout)
             while not self._stop.is_set():
                 self._record_unsent()
@@ -621,9 +633,16 @@ class Deliverer:
         if detector is None or not flagged or score is None:
             return None
         rarest = f"{score.rarest[0]} -> {score.rarest[1]}"
-        log.log(NOTICE, "Unusual session %s: its rarest transition is %s (score %.2f, above the %gth "
-                "percentile %.2f of your history)", session.session_id, rarest, score.value,
-                detector.flag_percentile, detector.threshold)
+        log.log(
+            NOTICE,
+            "Unusual session %s: its rarest transition is %s (score %.2f, above the %gth "
+            "percentile %.2f of your history)",
+            session.session_id,
+            rarest,
+            score.value,
+            detector.flag_percentile,
+            detector.threshold,
+        )
         return round(score.value, 3), rarest
 
     def _wait(self, delay: float) -> bool:
@@ -660,9 +679,11 @@ class Deliverer:
             return True  # stopping: the next run asks the ledger again
         if not self._already_delivered_said:
             self._already_delivered_said = True
-            log.info("Session %s was delivered before (the history has its content key): not sent again; "
-                     "such sessions are counted as sessions_already_delivered and not logged again this run",
-                     session.session_id)
+            log.info(
+                "Session %s was delivered before (the history has its content key): not sent again; "
+                "such sessions are counted as sessions_already_delivered and not logged again this run",
+                session.session_id,
+            )
         return True
 
     def _deliver_one(self, store: StateStore, client: BoundedClient, session: PendingSession) -> Optional[float]:
@@ -673,7 +694,9 @@ class Deliverer:
         if session.attempts == 0:
             log.info(
                 "Learning from session %s: %d commands, outcome=%s",
-                session.session_id, len(body["session_commands"]), session.outcome,
+                session.session_id,
+                len(body["session_commands"]),
+                session.outcome,
             )
         client.timeout = self.timeout  # a reload may have changed it
         self.in_flight = True
@@ -681,7 +704,8 @@ class Deliverer:
         asked_wait: Optional[float] = None
         try:
             answer = client.request(
-                "POST", self.api_url + "/learn",
+                "POST",
+                self.api_url + "/learn",
                 content=json.dumps(body, separators=(",", ":")).encode(),
                 headers={"Content-Type": "application/json", "Idempotency-Key": session.idempotency_key},
             )
@@ -706,7 +730,8 @@ class Deliverer:
         if verdict == Verdict.REJECTED:
             log.error(
                 "Procedural API rejected session %s; kept as rejected (see 'omnimemory-learner outbox'): %s",
-                session.session_id, detail,
+                session.session_id,
+                detail,
             )
             self._record(store.mark_rejected, session.id, detail or "")
             self._remember(session, REJECTED)
@@ -719,7 +744,9 @@ class Deliverer:
             if detail:
                 log.info(
                     "Successfully learned pattern %s from session %s (%d commands)",
-                    detail, session.session_id, len(body["session_commands"]),
+                    detail,
+                    session.session_id,
+                    len(body["session_commands"]),
                 )
             else:
                 log.info("Session %s was not learned (the API judged it too short)", session.session_id)
@@ -728,8 +755,15 @@ class Deliverer:
             self._on_progress()
         return 0.0 if restart else None
 
-    def _failed_attempt(self, store: StateStore, session: PendingSession, detail: str, problem: str,
-                        connected: bool, asked_wait: Optional[float]) -> Optional[float]:
+    def _failed_attempt(
+        self,
+        store: StateStore,
+        session: PendingSession,
+        detail: str,
+        problem: str,
+        connected: bool,
+        asked_wait: Optional[float],
+    ) -> Optional[float]:
         log.error("%s", problem)
         self.last_error = detail
         if not connected:
@@ -768,8 +802,11 @@ class Deliverer:
             self._blame(store, suspect)
         # The others failed while the API was in trouble: no mark against
         # them, and they are due again now, oldest first.
-        excused = [session_id for session_id in self._tried
-                   if session_id != settled.id and (suspect is None or session_id != suspect.session.id)]
+        excused = [
+            session_id
+            for session_id in self._tried
+            if session_id != settled.id and (suspect is None or session_id != suspect.session.id)
+        ]
         self._tried.clear()
         if excused:
             self._record(store.reschedule, excused, None)
@@ -782,16 +819,26 @@ class Deliverer:
 
     def _blame(self, store: StateStore, failure: _Failure) -> None:
         session = failure.session
-        _, parked = self._record(store.blame_failure, session.id, failure.error, failure.at,
-                              failure.at + self.backoff.delay_after(session.failures + 1),
-                              self.session_retry_limit, self.session_retry_seconds)
+        _, parked = self._record(
+            store.blame_failure,
+            session.id,
+            failure.error,
+            failure.at,
+            failure.at + self.backoff.delay_after(session.failures + 1),
+            self.session_retry_limit,
+            self.session_retry_seconds,
+        )
         if parked:
             self._remember(session, REJECTED)
             log.error(
                 "Session %s failed %d times over %.0f s while the API took other sessions; parked as rejected "
                 "(see 'omnimemory-learner outbox'; 'omnimemory-learner outbox retry' sends it again): %s",
-                session.session_id, parked[0], parked[1], failure.error,
+                session.session_id,
+                parked[0],
+                parked[1],
+                failure.error,
             )
         else:
-            log.warning("Session %s failed while the API took the next one; it backs off on its own",
-                        session.session_id)
+            log.warning(
+                "Session %s failed while the API took the next one; it backs off on its own", session.session_id
+            )

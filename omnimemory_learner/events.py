@@ -200,9 +200,11 @@ def _plain_hour_span(parsed: _dt.datetime) -> Tuple[float, ...]:
     try:
         first_seconds = start.timestamp()
         last_seconds = last.timestamp()
-        plain = (first_seconds == start.replace(fold=1).timestamp()
-                 and last_seconds == last.replace(fold=1).timestamp()
-                 and abs(last_seconds - first_seconds - 3599.999999) < 1e-3)
+        plain = (
+            first_seconds == start.replace(fold=1).timestamp()
+            and last_seconds == last.replace(fold=1).timestamp()
+            and abs(last_seconds - first_seconds - 3599.999999) < 1e-3
+        )
     except (OverflowError, OSError, ValueError):
         return ()
     if not plain or first_seconds <= 0 or first_seconds + 3600.0 > MAX_TIMESTAMP:
@@ -210,8 +212,7 @@ def _plain_hour_span(parsed: _dt.datetime) -> Tuple[float, ...]:
     return (first_seconds, first_seconds + 3600.0)
 
 
-def _outside_plain_span(text: str, seconds: float, context: LocalTimeContext,
-                        events: List[Event]) -> Optional[float]:
+def _outside_plain_span(text: str, seconds: float, context: LocalTimeContext, events: List[Event]) -> Optional[float]:
     parsed = _dt.datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         seconds = _naive_local_seconds(parsed, text[:13], seconds, context, events)
@@ -248,8 +249,9 @@ def _in_plain_hour(parsed: _dt.datetime, key: str, context: LocalTimeContext) ->
     return True
 
 
-def _naive_local_seconds(parsed: _dt.datetime, key: str, seconds: float, context: LocalTimeContext,
-                         events: List[Event]) -> float:
+def _naive_local_seconds(
+    parsed: _dt.datetime, key: str, seconds: float, context: LocalTimeContext, events: List[Event]
+) -> float:
     """Unix seconds of a naive local time outside the plain span known so far."""
     if _in_plain_hour(parsed, key, context):
         return seconds
@@ -277,9 +279,12 @@ def _previous_near(seconds: float, context: LocalTimeContext, events: List[Event
     return None
 
 
-def validate_rows(rows, pairs: Mapping[str, Tuple[str, str]],
-                  context: Optional[LocalTimeContext] = None,
-                  unmapped_by_id: Optional[Dict[str, int]] = None) -> Tuple[List[Event], int, int]:
+def validate_rows(
+    rows,
+    pairs: Mapping[str, Tuple[str, str]],
+    context: Optional[LocalTimeContext] = None,
+    unmapped_by_id: Optional[Dict[str, int]] = None,
+) -> Tuple[List[Event], int, int]:
     """The well-formed rows of the wanted types, as events.
 
     `pairs` is mapping.command_pairs(): event_type -> (command, event_type).
@@ -459,11 +464,13 @@ class EventReader:
         connection.text_factory = _decode_lossy
         try:
             first = connection.execute(
-                "SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid LIMIT 1").fetchone()
+                "SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid LIMIT 1"
+            ).fetchone()
             found = {}
             for rowid in rowids:
                 row = connection.execute(
-                    "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid = ?", (rowid,)).fetchone()
+                    "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid = ?", (rowid,)
+                ).fetchone()
                 if row is not None:
                     found[rowid] = tuple(row)
         except sqlite3.DatabaseError as error:

@@ -172,8 +172,12 @@ class JournalHandler(logging.Handler):
     (the stream handler, a priority on every line) rather than being lost.
     """
 
-    def __init__(self, socket_path: str = JOURNAL_SOCKET, identifier: str = SYSLOG_IDENTIFIER,
-                 fallback: Optional[logging.Handler] = None):
+    def __init__(
+        self,
+        socket_path: str = JOURNAL_SOCKET,
+        identifier: str = SYSLOG_IDENTIFIER,
+        fallback: Optional[logging.Handler] = None,
+    ):
         super().__init__()
         self.socket_path = socket_path
         self.identifier = identifier
@@ -193,15 +197,17 @@ class JournalHandler(logging.Handler):
 
     def metadata(self, record: logging.LogRecord) -> bytes:
         """Every field but MESSAGE."""
-        return b"".join([
-            journal_field("PRIORITY", str(priority(record.levelno))),
-            journal_field("SYSLOG_IDENTIFIER", self.identifier),
-            journal_field("CODE_FILE", os.fsencode(record.pathname or "")),
-            journal_field("CODE_LINE", str(record.lineno)),
-            journal_field("CODE_FUNC", shown(record.funcName or "")),
-            journal_field("LOGGER", shown(record.name)),
-            journal_field("THREAD_NAME", shown(record.threadName or "")),
-        ])
+        return b"".join(
+            [
+                journal_field("PRIORITY", str(priority(record.levelno))),
+                journal_field("SYSLOG_IDENTIFIER", self.identifier),
+                journal_field("CODE_FILE", os.fsencode(record.pathname or "")),
+                journal_field("CODE_LINE", str(record.lineno)),
+                journal_field("CODE_FUNC", shown(record.funcName or "")),
+                journal_field("LOGGER", shown(record.name)),
+                journal_field("THREAD_NAME", shown(record.threadName or "")),
+            ]
+        )
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -237,12 +243,14 @@ class JournalHandler(logging.Handler):
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             # journald takes a memfd from an unprivileged sender only when it is sealed.
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-            self.socket.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))],
-                               0, self.socket_path)
+            fcntl.fcntl(
+                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+            )
+            self.socket.sendmsg(
+                [], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))], 0, self.socket_path
+            )
         finally:
             os.close(fd)
 

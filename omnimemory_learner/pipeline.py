@@ -101,8 +101,12 @@ class Pipeline:
     @staticmethod
     def _new_tracker(config: Config) -> SessionTracker:
         return SessionTracker(
-            config.idle_seconds, config.min_commands_for_learning, config.max_session_commands,
-            config.max_open_sessions, config.close_on, config.fold_repeats,
+            config.idle_seconds,
+            config.min_commands_for_learning,
+            config.max_session_commands,
+            config.max_open_sessions,
+            config.close_on,
+            config.fold_repeats,
         )
 
     def apply_config(self, config: Config) -> None:
@@ -211,7 +215,8 @@ class Pipeline:
             log.warning(
                 "%d session(s) closed early by the open-session cap (max_open_sessions = %d), the least "
                 "recently active first; one is split in two if its id comes back within the idle threshold",
-                self._evictions_unlogged, self.tracker.max_open,
+                self._evictions_unlogged,
+                self.tracker.max_open,
             )
             self._evictions_unlogged = 0
             self._evictions_logged_at = now
@@ -259,8 +264,12 @@ class Pipeline:
                 self._database_replaced(why)
                 return
         if moved:
-            log.info("The events database %s was replaced by a copy (a new file with the same rows where it was "
-                     "read): the same history, continuing from rowid %d", self.config.db_path, self.read_after)
+            log.info(
+                "The events database %s was replaced by a copy (a new file with the same rows where it was "
+                "read): the same history, continuing from rowid %d",
+                self.config.db_path,
+                self.read_after,
+            )
             self.state.note_replaced("copy", f"continued from rowid {self.read_after}")
         if self.db_identity != identity:
             self.db_identity = identity
@@ -290,9 +299,12 @@ class Pipeline:
         return None
 
     def _database_replaced(self, why: str) -> None:
-        log.warning("The events database %s was replaced by a different history (%s); reading it again from its "
-                    "start (sessions delivered before are not sent again: the history keeps their keys)",
-                    self.config.db_path, why)
+        log.warning(
+            "The events database %s was replaced by a different history (%s); reading it again from its "
+            "start (sessions delivered before are not sent again: the history keeps their keys)",
+            self.config.db_path,
+            why,
+        )
         # Open sessions had real events: they close now, as they are.
         self.close_all("replaced")
         self.commit()
@@ -372,8 +384,14 @@ class Pipeline:
         try:
             fingerprint = {"first": self.first_row, "last": self.last_row}
             added = self.state.commit(
-                resume_after, max(self.read_after, self.replay_until), self.db_identity, closed, counters,
-                known, rewrite_head, _compact_json(fingerprint) if self.first_row or self.last_row else None,
+                resume_after,
+                max(self.read_after, self.replay_until),
+                self.db_identity,
+                closed,
+                counters,
+                known,
+                rewrite_head,
+                _compact_json(fingerprint) if self.first_row or self.last_row else None,
             )
         except StateError as error:
             self._retry_commit_at = self.clock() + POSITION_COMMIT_SECONDS
@@ -434,16 +452,22 @@ class Pipeline:
             counters["sessions_already_delivered"] = counters.get("sessions_already_delivered", 0) + already
             if not self._ledger_skip_said:
                 self._ledger_skip_said = True
-                log.info("%d session(s) read again from the rewritten database were delivered before (the "
-                         "history has their content keys): not sent again; counted as sessions_already_delivered",
-                         already)
+                log.info(
+                    "%d session(s) read again from the rewritten database were delivered before (the "
+                    "history has their content keys): not sent again; counted as sessions_already_delivered",
+                    already,
+                )
         if past:
             counters["sessions_past_horizon"] = counters.get("sessions_past_horizon", 0) + past
             if not self._horizon_skip_said:
                 self._horizon_skip_said = True
-                log.info("%d session(s) read again from the rewritten database end before the history's horizon "
-                         "(history_days = %g), past which delivered sessions are forgotten: not sent, to be sure "
-                         "none goes twice; counted as sessions_past_horizon", past, self.config.history_days)
+                log.info(
+                    "%d session(s) read again from the rewritten database end before the history's horizon "
+                    "(history_days = %g), past which delivered sessions are forgotten: not sent, to be sure "
+                    "none goes twice; counted as sessions_past_horizon",
+                    past,
+                    self.config.history_days,
+                )
         return fresh, known, counters
 
     # -- quality, history -------------------------------------------------------
@@ -467,8 +491,12 @@ class Pipeline:
             session.quality = session.score_quality()
             if session.quality < min_quality:
                 session.low_quality = True
-                log.debug("Session %s scored %.3f, below min_quality %g: not sent",
-                          session.session_id, session.quality, min_quality)
+                log.debug(
+                    "Session %s scored %.3f, below min_quality %g: not sent",
+                    session.session_id,
+                    session.quality,
+                    min_quality,
+                )
 
     def _remember_unsent(self, closed: List[ClosedSession]) -> None:
         """Sessions settled without being sent, for the history (it never stops learning)."""

@@ -222,8 +222,9 @@ class Service:
                     self.lock.acquire()
                 config = self.config
                 deliverer = Deliverer.from_config(config, on_progress=self._on_delivered)
-                self.pipeline = Pipeline(self.config, clock=self.clock, on_outbox=deliverer.wake,
-                                         on_unsent=deliverer.take_unsent)
+                self.pipeline = Pipeline(
+                    self.config, clock=self.clock, on_outbox=deliverer.wake, on_unsent=deliverer.take_unsent
+                )
                 self.deliverer = deliverer
             except AlreadyRunning as error:
                 if service_manager() == NONE:
@@ -240,8 +241,12 @@ class Service:
             except (StateError, OSError) as error:
                 problem = f"cannot use the state directory {self.config.state_dir}: {error}"
                 if problem != reported:
-                    log.error("%s; nothing is read until it can be written (fix it, or set state_dir and "
-                              "reload); retrying every %g s", problem, retry)
+                    log.error(
+                        "%s; nothing is read until it can be written (fix it, or set state_dir and "
+                        "reload); retrying every %g s",
+                        problem,
+                        retry,
+                    )
                     self._report_waiting(problem, first=reported is None)
                     reported = problem
             else:
@@ -325,8 +330,11 @@ class Service:
             self._on_file_change()
         else:
             if first or self.mode == "watch":
-                log.warning("Cannot watch for changes (%s); polling every %g s instead", watcher.reason,
-                            self.config.poll_interval_seconds)
+                log.warning(
+                    "Cannot watch for changes (%s); polling every %g s instead",
+                    watcher.reason,
+                    self.config.poll_interval_seconds,
+                )
             self.mode = "poll"
 
     def _check_watching(self) -> bool:
@@ -342,8 +350,11 @@ class Service:
         if watcher is not None and watcher.check():
             return False
         if self.mode == "watch":
-            log.warning("Watching stopped (%s); polling every %g s until it can resume",
-                        watcher.reason if watcher else "unknown", self.config.poll_interval_seconds)
+            log.warning(
+                "Watching stopped (%s); polling every %g s until it can resume",
+                watcher.reason if watcher else "unknown",
+                self.config.poll_interval_seconds,
+            )
             self.mode = "poll"
             self._publish_soon = True
         self._start_watching()
@@ -402,9 +413,19 @@ class Service:
                 self._publish()
                 next_status = now + STATUS_EVERY_SECONDS
             next_ping = self._ping_if_due(now)
-            wake_at = next_wake(now, (next_poll, next_status, next_ping, self.schedule.next_due(), delivered_at,
-                                      pipeline.tracker.next_deadline(), next_watch_check,
-                                      pipeline.next_commit_at()))
+            wake_at = next_wake(
+                now,
+                (
+                    next_poll,
+                    next_status,
+                    next_ping,
+                    self.schedule.next_due(),
+                    delivered_at,
+                    pipeline.tracker.next_deadline(),
+                    next_watch_check,
+                    pipeline.next_commit_at(),
+                ),
+            )
             self._wakeup.wait(wake_at - clock())
 
     def _between_batches(self) -> None:

@@ -56,8 +56,9 @@ class RecheckSchedule:
     def take_due(self, now: float) -> bool:
         """Consume every re-check due by `now`; True if any was."""
         due = False
-        while (self._base is not None and self._index < len(self.offsets)
-               and self._base + self.offsets[self._index] <= now):
+        while (
+            self._base is not None and self._index < len(self.offsets) and self._base + self.offsets[self._index] <= now
+        ):
             self._index += 1
             due = True
         return due

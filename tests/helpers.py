@@ -111,8 +111,17 @@ class RecordingAPI:
 
             def do_GET(self):
                 if self.path == "/health":
-                    self._send(200, json.dumps({"status": "healthy", "service": "procedural-memory",
-                                                "version": "1.0.0", "engine_initialized": True}))
+                    self._send(
+                        200,
+                        json.dumps(
+                            {
+                                "status": "healthy",
+                                "service": "procedural-memory",
+                                "version": "1.0.0",
+                                "engine_initialized": True,
+                            }
+                        ),
+                    )
                 else:
                     self._send(404, json.dumps({"detail": "Not Found"}))
 
@@ -159,7 +168,7 @@ class RecordingAPI:
                                 self.connection.sendall(b"x")
                                 sent += 1
                             else:
-                                piece = chunk[:size - sent]
+                                piece = chunk[: size - sent]
                                 self.connection.sendall(piece)
                                 sent += len(piece)
                     elif kind == "drip_head":
@@ -182,9 +191,16 @@ class RecordingAPI:
                 except ValueError:
                     session_id = None
                 with api.lock:
-                    api.answers.append({"behaviour": kind, "session_id": session_id,
-                                        "key": self.headers.get("Idempotency-Key"), "start": start,
-                                        "open_seconds": time.monotonic() - start, "hung_up": hung_up})
+                    api.answers.append(
+                        {
+                            "behaviour": kind,
+                            "session_id": session_id,
+                            "key": self.headers.get("Idempotency-Key"),
+                            "start": start,
+                            "open_seconds": time.monotonic() - start,
+                            "hung_up": hung_up,
+                        }
+                    )
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -289,20 +305,27 @@ def wait_until(predicate, timeout=30.0, step=0.05):
 def learner_env(tmp_path, api_url, db_path, **extra):
     env = dict(os.environ)
     for key in list(env):
-        if key.startswith("OMNIMEMORY_LEARNER_") or key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                                                             "JOURNAL_STREAM", "INVOCATION_ID"):
+        if key.startswith("OMNIMEMORY_LEARNER_") or key in (
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "JOURNAL_STREAM",
+            "INVOCATION_ID",
+        ):
             del env[key]
-    env.update({
-        "HOME": str(tmp_path / "home"),
-        "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"),
-        "XDG_STATE_HOME": str(tmp_path / "home" / ".local" / "state"),
-        "OMNIMEMORY_LEARNER_DB_PATH": str(db_path),
-        "OMNIMEMORY_LEARNER_API_URL": api_url,
-        "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
-        "OMNIMEMORY_LEARNER_LOG_FILE": str(tmp_path / "learner.log"),
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "HOME": str(tmp_path / "home"),
+            "XDG_CONFIG_HOME": str(tmp_path / "home" / ".config"),
+            "XDG_STATE_HOME": str(tmp_path / "home" / ".local" / "state"),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(db_path),
+            "OMNIMEMORY_LEARNER_API_URL": api_url,
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
+            "OMNIMEMORY_LEARNER_LOG_FILE": str(tmp_path / "learner.log"),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({key: str(value) for key, value in extra.items()})
     return env
 
@@ -315,8 +338,11 @@ def start_learner(env, *args, **popen):
         output = tempfile.TemporaryFile()
         popen["stdout"] = output
     process = subprocess.Popen(
-        [sys.executable, "-m", "omnimemory_learner", *args], env=env, cwd=str(ROOT),
-        stderr=popen.pop("stderr", subprocess.STDOUT), **popen,
+        [sys.executable, "-m", "omnimemory_learner", *args],
+        env=env,
+        cwd=str(ROOT),
+        stderr=popen.pop("stderr", subprocess.STDOUT),
+        **popen,
     )
     process.output_file = output
     return process
@@ -332,8 +358,13 @@ def output_of(process):
 
 def run_learner(env, *args, timeout=60, input=None):
     return subprocess.run(
-        [sys.executable, "-m", "omnimemory_learner", *args], env=env, cwd=str(ROOT),
-        capture_output=True, text=True, timeout=timeout, input=input,
+        [sys.executable, "-m", "omnimemory_learner", *args],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 
@@ -355,8 +386,10 @@ def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
 
 
 def received(api):
-    return sorted((body["session_id"], tuple(c["command"] for c in body["session_commands"]), body["session_outcome"])
-                  for _, body in api.sessions())
+    return sorted(
+        (body["session_id"], tuple(c["command"] for c in body["session_commands"]), body["session_outcome"])
+        for _, body in api.sessions()
+    )
 
 
 def stop(process, sig=signal.SIGTERM, timeout=15):
@@ -373,8 +406,6 @@ def pending(state_dir):
         conn.close()
 
 
-
-
 def delivered_once(api):
     """The sessions the API got, each counted once, and how many POSTs were resends.
 
@@ -386,8 +417,10 @@ def delivered_once(api):
         by_key.setdefault(key, []).append(body)
     for key, bodies in by_key.items():
         assert all(body == bodies[0] for body in bodies), f"key {key} was sent with different bodies"
-    unique = sorted((b[0]["session_id"], tuple(c["command"] for c in b[0]["session_commands"]),
-                     b[0]["session_outcome"]) for b in by_key.values())
+    unique = sorted(
+        (b[0]["session_id"], tuple(c["command"] for c in b[0]["session_commands"]), b[0]["session_outcome"])
+        for b in by_key.values()
+    )
     return unique, len(api.sessions()) - len(by_key)
 
 
@@ -395,8 +428,12 @@ def compare(truth, unique):
     """Figures of a run against the ground truth: lost, unexpected."""
     lost = [s for s in truth if s not in unique]
     extra = [s for s in unique if s not in truth]
-    return {"sessions": len(truth), "lost": len(lost), "unexpected": len(extra),
-            "detail": f"lost {lost[:5]} unexpected {extra[:5]}"}
+    return {
+        "sessions": len(truth),
+        "lost": len(lost),
+        "unexpected": len(extra),
+        "detail": f"lost {lost[:5]} unexpected {extra[:5]}",
+    }
 
 
 class Flapper:

@@ -33,8 +33,14 @@ def test_each_platform_gets_its_continuous_clock():
 
 
 def test_the_service_runs_its_pipeline_on_the_processing_clock(tmp_path):
-    config = load_config(None, {"OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
-                                "OMNIMEMORY_LEARNER_DB_PATH": str(tmp_path / "db" / "memory_data.db")}, {})
+    config = load_config(
+        None,
+        {
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(tmp_path / "db" / "memory_data.db"),
+        },
+        {},
+    )
     service = Service(config)
     assert service._open_state()
     try:
@@ -44,8 +50,9 @@ def test_the_service_runs_its_pipeline_on_the_processing_clock(tmp_path):
         service.lock.release()
 
 
-@pytest.mark.parametrize("candidates", [(5.0, None, 12.0), (None, None), (-100.0, 3.0), (1.0, 2.0, 10.0),
-                                        (12.0, 15.0), (10.5, 3.0)])
+@pytest.mark.parametrize(
+    "candidates", [(5.0, None, 12.0), (None, None), (-100.0, 3.0), (1.0, 2.0, 10.0), (12.0, 15.0), (10.5, 3.0)]
+)
 def test_the_next_wake_up_is_never_in_the_past(candidates):
     now = 10.0
     wake = next_wake(now, candidates)

@@ -64,8 +64,12 @@ def test_relative_xdg_values_are_ignored(env):
 
 
 def test_precedence_default_file_environment_flag(fs, env):
-    path = write(fs, "/etc/learner.toml", 'session_idle_minutes = 0.05\nbatch_size = 10\napi_url = "http://127.0.0.1:9"\n'
-                 'db_path = "~/events.db"\n[event_map]\nfile_open = "view_file"\nlint_run = "run_linter"\n')
+    path = write(
+        fs,
+        "/etc/learner.toml",
+        'session_idle_minutes = 0.05\nbatch_size = 10\napi_url = "http://127.0.0.1:9"\n'
+        'db_path = "~/events.db"\n[event_map]\nfile_open = "view_file"\nlint_run = "run_linter"\n',
+    )
     env = dict(env, OMNIMEMORY_LEARNER_BATCH_SIZE="20", OMNIMEMORY_LEARNER_API_URL="https://api.example:8443/")
     config = load_config(path, env, {"api_url": "http://127.0.0.1:8002", "poll_interval_seconds": None})
     assert config.session_idle_minutes == 0.05 and config.idle_seconds == pytest.approx(3.0)
@@ -93,25 +97,28 @@ def test_bool_and_level_values(fs, env):
     assert config.watch is False and config.log_level == "DEBUG"
 
 
-@pytest.mark.parametrize("text, key, value", [
-    ("unknown_key = 1\n", "unknown_key", None),
-    ("session_idle_minutes = 0\n", "session_idle_minutes", "0"),
-    ("session_idle_minutes = -2.5\n", "session_idle_minutes", "-2.5"),
-    ("session_idle_minutes = nan\n", "session_idle_minutes", "nan"),
-    ('poll_interval_seconds = "soon"\n', "poll_interval_seconds", "'soon'"),
-    ("min_commands_for_learning = 2.5\n", "min_commands_for_learning", "2.5"),
-    ("min_commands_for_learning = true\n", "min_commands_for_learning", "True"),
-    ("batch_size = 0\n", "batch_size", "0"),
-    ('api_url = "ftp://localhost:8002"\n', "api_url", "'ftp://localhost:8002'"),
-    ('api_url = "localhost:8002"\n', "api_url", "'localhost:8002'"),
-    ('api_url = "http://"\n', "api_url", "'http://'"),
-    ('log_level = "LOUD"\n', "log_level", "'LOUD'"),
-    ('db_path = ""\n', "db_path", "''"),
-    ("watch = 1\n", "watch", "1"),
-    ("[event_map]\nfile_open = 3\n", "event_map.file_open", "3"),
-    ('[event_map]\nfile_open = ""\n', "event_map.file_open", "''"),
-    ('event_map = "x"\n', "event_map", "'x'"),
-])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("unknown_key = 1\n", "unknown_key", None),
+        ("session_idle_minutes = 0\n", "session_idle_minutes", "0"),
+        ("session_idle_minutes = -2.5\n", "session_idle_minutes", "-2.5"),
+        ("session_idle_minutes = nan\n", "session_idle_minutes", "nan"),
+        ('poll_interval_seconds = "soon"\n', "poll_interval_seconds", "'soon'"),
+        ("min_commands_for_learning = 2.5\n", "min_commands_for_learning", "2.5"),
+        ("min_commands_for_learning = true\n", "min_commands_for_learning", "True"),
+        ("batch_size = 0\n", "batch_size", "0"),
+        ('api_url = "ftp://localhost:8002"\n', "api_url", "'ftp://localhost:8002'"),
+        ('api_url = "localhost:8002"\n', "api_url", "'localhost:8002'"),
+        ('api_url = "http://"\n', "api_url", "'http://'"),
+        ('log_level = "LOUD"\n', "log_level", "'LOUD'"),
+        ('db_path = ""\n', "db_path", "''"),
+        ("watch = 1\n", "watch", "1"),
+        ("[event_map]\nfile_open = 3\n", "event_map.file_open", "3"),
+        ('[event_map]\nfile_open = ""\n', "event_map.file_open", "''"),
+        ('event_map = "x"\n', "event_map", "'x'"),
+    ],
+)
 def test_invalid_file_values_name_key_value_and_file(fs, env, text, key, value):
     path = write(fs, "/cfg/learner.toml", text)
     with pytest.raises(ConfigError) as raised:
@@ -122,12 +129,15 @@ def test_invalid_file_values_name_key_value_and_file(fs, env, text, key, value):
         assert value in message
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("OMNIMEMORY_LEARNER_BATCH_SIZE", "many"),
-    ("OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES", "-1"),
-    ("OMNIMEMORY_LEARNER_API_URL", "file:///etc/passwd"),
-    ("OMNIMEMORY_LEARNER_WATCH", "maybe"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("OMNIMEMORY_LEARNER_BATCH_SIZE", "many"),
+        ("OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES", "-1"),
+        ("OMNIMEMORY_LEARNER_API_URL", "file:///etc/passwd"),
+        ("OMNIMEMORY_LEARNER_WATCH", "maybe"),
+    ],
+)
 def test_invalid_environment_values_are_rejected(env, variable, value):
     with pytest.raises(ConfigError) as raised:
         load_config(env=dict(env, **{variable: value}))
@@ -168,6 +178,7 @@ def test_cli_exits_78_before_anything_starts(fs, env, monkeypatch, capsys):
 
 def test_check_config_prints_effective_toml_that_parses(fs, env, monkeypatch, capsys):
     import tomllib
+
     monkeypatch.setattr(os, "environ", dict(env, OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS="7"))
     assert cli.main(["check-config", "--idle-minutes", "2"]) == 0
     out = capsys.readouterr().out
@@ -193,28 +204,40 @@ def test_an_api_url_with_control_characters_or_spaces_is_invalid(url):
 
 def test_the_keys_of_real_time_learning_quality_and_history(tmp_path):
     path = tmp_path / "learner.toml"
-    path.write_text('close_on = ["push_changes", "commit_changes"]\nfold_repeats = true\nmin_quality = 0.35\n'
-                    "history_days = 7\nhistory_max_sessions = 5000\n")
+    path.write_text(
+        'close_on = ["push_changes", "commit_changes"]\nfold_repeats = true\nmin_quality = 0.35\n'
+        "history_days = 7\nhistory_max_sessions = 5000\n"
+    )
     config = load_config(path, {"HOME": str(tmp_path)}, {})
-    assert (config.close_on, config.fold_repeats, config.min_quality) == (("push_changes", "commit_changes"), True, 0.35)
+    assert (config.close_on, config.fold_repeats, config.min_quality) == (
+        ("push_changes", "commit_changes"),
+        True,
+        0.35,
+    )
     assert (config.history_days, config.history_max_sessions) == (7.0, 5000)
-    assert "close_on = [\"push_changes\", \"commit_changes\"]" in to_toml(config)
-    from_env = load_config(None, {"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_CLOSE_ON": "push_changes,",
-                                  "OMNIMEMORY_LEARNER_MIN_QUALITY": "0"}, {})
+    assert 'close_on = ["push_changes", "commit_changes"]' in to_toml(config)
+    from_env = load_config(
+        None,
+        {"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_CLOSE_ON": "push_changes,", "OMNIMEMORY_LEARNER_MIN_QUALITY": "0"},
+        {},
+    )
     assert from_env.close_on == ("push_changes",) and from_env.min_quality == 0.0
     assert load_config(None, {"HOME": str(tmp_path)}, {}).close_on == ()
 
 
-@pytest.mark.parametrize("text, message", [
-    ('close_on = "push_changes"', "expected a list of non-empty command names"),
-    ('close_on = ["push_changes", ""]', "expected a list of non-empty command names"),
-    ('close_on = ["git_push"]', "'git_push' is not a command of the event map"),
-    ("min_quality = 1.5", "expected a number from 0 to 1"),
-    ("min_quality = -0.1", "expected a number from 0 to 1"),
-    ("history_days = 0", "must be greater than 0"),
-    ("history_max_sessions = 0", "must be at least 1"),
-    ("fold_repeats = 1", "expected true or false"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('close_on = "push_changes"', "expected a list of non-empty command names"),
+        ('close_on = ["push_changes", ""]', "expected a list of non-empty command names"),
+        ('close_on = ["git_push"]', "'git_push' is not a command of the event map"),
+        ("min_quality = 1.5", "expected a number from 0 to 1"),
+        ("min_quality = -0.1", "expected a number from 0 to 1"),
+        ("history_days = 0", "must be greater than 0"),
+        ("history_max_sessions = 0", "must be at least 1"),
+        ("fold_repeats = 1", "expected true or false"),
+    ],
+)
 def test_bad_values_of_the_new_keys_name_the_key(tmp_path, text, message):
     path = tmp_path / "learner.toml"
     path.write_text(text + "\n")

@@ -25,20 +25,31 @@ def reference_key(session_id, commands):
     return digest.hexdigest()[:32]
 
 
-COMMANDS = [("open_file", 1760000000.25, "file_open"), ("edit \u00e9", 1760000001.5, "file_edit"),
-            ("save_file", 1760000002.0, "file_save")]
+COMMANDS = [
+    ("open_file", 1760000000.25, "file_open"),
+    ("edit \u00e9", 1760000001.5, "file_edit"),
+    ("save_file", 1760000002.0, "file_save"),
+]
 
 
 def test_commit_keys_each_session_by_its_content_wherever_its_rows_were(tmp_path):
     store = StateStore(tmp_path / "s")
     # The same session at other rowids (a copy keeps them, a wipe reuses them) has the same key;
     # one event's time or the session id changed gives another.
-    store.commit(0, 20, None, [
-        ClosedSession.from_commands("a", COMMANDS, 1, 3, "idle", True),
-        ClosedSession.from_commands("a", COMMANDS, 11, 13, "idle", True),
-        ClosedSession.from_commands("a", COMMANDS[:2] + [("save_file", 1760000002.5, "file_save")], 14, 16, "idle", True),
-        ClosedSession.from_commands("b", COMMANDS, 17, 19, "idle", True),
-    ], {})
+    store.commit(
+        0,
+        20,
+        None,
+        [
+            ClosedSession.from_commands("a", COMMANDS, 1, 3, "idle", True),
+            ClosedSession.from_commands("a", COMMANDS, 11, 13, "idle", True),
+            ClosedSession.from_commands(
+                "a", COMMANDS[:2] + [("save_file", 1760000002.5, "file_save")], 14, 16, "idle", True
+            ),
+            ClosedSession.from_commands("b", COMMANDS, 17, 19, "idle", True),
+        ],
+        {},
+    )
     keys = [session.idempotency_key for session in store.pending()]
     # Made when taken from the outbox (the reading thread stores none); the rewrite check sees the same.
     assert store.outbox_keys() == set(keys)

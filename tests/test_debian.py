@@ -13,9 +13,13 @@ import pytest
 from helpers import RecordingAPI, create_db, insert_events
 from test_systemd import UNIT, manager, session_events, write_config  # noqa: F401 - manager is a fixture
 
-pytestmark = [pytest.mark.systemd,
-              pytest.mark.skipif(os.environ.get("OMNIMEMORY_LEARNER_DEB_INSTALLED") != "1",
-                                 reason="the Debian package is not installed (.ci/run installs it)")]
+pytestmark = [
+    pytest.mark.systemd,
+    pytest.mark.skipif(
+        os.environ.get("OMNIMEMORY_LEARNER_DEB_INSTALLED") != "1",
+        reason="the Debian package is not installed (.ci/run installs it)",
+    ),
+]
 PACKAGED_UNIT = Path("/usr/lib/systemd/user") / UNIT
 
 

@@ -23,7 +23,9 @@ from omnimemory_learner.storage.state import StateStore
 
 
 def closed(sid, first, n=3, learnable=True, commands=None):
-    commands = commands or [("open_file", 100.0 + i, "file_open") for i in range(n - 1)] + [("save_file", 200.0, "file_save")]
+    commands = commands or [("open_file", 100.0 + i, "file_open") for i in range(n - 1)] + [
+        ("save_file", 200.0, "file_save")
+    ]
     return ClosedSession.from_commands(sid, commands[:n], first, first + n - 1, "idle", learnable)
 
 
@@ -62,8 +64,11 @@ def test_state_files_are_private(tmp_path):
 
 
 def test_outbox_keeps_commands_exactly_and_reads_older_json_rows(tmp_path):
-    commands = [("open_file", 1760000000.123456, "file_open"), ("say \"hi\"\n\u00e9", 0.1 + 0.2, "lint\x00run"),
-                ("commit_changes", 1e-7 + 1760000001, "git_commit")]
+    commands = [
+        ("open_file", 1760000000.123456, "file_open"),
+        ('say "hi"\n\u00e9', 0.1 + 0.2, "lint\x00run"),
+        ("commit_changes", 1e-7 + 1760000001, "git_commit"),
+    ]
     store = StateStore(tmp_path / "s")
     store.commit(0, 3, None, [closed("a", 1, commands=commands)], {})
     # A store written before the compact form kept the commands as JSON text.
@@ -77,15 +82,23 @@ def test_outbox_keeps_commands_exactly_and_reads_older_json_rows(tmp_path):
     assert new.commands == commands  # every float bit for bit, every character
     assert old.commands == [("save_file", 1700000000.5, "file_save")]
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
-    assert new.body()["session_commands"][1] == {"command": "say \"hi\"\n\u00e9", "timestamp": 0.1 + 0.2,
-                                                 "context": {"event_type": "lint\x00run"}}
+    assert new.body()["session_commands"][1] == {
+        "command": 'say "hi"\n\u00e9',
+        "timestamp": 0.1 + 0.2,
+        "context": {"event_type": "lint\x00run"},
+    }
     store.close()
 
 
 def test_commit_keeps_markers_until_the_low_water_mark_passes(tmp_path):
     store = StateStore(tmp_path / "s")
-    added = store.commit(4, 10, (1, 2), [closed("a", 1), closed("b", 5, n=2, learnable=False),
-                                         closed("c", 2, n=1, learnable=False)], {"events_processed": 10})
+    added = store.commit(
+        4,
+        10,
+        (1, 2),
+        [closed("a", 1), closed("b", 5, n=2, learnable=False), closed("c", 2, n=1, learnable=False)],
+        {"events_processed": 10},
+    )
     assert added == 1
     assert store.position() == (4, 10, (1, 2))
     # b (too short, above the mark) is kept as a marker; c (below it) is not;
@@ -132,7 +145,9 @@ def test_sessions_arrive_with_body_key_and_are_learned(tmp_path, api):
             {"command": "open_file", "timestamp": 101.0, "context": {"event_type": "file_open"}},
             {"command": "save_file", "timestamp": 200.0, "context": {"event_type": "file_save"}},
         ],
-        "session_outcome": "success", "session_id": "s1", "tool_id": "omnimemory-learner",
+        "session_outcome": "success",
+        "session_id": "s1",
+        "tool_id": "omnimemory-learner",
         # Scored when sent (min_quality = 0): the same score the session had when it closed.
         "quality": session_quality(["open_file", "open_file", "save_file"], 100.0, 200.0).score,
     }
@@ -214,7 +229,9 @@ def test_null_pattern_is_counted_not_retried(tmp_path, api):
     assert classify(answer(200, b'{"message": "x"}'))[0] == Verdict.RETRY
     assert classify(answer(404, b"{}"))[0] == Verdict.REJECTED
     assert classify(answer(302, headers={"location": "https://elsewhere/learn"})) == (
-        Verdict.RETRY, "HTTP 302 redirect to https://elsewhere/learn (not followed: set api_url to it if that is the API)")
+        Verdict.RETRY,
+        "HTTP 302 redirect to https://elsewhere/learn (not followed: set api_url to it if that is the API)",
+    )
     store = StateStore(tmp_path)
     store.mark_delivered(pending.id, None)
     assert store.counters()["sessions_not_learned"] == 1 and store.status_counts() == {"not_learned": 1}
@@ -255,7 +272,9 @@ def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog
     assert fresh.position() == (5, 10, (1, 2))
     assert fresh.counters()["events_processed"] == 10 and fresh.counters()["patterns_learned"] == 1
     assert sorted((row["session_id"], row["status"]) for row in fresh.outbox(("pending", "learned"))) == [
-        ("a", "learned"), ("b", "pending")]
+        ("a", "learned"),
+        ("b", "pending"),
+    ]
     fresh.close()
 
 
@@ -301,10 +320,15 @@ def outbox_rows(state_dir, statuses=("pending", "rejected")):
 
 def test_a_session_the_api_always_fails_backs_off_alone_then_is_parked(tmp_path, api):
     api.by_session = {"poison": 500}
-    fill(tmp_path, [closed(f"s{i}", i * 10 + 1) for i in range(3)] + [closed("poison", 41)]
-         + [closed(f"s{i}", i * 10 + 1) for i in range(5, 30)])
-    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.3,
-                          session_retry_limit=3, session_retry_seconds=0.5)
+    fill(
+        tmp_path,
+        [closed(f"s{i}", i * 10 + 1) for i in range(3)]
+        + [closed("poison", 41)]
+        + [closed(f"s{i}", i * 10 + 1) for i in range(5, 30)],
+    )
+    deliverer = Deliverer(
+        tmp_path, api.url, timeout=1.0, retry_max_seconds=0.3, session_retry_limit=3, session_retry_seconds=0.5
+    )
     deliverer.backoff.first = 0.05
     started = time.monotonic()
     deliverer.start()
@@ -372,8 +396,9 @@ def test_two_sessions_that_always_fail_do_not_hold_up_the_rest(tmp_path, api):
 def test_api_failing_everything_backs_off_as_one_and_parks_nothing(tmp_path, api):
     api.default = 500
     fill(tmp_path, [closed(f"s{i:02}", 1 + 10 * i) for i in range(50)])
-    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.4,
-                          session_retry_limit=2, session_retry_seconds=0.001)
+    deliverer = Deliverer(
+        tmp_path, api.url, timeout=1.0, retry_max_seconds=0.4, session_retry_limit=2, session_retry_seconds=0.001
+    )
     deliverer.backoff.first = 0.05
     deliverer.start()
     time.sleep(3.0)
@@ -401,7 +426,7 @@ def _displaced(order):
     best: list = []
     for item in order:
         index = bisect.bisect_left(best, item)
-        best[index:index + 1] = [item]
+        best[index : index + 1] = [item]
     return len(order) - len(best)
 
 
@@ -459,8 +484,9 @@ def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api, cap
         assert elsewhere.attempts == 0  # the session never went where the redirect pointed
         rows = outbox_rows(tmp_path)
         assert {row["status"] for row in rows.values()} == {"pending"}  # the API's trouble, not the sessions'
-        assert rows["s1"]["last_error"] == (f"HTTP 307 redirect to {elsewhere.url}/learn "
-                                            "(not followed: set api_url to it if that is the API)")
+        assert rows["s1"]["last_error"] == (
+            f"HTTP 307 redirect to {elsewhere.url}/learn (not followed: set api_url to it if that is the API)"
+        )
         # `outbox` says where it pointed, on the session's line.
         config = load_config(env={"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path)})
         assert outbox_command(config, "list", [], False, False) == 0
@@ -472,6 +498,7 @@ def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api, cap
 
 def test_retry_after_is_read_as_seconds_or_an_http_date():
     from omnimemory_learner.delivery import Answer, retry_after
+
     now = 1_800_000_000.0
 
     def after(status, value):
@@ -489,6 +516,7 @@ def test_a_compressed_answer_is_decoded_within_the_cap():
     import zlib
 
     from omnimemory_learner.delivery import ANSWER_CAP, _decoded
+
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
     bomb = b"".join(packer.compress(b"\0" * (1 << 20)) for _ in range(200)) + packer.flush()
     assert len(bomb) < 300_000  # 200 MB of zeros
@@ -506,6 +534,7 @@ OLD_SESSIONS_TABLE = """CREATE TABLE sessions (
 
 def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_path, api):
     import sqlite3
+
     # The sessions table as the previous release wrote it, with one pending and one rejected session.
     store = StateStore(tmp_path / "s")
     store.commit(0, 3, None, [closed("a", 1), closed("b", 5)], {})
@@ -517,7 +546,8 @@ def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_pa
         "ALTER TABLE sessions RENAME TO new_sessions;" + OLD_SESSIONS_TABLE + ";"
         "INSERT INTO sessions SELECT id, idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
         " n_commands, commands, reason, closed_at, attempts, last_error, pattern_id, delivered_at FROM new_sessions;"
-        "DROP TABLE new_sessions;")
+        "DROP TABLE new_sessions;"
+    )
     db.close()
     # A reader without the right to write lists it as it is.
     os.chmod(tmp_path / "s", 0o500)
@@ -525,7 +555,9 @@ def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_pa
         if os.geteuid() != 0:
             reader = StateStore(tmp_path / "s", create=False)
             assert [(row["session_id"], row["next_attempt_at"], row["failures"]) for row in reader.outbox()] == [
-                ("a", None, 0), ("b", None, 0)]
+                ("a", None, 0),
+                ("b", None, 0),
+            ]
             reader.close()
     finally:
         os.chmod(tmp_path / "s", 0o700)
@@ -572,14 +604,22 @@ def expected_verdict(status, body):
 
 
 @settings(max_examples=400, deadline=None)
-@given(status=st.integers(100, 999),
-       body=st.one_of(st.binary(max_size=2000), st.text(max_size=2000).map(str.encode),
-                      st.builds(lambda p: json.dumps({"pattern_id": p}).encode(),
-                                st.one_of(st.none(), st.text(max_size=3000), st.integers(), st.floats()))),
-       location=st.text(max_size=5000),
-       truncated=st.booleans())
+@given(
+    status=st.integers(100, 999),
+    body=st.one_of(
+        st.binary(max_size=2000),
+        st.text(max_size=2000).map(str.encode),
+        st.builds(
+            lambda p: json.dumps({"pattern_id": p}).encode(),
+            st.one_of(st.none(), st.text(max_size=3000), st.integers(), st.floats()),
+        ),
+    ),
+    location=st.text(max_size=5000),
+    truncated=st.booleans(),
+)
 def test_every_answer_gets_the_documented_verdict_and_a_bounded_error(status, body, location, truncated):
     from omnimemory_learner.delivery import Answer, Verdict, classify
+
     verdict, detail = classify(Answer(status, {"location": location}, body, truncated))
     assert verdict == expected_verdict(status, body)
     if verdict in (Verdict.LEARNED, Verdict.NOT_LEARNED):
@@ -592,8 +632,10 @@ def test_every_answer_gets_the_documented_verdict_and_a_bounded_error(status, bo
 
 @pytest.mark.parametrize("per_operation", [True, False])
 def test_the_deadline_holds_for_a_dripped_or_silent_answer_with_and_without_the_backend(
-        api, monkeypatch, per_operation):
+    api, monkeypatch, per_operation
+):
     from omnimemory_learner import delivery
+
     if not per_operation:
         # An httpx whose transport hides its pool: the fallback (each phase's
         # timeout the time left, the body read against the deadline).
@@ -616,8 +658,9 @@ def test_any_few_failing_sessions_anywhere_never_hold_up_the_rest(tmp_path, api,
     rng = random.Random(seed)
     names = [f"s{i:02}" for i in range(40)]
     bad = sorted(rng.sample(names, rng.randint(1, 8)))
-    api.by_session = {name: rng.choice([500, 502, 503, 408, 409, 425, 429, ("garbage", "<html>proxy</html>")])
-                      for name in bad}
+    api.by_session = {
+        name: rng.choice([500, 502, 503, 408, 409, 425, 429, ("garbage", "<html>proxy</html>")]) for name in bad
+    }
     fill(tmp_path, [closed(name, 1 + 10 * i) for i, name in enumerate(names)])
     deliverer = make_deliverer(tmp_path, api.url, cap=0.3)
     started = time.monotonic()
@@ -634,13 +677,15 @@ def test_any_few_failing_sessions_anywhere_never_hold_up_the_rest(tmp_path, api,
 
 def test_a_reloaded_timeout_holds_for_the_next_request_of_the_running_thread(tmp_path, api):
     import dataclasses
+
     api.script = [("silent", 30)]
     deliverer = Deliverer(tmp_path, api.url, timeout=30.0, retry_max_seconds=0.2)
     deliverer.start()  # its client is made now, with 30 s
     try:
         config = load_config(env={"HOME": str(tmp_path)})
-        deliverer.apply_config(dataclasses.replace(config, api_url=api.url, request_timeout_seconds=1.0,
-                                                   retry_max_seconds=0.2))
+        deliverer.apply_config(
+            dataclasses.replace(config, api_url=api.url, request_timeout_seconds=1.0, retry_max_seconds=0.2)
+        )
         fill(tmp_path, [closed("s1", 1)])
         deliverer.wake()
         assert api.wait_for(1, timeout=10)
@@ -654,6 +699,7 @@ def test_connections_opening_a_new_or_old_store_at_once_all_succeed(tmp_path):
     # sees one schema, a column is added once (not "duplicate column name"),
     # and a new file turned to WAL mode by one is waited for by the others.
     import sqlite3
+
     problems = []
 
     def open_store(state_dir, barrier):
@@ -684,8 +730,9 @@ def test_a_lone_failing_session_backs_off_but_is_not_parked_without_evidence(tmp
     # Nothing else is sent, so nothing shows the fault is the session's own.
     api.default = 500
     fill(tmp_path, [closed("alone", 1)])
-    deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.8,
-                          session_retry_limit=1, session_retry_seconds=0.001)
+    deliverer = Deliverer(
+        tmp_path, api.url, timeout=1.0, retry_max_seconds=0.8, session_retry_limit=1, session_retry_seconds=0.001
+    )
     deliverer.backoff.first = 0.05
     deliverer.start()
     time.sleep(3.0)

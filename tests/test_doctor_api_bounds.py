@@ -8,8 +8,9 @@ from helpers import RecordingAPI, learner_env, run_learner
 
 
 def doctor_api(tmp_path, api):
-    env = learner_env(tmp_path, api.url, tmp_path / "db" / "memory_data.db",
-                      OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS=1)
+    env = learner_env(
+        tmp_path, api.url, tmp_path / "db" / "memory_data.db", OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS=1
+    )
     started = time.monotonic()
     result = run_learner(env, "doctor", "--json", timeout=60)
     took = time.monotonic() - started

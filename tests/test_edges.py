@@ -32,6 +32,7 @@ from omnimemory_learner.watching import RECHECK_OFFSETS, DatabaseWatcher, Rechec
 
 # -- notify ---------------------------------------------------------------------------
 
+
 def datagram_socket(address):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(address)
@@ -54,8 +55,11 @@ def test_notify_on_a_path_socket_sends_ascii_status(tmp_path):
     assert sock.recv(4096).decode() == f"READY=1\nSTATUS=starting\nMAINPID={os.getpid()}"
     assert notifier.status("caf\u00e9 \u2603 learned\n3")
     assert sock.recv(4096) == b"STATUS=caf? ? learned 3"
-    for call, expected in ((notifier.reloading, b"RELOADING=1"), (notifier.stopping, b"STOPPING=1"),
-                           (notifier.watchdog, b"WATCHDOG=1")):
+    for call, expected in (
+        (notifier.reloading, b"RELOADING=1"),
+        (notifier.stopping, b"STOPPING=1"),
+        (notifier.watchdog, b"WATCHDOG=1"),
+    ):
         assert call()
         assert sock.recv(4096) == expected
     sock.close()
@@ -101,6 +105,7 @@ def test_ascii_text_is_bounded():
 
 # -- logging ----------------------------------------------------------------------------
 
+
 def test_journald_formatter_prefixes_every_line_including_tracebacks():
     formatter = JournaldFormatter("%(message)s")
     try:
@@ -110,8 +115,12 @@ def test_journald_formatter_prefixes_every_line_including_tracebacks():
     lines = formatter.format(record).splitlines()
     assert len(lines) > 4 and all(line.startswith("<3>") for line in lines)
     assert lines[0] == "<3>failed" and any("ValueError: boom" in line for line in lines)
-    for level, prefix in ((logging.WARNING, "<4>"), (logging.INFO, "<6>"), (logging.DEBUG, "<7>"),
-                          (logging.CRITICAL, "<2>")):
+    for level, prefix in (
+        (logging.WARNING, "<4>"),
+        (logging.INFO, "<6>"),
+        (logging.DEBUG, "<7>"),
+        (logging.CRITICAL, "<2>"),
+    ):
         record = logging.LogRecord("x", level, __file__, 1, "m", None, None)
         assert formatter.format(record) == prefix + "m"
 
@@ -128,8 +137,14 @@ def test_journal_stream_detection_and_modes(tmp_path):
     try:
         out = io.StringIO()
         # No journal socket there: the stream protocol, a priority on every line.
-        mode = setup_logging("INFO", tmp_path / "logs" / "l.log", {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
-                             stderr=stream, stdout=out, journal_socket=str(tmp_path / "no-journal"))
+        mode = setup_logging(
+            "INFO",
+            tmp_path / "logs" / "l.log",
+            {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+            stderr=stream,
+            stdout=out,
+            journal_socket=str(tmp_path / "no-journal"),
+        )
         assert mode == "journald"
         logging.getLogger("t").warning("to the journal")
         stream.flush()
@@ -161,7 +176,11 @@ def test_journal_stream_detection_and_modes(tmp_path):
 # Ids a tool may write into the daemon's database, and answers anything on the API's port may give.
 HOSTILE = [
     "evil\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked\x1b[31m",
-    "nul\x00byte", "sep\u2028arator", "\u202eright-to-left", "<2>\n<3>forged priority", "back\\slash\r\n",
+    "nul\x00byte",
+    "sep\u2028arator",
+    "\u202eright-to-left",
+    "<2>\n<3>forged priority",
+    "back\\slash\r\n",
     "k" * 10_000,
 ]
 LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - ")
@@ -169,9 +188,15 @@ LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d - (DEBUG|INFO|WARNING|
 
 def unsafe_characters(text):
     """Characters of `text` that a terminal would not show as themselves (line breaks aside)."""
-    return [char for char in text if char != "\n" and (
-        unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
-        or (unicodedata.category(char) == "Zs" and char != " "))]
+    return [
+        char
+        for char in text
+        if char != "\n"
+        and (
+            unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+            or (unicodedata.category(char) == "Zs" and char != " ")
+        )
+    ]
 
 
 @pytest.fixture
@@ -191,8 +216,9 @@ def test_every_argument_and_exception_message_is_escaped_and_numbers_still_forma
     args = (HOSTILE[0], 3, 1.5, Path("/tmp/a\nb"), None)
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "s=%s n=%d f=%.1f p=%s none=%s", args, None)
     text = formatter.format(record)
-    assert text == ("INFO s=evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked\\x1b[31m n=3 f=1.5 "
-                    "p=/tmp/a\\nb none=None")
+    assert text == (
+        "INFO s=evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked\\x1b[31m n=3 f=1.5 p=/tmp/a\\nb none=None"
+    )
     assert record.args == args and record.getMessage().count("\n") == 2  # other handlers see the record as it was
     mapping = logging.LogRecord("x", logging.INFO, __file__, 1, "%(sid)s/%(n)d", ({"sid": "a\x1bb", "n": 7},), None)
     assert formatter.format(mapping) == "INFO a\\x1bb/7"
@@ -210,8 +236,9 @@ def test_a_traceback_keeps_its_frames_and_escapes_the_exception_messages():
         except KeyError as inner:
             raise ValueError(HOSTILE[0]) from inner
     except ValueError:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Delivery failed for %s", ("s\x1b",),
-                                   sys.exc_info())
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "Delivery failed for %s", ("s\x1b",), sys.exc_info()
+        )
     lines = formatter.format(record).splitlines()
     assert lines[0] == "Delivery failed for s\\x1b"
     assert sum(line == "Traceback (most recent call last):" for line in lines) == 2
@@ -252,9 +279,9 @@ def parse_journal_entry(data):
             at = end + 1
         else:
             name = line
-            size = struct.unpack("<Q", data[end + 1:end + 9])[0]
-            value = data[end + 9:end + 9 + size]
-            assert data[end + 9 + size:end + 10 + size] == b"\n"
+            size = struct.unpack("<Q", data[end + 1 : end + 9])[0]
+            value = data[end + 9 : end + 9 + size]
+            assert data[end + 9 + size : end + 10 + size] == b"\n"
             at = end + 10 + size
         assert re.fullmatch(rb"[A-Z0-9][A-Z0-9_]*", name), name
         fields.setdefault(name.decode(), []).append(value)
@@ -318,11 +345,15 @@ def test_native_journal_protocol_one_datagram_per_record(journal_socket, own_han
         logger.propagate = True
         handler.close()
     info, failure, warning = (parse_journal_entry(sock.recv(1 << 20)) for _ in range(3))
-    assert info["MESSAGE"] == [b"Learning from session evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials "
-                               b"leaked\\x1b[31m"]
+    assert info["MESSAGE"] == [
+        b"Learning from session evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked\\x1b[31m"
+    ]
     assert info["PRIORITY"] == [b"6"] and info["SYSLOG_IDENTIFIER"] == [b"omnimemory-learner"]
-    assert info["CODE_FILE"] == [os.fsencode(__file__)] and info["CODE_FUNC"] == [
-        b"test_native_journal_protocol_one_datagram_per_record"] and int(info["CODE_LINE"][0]) > 0
+    assert (
+        info["CODE_FILE"] == [os.fsencode(__file__)]
+        and info["CODE_FUNC"] == [b"test_native_journal_protocol_one_datagram_per_record"]
+        and int(info["CODE_LINE"][0]) > 0
+    )
     assert info["LOGGER"] == [b"omnimemory_learner.test_journal"]
     message = failure["MESSAGE"][0].decode()
     assert failure["PRIORITY"] == [b"3"] and message.startswith("Delivery thread failed for <3>x\\ny\nTraceback")
@@ -369,8 +400,14 @@ def test_setup_logging_uses_the_journal_socket_under_journald(tmp_path, journal_
     stream = open(tmp_path / "stderr", "w")
     st = os.fstat(stream.fileno())
     try:
-        mode = setup_logging("INFO", tmp_path / "l.log", {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
-                             stderr=stream, stdout=io.StringIO(), journal_socket=path)
+        mode = setup_logging(
+            "INFO",
+            tmp_path / "l.log",
+            {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+            stderr=stream,
+            stdout=io.StringIO(),
+            journal_socket=path,
+        )
         assert mode == "journald"
         sock.recv(10)
         logging.getLogger("t").error("rejected %s", "a\nb")
@@ -389,6 +426,7 @@ def test_setup_logging_uses_the_journal_socket_under_journald(tmp_path, journal_
 
 
 # -- watching ---------------------------------------------------------------------------
+
 
 def test_recheck_schedule_restarts_with_each_event():
     schedule = RecheckSchedule()
@@ -433,6 +471,7 @@ def test_watcher_falls_back_when_the_directory_is_missing_or_the_observer_dies(t
 
 def test_network_filesystems_are_polled(tmp_path, monkeypatch):
     import omnimemory_learner.watching as watching
+
     monkeypatch.setattr(watching, "filesystem_type", lambda path: "nfs4")
     watcher = DatabaseWatcher(tmp_path / "memory_data.db", lambda: None)
     assert not watcher.start() and "network file system (nfs4)" in watcher.reason
@@ -441,11 +480,17 @@ def test_network_filesystems_are_polled(tmp_path, monkeypatch):
 def test_poll_only_when_the_watcher_cannot_start(tmp_path):
     """The service says so in its log and still reads on the poll interval."""
     from helpers import RecordingAPI
+
     api = RecordingAPI().start()
     try:
         db = tmp_path / "missing-dir" / "memory_data.db"
-        env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS="0.5",
-                          OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES="0.01")
+        env = learner_env(
+            tmp_path,
+            api.url,
+            db,
+            OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS="0.5",
+            OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES="0.01",
+        )
         learner = start_learner(env)
         time.sleep(1.0)
         create_db(db)
@@ -462,6 +507,7 @@ def test_poll_only_when_the_watcher_cannot_start(tmp_path):
 
 def test_sigterm_during_a_backlog_exits_promptly_and_cleanly(tmp_path):
     from helpers import RecordingAPI
+
     api = RecordingAPI().start()
     try:
         db = create_db(tmp_path / "db" / "memory_data.db")

@@ -26,8 +26,22 @@ def test_timestamp_forms():
     assert parse_timestamp(1762578000.5) == 1762578000.5
     assert parse_timestamp(1762578000123) == pytest.approx(1762578000.123)  # milliseconds
     assert parse_timestamp("1762578000") == 1762578000.0
-    for bad in (None, "", "  ", "yesterday", "2025-13-40T99:00:00", float("nan"), float("inf"), -5, 0,
-                True, b"2025-11-08", 1e20, "9999999999999999999999", [1]):
+    for bad in (
+        None,
+        "",
+        "  ",
+        "yesterday",
+        "2025-13-40T99:00:00",
+        float("nan"),
+        float("inf"),
+        -5,
+        0,
+        True,
+        b"2025-11-08",
+        1e20,
+        "9999999999999999999999",
+        [1],
+    ):
         assert parse_timestamp(bad) is None, bad
 
 
@@ -49,8 +63,14 @@ def test_validate_rows_counts_every_kind_of_bad_row():
     ]
     events, ignored, bad = validate_rows(rows, PAIRS)
     assert bad == 6 and ignored == 1
-    assert [(e[0], e[1]) for e in events] == [(1, "s1"), (7, "default"), (8, "default"), (10, "12345"),
-                                             (11, "\ufffd\ufffd"), (12, "s2")]
+    assert [(e[0], e[1]) for e in events] == [
+        (1, "s1"),
+        (7, "default"),
+        (8, "default"),
+        (10, "12345"),
+        (11, "\ufffd\ufffd"),
+        (12, "s2"),
+    ]
 
 
 @pytest.mark.parametrize("wal", [True, False])
@@ -104,12 +124,18 @@ def test_missing_table_then_created(tmp_path):
 def test_non_utf8_text_is_read_not_fatal(tmp_path):
     db = create_db(tmp_path / "m.db")
     conn = sqlite3.connect(str(db))
-    conn.execute("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, CAST(? AS TEXT))",
-                 ("2025-11-08T05:00:00", "file_open", b"\xff\xfebad"))
-    conn.execute("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)",
-                 ("2025-11-08T05:00:01", "file_save", "good"))
-    conn.execute("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, CAST(? AS TEXT))",
-                 ("2025-11-08T05:00:02", "file_open", b"\xff\xfdbad"))
+    conn.execute(
+        "INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, CAST(? AS TEXT))",
+        ("2025-11-08T05:00:00", "file_open", b"\xff\xfebad"),
+    )
+    conn.execute(
+        "INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)",
+        ("2025-11-08T05:00:01", "file_save", "good"),
+    )
+    conn.execute(
+        "INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, CAST(? AS TEXT))",
+        ("2025-11-08T05:00:02", "file_open", b"\xff\xfdbad"),
+    )
     conn.commit()
     conn.close()
     reader = EventReader(db)

@@ -41,8 +41,14 @@ def stamp(t: float) -> str:
 
 def history(db: Path, sessions: int) -> None:
     start = time.time() - 86400
-    insert_events(db, [(stamp(start + s * 1000 + i), kind, f"x{s}") for s in range(sessions)
-                       for i, kind in enumerate(["file_open", "code_edit", "file_save"])])
+    insert_events(
+        db,
+        [
+            (stamp(start + s * 1000 + i), kind, f"x{s}")
+            for s in range(sessions)
+            for i, kind in enumerate(["file_open", "code_edit", "file_save"])
+        ],
+    )
 
 
 def learner(env, *args, input=None):
@@ -63,10 +69,8 @@ def test_exit_status_table_matches_the_man_page(tmp_path, api):
     missing_db = learner_env(tmp_path / "missing", api.url, tmp_path / "nowhere" / "memory_data.db")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    unusable_state = learner_env(tmp_path / "unusable", api.url, db,
-                                 OMNIMEMORY_LEARNER_STATE_DIR=blocker / "state")
-    down = learner_env(tmp_path / "down", f"http://127.0.0.1:{free_port()}", db,
-                       OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=1)
+    unusable_state = learner_env(tmp_path / "unusable", api.url, db, OMNIMEMORY_LEARNER_STATE_DIR=blocker / "state")
+    down = learner_env(tmp_path / "down", f"http://127.0.0.1:{free_port()}", db, OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=1)
     # Sessions pending (the API is down) and sessions rejected (the API answers 422).
     assert learner(down, "backfill", "--until-delivered-timeout", "1").returncode == 69
     rejected = learner_env(tmp_path / "rejected", api.url, db)
@@ -111,8 +115,9 @@ def test_exit_status_table_matches_the_man_page(tmp_path, api):
     for what, env, args, expected, text in cases:
         result = learner(env, *args)
         results.append((what, result.returncode, expected))
-        assert result.returncode == expected, f"{what}: exit {result.returncode}, expected {expected}\n" \
-                                              f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert result.returncode == expected, (
+            f"{what}: exit {result.returncode}, expected {expected}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
         assert text in result.stdout + result.stderr, f"{what}: {text!r} not in\n{result.stdout}{result.stderr}"
         if what == "outbox list 999 while sessions are pending":
             assert "empty" not in result.stdout + result.stderr
@@ -122,8 +127,10 @@ def test_exit_status_table_matches_the_man_page(tmp_path, api):
     try:
         assert wait_until(lambda: learner(good, "status").returncode == 0, 20)
         results.append(("status, running", 0, 0))
-        for what, args in (("run by hand while the service runs", ("run",)),
-                           ("backfill while the service runs", ("backfill",))):
+        for what, args in (
+            ("run by hand while the service runs", ("run",)),
+            ("backfill while the service runs", ("backfill",)),
+        ):
             result = learner(good, *args)
             results.append((what, result.returncode, 75))
             assert result.returncode == 75, f"{what}: {result.returncode}\n{result.stderr}{result.stdout}"
@@ -134,8 +141,7 @@ def test_exit_status_table_matches_the_man_page(tmp_path, api):
             service.kill()
 
     produced = {code for _, code, _ in results}
-    assert produced == set(statuses), (f"the man page lists {sorted(statuses)}; the commands produced "
-                                       f"{sorted(produced)}")
+    assert produced == set(statuses), f"the man page lists {sorted(statuses)}; the commands produced {sorted(produced)}"
     for what, code, _ in results:
         assert code in statuses, what
     print("FIGURE exit statuses: " + "; ".join(f"{what}: {code}" for what, code, _ in results))
@@ -144,8 +150,9 @@ def test_exit_status_table_matches_the_man_page(tmp_path, api):
 def test_every_status_named_in_exits_is_documented_or_unused():
     """exits.py's names: each is in the man page, or no command returns it."""
     statuses = man_exit_statuses()
-    source = "\n".join(path.read_text() for path in (ROOT / "omnimemory_learner").rglob("*.py")
-                       if path.name != "exits.py")
+    source = "\n".join(
+        path.read_text() for path in (ROOT / "omnimemory_learner").rglob("*.py") if path.name != "exits.py"
+    )
     for name, value in vars(exits).items():
         if not name.startswith("EX_"):
             continue

@@ -25,14 +25,30 @@ WORKFLOWS = {
 
 def make_entry(number: int, names, last_time: float, outcome="success", settled="learned", **extra) -> Entry:
     times = [last_time - (len(names) - i) for i in range(len(names))]
-    return Entry(session_key(f"s{number}", names, times), f"s{number}", times[0], last_time, names, outcome,
-                 f"p{number}" if settled == "learned" else None, "idle", settled, **extra)
+    return Entry(
+        session_key(f"s{number}", names, times),
+        f"s{number}",
+        times[0],
+        last_time,
+        names,
+        outcome,
+        f"p{number}" if settled == "learned" else None,
+        "idle",
+        settled,
+        **extra,
+    )
 
 
 def run_cli(state_dir, *args, env_extra=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "omnimemory_learner", "--state-dir", str(state_dir), *args],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=str(ROOT),
+    )
 
 
 def test_entries_round_trip_and_the_ledger_answers_by_key(tmp_path):
@@ -123,8 +139,17 @@ def generated_history(tmp_path):
             names[2:2] = ["edit_code"] * rng.randrange(1, 9)  # more edits: the same folded workflow
         outcome = "failure" if name == "try" else ("failure" if number % 10 == 0 else "success")
         entries.append(make_entry(number, names, start + number * 900, outcome))
-    entries.append(make_entry(999, ["commit_changes", "delete_file", "build_project"], start + 201 * 900,
-                              "failure", unusual=True, unusual_score=4.2, rarest="commit_changes -> delete_file"))
+    entries.append(
+        make_entry(
+            999,
+            ["commit_changes", "delete_file", "build_project"],
+            start + 201 * 900,
+            "failure",
+            unusual=True,
+            unusual_score=4.2,
+            rarest="commit_changes -> delete_file",
+        )
+    )
     store.record(entries)
     store.close()
     return tmp_path, entries

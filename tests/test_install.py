@@ -55,8 +55,9 @@ def home(tmp_path):
 
 
 def user_paths(home, program):
-    return InstallPaths.for_user(program, home / ".local/state/omnimemory-learner", home / ".omnimemory/logs",
-                                 {"HOME": str(home)})
+    return InstallPaths.for_user(
+        program, home / ".local/state/omnimemory-learner", home / ".omnimemory/logs", {"HOME": str(home)}
+    )
 
 
 def test_systemd_install_writes_every_file_pointing_at_the_program(home):
@@ -65,15 +66,20 @@ def test_systemd_install_writes_every_file_pointing_at_the_program(home):
     report = install(installer, start=False)
     units = home / ".config/systemd/user"
     expected = {units / name for name in UNITS} | {
-        home / ".local/share/man/man1/omnimemory-learner.1", home / ".local/share/man/man5/omnimemory-learner.toml.5",
-        home / ".config/omnimemory/logrotate.conf"}
+        home / ".local/share/man/man1/omnimemory-learner.1",
+        home / ".local/share/man/man5/omnimemory-learner.toml.5",
+        home / ".config/omnimemory/logrotate.conf",
+    }
     assert set(report.written) == expected
     for path in expected:
         assert "@" not in path.read_text().replace("@system-service", "").replace("@privileged", "").replace(
-            "@resources", ""), path
+            "@resources", ""
+        ), path
     assert exec_start_program(units / "omnimemory-learner.service") == program
     assert installer.installed_program() == program
-    assert (home / ".local/share/man/man1/omnimemory-learner.1").read_bytes() == (ROOT / "man/omnimemory-learner.1").read_bytes()
+    assert (home / ".local/share/man/man1/omnimemory-learner.1").read_bytes() == (
+        ROOT / "man/omnimemory-learner.1"
+    ).read_bytes()
     assert stat.S_IMODE((home / ".config/omnimemory").stat().st_mode) == 0o700
     assert stat.S_IMODE((home / ".config/omnimemory/logrotate.conf").stat().st_mode) == 0o600
     assert (home / ".omnimemory/logs").is_dir()
@@ -149,9 +155,17 @@ def test_uninstall_removes_exactly_what_install_wrote(home):
     report = uninstall(installer)
     assert report.warnings == [] or all("systemctl" in w for w in report.warnings)
     after = tree(home)
-    kept = {".config/omnimemory", ".config/omnimemory/learner.toml", ".local/state", ".local/state/omnimemory-learner",
-            ".local/state/omnimemory-learner/state.db", ".local", ".omnimemory", ".omnimemory/logs",
-            ".omnimemory/logs/workflow-learner.log"}
+    kept = {
+        ".config/omnimemory",
+        ".config/omnimemory/learner.toml",
+        ".local/state",
+        ".local/state/omnimemory-learner",
+        ".local/state/omnimemory-learner/state.db",
+        ".local",
+        ".omnimemory",
+        ".omnimemory/logs",
+        ".omnimemory/logs/workflow-learner.log",
+    }
     assert set(after) - set(before) == kept
     assert set(before) - set(after) == set()
 
@@ -216,6 +230,7 @@ def test_a_file_an_earlier_install_wrote_and_this_one_does_not_is_removed(home):
     installer = installer_for(user_paths(home, program), "linux")
     install(installer, start=False)
     import json
+
     manifest = json.loads(installer.paths.manifest.read_text())
     stale = home / ".config/systemd/user/omnimemory-learner-old.timer"
     stale.write_text("[Timer]\n")
@@ -250,8 +265,13 @@ def test_other_platforms_are_refused_plainly(home):
 
 def test_the_build_hook_puts_packaging_and_man_into_the_package(tmp_path):
     """setup.py's build_py copies the two trees; the wheel is this build tree zipped."""
-    result = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
-                            cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     shutil.rmtree(ROOT / "omnimemory_learner.egg-info", ignore_errors=True)
     assert result.returncode == 0, result.stderr
     data = tmp_path / "lib/omnimemory_learner/_data"
@@ -265,8 +285,14 @@ def test_the_build_hook_puts_packaging_and_man_into_the_package(tmp_path):
 
 def test_the_sdist_carries_packaging_man_and_the_build_hook(tmp_path):
     import tarfile
-    result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
-                            cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     shutil.rmtree(ROOT / "omnimemory_learner.egg-info", ignore_errors=True)
     assert result.returncode == 0, result.stderr
     (sdist,) = tmp_path.glob("omnimemory*learner-*.tar.gz")
@@ -319,6 +345,7 @@ def launchctl(tmp_path, monkeypatch):
 
     def calls():
         return log.read_text().splitlines() if log.exists() else []
+
     calls.log = log
     return calls
 
@@ -365,8 +392,12 @@ def test_launchd_falls_back_to_load_and_unload(home, launchctl, monkeypatch):
     installer.uid = 501
     install(installer)
     plist_path = home / "Library/LaunchAgents" / f"{LABEL}.plist"
-    assert launchctl() == [f"print gui/501/{LABEL}", f"list {LABEL}", f"bootstrap gui/501 {plist_path}",
-                           f"load -w {plist_path}"]
+    assert launchctl() == [
+        f"print gui/501/{LABEL}",
+        f"list {LABEL}",
+        f"bootstrap gui/501 {plist_path}",
+        f"load -w {plist_path}",
+    ]
     assert installer.state().running
     report = uninstall(installer)
     assert launchctl()[-3:] == [f"list {LABEL}", f"bootout gui/501/{LABEL}", f"unload -w {plist_path}"]
@@ -401,8 +432,13 @@ def test_under_launchd_a_bad_configuration_waits_for_the_fix_instead_of_exiting(
             # Still the same bad file: still waiting, not restarted, not exited.
             assert not wait_until(lambda: learner.poll() is not None, 3)
             config.write_text("session_idle_minutes = 0.02\n")
-            insert_events(db, [("2026-01-01T10:00:00", kind, "fixed") for kind in
-                               ("file_open", "code_edit", "file_save", "git_commit")])
+            insert_events(
+                db,
+                [
+                    ("2026-01-01T10:00:00", kind, "fixed")
+                    for kind in ("file_open", "code_edit", "file_save", "git_commit")
+                ],
+            )
             assert api.wait_for(1, timeout=30), output_of(learner)
             assert api.sessions()[0][1]["session_id"] == "fixed"
         finally:
@@ -417,15 +453,27 @@ def test_outside_launchd_a_bad_configuration_still_exits_78(tmp_path):
     config.write_text("session_idle_minutes = -1\n")
     env = learner_env(tmp_path, "http://127.0.0.1:9", tmp_path / "db.sqlite")
     env.pop("XPC_SERVICE_NAME", None)
-    result = subprocess.run([sys.executable, "-m", "omnimemory_learner", "--config", str(config), "run"], env=env,
-                            cwd=str(ROOT), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "--config", str(config), "run"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 78 and "waiting for" not in result.stderr
 
 
 def test_version_is_the_package_version():
     from omnimemory_learner import __version__
-    result = subprocess.run([sys.executable, "-m", "omnimemory_learner", "--version"], cwd=str(ROOT),
-                            capture_output=True, text=True, timeout=30)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "--version"],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.stdout.strip() == f"omnimemory-learner {__version__}"
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {__version__} " in changelog
@@ -435,6 +483,7 @@ def test_version_is_the_package_version():
 
 def test_doctor_names_a_unit_whose_program_is_gone_and_the_command_that_fixes_it(home, monkeypatch):
     from omnimemory_learner.cli import doctor
+
     program = fake_program(home / "pipx venv" / "bin")
     install(installer_for(user_paths(home, program), "linux"), start=False)
     monkeypatch.setenv("HOME", str(home))
@@ -454,20 +503,42 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 # Places install writes into or next to, where a user may already have things of their own.
-NEIGHBOURS = [".config", ".config/systemd", ".config/systemd/user", ".config/omnimemory", ".local",
-              ".local/share", ".local/share/man", ".local/share/man/man1", ".local/share/man/man5",
-              ".local/share/omnimemory-learner", ".omnimemory", ".omnimemory/logs", "Library/LaunchAgents"]
-OWN_FILES = [".config/systemd/user/other.service", ".config/omnimemory/learner.toml",
-             ".local/share/man/man1/ls.1", ".omnimemory/logs/daemon.log", ".config/omnimemory/logrotate.conf.orig",
-             "Library/LaunchAgents/com.example.other.plist"]
+NEIGHBOURS = [
+    ".config",
+    ".config/systemd",
+    ".config/systemd/user",
+    ".config/omnimemory",
+    ".local",
+    ".local/share",
+    ".local/share/man",
+    ".local/share/man/man1",
+    ".local/share/man/man5",
+    ".local/share/omnimemory-learner",
+    ".omnimemory",
+    ".omnimemory/logs",
+    "Library/LaunchAgents",
+]
+OWN_FILES = [
+    ".config/systemd/user/other.service",
+    ".config/omnimemory/learner.toml",
+    ".local/share/man/man1/ls.1",
+    ".omnimemory/logs/daemon.log",
+    ".config/omnimemory/logrotate.conf.orig",
+    "Library/LaunchAgents/com.example.other.plist",
+]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(dirs=st.sets(st.sampled_from(NEIGHBOURS)), files=st.sets(st.sampled_from(OWN_FILES)),
-       platform=st.sampled_from(["linux", "darwin"]), installs=st.integers(1, 3),
-       modes=st.sampled_from([0o700, 0o755, 0o750]))
+@given(
+    dirs=st.sets(st.sampled_from(NEIGHBOURS)),
+    files=st.sets(st.sampled_from(OWN_FILES)),
+    platform=st.sampled_from(["linux", "darwin"]),
+    installs=st.integers(1, 3),
+    modes=st.sampled_from([0o700, 0o755, 0o750]),
+)
 def test_install_then_uninstall_restores_any_home(tmp_path_factory, dirs, files, platform, installs, modes):
     import tempfile as tempfile_module
+
     home = Path(tempfile_module.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     for directory in sorted(dirs):
         (home / directory).mkdir(parents=True, exist_ok=True)
@@ -476,12 +547,18 @@ def test_install_then_uninstall_restores_any_home(tmp_path_factory, dirs, files,
         (home / name).parent.mkdir(parents=True, exist_ok=True)
         (home / name).write_text(f"the user's {name}\n")
     program = fake_program(home.parent / (home.name + "-venv") / "bin")
-    before = {path: (kind, mode, (home / path).read_bytes() if not kind else b"") for path, (kind, mode) in tree(home).items()}
-    installer = installer_for(user_paths(home, program), platform, run=lambda argv: subprocess.CompletedProcess(argv, 1, "", ""))
+    before = {
+        path: (kind, mode, (home / path).read_bytes() if not kind else b"") for path, (kind, mode) in tree(home).items()
+    }
+    installer = installer_for(
+        user_paths(home, program), platform, run=lambda argv: subprocess.CompletedProcess(argv, 1, "", "")
+    )
     for _ in range(installs):
         install(installer, start=False)
     uninstall(installer)
-    after = {path: (kind, mode, (home / path).read_bytes() if not kind else b"") for path, (kind, mode) in tree(home).items()}
+    after = {
+        path: (kind, mode, (home / path).read_bytes() if not kind else b"") for path, (kind, mode) in tree(home).items()
+    }
     assert after == before
 
 
@@ -490,14 +567,32 @@ def test_service_uninstall_and_status_work_with_an_invalid_configuration(tmp_pat
     (home / ".config/omnimemory").mkdir(parents=True)
     (home / ".config/omnimemory/learner.toml").write_text("session_idle_minutes = -1\n")
     env = {"PATH": os.environ["PATH"], "HOME": str(home), "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}
-    status = subprocess.run([sys.executable, "-m", "omnimemory_learner", "service", "status"], env=env, cwd=str(ROOT),
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "service", "status"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 3 and "using the default paths" in status.stdout, status.stdout + status.stderr
     assert "manifest: none" in status.stdout
-    removed = subprocess.run([sys.executable, "-m", "omnimemory_learner", "service", "uninstall"], env=env,
-                             cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    removed = subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "service", "uninstall"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert removed.returncode == 0 and "no install manifest" in removed.stdout, removed.stdout + removed.stderr
-    refused = subprocess.run([sys.executable, "-m", "omnimemory_learner", "service", "install", "--no-start"], env=env,
-                             cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "service", "install", "--no-start"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 78 and "session_idle_minutes" in refused.stderr
     assert {p.name for p in home.rglob("*")} == {".config", "omnimemory", "learner.toml"}  # nothing written

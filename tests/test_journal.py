@@ -59,25 +59,47 @@ def journal_entries(um, *match, unit=None):
 
 def transient(um, unit, environment, *command):
     setenv = [f"--setenv={key}={value}" for key, value in environment.items()]
-    return um.run("systemd-run", "--user", f"--unit={unit}", "--collect", "-p", "Type=exec",
-                  f"--working-directory={ROOT}", *setenv, *command, check=True)
+    return um.run(
+        "systemd-run",
+        "--user",
+        f"--unit={unit}",
+        "--collect",
+        "-p",
+        "Type=exec",
+        f"--working-directory={ROOT}",
+        *setenv,
+        *command,
+        check=True,
+    )
 
 
 def test_hostile_session_ids_are_one_journal_entry_each_at_their_own_priority(journald, request, tmp_path):
     um = request.getfixturevalue("manager")
     nonce = uuid.uuid4().hex[:12]
-    ids = [nonce + suffix for suffix in (
-        "evil\n" + FORGED + ": credentials leaked\x1b[31m", "\x00nul", "\u2028sep", "\u202eright-to-left",
-        "\n<2>forged priority\n<3>again", "\\back\\slash\r\n")]
+    ids = [
+        nonce + suffix
+        for suffix in (
+            "evil\n" + FORGED + ": credentials leaked\x1b[31m",
+            "\x00nul",
+            "\u2028sep",
+            "\u202eright-to-left",
+            "\n<2>forged priority\n<3>again",
+            "\\back\\slash\r\n",
+        )
+    ]
     rejected = ids[4]
     api = HostileAPI().start()
     api.answers = {rejected: [(422, HOSTILE_BODY)]}
     db = create_db(tmp_path / "db" / "memory_data.db")
     environment = {
-        "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8",
-        "OMNIMEMORY_LEARNER_DB_PATH": str(db), "OMNIMEMORY_LEARNER_API_URL": api.url,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "LANG": "C.UTF-8",
+        "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+        "OMNIMEMORY_LEARNER_API_URL": api.url,
         "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
-        "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": "0.02", "OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS": "0.5",
+        "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": "0.02",
+        "OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS": "0.5",
     }
     try:
         transient(um, "omnimemory-learner", environment, sys.executable, "-m", "omnimemory_learner", "run")
@@ -85,25 +107,32 @@ def test_hostile_session_ids_are_one_journal_entry_each_at_their_own_priority(jo
         insert_events(db, [(now, kind, sid) for sid in ids for kind in ("file_open", "code_edit", "file_save")])
         assert wait_until(lambda: set(api.posted) >= set(ids), 40), api.posted
         # Two entries a session: "Learning from" and its result.
-        assert wait_until(lambda: len(_ours(journal_entries(um, unit="omnimemory-learner"), nonce)) >= 2 * len(ids),
-                          20)
+        assert wait_until(lambda: len(_ours(journal_entries(um, unit="omnimemory-learner"), nonce)) >= 2 * len(ids), 20)
         um.systemctl("stop", "omnimemory-learner")
     finally:
         api.stop()
     entries = _ours(journal_entries(um, unit="omnimemory-learner"), nonce)
     messages = [entry["MESSAGE"] for entry in entries]
     assert len(entries) == 2 * len(ids), messages
-    assert all(isinstance(message, str) and "\n" not in message and unsafe_characters(message) == []
-               for message in messages), messages
-    assert all(entry["_TRANSPORT"] == "journal" and entry["SYSLOG_IDENTIFIER"] == "omnimemory-learner"
-               and entry["CODE_FILE"].endswith("delivery.py") for entry in entries)
+    assert all(
+        isinstance(message, str) and "\n" not in message and unsafe_characters(message) == [] for message in messages
+    ), messages
+    assert all(
+        entry["_TRANSPORT"] == "journal"
+        and entry["SYSLOG_IDENTIFIER"] == "omnimemory-learner"
+        and entry["CODE_FILE"].endswith("delivery.py")
+        for entry in entries
+    )
     learning = [entry for entry in entries if entry["MESSAGE"].startswith("Learning from session " + nonce)]
     assert len(learning) == len(ids) and {entry["PRIORITY"] for entry in learning} == {"6"}
-    assert ("Learning from session " + nonce + "evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked"
-            "\\x1b[31m: 3 commands, outcome=success") in messages
+    assert (
+        "Learning from session " + nonce + "evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked"
+        "\\x1b[31m: 3 commands, outcome=success"
+    ) in messages
     errors = [entry for entry in entries if entry["PRIORITY"] == "3"]
     assert len(errors) == 1 and errors[0]["MESSAGE"].startswith(
-        "Procedural API rejected session " + nonce + "\\n<2>forged priority\\n<3>again;")
+        "Procedural API rejected session " + nonce + "\\n<2>forged priority\\n<3>again;"
+    )
     assert not any(message.startswith(("<", "2026-11-24 07:00:00", "Fake")) for message in messages)
     assert sorted(body["session_id"] for _, body in api.sessions()) == sorted(set(ids) - {rejected})
 
@@ -130,10 +159,10 @@ PROBE = textwrap.dedent("""
 def test_a_traceback_and_a_9_mb_entry_are_one_journal_entry_each(journald, request, tmp_path):
     um = request.getfixturevalue("manager")
     nonce = uuid.uuid4().hex[:12]
-    transient(um, "omnimemory-learner-probe", {"PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"},
-              sys.executable, "-c", PROBE, nonce)
-    assert wait_until(lambda: len(_ours(journal_entries(um, "SYSLOG_IDENTIFIER=omnimemory-learner"), nonce)) >= 2,
-                      30)
+    transient(
+        um, "omnimemory-learner-probe", {"PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}, sys.executable, "-c", PROBE, nonce
+    )
+    assert wait_until(lambda: len(_ours(journal_entries(um, "SYSLOG_IDENTIFIER=omnimemory-learner"), nonce)) >= 2, 30)
     entries = _ours(journal_entries(um, "SYSLOG_IDENTIFIER=omnimemory-learner"), nonce)
     assert len(entries) == 2, [str(entry.get("MESSAGE"))[:200] for entry in entries]
     failure, large = entries

@@ -93,7 +93,7 @@ def find_cycle(edges: Dict[str, Set[str]]) -> List[str]:
             if target not in colour:
                 continue
             if colour[target] == grey:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if colour[target] == white:
                 cycle = visit(target)
                 if cycle:
@@ -174,8 +174,17 @@ def test_imports_point_one_way():
 
 def test_the_layout_has_its_layers():
     names = set(modules())
-    for expected in ("core.sessions", "core.mapping", "core.outcome", "storage.state", "storage.lock",
-                     "system.notify", "cli.main", "cli.exits", "cli.output"):
+    for expected in (
+        "core.sessions",
+        "core.mapping",
+        "core.outcome",
+        "storage.state",
+        "storage.lock",
+        "system.notify",
+        "cli.main",
+        "cli.exits",
+        "cli.output",
+    ):
         assert f"{PACKAGE}.{expected}" in names
 
 
@@ -221,7 +230,9 @@ def test_importing_cli_from_below_is_caught(package_copy):
 def test_a_circle_through_package_inits_is_caught(package_copy):
     # storage/__init__ importing system.notify runs system/__init__, which imports storage back.
     storage_init = package_copy / "storage" / "__init__.py"
-    storage_init.write_text(storage_init.read_text() + "\nfrom ..system.notify import Notifier  # noqa\nPRIVATE = 0o700\n")
+    storage_init.write_text(
+        storage_init.read_text() + "\nfrom ..system.notify import Notifier  # noqa\nPRIVATE = 0o700\n"
+    )
     system_init = package_copy / "system" / "__init__.py"
     system_init.write_text(system_init.read_text() + "\nfrom ..storage import PRIVATE  # noqa\n")
     cycle = find_cycle(graph(package_copy))

@@ -34,14 +34,26 @@ def history_json(env):
 
 def test_a_session_ending_in_push_changes_is_learned_at_once_and_the_id_goes_on(tmp_path, api):
     db = create_db(tmp_path / "events.db")
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_CLOSE_ON="push_changes",
-                      OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES, OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=60)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_CLOSE_ON="push_changes",
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=60,
+    )
     learner = start_learner(env, "run")
     try:
         assert wait_until(lambda: "Watching" in output_of(learner), 20), output_of(learner)
         now = time.time()
-        insert_events(db, [(stamp(now), "file_open", "dev"), (stamp(now + 0.1), "code_edit", "dev"),
-                           (stamp(now + 0.2), "git_commit", "dev")])
+        insert_events(
+            db,
+            [
+                (stamp(now), "file_open", "dev"),
+                (stamp(now + 0.1), "code_edit", "dev"),
+                (stamp(now + 0.2), "git_commit", "dev"),
+            ],
+        )
         written = time.monotonic()
         insert_events(db, [(stamp(now + 0.3), "git_push", "dev")])
         assert api.wait_for(1, timeout=10), output_of(learner)
@@ -49,10 +61,20 @@ def test_a_session_ending_in_push_changes_is_learned_at_once_and_the_id_goes_on(
         assert arrived < 0.2 * IDLE_MINUTES * 60, arrived  # long before the idle threshold
         body = api.sessions()[0][1]
         assert [c["command"] for c in body["session_commands"]] == [
-            "open_file", "edit_code", "commit_changes", "push_changes"]
+            "open_file",
+            "edit_code",
+            "commit_changes",
+            "push_changes",
+        ]
         # The id's next events form a new session (closed later by idleness, or by the next push).
-        insert_events(db, [(stamp(now + 1), "file_open", "dev"), (stamp(now + 1.1), "code_edit", "dev"),
-                           (stamp(now + 1.2), "git_push", "dev")])
+        insert_events(
+            db,
+            [
+                (stamp(now + 1), "file_open", "dev"),
+                (stamp(now + 1.1), "code_edit", "dev"),
+                (stamp(now + 1.2), "git_push", "dev"),
+            ],
+        )
         assert api.wait_for(2, timeout=10)
         second = api.sessions()[1][1]
         assert [c["command"] for c in second["session_commands"]] == ["open_file", "edit_code", "push_changes"]
@@ -69,15 +91,27 @@ def test_a_session_ending_in_push_changes_is_learned_at_once_and_the_id_goes_on(
 
 def test_a_crash_right_after_the_closing_event_loses_nothing_and_sends_nothing_twice(tmp_path, api):
     db = create_db(tmp_path / "events.db")
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_CLOSE_ON="push_changes",
-                      OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_CLOSE_ON="push_changes",
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+    )
     now = time.time()
     for round_number in range(3):
         learner = start_learner(env, "run")
         assert wait_until(lambda: "Watching" in output_of(learner), 20), output_of(learner)
         base = now + round_number * 10
-        insert_events(db, [(stamp(base), "file_open", "dev"), (stamp(base + 0.1), "code_edit", "dev"),
-                           (stamp(base + 0.2), "git_push", "dev"), (stamp(base + 0.3), "file_open", "dev")])
+        insert_events(
+            db,
+            [
+                (stamp(base), "file_open", "dev"),
+                (stamp(base + 0.1), "code_edit", "dev"),
+                (stamp(base + 0.2), "git_push", "dev"),
+                (stamp(base + 0.3), "file_open", "dev"),
+            ],
+        )
         assert api.wait_for(round_number + 1, timeout=10)
         # SIGKILL right after the learner recorded the delivery.  (Between the API's answer and
         # that record a kill makes the session go again with the same Idempotency-Key, for an
@@ -104,15 +138,25 @@ def test_a_crash_right_after_the_closing_event_loses_nothing_and_sends_nothing_t
 def test_folding_quality_and_min_quality_in_a_backfill(tmp_path, api):
     db = create_db(tmp_path / "events.db")
     base = time.time() - 3600
-    rows = [(stamp(base), "file_open", "long")] + [
-        (stamp(base + 1 + i), "code_edit", "long") for i in range(37)] + [
-        (stamp(base + 40), "file_save", "long"), (stamp(base + 41), "test_run", "long"),
-        (stamp(base + 42), "git_commit", "long")]
+    rows = (
+        [(stamp(base), "file_open", "long")]
+        + [(stamp(base + 1 + i), "code_edit", "long") for i in range(37)]
+        + [
+            (stamp(base + 40), "file_save", "long"),
+            (stamp(base + 41), "test_run", "long"),
+            (stamp(base + 42), "git_commit", "long"),
+        ]
+    )
     # Twelve edits: the same workflow once folded.
-    rows += [(stamp(base + 100), "file_open", "short")] + [
-        (stamp(base + 101 + i), "code_edit", "short") for i in range(12)] + [
-        (stamp(base + 120), "file_save", "short"), (stamp(base + 121), "test_run", "short"),
-        (stamp(base + 122), "git_commit", "short")]
+    rows += (
+        [(stamp(base + 100), "file_open", "short")]
+        + [(stamp(base + 101 + i), "code_edit", "short") for i in range(12)]
+        + [
+            (stamp(base + 120), "file_save", "short"),
+            (stamp(base + 121), "test_run", "short"),
+            (stamp(base + 122), "git_commit", "short"),
+        ]
+    )
     # One run of edits only: four commands, one folded; min_commands 3 counts it after folding.
     rows += [(stamp(base + 200 + i), "code_edit", "edits-only") for i in range(4)]
     # Poor quality: over two seconds, no outcome indicator, mostly rows of types the map does not know.
@@ -120,21 +164,29 @@ def test_folding_quality_and_min_quality_in_a_backfill(tmp_path, api):
     rows += [(stamp(base + 301 + i * 0.01), "window_focus", "noisy") for i in range(40)]
     rows += [(stamp(base + 302), "test_run", "noisy")]
     insert_events(db, rows)
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_FOLD_REPEATS="true",
-                      OMNIMEMORY_LEARNER_MIN_QUALITY="0.5")
+    env = learner_env(
+        tmp_path, api.url, db, OMNIMEMORY_LEARNER_FOLD_REPEATS="true", OMNIMEMORY_LEARNER_MIN_QUALITY="0.5"
+    )
     result = run_learner(env, "backfill", "--until-delivered-timeout", "30")
     assert result.returncode == 0, result.stdout + result.stderr
     bodies = {body["session_id"]: body for _, body in api.sessions()}
     assert set(bodies) == {"long", "short"}
     long_commands = bodies["long"]["session_commands"]
     assert [c["command"] for c in long_commands] == [
-        "open_file", "edit_code", "save_file", "run_tests", "commit_changes"]
-    assert long_commands[1]["context"] == {"event_type": "code_edit", "repeat": 37,
-                                           "last_timestamp": long_commands[1]["context"]["last_timestamp"]}
+        "open_file",
+        "edit_code",
+        "save_file",
+        "run_tests",
+        "commit_changes",
+    ]
+    assert long_commands[1]["context"] == {
+        "event_type": "code_edit",
+        "repeat": 37,
+        "last_timestamp": long_commands[1]["context"]["last_timestamp"],
+    }
     assert long_commands[1]["context"]["last_timestamp"] - long_commands[1]["timestamp"] == 36.0
     assert "repeat" not in long_commands[0]["context"]
-    assert [c["command"] for c in bodies["short"]["session_commands"]] == [
-        c["command"] for c in long_commands]
+    assert [c["command"] for c in bodies["short"]["session_commands"]] == [c["command"] for c in long_commands]
     assert bodies["long"]["session_outcome"] == "success"
     assert 0.5 <= bodies["long"]["quality"] <= 1.0
     settled = {entry["session_id"]: entry for entry in history_json(env)}
@@ -148,9 +200,11 @@ def test_folding_quality_and_min_quality_in_a_backfill(tmp_path, api):
 
 def test_history_after_a_backfill_and_unusual_sessions_flagged(tmp_path, api):
     rng = random.Random(5)
-    usual = [["file_open", "code_edit", "file_save", "test_run", "git_commit"],
-             ["git_pull", "file_open", "code_edit", "file_save", "git_push"],
-             ["file_open", "code_edit", "test_run", "code_edit", "file_save"]]
+    usual = [
+        ["file_open", "code_edit", "file_save", "test_run", "git_commit"],
+        ["git_pull", "file_open", "code_edit", "file_save", "git_push"],
+        ["file_open", "code_edit", "test_run", "code_edit", "file_save"],
+    ]
     rare = ["git_commit", "file_delete", "build_start", "git_pull", "file_delete"]
     db = create_db(tmp_path / "events.db")
     base = time.time() - 86400
@@ -205,8 +259,10 @@ def test_history_retention_prunes_old_sessions(tmp_path, api):
     old = time.time() - 10 * 86400
     rows = []
     for number in range(30):
-        rows += [(stamp(old + number * 600 + i), t, f"old{number}")
-                 for i, t in enumerate(["file_open", "code_edit", "file_save"])]
+        rows += [
+            (stamp(old + number * 600 + i), t, f"old{number}")
+            for i, t in enumerate(["file_open", "code_edit", "file_save"])
+        ]
     insert_events(db, rows)
     env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_HISTORY_DAYS="2")
     assert run_learner(env, "backfill", "--until-delivered-timeout", "30").returncode == 0
@@ -232,9 +288,24 @@ def test_a_flag_made_by_the_build_before_survives_the_upgrade_and_is_not_said_ag
     env = learner_env(tmp_path, api.url, db)
     base = time.time() - 600
     store = StateStore(tmp_path / "state")
-    store.commit(0, 0, None, [ClosedSession.from_commands(
-        "flagged", [("open_file", base, "file_open"), ("delete_file", base + 1, "file_delete"),
-                    ("build_project", base + 2, "build_start")], 1, 3)], {})
+    store.commit(
+        0,
+        0,
+        None,
+        [
+            ClosedSession.from_commands(
+                "flagged",
+                [
+                    ("open_file", base, "file_open"),
+                    ("delete_file", base + 1, "file_delete"),
+                    ("build_project", base + 2, "build_start"),
+                ],
+                1,
+                3,
+            )
+        ],
+        {},
+    )
     store.close()
     connection = sqlite3.connect(str(tmp_path / "state" / "state.db"))
     connection.execute("ALTER TABLE sessions ADD COLUMN unusual TEXT")
@@ -244,7 +315,7 @@ def test_a_flag_made_by_the_build_before_survives_the_upgrade_and_is_not_said_ag
     result = run_learner(env, "backfill", "--until-delivered-timeout", "20")
     assert result.returncode == 0, result.stdout + result.stderr
     assert [body["session_id"] for _, body in api.sessions()] == ["flagged"]
-    entry, = history_json(env)
+    (entry,) = history_json(env)
     assert (entry["unusual"], entry["unusual_score"], entry["rarest"]) == (True, 4.2, "open_file -> delete_file")
     assert "Unusual session" not in (tmp_path / "learner.log").read_text()
 
@@ -259,10 +330,16 @@ def test_sessions_settled_without_sending_reach_the_history_through_the_delivery
 
     db = create_db(tmp_path / "events.db")
     base = time.time() - 7200
-    insert_events(db, [(stamp(base), "file_open", "short"),
-                       (stamp(base + 1), "file_open", "long"), (stamp(base + 2), "code_edit", "long"),
-                       (stamp(base + 3), "file_save", "long"),
-                       (stamp(base + 4000), "file_open", "late")])
+    insert_events(
+        db,
+        [
+            (stamp(base), "file_open", "short"),
+            (stamp(base + 1), "file_open", "long"),
+            (stamp(base + 2), "code_edit", "long"),
+            (stamp(base + 3), "file_save", "long"),
+            (stamp(base + 4000), "file_open", "late"),
+        ],
+    )
     config = load_config(env=learner_env(tmp_path, api.url, db))
     deliverer = Deliverer.from_config(config)
     handed = []
@@ -287,7 +364,11 @@ def test_sessions_settled_without_sending_reach_the_history_through_the_delivery
         assert handed == [(2, False), (1, True)]
         assert wait_until(lambda: len(history.sessions()) == 4, 10)  # "long" learned, "later" too short
         assert {entry.session_id: entry.settled for entry in history.sessions()} == {
-            "short": "too_short", "late": "too_short", "later": "too_short", "long": "learned"}
+            "short": "too_short",
+            "late": "too_short",
+            "later": "too_short",
+            "long": "learned",
+        }
     finally:
         deliverer.stop(2)
         pipeline.close()
@@ -301,15 +382,22 @@ def test_a_too_short_session_handed_over_reaches_the_history_though_a_post_outli
     db = create_db(tmp_path / "events.db")
     env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=0.02)
     base = time.time()
-    insert_events(db, [(stamp(base), "file_open", "long"), (stamp(base + 0.1), "code_edit", "long"),
-                       (stamp(base + 0.2), "file_save", "long")])
+    insert_events(
+        db,
+        [
+            (stamp(base), "file_open", "long"),
+            (stamp(base + 0.1), "code_edit", "long"),
+            (stamp(base + 0.2), "file_save", "long"),
+        ],
+    )
     learner = start_learner(env, "run")
     try:
         assert wait_until(lambda: len(api.tried) >= 1, 20), output_of(learner)
         insert_events(db, [(stamp(time.time()), "file_open", "short")])  # one event: too short
         state = sqlite3.connect(str(tmp_path / "state" / "state.db"))
-        assert wait_until(lambda: state.execute(
-            "SELECT value FROM counters WHERE name = 'sessions_too_short'").fetchone()[0] == 1, 20)
+        assert wait_until(
+            lambda: state.execute("SELECT value FROM counters WHERE name = 'sessions_too_short'").fetchone()[0] == 1, 20
+        )
         state.close()
         code, output = stop(learner, timeout=30)
         assert code == 0 and "still in flight" in output
@@ -334,9 +422,24 @@ def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over
     db = create_db(tmp_path / "events.db")
     config = load_config(env=learner_env(tmp_path, f"http://127.0.0.1:{free_port()}", db))  # nothing listens
     store = StateStore(config.state_dir)
-    store.commit(0, 3, None, [ClosedSession.from_commands(
-        "waiting", [("open_file", 1e9, "file_open"), ("edit_code", 1e9 + 1, "code_edit"),
-                    ("save_file", 1e9 + 2, "file_save")], 1, 3)], {})
+    store.commit(
+        0,
+        3,
+        None,
+        [
+            ClosedSession.from_commands(
+                "waiting",
+                [
+                    ("open_file", 1e9, "file_open"),
+                    ("edit_code", 1e9 + 1, "code_edit"),
+                    ("save_file", 1e9 + 2, "file_save"),
+                ],
+                1,
+                3,
+            )
+        ],
+        {},
+    )
     store.close()
     deliverer = Deliverer.from_config(config)
     deliverer.start()

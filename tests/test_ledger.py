@@ -15,13 +15,30 @@ from omnimemory_learner.storage.state import StateStore
 
 
 def session(sid, start):
-    commands = [("open_file", start, "file_open"), ("edit", start + 1, "code_edit"), ("save_file", start + 2, "file_save")]
+    commands = [
+        ("open_file", start, "file_open"),
+        ("edit", start + 1, "code_edit"),
+        ("save_file", start + 2, "file_save"),
+    ]
     return ClosedSession.from_commands(sid, commands, 1, 3, "idle", True)
 
 
 def entry(closed, settled):
-    return Entry(key_of_pairs(closed.session_id, closed.pairs, closed.times), closed.session_id, closed.times[0],
-                 closed.times[-1], closed.names, "success", None, "idle", settled, 0.5, None, False, None)
+    return Entry(
+        key_of_pairs(closed.session_id, closed.pairs, closed.times),
+        closed.session_id,
+        closed.times[0],
+        closed.times[-1],
+        closed.names,
+        "success",
+        None,
+        "idle",
+        settled,
+        0.5,
+        None,
+        False,
+        None,
+    )
 
 
 def test_a_key_the_history_settled_is_marked_and_counted_without_a_post(tmp_path, api):

@@ -28,8 +28,9 @@ def stamp(t):
 def history(db, sessions=20, per=3, start=None):
     start = start or time.time() - 86400
     kinds = ["file_open", "code_edit", "file_save", "git_commit", "test_run"]
-    insert_events(db, [(stamp(start + s * 1000 + i), kinds[i % len(kinds)], f"h{s}")
-                       for s in range(sessions) for i in range(per)])
+    insert_events(
+        db, [(stamp(start + s * 1000 + i), kinds[i % len(kinds)], f"h{s}") for s in range(sessions) for i in range(per)]
+    )
 
 
 def wait_for(predicate, timeout=20.0):
@@ -93,8 +94,15 @@ def test_status_with_database_missing_and_api_down_and_answering_500(tmp_path):
         api.default = 500
         api.start()
         try:
-            assert wait_for(lambda: "HTTP 500" in (json.loads(run_learner(env, "status", "--json").stdout)
-                                                   ["stats"]["last_error"] or {}).get("message", ""), timeout=20)
+            assert wait_for(
+                lambda: (
+                    "HTTP 500"
+                    in (json.loads(run_learner(env, "status", "--json").stdout)["stats"]["last_error"] or {}).get(
+                        "message", ""
+                    )
+                ),
+                timeout=20,
+            )
             assert json.loads(run_learner(env, "status", "--json").stdout)["stats"]["outbox_pending"] == 2
         finally:
             api.stop()
@@ -152,7 +160,11 @@ def test_doctor_on_each_broken_set_up(tmp_path, api):
         wrong.stop()
     # Human output: one line per check with the fix.
     human = run_learner(down, "doctor")
-    assert human.returncode == 1 and "problem  api:" in human.stdout and "fix: start the procedural service" in human.stdout
+    assert (
+        human.returncode == 1
+        and "problem  api:" in human.stdout
+        and "fix: start the procedural service" in human.stdout
+    )
     # Invalid configuration.
     bad = run_learner(dict(env, OMNIMEMORY_LEARNER_BATCH_SIZE="lots"), "doctor")
     assert bad.returncode == 1 and "problem  configuration" in bad.stdout

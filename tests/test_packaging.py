@@ -20,9 +20,13 @@ def substitute(text, **paths):
 
 
 def test_launchd_plist_is_valid_and_fully_substituted(tmp_path):
-    text = substitute((PACKAGING / "launchd/com.omnimemory.learner.plist").read_text(),
-                      BINDIR="/Users/dev/.local/bin", LOGDIR="/Users/dev/.omnimemory/logs")
+    text = substitute(
+        (PACKAGING / "launchd/com.omnimemory.learner.plist").read_text(),
+        BINDIR="/Users/dev/.local/bin",
+        LOGDIR="/Users/dev/.omnimemory/logs",
+    )
     import re
+
     assert re.findall(r"@[A-Z]+@", text.split("-->", 1)[1]) == []
     plist = plistlib.loads(text.encode())
     assert plist["Label"] == "com.omnimemory.learner"
@@ -39,20 +43,24 @@ def test_launchd_plist_is_valid_and_fully_substituted(tmp_path):
 def test_make_install_is_a_thin_wrapper_over_service_install(tmp_path):
     """One installer: make install builds a venv and runs its `service install`; uninstall likewise."""
     home = tmp_path / "home"
-    result = subprocess.run(["make", "-n", "install", f"HOME={home}", "START=0"], cwd=ROOT, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["make", "-n", "install", f"HOME={home}", "START=0"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     venv_program = f"{home}/.local/lib/omnimemory-learner/venv/bin/omnimemory-learner"
     assert f"{venv_program} service install --no-start" in result.stdout
     started = subprocess.run(["make", "-n", "install", f"HOME={home}"], cwd=ROOT, capture_output=True, text=True)
-    assert f"{venv_program} service install \n" in started.stdout + "\n" or \
-        f"{venv_program} service install" in started.stdout.splitlines()[-1]
-    removed = subprocess.run(["make", "-n", "uninstall", f"HOME={home}", "PURGE=1"], cwd=ROOT, capture_output=True,
-                             text=True)
+    assert (
+        f"{venv_program} service install \n" in started.stdout + "\n"
+        or f"{venv_program} service install" in started.stdout.splitlines()[-1]
+    )
+    removed = subprocess.run(
+        ["make", "-n", "uninstall", f"HOME={home}", "PURGE=1"], cwd=ROOT, capture_output=True, text=True
+    )
     assert "service uninstall --purge" in removed.stdout
     # No second copy of the installer's work (units, man pages, plist) in the Makefile.
     makefile = (ROOT / "Makefile").read_text()
-    install_rules = makefile[makefile.index("\ninstall:"):makefile.index("\nclean:")]
+    install_rules = makefile[makefile.index("\ninstall:") : makefile.index("\nclean:")]
     for duplicate in ("systemctl", "launchctl", "man1", "LaunchAgents", "@BINDIR@"):
         assert duplicate not in install_rules, duplicate
 
@@ -66,18 +74,35 @@ def test_units_verify_clean(tmp_path):
     program.write_text("#!/bin/sh\n")
     program.chmod(0o755)
     logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
-    for unit in ("omnimemory-learner.service", "omnimemory-learner-logrotate.service",
-                 "omnimemory-learner-logrotate.timer"):
-        text = substitute((PACKAGING / "systemd" / unit).read_text(), BINDIR=program.parent,
-                          STATEDIR=tmp_path / "state", CONFDIR=tmp_path / "conf")
+    for unit in (
+        "omnimemory-learner.service",
+        "omnimemory-learner-logrotate.service",
+        "omnimemory-learner-logrotate.timer",
+    ):
+        text = substitute(
+            (PACKAGING / "systemd" / unit).read_text(),
+            BINDIR=program.parent,
+            STATEDIR=tmp_path / "state",
+            CONFDIR=tmp_path / "conf",
+        )
         (units / unit).write_text(text.replace("/usr/sbin/logrotate", logrotate))
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, sorted(units.iterdir()))],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, sorted(units.iterdir()))], capture_output=True, text=True
+    )
     # It can exit 0 with warnings: the output is what counts.
     assert result.returncode == 0 and result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
     service = (units / "omnimemory-learner.service").read_text()
-    for line in ("Type=notify", "RestartPreventExitStatus=78", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "StartLimitBurst=", "TimeoutStopSec=", "WatchdogSec=", "NoNewPrivileges=yes", "PrivateUsers=yes"):
+    for line in (
+        "Type=notify",
+        "RestartPreventExitStatus=78",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "StartLimitBurst=",
+        "TimeoutStopSec=",
+        "WatchdogSec=",
+        "NoNewPrivileges=yes",
+        "PrivateUsers=yes",
+    ):
         assert line in service
 
 
@@ -87,6 +112,7 @@ def test_man_pages_lint_clean_and_document_the_cli():
     result = subprocess.run(["mandoc", "-Tlint", "-Wwarning", *map(str, pages)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
     from omnimemory_learner.cli.main import build_parser
+
     parser = build_parser()
     for action in parser._actions:
         for option in action.option_strings:
@@ -100,6 +126,7 @@ def test_man_pages_lint_clean_and_document_the_cli():
     for status in ("0", "1", "2", "3", "4", "69", "73", "75", "78"):
         assert f".B {status}\n" in pages[0].read_text(), status
     from omnimemory_learner.config import KEYS
+
     five = pages[1].read_text().replace("\\-", "-")
     for key in KEYS:
         assert key in five, key
@@ -112,14 +139,22 @@ LOGROTATE = shutil.which("logrotate") or ("/usr/sbin/logrotate" if os.path.exist
 def test_logrotate_config_is_clean_and_the_service_keeps_logging_after_a_rotation(tmp_path):
     logs = tmp_path / "logs"
     conf = tmp_path / "logrotate.conf"
-    conf.write_text(substitute((PACKAGING / "logrotate/omnimemory-learner").read_text(), LOGDIR=logs,
-                               STATEDIR=tmp_path, CONFDIR=tmp_path))
+    conf.write_text(
+        substitute(
+            (PACKAGING / "logrotate/omnimemory-learner").read_text(), LOGDIR=logs, STATEDIR=tmp_path, CONFDIR=tmp_path
+        )
+    )
     state = tmp_path / "logrotate.state"
     api = RecordingAPI().start()
     try:
         db = create_db(tmp_path / "db" / "memory_data.db")
-        env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_LOG_FILE=logs / "workflow-learner.log",
-                          OMNIMEMORY_LEARNER_LOG_LEVEL="DEBUG")
+        env = learner_env(
+            tmp_path,
+            api.url,
+            db,
+            OMNIMEMORY_LEARNER_LOG_FILE=logs / "workflow-learner.log",
+            OMNIMEMORY_LEARNER_LOG_LEVEL="DEBUG",
+        )
         learner = start_learner(env, stdout=subprocess.DEVNULL)
         log = logs / "workflow-learner.log"
         deadline = time.monotonic() + 10

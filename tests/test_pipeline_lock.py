@@ -14,12 +14,18 @@ from omnimemory_learner.pipeline import Pipeline
 def test_a_backlog_locked_half_way_is_not_cut_by_processing_time(tmp_path):
     db = create_db(tmp_path / "events.db", wal=False)  # rollback journal: a writer's lock blocks readers
     base = time.time() - 3600
-    insert_events(db, [(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + i)),
-                        "code_edit", "A") for i in range(30)])
-    config = load_config(env={"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
-                              "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
-                              "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": "0.02",
-                              "OMNIMEMORY_LEARNER_BATCH_SIZE": "10"})
+    insert_events(
+        db, [(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + i)), "code_edit", "A") for i in range(30)]
+    )
+    config = load_config(
+        env={
+            "HOME": str(tmp_path),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state"),
+            "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": "0.02",
+            "OMNIMEMORY_LEARNER_BATCH_SIZE": "10",
+        }
+    )
     now = [0.0]
     pipeline = Pipeline(config, clock=lambda: now[0])
     holder = sqlite3.connect(str(db), isolation_level=None)

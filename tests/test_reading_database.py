@@ -63,8 +63,12 @@ def test_doctor_status_and_service_read_a_path_with_hash_and_question_mark(tmp_p
     assert tree(tmp_path / "data#1") + tree(tmp_path) == before, "doctor created a file beside the database"
     learner = start_learner(env)
     try:
-        assert wait_until(lambda: (json.loads(run_learner(env, "status", "--json").stdout)["stats"]
-                                   or {}).get("events_processed") == 2, 20), output_of(learner)
+        assert wait_until(
+            lambda: (
+                (json.loads(run_learner(env, "status", "--json").stdout)["stats"] or {}).get("events_processed") == 2
+            ),
+            20,
+        ), output_of(learner)
         assert json.loads(run_learner(env, "status", "--json").stdout)["db_head"] == 2
         assert stop(learner)[0] == 0
     finally:
@@ -74,17 +78,24 @@ def test_doctor_status_and_service_read_a_path_with_hash_and_question_mark(tmp_p
 
 
 UNUSABLE = {
-    "view": ("CREATE TABLE raw (timestamp TEXT, event_type TEXT, session_id TEXT)",
-             "CREATE VIEW events AS SELECT timestamp, event_type, session_id FROM raw",
-             "INSERT INTO raw VALUES ('2025-11-08T05:00:00', 'file_open', 's')",
-             "events is a view"),
-    "rowid column": ("CREATE TABLE events (rowid TEXT, timestamp TEXT, event_type TEXT, session_id TEXT)", None,
-                     "INSERT INTO events VALUES ('abc', '2025-11-08T05:00:00', 'file_open', 's')",
-                     "has a column named rowid"),
-    "without rowid": ("CREATE TABLE events (id TEXT PRIMARY KEY, timestamp TEXT, event_type TEXT, session_id TEXT)"
-                      " WITHOUT ROWID", None,
-                      "INSERT INTO events VALUES ('a', '2025-11-08T05:00:00', 'file_open', 's')",
-                      "WITHOUT ROWID table"),
+    "view": (
+        "CREATE TABLE raw (timestamp TEXT, event_type TEXT, session_id TEXT)",
+        "CREATE VIEW events AS SELECT timestamp, event_type, session_id FROM raw",
+        "INSERT INTO raw VALUES ('2025-11-08T05:00:00', 'file_open', 's')",
+        "events is a view",
+    ),
+    "rowid column": (
+        "CREATE TABLE events (rowid TEXT, timestamp TEXT, event_type TEXT, session_id TEXT)",
+        None,
+        "INSERT INTO events VALUES ('abc', '2025-11-08T05:00:00', 'file_open', 's')",
+        "has a column named rowid",
+    ),
+    "without rowid": (
+        "CREATE TABLE events (id TEXT PRIMARY KEY, timestamp TEXT, event_type TEXT, session_id TEXT) WITHOUT ROWID",
+        None,
+        "INSERT INTO events VALUES ('a', '2025-11-08T05:00:00', 'file_open', 's')",
+        "WITHOUT ROWID table",
+    ),
 }
 
 
@@ -139,7 +150,9 @@ def test_service_logs_an_unusable_events_table_once_and_keeps_running(tmp_path, 
 def test_every_reader_of_the_daemons_database_opens_it_through_open_read_only():
     """Only events.py opens the daemon's database; storage/state.py and storage/history.py our own."""
     package = Path(__file__).resolve().parent.parent / "omnimemory_learner"
-    opening = {str(path.relative_to(package)) for path in package.rglob("*.py") if "sqlite3.connect(" in path.read_text()}
+    opening = {
+        str(path.relative_to(package)) for path in package.rglob("*.py") if "sqlite3.connect(" in path.read_text()
+    }
     # state.db and history.db are the learner's own; only events.py opens the daemon's.
     assert opening == {"events.py", "storage/state.py", "storage/history.py"}, opening
     assert "file:" not in (package / "cli" / "doctor.py").read_text()
@@ -161,11 +174,32 @@ def reference_unix_time(value):
 NOW = 1_764_000_000
 recent_seconds = st.integers(NOW - 5 * 365 * 86400, NOW + 86400)
 recent_milliseconds = st.integers((NOW - 5 * 365 * 86400) * 1000, (NOW + 86400) * 1000)
-odd = st.sampled_from([0, 1, 19700101, 20231127, 17010112, 170101121000, 99_999_999_999, 100_000_000_000,
-                       100_000_000_001, 253_402_300_799, 253_402_300_800, 253_402_300_799_000, 253_402_300_800_000,
-                       10**25])
-numbers = st.one_of(recent_seconds, recent_milliseconds, odd, st.integers(0, 10**16),
-                    recent_seconds.map(lambda s: s + 0.25), recent_milliseconds.map(lambda s: s + 0.5))
+odd = st.sampled_from(
+    [
+        0,
+        1,
+        19700101,
+        20231127,
+        17010112,
+        170101121000,
+        99_999_999_999,
+        100_000_000_000,
+        100_000_000_001,
+        253_402_300_799,
+        253_402_300_800,
+        253_402_300_799_000,
+        253_402_300_800_000,
+        10**25,
+    ]
+)
+numbers = st.one_of(
+    recent_seconds,
+    recent_milliseconds,
+    odd,
+    st.integers(0, 10**16),
+    recent_seconds.map(lambda s: s + 0.25),
+    recent_milliseconds.map(lambda s: s + 0.5),
+)
 
 
 def as_forms(number):

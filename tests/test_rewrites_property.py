@@ -35,7 +35,8 @@ steps = st.lists(
         st.tuples(st.sampled_from(["restart", "deliver", "copy", "wipe"]), st.just(0)),
         st.tuples(st.just("restore"), st.integers(0, 10)),  # which older copy, counted back
     ),
-    min_size=1, max_size=12,
+    min_size=1,
+    max_size=12,
 )
 
 
@@ -52,9 +53,14 @@ def pending_count(state_dir):
 def test_any_interleaving_of_restarts_and_rewrites_delivers_each_session_once(tmp_path_factory, plan, schema):
     work = tmp_path_factory.mktemp("rewrites")
     db = create_db(work / "memory_data.db", schema=schema)
-    config = load_config(env={"HOME": str(work), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
-                              "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
-                              "OMNIMEMORY_LEARNER_BATCH_SIZE": "4"})
+    config = load_config(
+        env={
+            "HOME": str(work),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+            "OMNIMEMORY_LEARNER_BATCH_SIZE": "4",
+        }
+    )
     api = RecordingAPI().start()
     written = []  # every session id ever written
     copies = []  # earlier versions of the file, for "restore"

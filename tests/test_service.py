@@ -56,8 +56,14 @@ def test_live_writer_and_backlog_give_the_same_sessions(tmp_path, api):
 def test_sigterm_commits_and_a_restart_sends_nothing_again(tmp_path, api):
     db = create_db(tmp_path / "db" / "memory_data.db")
     base = time.time() - 7200
-    insert_events(db, [(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + s * 1000 + i)), t, f"s{s}")
-                       for s in range(20) for i, t in enumerate(["file_open", "code_edit", "file_save"])])
+    insert_events(
+        db,
+        [
+            (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + s * 1000 + i)), t, f"s{s}")
+            for s in range(20)
+            for i, t in enumerate(["file_open", "code_edit", "file_save"])
+        ],
+    )
     env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES)
     learner = start_learner(env)
     assert api.wait_for(20)
@@ -78,8 +84,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_sends_nothing_twice(tmp_pat
     rng = random.Random(seed)
     db = tmp_path / "db" / "memory_data.db"
     db.parent.mkdir()
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_BATCH_SIZE=7)
+    env = learner_env(
+        tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES, OMNIMEMORY_LEARNER_BATCH_SIZE=7
+    )
     writer = subprocess.Popen([sys.executable, WRITER, str(db), str(seed), "80"], stdout=subprocess.PIPE, text=True)
     kills = 0
     while writer.poll() is None and kills < 12:
@@ -91,8 +98,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_sends_nothing_twice(tmp_pat
     assert writer.wait(180) == 0
     learner = start_learner(env)
     truth = true_sessions(db)
-    wait_until(lambda: len({k for k, _ in api.sessions()}) >= len(truth)
-               and pending(tmp_path / "state") == 0, timeout=60)
+    wait_until(
+        lambda: len({k for k, _ in api.sessions()}) >= len(truth) and pending(tmp_path / "state") == 0, timeout=60
+    )
     time.sleep(IDLE_MINUTES * 60 + 1)
     code, out = stop(learner)
     assert code == 0, out
@@ -102,8 +110,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_sends_nothing_twice(tmp_pat
     # A session sent more than once was in flight at a kill: same key, same body.
     for bodies in by_key.values():
         assert all(body == bodies[0] for body in bodies)
-    unique = sorted((b[0]["session_id"], tuple(c["command"] for c in b[0]["session_commands"]),
-                     b[0]["session_outcome"]) for b in by_key.values())
+    unique = sorted(
+        (b[0]["session_id"], tuple(c["command"] for c in b[0]["session_commands"]), b[0]["session_outcome"])
+        for b in by_key.values()
+    )
     print(f"kills={kills} sessions={len(truth)} posts={len(api.sessions())} keys={len(by_key)}")
     missing = [s for s in truth if s not in unique]
     extra = [s for s in unique if s not in truth]
@@ -118,13 +128,20 @@ def test_database_created_after_start_and_then_replaced(tmp_path, api):
     create_db(db)
     now = time.time()
     stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-    insert_events(db, [(stamp(now), "file_open", "first"), (stamp(now), "code_edit", "first"),
-                       (stamp(now), "file_save", "first")])
+    insert_events(
+        db, [(stamp(now), "file_open", "first"), (stamp(now), "code_edit", "first"), (stamp(now), "file_save", "first")]
+    )
     assert api.wait_for(1, timeout=30)
     # The memory daemon starts over with a new file (new inode, rowids from 1).
     new = create_db(tmp_path / "db" / "fresh.db")
-    insert_events(new, [(stamp(now + 10), "file_open", "second"), (stamp(now + 10), "git_commit", "second"),
-                        (stamp(now + 10), "git_push", "second")])
+    insert_events(
+        new,
+        [
+            (stamp(now + 10), "file_open", "second"),
+            (stamp(now + 10), "git_commit", "second"),
+            (stamp(now + 10), "git_push", "second"),
+        ],
+    )
     os.replace(new, db)
     for suffix in ("-wal", "-shm"):
         if os.path.exists(str(new) + suffix):

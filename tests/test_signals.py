@@ -25,8 +25,13 @@ def test_sighup_storms_then_sigterm_exit_0_every_round(tmp_path, api):
     db = create_db(tmp_path / "db" / "memory_data.db")
     config = tmp_path / "learner.toml"
     config.write_text("min_commands_for_learning = 3\n")
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.2)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.2,
+    )
     sent_total = 0
     for round_number in range(ROUNDS):
         learner = start_learner(env, "--config", str(config))
@@ -34,8 +39,13 @@ def test_sighup_storms_then_sigterm_exit_0_every_round(tmp_path, api):
             assert wait_until(lambda: "Watching" in output_of(learner), 20), output_of(learner)
             # A round's events: the service must go on reading between the reloads.
             base = time.time() - 3600 * (round_number + 2)
-            insert_events(db, [(stamp(base + i), kind, f"round{round_number}")
-                               for i, kind in enumerate(["file_open", "code_edit", "file_save"])])
+            insert_events(
+                db,
+                [
+                    (stamp(base + i), kind, f"round{round_number}")
+                    for i, kind in enumerate(["file_open", "code_edit", "file_save"])
+                ],
+            )
             storm_end = time.monotonic() + 1.5
             sent = 0
             while time.monotonic() < storm_end:
@@ -99,16 +109,20 @@ def test_the_delivery_thread_wakes_the_loop_to_refresh_status(tmp_path, api):
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(0.05)
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      NOTIFY_SOCKET=str(tmp_path / "notify"))
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        NOTIFY_SOCKET=str(tmp_path / "notify"),
+    )
     learner = start_learner(env)
     learned_after = []
     try:
         assert wait_until(lambda: "Watching" in output_of(learner), 20)
         for n in range(3):
             before = len(api.sessions())
-            insert_events(db, [(stamp(time.time()), kind, f"d{n}") for kind in ("file_open", "code_edit",
-                                                                                  "file_save")])
+            insert_events(db, [(stamp(time.time()), kind, f"d{n}") for kind in ("file_open", "code_edit", "file_save")])
             assert api.wait_for(before + 1, 20)
             posted = time.monotonic()
             while time.monotonic() - posted < 10:

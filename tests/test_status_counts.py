@@ -12,14 +12,17 @@ from hypothesis import strategies as st
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.storage.state import StateError, StateStore
 
-OPERATIONS = st.lists(st.one_of(
-    st.tuples(st.just("commit"), st.integers(0, 4), st.integers(0, 3), st.booleans()),
-    st.tuples(st.just("deliver"), st.integers(0, 20), st.booleans()),
-    st.tuples(st.just("reject"), st.integers(0, 20)),
-    st.tuples(st.just("retry"), st.booleans()),
-    st.tuples(st.just("drop"), st.integers(0, 20)),
-    st.tuples(st.just("forget")),
-), max_size=25)
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("commit"), st.integers(0, 4), st.integers(0, 3), st.booleans()),
+        st.tuples(st.just("deliver"), st.integers(0, 20), st.booleans()),
+        st.tuples(st.just("reject"), st.integers(0, 20)),
+        st.tuples(st.just("retry"), st.booleans()),
+        st.tuples(st.just("drop"), st.integers(0, 20)),
+        st.tuples(st.just("forget")),
+    ),
+    max_size=25,
+)
 
 
 def plain_counts(path):
@@ -32,8 +35,9 @@ def plain_counts(path):
 
 def session(number, length):
     commands = [("open_file", 1000.0 + number + i, "file_open") for i in range(length)]
-    return ClosedSession.from_commands(f"s{number}", commands, number * 10 + 1, number * 10 + length,
-                                       learnable=length >= 3)
+    return ClosedSession.from_commands(
+        f"s{number}", commands, number * 10 + 1, number * 10 + length, learnable=length >= 3
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -57,8 +61,9 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
             store.commit(position, number * 10 + 10, None, closed, {})
         else:
             ids = [row[0] for row in sqlite3.connect(str(directory / "state.db")).execute("SELECT id FROM sessions")]
-            target = ids[operation[1] % len(ids)] if ids and len(operation) > 1 and isinstance(operation[1], int) \
-                else None
+            target = (
+                ids[operation[1] % len(ids)] if ids and len(operation) > 1 and isinstance(operation[1], int) else None
+            )
             if kind == "deliver" and target is not None:
                 store.mark_delivered(target, "p1" if operation[2] else None)
             elif kind == "reject" and target is not None:
@@ -82,16 +87,17 @@ def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
     for name in ("sessions_counted_in", "sessions_counted_out", "sessions_counted_moved"):
         connection.execute(f"DROP TRIGGER IF EXISTS {name}")
     connection.execute("DROP TABLE status_counts")
-    connection.execute("INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status,"
-                       " n_commands, closed_at) VALUES ('k', 'old', 50, 60, 'rejected', 3, 0)")
+    connection.execute(
+        "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status,"
+        " n_commands, closed_at) VALUES ('k', 'old', 50, 60, 'rejected', 3, 0)"
+    )
     connection.commit()
     connection.close()
     reader = StateStore(tmp_path, create=False)  # a command that only reads counts the plain way
     assert reader.status_counts() == {"pending": 2, "rejected": 1, "too_short": 1}
     reader.close()
     store = StateStore(tmp_path)
-    assert store.status_counts() == {"pending": 2, "rejected": 1, "too_short": 1} == plain_counts(
-        tmp_path / "state.db")
+    assert store.status_counts() == {"pending": 2, "rejected": 1, "too_short": 1} == plain_counts(tmp_path / "state.db")
     store.mark_delivered(store.pending()[0].id, "p")
     assert store.status_counts() == plain_counts(tmp_path / "state.db")
     store.close()
@@ -115,14 +121,25 @@ def test_the_insert_trigger_of_the_previous_build_is_dropped_not_counted_twice(t
     store = StateStore(tmp_path)
     store.commit(40, 40, None, [session(3, 4), session(4, 4), session(5, 1)], {})
     assert store.status_counts() == {"pending": 3, "too_short": 1} == plain_counts(tmp_path / "state.db")
-    triggers = {name for (name,) in sqlite3.connect(str(tmp_path / "state.db")).execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    triggers = {
+        name
+        for (name,) in sqlite3.connect(str(tmp_path / "state.db")).execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        )
+    }
     assert "sessions_counted_in" not in triggers
     store.close()
 
 
-NAMES = st.sampled_from([("open_file", "file_open"), ("edit_code", "code_edit"), ("save_file", "file_save"),
-                         ("commit_changes", "git_commit"), ("delete_file", "file_delete")])
+NAMES = st.sampled_from(
+    [
+        ("open_file", "file_open"),
+        ("edit_code", "code_edit"),
+        ("save_file", "file_save"),
+        ("commit_changes", "git_commit"),
+        ("delete_file", "file_delete"),
+    ]
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -130,12 +147,21 @@ NAMES = st.sampled_from([("open_file", "file_open"), ("edit_code", "code_edit"),
 def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_factory, events, unmapped):
     # min_quality = 0: the reading thread leaves the score to the delivery thread (PendingSession.scored_quality).
     from array import array
-    closed = ClosedSession("s", [pair for pair, _ in events], array("d", [time for _, time in events]), 1,
-                           len(events), "idle", True, unmapped)
+
+    closed = ClosedSession(
+        "s",
+        [pair for pair, _ in events],
+        array("d", [time for _, time in events]),
+        1,
+        len(events),
+        "idle",
+        True,
+        unmapped,
+    )
     at_close = closed.score_quality()
     store = StateStore(tmp_path_factory.mktemp("state"))
     store.commit(0, len(events), None, [closed], {})
-    pending, = store.pending()
+    (pending,) = store.pending()
     assert pending.quality is None and pending.scored_quality() == at_close
     assert pending.body()["quality"] == at_close
     store.close()
@@ -181,7 +207,12 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
         store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a quiet moment: the live WAL holds nothing
         os.replace(tmp_path / "live" / "state.db.restored", tmp_path / "live" / "state.db")
         store.commit(40, 40, None, [session(4, 4), session(5, 4)], {})
-        print(kind, store.status_counts(), plain_counts(tmp_path / "live" / "state.db"), [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")])
+        print(
+            kind,
+            store.status_counts(),
+            plain_counts(tmp_path / "live" / "state.db"),
+            [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")],
+        )
         assert store.status_counts() == plain_counts(tmp_path / "live" / "state.db")
     store.close()
 

@@ -28,13 +28,18 @@ def _unavailable(reason):
 class UserManager:
     def __init__(self, home: Path, runtime: Path):
         self.home = home
-        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-                    "XDG_RUNTIME_DIR": str(runtime), "LANG": "C.UTF-8"}
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_RUNTIME_DIR": str(runtime),
+            "LANG": "C.UTF-8",
+        }
         self.started = []
 
     def run(self, *command, check=False, timeout=120):
-        result = subprocess.run(list(command), env=self.env, capture_output=True, text=True, timeout=timeout,
-                                cwd=str(ROOT))
+        result = subprocess.run(
+            list(command), env=self.env, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT)
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{command} failed ({result.returncode}): {result.stdout}\n{result.stderr}")
         return result
@@ -56,7 +61,11 @@ class UserManager:
 
 @pytest.fixture
 def manager(tmp_path):
-    if not shutil.which("systemd") or not shutil.which("systemctl") or not os.path.exists("/lib/systemd/systemd-journald"):
+    if (
+        not shutil.which("systemd")
+        or not shutil.which("systemctl")
+        or not os.path.exists("/lib/systemd/systemd-journald")
+    ):
         _unavailable("systemd is not installed")
     try:
         os.makedirs("/run/systemd/system", exist_ok=True)
@@ -67,8 +76,9 @@ def manager(tmp_path):
     # A socket left behind by a journald that is gone is no journald: ask it.
     own_journald = not journald_answers()
     if own_journald:
-        journald = subprocess.Popen(["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+        journald = subprocess.Popen(
+            ["/lib/systemd/systemd-journald"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         started.append(journald)
         if not wait_until(journald_answers, 10, step=0.05):
             journald.kill()
@@ -105,8 +115,7 @@ def manager(tmp_path):
 def write_config(um, db, api_url, **extra):
     config = um.home / ".config" / "omnimemory" / "learner.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f'db_path = "{db}"', f'api_url = "{api_url}"', "session_idle_minutes = 0.02",
-             "poll_interval_seconds = 2"]
+    lines = [f'db_path = "{db}"', f'api_url = "{api_url}"', "session_idle_minutes = 0.02", "poll_interval_seconds = 2"]
     lines += [f"{key} = {value}" for key, value in extra.items()]
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -136,17 +145,32 @@ def test_install_run_watchdog_reload_stop_and_uninstall(manager, tmp_path):
         assert um.systemctl("is-enabled", UNIT).stdout.strip() == "enabled"
 
         # Type=notify: active only once READY=1 came, after Python set itself up.
-        props = um.show("Type", "ActiveState", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic",
-                        "MainPID", "WatchdogUSec")
+        props = um.show(
+            "Type",
+            "ActiveState",
+            "ExecMainStartTimestampMonotonic",
+            "ActiveEnterTimestampMonotonic",
+            "MainPID",
+            "WatchdogUSec",
+        )
         assert props["Type"] == "notify" and props["ActiveState"] == "active"
         ready_after = int(props["ActiveEnterTimestampMonotonic"]) - int(props["ExecMainStartTimestampMonotonic"])
         assert ready_after > 50_000, ready_after  # microseconds: not at exec time as Type=simple would be
         assert "State:" in um.journal()  # logged before READY=1
 
         # -- events written by another process reach the API as learned sessions.
-        writer = subprocess.run([sys.executable, "-c", (
-            "import sys; sys.path.insert(0, 'tests'); from helpers import insert_events; "
-            f"insert_events({str(db)!r}, {session_events('alpha', 4)!r})")], cwd=str(ROOT), timeout=30)
+        writer = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import sys; sys.path.insert(0, 'tests'); from helpers import insert_events; "
+                    f"insert_events({str(db)!r}, {session_events('alpha', 4)!r})"
+                ),
+            ],
+            cwd=str(ROOT),
+            timeout=30,
+        )
         assert writer.returncode == 0
         assert api.wait_for(1, timeout=30)
         assert api.sessions()[0][1]["session_id"] == "alpha"
@@ -178,10 +202,15 @@ def test_install_run_watchdog_reload_stop_and_uninstall(manager, tmp_path):
         pid = int(um.show("MainPID")["MainPID"])
         os.kill(pid, signal.SIGSTOP)
         assert um.wait(lambda: um.show("NRestarts")["NRestarts"] not in ("0", ""), 30)
-        assert um.wait(lambda: um.show("ActiveState")["ActiveState"] == "active"
-                       and int(um.show("MainPID")["MainPID"]) not in (0, pid), 30)
-        assert "Watchdog timeout" in um.run("journalctl", "--no-pager", "-o", "cat").stdout \
-            or um.show("Result")["Result"] in ("watchdog", "success")
+        assert um.wait(
+            lambda: (
+                um.show("ActiveState")["ActiveState"] == "active" and int(um.show("MainPID")["MainPID"]) not in (0, pid)
+            ),
+            30,
+        )
+        assert "Watchdog timeout" in um.run("journalctl", "--no-pager", "-o", "cat").stdout or um.show("Result")[
+            "Result"
+        ] in ("watchdog", "success")
         api = RecordingAPI(api.port).start()
         assert api.wait_for(1, timeout=40)
         time.sleep(2)
@@ -215,8 +244,7 @@ def test_install_run_watchdog_reload_stop_and_uninstall(manager, tmp_path):
         uninstall = um.run("make", "uninstall", "PURGE=1", f"PYTHON={sys.executable}")
         assert uninstall.returncode == 0, uninstall.stdout + uninstall.stderr
         config.unlink()
-        leftovers = [str(p.relative_to(um.home)) for p in um.home.rglob("*")
-                     if p.is_file() and "omnimemory" in str(p)]
+        leftovers = [str(p.relative_to(um.home)) for p in um.home.rglob("*") if p.is_file() and "omnimemory" in str(p)]
         assert leftovers == []
         assert um.systemctl("cat", UNIT).returncode != 0
     finally:
@@ -225,6 +253,7 @@ def test_install_run_watchdog_reload_stop_and_uninstall(manager, tmp_path):
 
 def _pending(state_db):
     import sqlite3
+
     try:
         conn = sqlite3.connect(str(state_db))
         try:
@@ -245,8 +274,12 @@ def _wheel(tmp_path):
     if given:
         return Path(given)
     out = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
-                           capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert build.returncode == 0, build.stderr
     return next(out.glob("omnimemory_learner-*.whl"))
@@ -258,11 +291,31 @@ def test_pipx_style_install_then_service_install_and_uninstall(manager, tmp_path
     venv = tmp_path / "pipx" / "venvs" / "omnimemory-learner"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     # --ignore-installed: a copy of the package in the system site (an editable one) must not stand in for it.
-    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                          "--ignore-installed", str(_wheel(tmp_path))], capture_output=True, text=True, timeout=300)
+    pip = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            str(_wheel(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr
-    origin = subprocess.run([str(venv / "bin/python"), "-c", "import omnimemory_learner; print(omnimemory_learner.__file__)"],
-                            capture_output=True, text=True, cwd=str(tmp_path), timeout=60, env=manager.env).stdout
+    origin = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import omnimemory_learner; print(omnimemory_learner.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=60,
+        env=manager.env,
+    ).stdout
     assert origin.startswith(str(venv)), origin
     program = venv / "bin" / "omnimemory-learner"
     api = RecordingAPI().start()
@@ -297,13 +350,31 @@ def test_pipx_style_install_then_service_install_and_uninstall(manager, tmp_path
         # pipx reinstall: the venv is made again at the same path; the running service must move to it.
         shutil.rmtree(venv)
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-        pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                              "--ignore-installed", str(_wheel(tmp_path))], capture_output=True, text=True, timeout=300)
+        pip = subprocess.run(
+            [
+                str(venv / "bin/python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-index",
+                "--ignore-installed",
+                str(_wheel(tmp_path)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert pip.returncode == 0, pip.stderr
         reinstalled = um.run(str(program), "service", "install")
         assert reinstalled.returncode == 0 and "reinstalled" in reinstalled.stdout, reinstalled.stdout
-        assert um.wait(lambda: um.show("ActiveState")["ActiveState"] == "active"
-                       and um.show("MainPID")["MainPID"] not in ("0", pid), 30)
+        assert um.wait(
+            lambda: (
+                um.show("ActiveState")["ActiveState"] == "active" and um.show("MainPID")["MainPID"] not in ("0", pid)
+            ),
+            30,
+        )
         insert_events(db, session_events("pipx-three", 3))
         assert api.wait_for(3, timeout=40), um.journal()[-2000:]
 

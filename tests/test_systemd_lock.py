@@ -30,7 +30,7 @@ def install_unit(um, tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     executable = bindir / "omnimemory-learner"
-    executable.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m omnimemory_learner \"$@\"\n")
+    executable.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m omnimemory_learner "$@"\n')
     executable.chmod(0o755)
     unit_dir = um.home / ".config" / "systemd" / "user"
     unit_dir.mkdir(parents=True, exist_ok=True)
@@ -45,9 +45,13 @@ def install_unit(um, tmp_path):
 
 def start_backfill(um, timeout_seconds):
     env = dict(um.env, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "omnimemory_learner", "backfill", "--until-delivered-timeout",
-                             str(timeout_seconds)], env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "omnimemory_learner", "backfill", "--until-delivered-timeout", str(timeout_seconds)],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def lock_holder(um):
@@ -62,8 +66,14 @@ def test_unit_started_while_a_backfill_holds_the_lock_waits_and_becomes_active(m
     um = manager
     db = create_db(tmp_path / "db" / "memory_data.db")
     start = time.time() - 86400
-    insert_events(db, [(stamp(start + s * 1000 + i), kind, f"b{s}") for s in range(3)
-                       for i, kind in enumerate(["file_open", "code_edit", "file_save"])])
+    insert_events(
+        db,
+        [
+            (stamp(start + s * 1000 + i), kind, f"b{s}")
+            for s in range(3)
+            for i, kind in enumerate(["file_open", "code_edit", "file_save"])
+        ],
+    )
     port = free_port()  # the API is down while the backfill runs: it holds the lock until its timeout
     write_config(um, db, f"http://127.0.0.1:{port}", retry_max_seconds=1)
     install_unit(um, tmp_path)
@@ -81,8 +91,10 @@ def test_unit_started_while_a_backfill_holds_the_lock_waits_and_becomes_active(m
         first_pid = props["MainPID"]
         time.sleep(5)  # more than two watchdog periods
         props = um.show("ActiveState", "MainPID", "NRestarts", "Result")
-        assert props["ActiveState"] == "active" and props["MainPID"] == first_pid and props["NRestarts"] == "0", \
-            (props, um.journal()[-3000:])
+        assert props["ActiveState"] == "active" and props["MainPID"] == first_pid and props["NRestarts"] == "0", (
+            props,
+            um.journal()[-3000:],
+        )
 
         # -- SIGTERM while waiting: a clean stop.
         um.systemctl("stop", UNIT, check=True)

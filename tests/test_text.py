@@ -15,8 +15,12 @@ from omnimemory_learner.text import LIMIT, printable_lines, shown
 
 # The characters the issue names, each of which must never be shown raw.
 NAMED = (
-    [chr(c) for c in range(0x00, 0x20)] + ["\x7f"] + [chr(c) for c in range(0x80, 0xA0)]
-    + ["\u2028", "\u2029"] + [chr(c) for c in range(0x202A, 0x202F)] + [chr(c) for c in range(0x2066, 0x206A)]
+    [chr(c) for c in range(0x00, 0x20)]
+    + ["\x7f"]
+    + [chr(c) for c in range(0x80, 0xA0)]
+    + ["\u2028", "\u2029"]
+    + [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
     + ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u061c", "\u2060", "\ufeff", "\u00ad", "\U000e0041"]
 )
 INVISIBLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
@@ -36,8 +40,10 @@ def read_back(text):
 # Hostile text: the escapes' own ingredients (backslash, x, u, U, hex digits)
 # mixed with every named control, so that escaped and literal forms collide
 # if the rule were ambiguous; plus arbitrary code points, surrogates included.
-hostile_alphabet = st.sampled_from(NAMED + ["\\", "x", "u", "U", "n", "t", "r", "0", "1", "b", "2", "8", "[", "<",
-                                            "3", ">", ".", "]", "é", "日", "😀", " "])
+hostile_alphabet = st.sampled_from(
+    NAMED
+    + ["\\", "x", "u", "U", "n", "t", "r", "0", "1", "b", "2", "8", "[", "<", "3", ">", ".", "]", "é", "日", "😀", " "]
+)
 hostile = st.text(st.one_of(hostile_alphabet, st.characters(blacklist_categories=())), max_size=60)
 
 
@@ -45,15 +51,25 @@ def test_each_named_character_is_escaped_visibly():
     for char in NAMED:
         text = shown(f"a{char}b")
         assert char not in text and text.startswith("a\\") and text.endswith("b"), repr(char)
-    assert shown("evil\n2026-11-24 07:00:00 - ERROR - Fake\x1b[31m") == \
-        "evil\\n2026-11-24 07:00:00 - ERROR - Fake\\x1b[31m"
+    assert (
+        shown("evil\n2026-11-24 07:00:00 - ERROR - Fake\x1b[31m")
+        == "evil\\n2026-11-24 07:00:00 - ERROR - Fake\\x1b[31m"
+    )
     assert shown("a\tb\rc\x00d\x7f\x85") == "a\\tb\\rc\\x00d\\x7f\\x85"
     assert shown("\u202eabc\u2066\u2028") == "\\u202eabc\\u2066\\u2028"
     assert shown("\ud800") == "\\ud800"  # a lone surrogate: UTF-8 could not even write it
 
 
 def test_ordinary_text_is_shown_as_it_is():
-    for text in ["session-42", "Fix: les données été", "日本語 セッション", "emoji 😀 ok", "a b", "", "<3> not a prefix"]:
+    for text in [
+        "session-42",
+        "Fix: les données été",
+        "日本語 セッション",
+        "emoji 😀 ok",
+        "a b",
+        "",
+        "<3> not a prefix",
+    ]:
         assert shown(text) == text
 
 

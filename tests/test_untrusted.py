@@ -37,8 +37,11 @@ class HostileAPI(RecordingAPI):
         self.answers = {}
         self.fallback = (200, {"pattern_id": HOSTILE_PATTERN, "message": HOSTILE_BODY})
         self.posted = []
-        self.health = {"status": "healthy\n<3>" + FORGED, "service": "\u202eprocedural-memory\x1b[2J",
-                       "version": "1.0\x00"}
+        self.health = {
+            "status": "healthy\n<3>" + FORGED,
+            "service": "\u202eprocedural-memory\x1b[2J",
+            "version": "1.0\x00",
+        }
 
     def start(self):
         api = self
@@ -90,8 +93,12 @@ def stamp():
 
 
 def session_rows(session_id):
-    return [(stamp(), "file_open", session_id), (stamp(), "code_edit", session_id),
-            (stamp(), "file_save", session_id), (stamp(), "unknown\n<3>type\x1b[31m", session_id)]
+    return [
+        (stamp(), "file_open", session_id),
+        (stamp(), "code_edit", session_id),
+        (stamp(), "file_save", session_id),
+        (stamp(), "unknown\n<3>type\x1b[31m", session_id),
+    ]
 
 
 def assert_log_lines(text):
@@ -122,15 +129,21 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
     }
     db = create_db(tmp_path / "odd\n\x1b[31mdir\u202e" / "memory_data.db")
     api_url = api.url + "/\u202eevil\u2028x"
-    env = learner_env(tmp_path, api_url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES="0.02",
-                      OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS="0.5")
+    env = learner_env(
+        tmp_path,
+        api_url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES="0.02",
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS="0.5",
+    )
     learner = start_learner(env)
     try:
         for session_id in HOSTILE + [LONGEST]:
             insert_events(db, session_rows(session_id))
         # Every id posted, the failed one twice; then the outbox settles.
-        assert wait_until(lambda: set(api.posted) >= set(DELIVERED) and api.posted.count(SEPARATOR) >= 2, 40), \
+        assert wait_until(lambda: set(api.posted) >= set(DELIVERED) and api.posted.count(SEPARATOR) >= 2, 40), (
             api.posted
+        )
         assert wait_until(lambda: _outbox(env, "pending") == [], 20)
     finally:
         code, console = stop(learner)
@@ -147,14 +160,19 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
         lines = assert_log_lines(text)
         levels = [LINE_START.match(line).group(1) for line in lines]
         assert levels.count("ERROR") == 3, [line[:120] for line in lines if "ERROR" in line]
-        assert ("INFO - Learning from session evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked"
-                "\\x1b[31m: 3 commands, outcome=success") in text
-        assert "Successfully learned pattern p1\\n2026-11-24 07:00:00 - ERROR - Fake pattern\\x1b[31m from session" \
-            in text
+        assert (
+            "INFO - Learning from session evil\\n2026-11-24 07:00:00 - ERROR - Fake: credentials leaked"
+            "\\x1b[31m: 3 commands, outcome=success"
+        ) in text
+        assert (
+            "Successfully learned pattern p1\\n2026-11-24 07:00:00 - ERROR - Fake pattern\\x1b[31m from session" in text
+        )
         assert "Procedural API rejected session nul\\x00byte; kept as rejected" in text
         assert "rejected session back\\\\slash\\r\\n;" in text
-        assert "Procedural API failed for session sep\\u2028arator: HTTP 500: bad\\n2026-11-24 07:00:00 - ERROR - " \
+        assert (
+            "Procedural API failed for session sep\\u2028arator: HTTP 500: bad\\n2026-11-24 07:00:00 - ERROR - "
             "Fake: body\\x1b[2J\\x1b]0;owned\\x07\\u202e\\u2028zzz" in text
+        )
         assert "Session \\u202eright-to-left was not learned" in text
         assert "Learning from session <2>\\n<3>forged priority" in text
         assert "Learning from session " + "\\x1b[31m" * 102 + "\\x1b[: 3 commands" in text
@@ -180,8 +198,18 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
     result = run_learner(env, "outbox")
     assert result.returncode == 0 and unsafe_characters(result.stdout) == []
     lines = result.stdout.splitlines()
-    assert len(lines) == 3 and lines[0].split() == ["ID", "STATUS", "SESSION", "CMDS", "OUTCOME", "TRIES", "NEXT",
-                                                    "TRY", "LAST", "ERROR"]
+    assert len(lines) == 3 and lines[0].split() == [
+        "ID",
+        "STATUS",
+        "SESSION",
+        "CMDS",
+        "OUTCOME",
+        "TRIES",
+        "NEXT",
+        "TRY",
+        "LAST",
+        "ERROR",
+    ]
     shown_ids = sorted(line.split()[2] for line in lines[1:])
     assert shown_ids == ["back\\\\slash\\r\\n", "nul\\x00byte"]
     # The start of the error (itself the body cut at 500 characters), then the mark.
@@ -193,12 +221,15 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
     result = run_learner(env, "doctor")
     assert unsafe_characters(result.stdout) == []
     lines = result.stdout.splitlines()
-    assert all(line.split(" ", 1)[0] in ("ok", "warning", "problem") or line.startswith(" " * 9 + "fix: ")
-               for line in lines), lines
+    assert all(
+        line.split(" ", 1)[0] in ("ok", "warning", "problem") or line.startswith(" " * 9 + "fix: ") for line in lines
+    ), lines
     database = next(line for line in lines if line.startswith("ok       database: "))
     assert "/odd\\n\\x1b[31mdir\\u202e/memory_data.db: 32 events" in database
-    assert any("/health: healthy\\n<3>2026-11-24 07:00:00 - ERROR - Fake (\\u202eprocedural-memory\\x1b[2J 1.0\\x00)"
-               in line for line in lines), lines
+    assert any(
+        "/health: healthy\\n<3>2026-11-24 07:00:00 - ERROR - Fake (\\u202eprocedural-memory\\x1b[2J 1.0\\x00)" in line
+        for line in lines
+    ), lines
     contract = next(line for line in lines if " api contract: " in line)
     assert contract.startswith("problem  api contract: POST /learn answered HTTP 418: bad\\n2026")
     assert contract.endswith("zzz...")  # the answer cut at 200 characters, with a mark
@@ -215,8 +246,9 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
     assert result.returncode == 69, result.stdout + result.stderr
     assert unsafe_characters(result.stdout + result.stderr) == []
     errors = result.stderr.splitlines()
-    assert len(errors) == 1 and errors[0].startswith("omnimemory-learner: the procedural API at " + api.url
-                                                     + "/\\u202eevil\\u2028x did not take every session")
+    assert len(errors) == 1 and errors[0].startswith(
+        "omnimemory-learner: the procedural API at " + api.url + "/\\u202eevil\\u2028x did not take every session"
+    )
     assert "(last error: HTTP 500: bad\\n2026-11-24 07:00:00 - ERROR - Fake: body\\x1b[2J" in errors[0]
     assert_log_lines(result.stdout)
     pending = _outbox(env, "pending")

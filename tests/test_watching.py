@@ -50,8 +50,14 @@ def delivery_latencies(api, db, label, count=3):
 
 
 def env_for(tmp_path, api, db_path, **extra):
-    return learner_env(tmp_path, api.url, db_path, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                       OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=30, **extra)
+    return learner_env(
+        tmp_path,
+        api.url,
+        db_path,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=30,
+        **extra,
+    )
 
 
 def status_json(env):
@@ -121,14 +127,20 @@ def test_deleted_and_recreated_directory_is_watched_again(tmp_path, api):
         create_db(db)  # the daemon creates its directory and database again
         assert wait_until(lambda: status_json(env)["mode"] == "watch", 15), output_of(learner)
         latencies = delivery_latencies(api, db, "after")
-        print(f"FIGURE watch latency after the directory was deleted and created again: "
-              f"{', '.join(f'{x:.2f}' for x in latencies)} s")
+        print(
+            f"FIGURE watch latency after the directory was deleted and created again: "
+            f"{', '.join(f'{x:.2f}' for x in latencies)} s"
+        )
         assert max(latencies) < WATCH_SPEED_SECONDS, latencies
         # Deleted and created again between two checks: a new inode, a new watch.
         shutil.rmtree(db.parent)
         create_db(db)
-        assert wait_until(lambda: "was removed and created again" in output_of(learner)
-                          or output_of(learner).count("was removed") >= 2, 10), output_of(learner)
+        assert wait_until(
+            lambda: (
+                "was removed and created again" in output_of(learner) or output_of(learner).count("was removed") >= 2
+            ),
+            10,
+        ), output_of(learner)
         assert wait_until(lambda: status_json(env)["mode"] == "watch", 15)
         latencies = delivery_latencies(api, db, "again")
         assert max(latencies) < WATCH_SPEED_SECONDS, latencies

@@ -23,8 +23,10 @@ def main():
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
-    db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT,"
-               " event_type TEXT, session_id TEXT, payload BLOB)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT,"
+        " event_type TEXT, session_id TEXT, payload BLOB)"
+    )
     # Each id gets bursts; bursts of one id are 2.5 idle thresholds apart.
     ids = [f"w{seed}-{k}" for k in range(max(1, sessions // 2))]
     next_allowed = dict.fromkeys(ids, 0.0)
@@ -37,8 +39,10 @@ def main():
             continue
         sid = rng.choice(ready)
         for _ in range(rng.randint(1, 7)):
-            db.execute("INSERT INTO events (timestamp, event_type, session_id, payload) VALUES (?, ?, ?, ?)",
-                       (dt.datetime.now().isoformat(), rng.choice(TYPES), sid, b"secret-payload"))
+            db.execute(
+                "INSERT INTO events (timestamp, event_type, session_id, payload) VALUES (?, ?, ?, ?)",
+                (dt.datetime.now().isoformat(), rng.choice(TYPES), sid, b"secret-payload"),
+            )
             written += 1
             time.sleep(rng.uniform(0.0, 0.03))
         next_allowed[sid] = time.monotonic() + 2.5 * idle

@@ -22,14 +22,17 @@ from .output import Progress, echo, error
 
 log = logging.getLogger(__name__)
 
+
 def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
     setup_logging(config.log_level, config.log_file)
     lock = InstanceLock(config.state_dir)
     try:
         lock.acquire()
     except AlreadyRunning as problem:
-        error(f"the service is running ({problem}); it is already learning from the "
-              "database. Stop it first to backfill by hand.")
+        error(
+            f"the service is running ({problem}); it is already learning from the "
+            "database. Stop it first to backfill by hand."
+        )
         return EX_TEMPFAIL
     except OSError as problem:
         error(f"cannot lock the state directory: {problem}")
@@ -73,9 +76,11 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 progress.done()
-                error(f"the procedural API at {config.api_url} did not take every session "
-                      f"in {until_delivered_timeout:g} s; {pending} session(s) stay pending for the service "
-                      f"(last error: {deliverer.last_error})")
+                error(
+                    f"the procedural API at {config.api_url} did not take every session "
+                    f"in {until_delivered_timeout:g} s; {pending} session(s) stay pending for the service "
+                    f"(last error: {deliverer.last_error})"
+                )
                 return EX_UNAVAILABLE
             if not deliverer.alive:
                 deliverer.start()
@@ -84,8 +89,10 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
         show(force=True)
         progress.done()
         learned, _ = learned_and_pending()
-        echo(f"Backfill done: {pipeline.read_after - start} events read, outbox empty, "
-              f"{learned} patterns learned in all.")
+        echo(
+            f"Backfill done: {pipeline.read_after - start} events read, outbox empty, "
+            f"{learned} patterns learned in all."
+        )
         return EX_OK
     finally:
         deliverer.stop(2.0)

@@ -47,8 +47,17 @@ class Check(NamedTuple):
 
 
 def report_config_error(error: ConfigError, as_json: bool) -> int:
-    _print([Check("configuration", PROBLEM, str(error), "correct the value named above, then run "
-                  "'omnimemory-learner check-config'")], as_json)
+    _print(
+        [
+            Check(
+                "configuration",
+                PROBLEM,
+                str(error),
+                "correct the value named above, then run 'omnimemory-learner check-config'",
+            )
+        ],
+        as_json,
+    )
     return EX_FAILURE
 
 
@@ -93,30 +102,59 @@ def check_database(config: Config) -> List[Check]:
                 return [Check("database", PROBLEM, f"{path} has no events table", start_daemon)]
             unusable = events_table_problem(db)
             if unusable is not None:
-                return [Check("database", PROBLEM, f"{path}: {unusable}; the learner cannot read it",
-                              "the memory daemon's schema is not the one this learner reads: events must be "
-                              "a table with its row id (e.g. id INTEGER PRIMARY KEY)")]
+                return [
+                    Check(
+                        "database",
+                        PROBLEM,
+                        f"{path}: {unusable}; the learner cannot read it",
+                        "the memory daemon's schema is not the one this learner reads: events must be "
+                        "a table with its row id (e.g. id INTEGER PRIMARY KEY)",
+                    )
+                ]
             missing = [column for column in REQUIRED_COLUMNS if column not in columns]
             if missing:
-                return [Check("database", PROBLEM, f"the events table lacks columns {', '.join(missing)}",
-                              "the memory daemon's schema is not the one this learner reads; update it")]
+                return [
+                    Check(
+                        "database",
+                        PROBLEM,
+                        f"the events table lacks columns {', '.join(missing)}",
+                        "the memory daemon's schema is not the one this learner reads; update it",
+                    )
+                ]
             count, head = db.execute("SELECT count(*), max(rowid) FROM events").fetchone()
             newest = db.execute("SELECT timestamp FROM events ORDER BY rowid DESC LIMIT 1").fetchone()
         finally:
             db.close()
     except sqlite3.Error as error:
-        return [Check("database", PROBLEM, f"cannot read {path}: {error}",
-                      "if it is corrupt, stop the memory daemon and restore or remove the file")]
+        return [
+            Check(
+                "database",
+                PROBLEM,
+                f"cannot read {path}: {error}",
+                "if it is corrupt, stop the memory daemon and restore or remove the file",
+            )
+        ]
     newest_time = parse_timestamp(newest[0]) if newest else None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest_time)) if newest_time else "none"
-    return [Check("database", OK, f"{path}: {count} events, newest rowid {head or 0}, newest event {when}, "
-                  f"journal mode {journal}")]
+    return [
+        Check(
+            "database",
+            OK,
+            f"{path}: {count} events, newest rowid {head or 0}, newest event {when}, journal mode {journal}",
+        )
+    ]
 
 
 def check_position(config: Config) -> List[Check]:
     if not (config.state_dir / STATE_FILE).exists():
-        return [Check("position", WARNING, "the learner has not run yet (no state)",
-                      "start it: systemctl --user start omnimemory-learner, or omnimemory-learner backfill")]
+        return [
+            Check(
+                "position",
+                WARNING,
+                "the learner has not run yet (no state)",
+                "start it: systemctl --user start omnimemory-learner, or omnimemory-learner backfill",
+            )
+        ]
     try:
         store = StateStore(config.state_dir, create=False)
         position = store.position()
@@ -139,16 +177,31 @@ def check_position(config: Config) -> List[Check]:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
     last = []
     if replaced:
-        last = [Check("database replaced", OK if replaced.get("verdict") == "copy" else WARNING,
-                      replaced_line(replaced))]
+        last = [
+            Check("database replaced", OK if replaced.get("verdict") == "copy" else WARNING, replaced_line(replaced))
+        ]
     if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
-        return [Check("position", WARNING, "the database was replaced since the learner last read it",
-                      "nothing to do: the learner compares its rows with those it read; a copy is read on from "
-                      "the position, a different history again from its start (nothing is sent twice)"), *last]
+        return [
+            Check(
+                "position",
+                WARNING,
+                "the database was replaced since the learner last read it",
+                "nothing to do: the learner compares its rows with those it read; a copy is read on from "
+                "the position, a different history again from its start (nothing is sent twice)",
+            ),
+            *last,
+        ]
     behind = head - position.replay_until
     level = OK if behind < 10000 or lock_is_held(config.state_dir) else WARNING
-    return [Check("position", level, f"read to rowid {position.replay_until} of {head} ({behind} behind)",
-                  None if level == OK else "the learner is not running: start it to catch up"), *last]
+    return [
+        Check(
+            "position",
+            level,
+            f"read to rowid {position.replay_until} of {head} ({behind} behind)",
+            None if level == OK else "the learner is not running: start it to catch up",
+        ),
+        *last,
+    ]
 
 
 def check_watching(config: Config) -> List[Check]:
@@ -158,18 +211,33 @@ def check_watching(config: Config) -> List[Check]:
         return [Check("watching", OK, f"poll mode: watch = false in the configuration; {every}")]
     snapshot = read_snapshot(config.state_dir) or {}
     running = lock_is_held(config.state_dir)
-    fresh = (running and snapshot.get("pid") == read_lock_pid(config.state_dir / LOCK_FILE)
-             and time.time() - (snapshot.get("updated_at") or 0) <= STALE_AFTER_SECONDS)
+    fresh = (
+        running
+        and snapshot.get("pid") == read_lock_pid(config.state_dir / LOCK_FILE)
+        and time.time() - (snapshot.get("updated_at") or 0) <= STALE_AFTER_SECONDS
+    )
     if fresh and snapshot.get("mode") == "watch":
         return [Check("watching", OK, f"watch mode: the running service watches {resolve(config.db_path).parent}")]
     if fresh:
         problem = snapshot.get("watch_problem") or "not watching"
-        return [Check("watching", WARNING, f"poll mode: the running service is not watching ({problem}); {every}",
-                      "it watches again by itself once the cause is gone (see its log)")]
+        return [
+            Check(
+                "watching",
+                WARNING,
+                f"poll mode: the running service is not watching ({problem}); {every}",
+                "it watches again by itself once the cause is gone (see its log)",
+            )
+        ]
     problem = watch_problem(config.db_path)
     if problem is not None:
-        return [Check("watching", WARNING, f"poll mode: {problem}; {every}",
-                      "start the memory daemon so that its directory exists, or keep db_path on a local disk")]
+        return [
+            Check(
+                "watching",
+                WARNING,
+                f"poll mode: {problem}; {every}",
+                "start the memory daemon so that its directory exists, or keep db_path on a local disk",
+            )
+        ]
     return [Check("watching", OK, f"watch mode: the service watches {resolve(config.db_path).parent}")]
 
 
@@ -182,8 +250,14 @@ def check_api(config: Config) -> List[Check]:
             health = client.request("GET", url + "/health")
             target = redirect_target(health)
             if target is not None:
-                return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}, a redirect to "
-                              f"{target} (not followed)", "set api_url to the procedural memory API's address")]
+                return [
+                    Check(
+                        "api",
+                        PROBLEM,
+                        f"GET {url}/health answered HTTP {health.status_code}, a redirect to {target} (not followed)",
+                        "set api_url to the procedural memory API's address",
+                    )
+                ]
             if health.status_code != 200:
                 return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}", start_api)]
             try:
@@ -191,14 +265,31 @@ def check_api(config: Config) -> List[Check]:
             except ValueError:
                 body = None
             if not isinstance(body, dict):
-                return [Check("api", PROBLEM, f"GET {url}/health did not answer a JSON object; is api_url right?",
-                              "set api_url to the procedural memory API")]
-            checks = [Check("api", OK, f"{url}/health: {body.get('status', '?')} ({body.get('service', '?')} "
-                            f"{body.get('version', '')})".rstrip())]
+                return [
+                    Check(
+                        "api",
+                        PROBLEM,
+                        f"GET {url}/health did not answer a JSON object; is api_url right?",
+                        "set api_url to the procedural memory API",
+                    )
+                ]
+            checks = [
+                Check(
+                    "api",
+                    OK,
+                    f"{url}/health: {body.get('status', '?')} ({body.get('service', '?')} "
+                    f"{body.get('version', '')})".rstrip(),
+                )
+            ]
             # An empty session teaches nothing: the server answers "too short".
-            learn = client.request("POST", url + "/learn", content=json.dumps(
-                {"session_commands": [], "session_outcome": "success", "tool_id": "omnimemory-learner-doctor"}
-            ).encode(), headers={"Content-Type": "application/json"})
+            learn = client.request(
+                "POST",
+                url + "/learn",
+                content=json.dumps(
+                    {"session_commands": [], "session_outcome": "success", "tool_id": "omnimemory-learner-doctor"}
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+            )
     except httpx.HTTPError as error:
         return [Check("api", PROBLEM, f"{url} is not answering: {error or type(error).__name__}", start_api)]
     if learn.status_code == 200:
@@ -210,8 +301,14 @@ def check_api(config: Config) -> List[Check]:
         if contract:
             checks.append(Check("api contract", OK, "POST /learn accepts the learner's sessions"))
         else:
-            checks.append(Check("api contract", PROBLEM, "POST /learn answered 200 without a pattern_id",
-                                "api_url does not point at the procedural memory API"))
+            checks.append(
+                Check(
+                    "api contract",
+                    PROBLEM,
+                    "POST /learn answered 200 without a pattern_id",
+                    "api_url does not point at the procedural memory API",
+                )
+            )
     elif learn.status_code == 422:
         checks.append(Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)"))
     else:
@@ -221,7 +318,8 @@ def check_api(config: Config) -> List[Check]:
         else:
             text = learn.text if len(learn.text) <= 200 else learn.text[:200] + "..."
             message = f"POST /learn answered HTTP {learn.status_code}: {text}" + (
-                f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else "")
+                f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else ""
+            )
         checks.append(Check("api contract", PROBLEM, message, "check the procedural service's log"))
     return checks
 
@@ -234,8 +332,10 @@ def _run(command: List[str]) -> Optional[subprocess.CompletedProcess]:
 
 
 def check_service_manager() -> List[Check]:
-    reinstall = ("run 'omnimemory-learner service install' with the omnimemory-learner that should run "
-                 "(it rewrites the unit or agent for that installation)")
+    reinstall = (
+        "run 'omnimemory-learner service install' with the omnimemory-learner that should run "
+        "(it rewrites the unit or agent for that installation)"
+    )
     if sys.platform == "darwin":
         result = _run(["launchctl", "print", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"])
         plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
@@ -247,8 +347,14 @@ def check_service_manager() -> List[Check]:
         if program is None or not os.access(program, os.X_OK):
             return [Check("agent", PROBLEM, f"{plist} runs {program}, which is not there any more", reinstall)]
         if result is None or result.returncode != 0:
-            return [Check("service", PROBLEM, f"launchd has not loaded {LAUNCHD_LABEL}",
-                          f"launchctl bootstrap gui/{os.getuid()} {plist}")]
+            return [
+                Check(
+                    "service",
+                    PROBLEM,
+                    f"launchd has not loaded {LAUNCHD_LABEL}",
+                    f"launchctl bootstrap gui/{os.getuid()} {plist}",
+                )
+            ]
         return [Check("service", OK, f"launchd agent {LAUNCHD_LABEL} is loaded")]
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     unit = config_home / "systemd" / "user" / UNIT_NAME
@@ -256,8 +362,14 @@ def check_service_manager() -> List[Check]:
     if not unit.exists() and packaged.exists():
         unit = packaged  # the Debian package's
     if not unit.exists():
-        return [Check("service", WARNING, f"the user unit is not installed at {unit}",
-                      "run: omnimemory-learner service install (or run 'omnimemory-learner run' by hand)")]
+        return [
+            Check(
+                "service",
+                WARNING,
+                f"the user unit is not installed at {unit}",
+                "run: omnimemory-learner service install (or run 'omnimemory-learner run' by hand)",
+            )
+        ]
     checks = []
     executable = _exec_start(unit)
     if executable and not os.access(executable, os.X_OK):
@@ -272,12 +384,23 @@ def check_service_manager() -> List[Check]:
         return [*checks, Check("service", WARNING, "no systemd user manager answered")]
     state, enablement = active.stdout.strip(), enabled.stdout.strip()
     if state != "active":
-        checks.append(Check("service", PROBLEM, f"{UNIT_NAME} is {state or 'unknown'} ({enablement})",
-                            "systemctl --user start omnimemory-learner; "
-                            "then journalctl --user -u omnimemory-learner -p warning"))
+        checks.append(
+            Check(
+                "service",
+                PROBLEM,
+                f"{UNIT_NAME} is {state or 'unknown'} ({enablement})",
+                "systemctl --user start omnimemory-learner; then journalctl --user -u omnimemory-learner -p warning",
+            )
+        )
     elif enablement != "enabled":
-        checks.append(Check("service", WARNING, f"{UNIT_NAME} is active but {enablement}: it will not start at login",
-                            "systemctl --user enable omnimemory-learner"))
+        checks.append(
+            Check(
+                "service",
+                WARNING,
+                f"{UNIT_NAME} is active but {enablement}: it will not start at login",
+                "systemctl --user enable omnimemory-learner",
+            )
+        )
     else:
         checks.append(Check("service", OK, f"{UNIT_NAME} is active and enabled"))
     return checks
@@ -296,23 +419,41 @@ def check_paths(config: Config) -> List[Check]:
     if state_dir.exists():
         mode = stat.S_IMODE(state_dir.stat().st_mode)
         if not os.access(state_dir, os.W_OK):
-            checks.append(Check("state directory", PROBLEM, f"{state_dir} is not writable",
-                                f"chmod u+w {state_dir}"))
+            checks.append(Check("state directory", PROBLEM, f"{state_dir} is not writable", f"chmod u+w {state_dir}"))
         elif mode & 0o077:
-            checks.append(Check("state directory", WARNING, f"{state_dir} is mode {mode:o}, readable by others",
-                                f"chmod 700 {state_dir}"))
+            checks.append(
+                Check(
+                    "state directory",
+                    WARNING,
+                    f"{state_dir} is mode {mode:o}, readable by others",
+                    f"chmod 700 {state_dir}",
+                )
+            )
         else:
-            loose = [p.name for p in state_dir.iterdir()
-                     if p.is_file() and p.name in (STATE_FILE, LOCK_FILE) and stat.S_IMODE(p.stat().st_mode) & 0o077]
-            checks.append(Check("state directory", WARNING if loose else OK,
-                                f"{state_dir}" + (f": {', '.join(loose)} readable by others" if loose else " (0700)"),
-                                f"chmod 600 {state_dir}/*" if loose else None))
+            loose = [
+                p.name
+                for p in state_dir.iterdir()
+                if p.is_file() and p.name in (STATE_FILE, LOCK_FILE) and stat.S_IMODE(p.stat().st_mode) & 0o077
+            ]
+            checks.append(
+                Check(
+                    "state directory",
+                    WARNING if loose else OK,
+                    f"{state_dir}" + (f": {', '.join(loose)} readable by others" if loose else " (0700)"),
+                    f"chmod 600 {state_dir}/*" if loose else None,
+                )
+            )
     else:
         parent = next((p for p in state_dir.parents if p.exists()), Path("/"))
         ok = os.access(parent, os.W_OK)
-        checks.append(Check("state directory", OK if ok else PROBLEM,
-                            f"{state_dir} will be created" if ok else f"cannot create {state_dir}",
-                            None if ok else f"make {parent} writable or set state_dir"))
+        checks.append(
+            Check(
+                "state directory",
+                OK if ok else PROBLEM,
+                f"{state_dir} will be created" if ok else f"cannot create {state_dir}",
+                None if ok else f"make {parent} writable or set state_dir",
+            )
+        )
     log_file = config.log_file
     target = log_file if log_file.exists() else next((p for p in log_file.parents if p.exists()), Path("/"))
     if os.access(target, os.W_OK):
@@ -334,11 +475,23 @@ def check_outbox(config: Config) -> List[Check]:
     pending, rejected = counts.get("pending", 0), counts.get("rejected", 0)
     checks = []
     if rejected:
-        checks.append(Check("outbox", PROBLEM, f"{rejected} session(s) rejected by the API",
-                            "see 'omnimemory-learner outbox'; after fixing the API: 'omnimemory-learner outbox retry'"))
+        checks.append(
+            Check(
+                "outbox",
+                PROBLEM,
+                f"{rejected} session(s) rejected by the API",
+                "see 'omnimemory-learner outbox'; after fixing the API: 'omnimemory-learner outbox retry'",
+            )
+        )
     if pending > 100:
-        checks.append(Check("outbox", WARNING, f"{pending} session(s) waiting for delivery",
-                            "check that the procedural API is up; they are sent when it answers"))
+        checks.append(
+            Check(
+                "outbox",
+                WARNING,
+                f"{pending} session(s) waiting for delivery",
+                "check that the procedural API is up; they are sent when it answers",
+            )
+        )
     if not checks:
         checks.append(Check("outbox", OK, f"{pending} pending, 0 rejected"))
     return checks

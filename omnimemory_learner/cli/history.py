@@ -33,8 +33,10 @@ def parse_when(text: str, now: Optional[float] = None) -> float:
     try:
         moment = _dt.datetime.fromisoformat(value)
     except ValueError:
-        raise BadTime(f"cannot read {text!r} as a time: give an ISO date (2026-11-20, 2026-11-20T09:30) "
-                      "or a time ago (30m, 2h, 7d, 1w)") from None
+        raise BadTime(
+            f"cannot read {text!r} as a time: give an ISO date (2026-11-20, 2026-11-20T09:30) "
+            "or a time ago (30m, 2h, 7d, 1w)"
+        ) from None
     return moment.timestamp()
 
 
@@ -59,9 +61,11 @@ def sequence_text(names: Sequence[str], limit: int = 8) -> str:
 def entry_line(entry: Entry) -> str:
     quality = f"q={entry.quality:.2f}" if entry.quality is not None else "q=-"
     flag = "  UNUSUAL" if entry.unusual else ""
-    return (f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  {quality}  "
-            f"{len(entry.commands):>4} cmds  {shown(entry.session_id, 40)}  {shown(sequence_text(entry.commands))}"
-            f"{flag}")
+    return (
+        f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  {quality}  "
+        f"{len(entry.commands):>4} cmds  {shown(entry.session_id, 40)}  {shown(sequence_text(entry.commands))}"
+        f"{flag}"
+    )
 
 
 def open_history(config: Config) -> Optional[HistoryStore]:
@@ -71,8 +75,14 @@ def open_history(config: Config) -> Optional[HistoryStore]:
     return store if store.problem is None else None
 
 
-def history(config: Config, since: Optional[str], until: Optional[str], session: Optional[str],
-            limit: Optional[int], as_json: bool) -> int:
+def history(
+    config: Config,
+    since: Optional[str],
+    until: Optional[str],
+    session: Optional[str],
+    limit: Optional[int],
+    as_json: bool,
+) -> int:
     try:
         start = parse_when(since) if since else None
         end = parse_when(until) if until else None
@@ -87,8 +97,10 @@ def history(config: Config, since: Optional[str], until: Optional[str], session:
         if as_json:
             print_json([])
         else:
-            echo(f"No history yet in {shown(str(config.state_dir))}: the learner keeps one once it has "
-                 "settled a session.")
+            echo(
+                f"No history yet in {shown(str(config.state_dir))}: the learner keeps one once it has "
+                "settled a session."
+            )
         return EX_NO_STATE
     try:
         entries = store.sessions(since=start, until=end, session_id=session, limit=limit)
@@ -104,4 +116,3 @@ def history(config: Config, since: Optional[str], until: Optional[str], session:
     for entry in entries:
         echo(entry_line(entry))
     return EX_OK
-

@@ -51,49 +51,89 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = [_global_options(suppress=True)]
 
-    commands.add_parser("run", parents=common, help="run the service in the foreground (the default)",
-                        description="Run the service in the foreground until SIGTERM or SIGINT.")
-    status = commands.add_parser("status", parents=common, help="is it running, and what has it learned",
-                                 description="Show whether the service runs and its statistics. "
-                                 "Exit 0 running, 3 not running, 4 no state at all.")
+    commands.add_parser(
+        "run",
+        parents=common,
+        help="run the service in the foreground (the default)",
+        description="Run the service in the foreground until SIGTERM or SIGINT.",
+    )
+    status = commands.add_parser(
+        "status",
+        parents=common,
+        help="is it running, and what has it learned",
+        description="Show whether the service runs and its statistics. "
+        "Exit 0 running, 3 not running, 4 no state at all.",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    doctor = commands.add_parser("doctor", parents=common, help="check the set-up and say what to fix",
-                                 description="Check configuration, database, API, service manager and "
-                                 "state; exit 0 when all pass, 1 otherwise.")
+    doctor = commands.add_parser(
+        "doctor",
+        parents=common,
+        help="check the set-up and say what to fix",
+        description="Check configuration, database, API, service manager and state; exit 0 when all pass, 1 otherwise.",
+    )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    backfill = commands.add_parser("backfill", parents=common, help="learn from the history already recorded",
-                                   description="Read the database to its end, close every session, deliver "
-                                   "everything and exit. Refuses while the service runs.")
-    backfill.add_argument("--until-delivered-timeout", metavar="SECONDS", type=float, default=None,
-                          help="give up waiting for the API after SECONDS (exit 69, all kept pending)")
-    commands.add_parser("check-config", parents=common, help="print the effective configuration",
-                        description="Print the effective configuration as TOML with the origin of each "
-                        "value; exit 78 when it is invalid.")
-    outbox = commands.add_parser("outbox", parents=common, help="list, retry or drop undelivered sessions",
-                                 description="Show pending and rejected sessions; retry rejected ones; drop one.")
+    backfill = commands.add_parser(
+        "backfill",
+        parents=common,
+        help="learn from the history already recorded",
+        description="Read the database to its end, close every session, deliver "
+        "everything and exit. Refuses while the service runs.",
+    )
+    backfill.add_argument(
+        "--until-delivered-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="give up waiting for the API after SECONDS (exit 69, all kept pending)",
+    )
+    commands.add_parser(
+        "check-config",
+        parents=common,
+        help="print the effective configuration",
+        description="Print the effective configuration as TOML with the origin of each "
+        "value; exit 78 when it is invalid.",
+    )
+    outbox = commands.add_parser(
+        "outbox",
+        parents=common,
+        help="list, retry or drop undelivered sessions",
+        description="Show pending and rejected sessions; retry rejected ones; drop one.",
+    )
     outbox.add_argument("action", nargs="?", choices=("list", "retry", "drop"), default="list")
     outbox.add_argument("ids", nargs="*", type=int, metavar="ID", help="session ids (retry: default all)")
     outbox.add_argument("--yes", action="store_true", help="drop without asking")
     outbox.add_argument("--json", action="store_true", help="machine-readable output (list)")
-    history = commands.add_parser("history", parents=common, help="the sessions the learner settled",
-                                  description="One line per settled session, newest first. WHEN is an ISO "
-                                  "date or date-time (local time) or a time ago: 30m, 2h, 7d, 1w.")
+    history = commands.add_parser(
+        "history",
+        parents=common,
+        help="the sessions the learner settled",
+        description="One line per settled session, newest first. WHEN is an ISO "
+        "date or date-time (local time) or a time ago: 30m, 2h, 7d, 1w.",
+    )
     history.add_argument("--since", metavar="WHEN", help="sessions whose last event is at or after WHEN")
     history.add_argument("--until", metavar="WHEN", help="sessions whose last event is before WHEN")
     history.add_argument("--session", metavar="ID", help="only this session id")
     history.add_argument("--limit", metavar="N", type=int, help="at most N sessions")
     history.add_argument("--json", action="store_true", help="machine-readable output")
-    report = commands.add_parser("report", parents=common, help="your workflows, from the history",
-                                 description="Sessions per day and outcome, most frequent workflows and "
-                                 "transitions, repeated patterns and unusual sessions.")
+    report = commands.add_parser(
+        "report",
+        parents=common,
+        help="your workflows, from the history",
+        description="Sessions per day and outcome, most frequent workflows and "
+        "transitions, repeated patterns and unusual sessions.",
+    )
     report.add_argument("--since", metavar="WHEN", help="only sessions whose last event is at or after WHEN")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--dot", metavar="FILE", help="write the transition graph as Graphviz DOT")
     report.add_argument("--svg", metavar="FILE", help="render the transition graph to SVG with Graphviz's dot")
-    service = commands.add_parser("service", parents=common, help="install, remove or show the user service",
-                                  description="Install the systemd user unit (Linux) or LaunchAgent (macOS) for "
-                                  "this installation's program, with the man pages and logrotate; remove exactly "
-                                  "what was installed; or show its state.")
+    service = commands.add_parser(
+        "service",
+        parents=common,
+        help="install, remove or show the user service",
+        description="Install the systemd user unit (Linux) or LaunchAgent (macOS) for "
+        "this installation's program, with the man pages and logrotate; remove exactly "
+        "what was installed; or show its state.",
+    )
     service.add_argument("action", choices=("install", "uninstall", "status"))
     service.add_argument("--no-start", action="store_true", help="install: write the files, do not enable or start")
     service.add_argument("--purge", action="store_true", help="uninstall: also remove the state and the logs")
@@ -177,16 +217,19 @@ def _file_stamp(path: Path) -> Optional[Tuple[int, int, int]]:
     return info.st_mtime_ns, info.st_size, info.st_ino
 
 
-def wait_for_valid_config(args: argparse.Namespace, interval: float = 2.0,
-                          sleep: Callable[[float], None] = time.sleep) -> Config:
+def wait_for_valid_config(
+    args: argparse.Namespace, interval: float = 2.0, sleep: Callable[[float], None] = time.sleep
+) -> Config:
     """Under launchd, wait for the configuration file to change until it is valid.
 
     launchd has no RestartPreventExitStatus: exiting 78 would have the agent
     restarted every ThrottleInterval, logging the same error each time.
     """
     path = Path(args.config) if args.config else default_config_path()
-    print_error(f"omnimemory-learner: waiting for {path} to be corrected (launchd would restart an agent that "
-                "exits); nothing is read or sent until then")
+    print_error(
+        f"omnimemory-learner: waiting for {path} to be corrected (launchd would restart an agent that "
+        "exits); nothing is read or sent until then"
+    )
     last = _file_stamp(path)
     while True:
         sleep(interval)
@@ -226,4 +269,3 @@ def run(config: Config, args: argparse.Namespace) -> int:
     except StateError as error:
         log.error("%s", error)
         return EX_CANTCREAT
-

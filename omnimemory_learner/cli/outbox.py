@@ -48,29 +48,37 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                 print_json(entries)
             elif not entries and ids:
                 counts = store.status_counts()
-                error(f"no session with id {', '.join(map(str, ids))} in the outbox "
-                      f"({counts.get('pending', 0)} pending, {counts.get('rejected', 0)} rejected)")
+                error(
+                    f"no session with id {', '.join(map(str, ids))} in the outbox "
+                    f"({counts.get('pending', 0)} pending, {counts.get('rejected', 0)} rejected)"
+                )
             elif not entries:
                 echo("The outbox is empty: every closed session was delivered.")
             else:
                 # Session ids are shown escaped, cut with a mark past 40 characters; the column fits them.
                 sessions = [shown(entry["session_id"], SESSION_CHARACTERS) for entry in entries]
                 width = max(len("SESSION"), *(len(session) for session in sessions))
-                echo(f"{'ID':>8}  {'STATUS':8}  {'SESSION':{width}}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
-                     f"{'NEXT TRY':8}  LAST ERROR")
+                echo(
+                    f"{'ID':>8}  {'STATUS':8}  {'SESSION':{width}}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
+                    f"{'NEXT TRY':8}  LAST ERROR"
+                )
                 for entry, session in zip(entries, sessions):
-                    echo(f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
-                          f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
-                          f"{_next_try(entry):8}  {shown(entry['last_error'] or '', ERROR_WIDTH)}")
+                    echo(
+                        f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
+                        f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
+                        f"{_next_try(entry):8}  {shown(entry['last_error'] or '', ERROR_WIDTH)}"
+                    )
             return EX_FAILURE if ids and not entries else EX_OK
         if action == "retry":
             moved = store.retry_rejected(ids or None)
             if not moved:
-                error("no rejected session" + (f" with id {', '.join(map(str, ids))}" if ids else "")
-                      + " to retry; see 'omnimemory-learner outbox'")
+                error(
+                    "no rejected session"
+                    + (f" with id {', '.join(map(str, ids))}" if ids else "")
+                    + " to retry; see 'omnimemory-learner outbox'"
+                )
                 return EX_FAILURE
-            echo(f"{moved} rejected session(s) moved back to pending; the running service sends them "
-                  "within a minute.")
+            echo(f"{moved} rejected session(s) moved back to pending; the running service sends them within a minute.")
             return EX_OK
         # drop
         if len(ids) != 1:

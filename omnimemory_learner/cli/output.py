@@ -66,8 +66,7 @@ class Progress:
         rate = read / elapsed
         left = max(0, total - read)
         eta = f"{left / rate:.0f}s left" if rate > 0 and left else "reading done"
-        line = (f"{read}/{total} events read ({rate:,.0f}/s, {eta}), "
-                f"{learned} sessions learned, {pending} pending")
+        line = f"{read}/{total} events read ({rate:,.0f}/s, {eta}), {learned} sessions learned, {pending} pending"
         if self.tty:
             self.stream.write("\r\033[K" + line)
             self.stream.flush()

@@ -25,16 +25,19 @@ from .output import echo, error, print_json, shown
 
 TOP_WORKFLOWS = 10
 TOP_TRANSITIONS = 15
-INSTALL_GRAPHVIZ = ("Graphviz's dot is not installed; install it (Debian/Ubuntu: sudo apt-get install graphviz; "
-                    "macOS: brew install graphviz), or write DOT with --dot FILE and render it elsewhere")
+INSTALL_GRAPHVIZ = (
+    "Graphviz's dot is not installed; install it (Debian/Ubuntu: sudo apt-get install graphviz; "
+    "macOS: brew install graphviz), or write DOT with --dot FILE and render it elsewhere"
+)
 
 
 def summaries_of(entries: List[Entry]) -> List[SessionSummary]:
     return [summarize(entry.commands, entry.outcome or "success") for entry in entries if entry.commands]
 
 
-def build_report(entries: List[Entry], summaries: List[SessionSummary],
-                 edges: Dict[Tuple[str, str], Tally]) -> Dict[str, Any]:
+def build_report(
+    entries: List[Entry], summaries: List[SessionSummary], edges: Dict[Tuple[str, str], Tally]
+) -> Dict[str, Any]:
     """The report as data (what --json prints); entries oldest first."""
     per_day: Dict[str, Dict[str, int]] = {}
     for entry in entries:
@@ -59,42 +62,59 @@ def build_report(entries: List[Entry], summaries: List[SessionSummary],
         ],
         "repeated_patterns": {"exact": exact, "folded": folded, "sessions": len(summaries)},
         "unusual": [
-            {"session_id": entry.session_id, "last_time": entry.last_time, "score": entry.unusual_score,
-             "rarest": entry.rarest, "commands": list(entry.commands)}
-            for entry in entries if entry.unusual
+            {
+                "session_id": entry.session_id,
+                "last_time": entry.last_time,
+                "score": entry.unusual_score,
+                "rarest": entry.rarest,
+                "commands": list(entry.commands),
+            }
+            for entry in entries
+            if entry.unusual
         ],
     }
 
 
 def _human(report: Dict[str, Any]) -> List[str]:
-    lines = [f"{report['sessions']} settled sessions"
-             + (f", {local_time(report['first'])} to {local_time(report['last'])}" if report["sessions"] else "")]
+    lines = [
+        f"{report['sessions']} settled sessions"
+        + (f", {local_time(report['first'])} to {local_time(report['last'])}" if report["sessions"] else "")
+    ]
     lines.append("")
     lines.append("Per day:")
     for day, counts in sorted(report["per_day"].items()):
         outcomes = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("success", "failure"))
-        settled = ", ".join(f"{value} {key.split(':', 1)[1]}" for key, value in sorted(counts.items())
-                            if key.startswith("settled:"))
+        settled = ", ".join(
+            f"{value} {key.split(':', 1)[1]}" for key, value in sorted(counts.items()) if key.startswith("settled:")
+        )
         lines.append(f"  {day}  {outcomes}  ({settled})")
     lines.append("")
     lines.append("Most frequent workflows (repeats folded):")
     for workflow in report["workflows"]:
-        lines.append(f"  {workflow['count']:>6}  {workflow['success_rate']:>6.0%} success  "
-                     f"{shown(' > '.join(workflow['commands']), 200)}")
+        lines.append(
+            f"  {workflow['count']:>6}  {workflow['success_rate']:>6.0%} success  "
+            f"{shown(' > '.join(workflow['commands']), 200)}"
+        )
     lines.append("")
     lines.append("Most frequent transitions:")
     for edge in report["transitions"]:
-        lines.append(f"  {edge['count']:>6}  {edge['success_share']:>6.0%} success  "
-                     f"{shown(edge['from'], 60)} -> {shown(edge['to'], 60)}")
+        lines.append(
+            f"  {edge['count']:>6}  {edge['success_share']:>6.0%} success  "
+            f"{shown(edge['from'], 60)} -> {shown(edge['to'], 60)}"
+        )
     repeated = report["repeated_patterns"]
     lines.append("")
-    lines.append(f"Sessions that repeated an earlier pattern: {repeated['exact']} of {repeated['sessions']} "
-                 f"as sent, {repeated['folded']} with repeats folded")
+    lines.append(
+        f"Sessions that repeated an earlier pattern: {repeated['exact']} of {repeated['sessions']} "
+        f"as sent, {repeated['folded']} with repeats folded"
+    )
     lines.append("")
     lines.append(f"Unusual sessions: {len(report['unusual'])}")
     for item in report["unusual"]:
-        lines.append(f"  {local_time(item['last_time'])}  {shown(item['session_id'], 40)}  "
-                     f"rarest transition {shown(item['rarest'] or '-', 80)}")
+        lines.append(
+            f"  {local_time(item['last_time'])}  {shown(item['session_id'], 40)}  "
+            f"rarest transition {shown(item['rarest'] or '-', 80)}"
+        )
     return lines
 
 
@@ -104,8 +124,9 @@ def render_svg(dot_text: str, target: Path) -> Optional[str]:
     if dot is None:
         return INSTALL_GRAPHVIZ
     try:
-        result = subprocess.run([dot, "-Tsvg", "-o", str(target)], input=dot_text, text=True,
-                                capture_output=True, timeout=60)
+        result = subprocess.run(
+            [dot, "-Tsvg", "-o", str(target)], input=dot_text, text=True, capture_output=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired) as problem:
         return f"dot failed: {problem}"
     if result.returncode != 0:
@@ -113,8 +134,9 @@ def render_svg(dot_text: str, target: Path) -> Optional[str]:
     return None
 
 
-def report(config: Config, since: Optional[str], as_json: bool, dot_file: Optional[str],
-           svg_file: Optional[str]) -> int:
+def report(
+    config: Config, since: Optional[str], as_json: bool, dot_file: Optional[str], svg_file: Optional[str]
+) -> int:
     try:
         start = parse_when(since) if since else None
     except BadTime as problem:

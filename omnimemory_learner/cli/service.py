@@ -55,8 +55,10 @@ def service(config: Optional[Config], action: str, no_start: bool = False, purge
         if action == "install":
             return _install(_installer(state_dir, log_dir, need_program=True), no_start)
         if action == "uninstall":
-            return _uninstall(_installer(state_dir, log_dir, need_program=False),
-                              learner_files(state_dir, log_file) if purge else None)
+            return _uninstall(
+                _installer(state_dir, log_dir, need_program=False),
+                learner_files(state_dir, log_file) if purge else None,
+            )
         return _status(_installer(state_dir, log_dir, need_program=False))
     except InstallError as problem:
         error(str(problem))
@@ -91,8 +93,11 @@ def learner_files(state_dir: Path, log_file: Path) -> List[Path]:
     for database in (STATE_FILE, HISTORY_FILE):
         files += [state_dir / (database + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
     files += sorted(state_dir.glob(".status.*")) + sorted(state_dir.glob(HISTORY_FILE + ".corrupt-*"))
-    files += [log_file, *sorted(log_file.parent.glob(log_file.name + ".*")),
-              *sorted(log_file.parent.glob(log_file.name + "-*"))]
+    files += [
+        log_file,
+        *sorted(log_file.parent.glob(log_file.name + ".*")),
+        *sorted(log_file.parent.glob(log_file.name + "-*")),
+    ]
     return files
 
 
@@ -119,13 +124,21 @@ def _status(installer: Installer) -> int:
     program = installer.installed_program()
     if program is not None:
         there = program.is_file() and os.access(program, os.X_OK)
-        echo(f"program: {program}" + ("" if there else " (missing: run 'omnimemory-learner service install' "
-                                                       "from the installation that should run)"))
+        echo(
+            f"program: {program}"
+            + (
+                ""
+                if there
+                else " (missing: run 'omnimemory-learner service install' from the installation that should run)"
+            )
+        )
     if manifest is None:
         echo(f"manifest: none at {installer.paths.manifest} (not installed by 'service install')")
     else:
         files = manifest_paths(manifest, "files")
         missing = [path for path in files if not path.exists()]
-        echo(f"manifest: {installer.paths.manifest}, {len(files)} files"
-             + (f", missing: {', '.join(map(str, missing))}" if missing else ""))
+        echo(
+            f"manifest: {installer.paths.manifest}, {len(files)} files"
+            + (f", missing: {', '.join(map(str, missing))}" if missing else "")
+        )
     return EX_OK if state.running else EX_NOT_RUNNING

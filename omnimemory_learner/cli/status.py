@@ -40,8 +40,9 @@ def collect_status(config: Config) -> Optional[dict]:
     pid = read_lock_pid(config.state_dir / LOCK_FILE) if running else None
     snapshot = read_snapshot(config.state_dir) or {}
     # Running, but not publishing: waiting for an unwritable state directory, or hung.
-    stale = running and (snapshot.get("pid") != pid
-                         or time.time() - (snapshot.get("updated_at") or 0) > STALE_AFTER_SECONDS)
+    stale = running and (
+        snapshot.get("pid") != pid or time.time() - (snapshot.get("updated_at") or 0) > STALE_AFTER_SECONDS
+    )
     if stale:
         snapshot = {key: value for key, value in snapshot.items() if key in ("stats", "updated_at")}
     store = StateStore(config.state_dir, create=False)
@@ -109,15 +110,20 @@ def status(config: Config, as_json: bool) -> int:
 def _human_status(report: dict) -> str:
     stats = report["stats"]
     if report["running"] and report["snapshot_stale"]:
-        head = (f"active (running), pid {report['pid']}, but not publishing its status (last "
-                f"{_when(report['snapshot_updated_at'])}): it may be "
-                "waiting for its state directory, or hung; see its log or `omnimemory-learner doctor`")
+        head = (
+            f"active (running), pid {report['pid']}, but not publishing its status (last "
+            f"{_when(report['snapshot_updated_at'])}): it may be "
+            "waiting for its state directory, or hung; see its log or `omnimemory-learner doctor`"
+        )
     elif report["running"]:
         manager = shown(report["service_manager"] or "none")
         mode = f"{shown(report['mode'])} mode" + (
-            f" ({shown(report['watch_problem'])})" if report.get("watch_problem") else "")
-        head = (f"active (running), pid {report['pid']}, {mode}, under "
-                f"{'no service manager' if manager == 'none' else manager}, since {_when(report['since'])}")
+            f" ({shown(report['watch_problem'])})" if report.get("watch_problem") else ""
+        )
+        head = (
+            f"active (running), pid {report['pid']}, {mode}, under "
+            f"{'no service manager' if manager == 'none' else manager}, since {_when(report['since'])}"
+        )
     else:
         head = "inactive (not running)"
     if report["db_head"] is None:
@@ -129,8 +135,8 @@ def _human_status(report: dict) -> str:
         f"omnimemory-learner: {head}",
         f"       Database: {shown(report['db_path'])}",
         f"       Position: {position}",
-        f"            API: {shown(report['api_url'])}" + (
-            f" (down since {_when(report['api_down_since'])})" if report.get("api_down_since") else ""),
+        f"            API: {shown(report['api_url'])}"
+        + (f" (down since {_when(report['api_down_since'])})" if report.get("api_down_since") else ""),
         f"  Open sessions: {report['active_sessions']}",
         f"         Events: {stats['events_processed']} processed, {stats['events_skipped']} malformed skipped,"
         f" {stats['events_ignored']} of other types",
@@ -155,7 +161,11 @@ def _human_status(report: dict) -> str:
 def replaced_line(replaced: dict) -> str:
     """What the learner found the last time the database was replaced (status and doctor)."""
     if replaced.get("verdict") == "copy":
-        return (f"by a copy with the same rows, {_when(replaced.get('at'))}: the same history, "
-                f"{shown(str(replaced.get('why')))}")
-    return (f"by a different history, {_when(replaced.get('at'))} ({shown(str(replaced.get('why')))}): read again "
-            "from its start; sessions delivered before were not sent again")
+        return (
+            f"by a copy with the same rows, {_when(replaced.get('at'))}: the same history, "
+            f"{shown(str(replaced.get('why')))}"
+        )
+    return (
+        f"by a different history, {_when(replaced.get('at'))} ({shown(str(replaced.get('why')))}): read again "
+        "from its start; sessions delivered before were not sent again"
+    )

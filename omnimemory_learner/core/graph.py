@@ -108,16 +108,20 @@ def to_dot(edges: Dict[Tuple[str, str], Tally], title: str = "workflows") -> str
     """The directly-follows graph: edge label and width = count, colour = success share."""
     heaviest = max((tally.occurrences for tally in edges.values()), default=1)
     nodes = sorted({name for pair in edges for name in pair})
-    lines = [f"digraph {_dot_string(title)} {{", "  rankdir=LR;", '  node [shape=box, style=rounded, fontname="sans"];',
-             '  edge [fontname="sans"];']
+    lines = [
+        f"digraph {_dot_string(title)} {{",
+        "  rankdir=LR;",
+        '  node [shape=box, style=rounded, fontname="sans"];',
+        '  edge [fontname="sans"];',
+    ]
     lines += [f"  {_dot_string(name)};" for name in nodes]
     for (source, target), tally in sorted(edges.items()):
         width = 1.0 + 4.0 * tally.occurrences / heaviest
         lines.append(
             f"  {_dot_string(source)} -> {_dot_string(target)} "
-            f"[label=\"{tally.occurrences}\", weight={tally.occurrences}, "
-            f"penwidth={width:.2f}, color=\"{share_colour(tally.success_share)}\", "
-            f"tooltip=\"{tally.successes} of {tally.occurrences} in successful sessions\"];"
+            f'[label="{tally.occurrences}", weight={tally.occurrences}, '
+            f'penwidth={width:.2f}, color="{share_colour(tally.success_share)}", '
+            f'tooltip="{tally.successes} of {tally.occurrences} in successful sessions"];'
         )
     lines.append("}")
     return "\n".join(lines) + "\n"

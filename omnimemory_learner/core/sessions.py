@@ -49,8 +49,7 @@ class _OpenSession:
     # A session is a list of references to the shared (command, event_type)
     # pairs and an array of timestamps: 16 bytes a command, where a tuple per
     # command with its own strings and float cost about 150.
-    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "latest_time", "pairs", "session_id", "times",
-                 "unmapped")
+    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "latest_time", "pairs", "session_id", "times", "unmapped")
 
     def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
         self.session_id = session_id
@@ -68,8 +67,18 @@ class _OpenSession:
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
-    __slots__ = ("first_rowid", "last_rowid", "learnable", "low_quality", "pairs", "quality", "reason", "session_id",
-                 "times", "unmapped")
+    __slots__ = (
+        "first_rowid",
+        "last_rowid",
+        "learnable",
+        "low_quality",
+        "pairs",
+        "quality",
+        "reason",
+        "session_id",
+        "times",
+        "unmapped",
+    )
 
     def __init__(
         self,
@@ -95,10 +104,24 @@ class ClosedSession:
         self.low_quality = False  # below min_quality: settled without being sent
 
     @classmethod
-    def from_commands(cls, session_id: str, commands: Sequence[Command], first_rowid: int, last_rowid: int,
-                      reason: str = "idle", learnable: bool = True) -> ClosedSession:
-        return cls(session_id, [(command, event_type) for command, _, event_type in commands],
-                   array("d", [timestamp for _, timestamp, _ in commands]), first_rowid, last_rowid, reason, learnable)
+    def from_commands(
+        cls,
+        session_id: str,
+        commands: Sequence[Command],
+        first_rowid: int,
+        last_rowid: int,
+        reason: str = "idle",
+        learnable: bool = True,
+    ) -> ClosedSession:
+        return cls(
+            session_id,
+            [(command, event_type) for command, _, event_type in commands],
+            array("d", [timestamp for _, timestamp, _ in commands]),
+            first_rowid,
+            last_rowid,
+            reason,
+            learnable,
+        )
 
     @property
     def commands(self) -> List[Command]:
@@ -245,8 +268,14 @@ class SessionTracker:
         if not learnable:
             self.too_short_count += 1
         return ClosedSession(
-            session.session_id, session.pairs, session.times, session.first_rowid, session.last_rowid, reason,
-            learnable, session.unmapped,
+            session.session_id,
+            session.pairs,
+            session.times,
+            session.first_rowid,
+            session.last_rowid,
+            reason,
+            learnable,
+            session.unmapped,
         )
 
     # -- questions the service loop asks ---------------------------------------

@@ -121,8 +121,14 @@ class UnusualDetector:
     has seen MIN_HISTORY), so the service's view follows the user's habits.
     """
 
-    def __init__(self, history: Iterable[Sequence[str]] = (), min_history: int = MIN_HISTORY,
-                 flag_percentile: float = FLAG_PERCENTILE, alpha: float = ALPHA, max_scores: int = 100_000):
+    def __init__(
+        self,
+        history: Iterable[Sequence[str]] = (),
+        min_history: int = MIN_HISTORY,
+        flag_percentile: float = FLAG_PERCENTILE,
+        alpha: float = ALPHA,
+        max_scores: int = 100_000,
+    ):
         self.model = TransitionModel(alpha)
         self.min_history = min_history
         self.flag_percentile = flag_percentile

@@ -36,8 +36,13 @@ def ensure_private_dir(path: Path) -> bool:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077 and str(path) not in _warned:
             _warned.add(str(path))
-            log.warning("The state directory %s is mode %o: others can read the outbox (session data); "
-                        "it is left as it is (chmod 700 %s makes it private)", path, mode, path)
+            log.warning(
+                "The state directory %s is mode %o: others can read the outbox (session data); "
+                "it is left as it is (chmod 700 %s makes it private)",
+                path,
+                mode,
+                path,
+            )
         return False
     # mkdir's mode passes through the umask, which may have cleared owner bits.
     os.chmod(path, 0o700)

@@ -35,7 +35,13 @@ log = logging.getLogger(__name__)
 
 # How settled sessions ended, as `history` shows them.
 LEARNED, NOT_LEARNED, REJECTED, TOO_SHORT, LOW_QUALITY, DROPPED = (
-    "learned", "not_learned", "rejected", "too_short", "low_quality", "dropped")
+    "learned",
+    "not_learned",
+    "rejected",
+    "too_short",
+    "low_quality",
+    "dropped",
+)
 # Sessions the API took (it answered 2xx): what the unusual-session model learns from.
 MODEL_SETTLEMENTS = (LEARNED, NOT_LEARNED)
 PRUNE_BATCH = 500
@@ -211,10 +217,22 @@ class HistoryStore:
         """Add settled sessions; a key already there is updated (a rejected one retried, say)."""
         now = time.time()
         rows = [
-            (entry.key, entry.session_id, entry.first_time, entry.last_time,
-             json.dumps(list(entry.commands), separators=(",", ":")), entry.outcome, entry.pattern_id,
-             entry.closed_reason, entry.settled, entry.quality, entry.unusual_score, int(entry.unusual),
-             entry.rarest, entry.settled_at or now)
+            (
+                entry.key,
+                entry.session_id,
+                entry.first_time,
+                entry.last_time,
+                json.dumps(list(entry.commands), separators=(",", ":")),
+                entry.outcome,
+                entry.pattern_id,
+                entry.closed_reason,
+                entry.settled,
+                entry.quality,
+                entry.unusual_score,
+                int(entry.unusual),
+                entry.rarest,
+                entry.settled_at or now,
+            )
             for entry in entries
         ]
         if not rows:
@@ -237,13 +255,16 @@ class HistoryStore:
                 db.execute("BEGIN IMMEDIATE")
                 removed = db.execute(
                     "DELETE FROM history WHERE key IN (SELECT key FROM history WHERE last_time < ?"
-                    " ORDER BY last_time LIMIT ?)", (horizon, PRUNE_BATCH)).rowcount
+                    " ORDER BY last_time LIMIT ?)",
+                    (horizon, PRUNE_BATCH),
+                ).rowcount
                 if removed < PRUNE_BATCH:
                     over = db.execute("SELECT count(*) FROM history").fetchone()[0] - max_sessions
                     if over > 0:
                         removed += db.execute(
-                            "DELETE FROM history WHERE key IN (SELECT key FROM history"
-                            " ORDER BY last_time LIMIT ?)", (min(over, PRUNE_BATCH),)).rowcount
+                            "DELETE FROM history WHERE key IN (SELECT key FROM history ORDER BY last_time LIMIT ?)",
+                            (min(over, PRUNE_BATCH),),
+                        ).rowcount
             return removed
 
         return int(self._run(prune, 0))
@@ -262,19 +283,28 @@ class HistoryStore:
         def look(db: sqlite3.Connection) -> set:
             found: set = set()
             for start in range(0, len(keys), 500):
-                chunk = list(keys[start:start + 500])
+                chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
-                found.update(row[0] for row in db.execute(
-                    f"SELECT key, settled FROM history WHERE key IN ({marks})", chunk) if row[1] not in excluding)
+                found.update(
+                    row[0]
+                    for row in db.execute(f"SELECT key, settled FROM history WHERE key IN ({marks})", chunk)
+                    if row[1] not in excluding
+                )
             return found
 
         return set(self._run(look, set()))
 
     # -- reading -----------------------------------------------------------------
 
-    def sessions(self, since: Optional[float] = None, until: Optional[float] = None,
-                 session_id: Optional[str] = None, limit: Optional[int] = None,
-                 oldest_first: bool = False, settled: Optional[Sequence[str]] = None) -> List[Entry]:
+    def sessions(
+        self,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        session_id: Optional[str] = None,
+        limit: Optional[int] = None,
+        oldest_first: bool = False,
+        settled: Optional[Sequence[str]] = None,
+    ) -> List[Entry]:
         clauses: List[str] = []
         values: List[Any] = []
         if settled is not None:
@@ -306,8 +336,9 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
     return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
-def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[str] = None,
-                  unusual: Optional[Tuple[float, str]] = None) -> Entry:
+def settled_entry(
+    session: PendingSession, settled: str, pattern_id: Optional[str] = None, unusual: Optional[Tuple[float, str]] = None
+) -> Entry:
     """The history entry of an outbox session that settled (sent, rejected, parked or dropped).
 
     `unusual`: (score, rarest transition "a -> b") when the session was flagged.
@@ -315,9 +346,19 @@ def settled_entry(session: PendingSession, settled: str, pattern_id: Optional[st
     commands = session.commands
     times = [timestamp for _, timestamp, _ in commands]
     return Entry(
-        session.content_key, session.session_id, min(times, default=0.0), max(times, default=0.0),
-        [command for command, _, _ in commands], session.outcome, pattern_id, session.reason, settled,
-        session.scored_quality(), unusual[0] if unusual else None, unusual is not None, unusual[1] if unusual else None,
+        session.content_key,
+        session.session_id,
+        min(times, default=0.0),
+        max(times, default=0.0),
+        [command for command, _, _ in commands],
+        session.outcome,
+        pattern_id,
+        session.reason,
+        settled,
+        session.scored_quality(),
+        unusual[0] if unusual else None,
+        unusual is not None,
+        unusual[1] if unusual else None,
     )
 
 
@@ -325,7 +366,14 @@ def unsent_entry(session: ClosedSession) -> Entry:
     """The history entry of a session settled without being sent: too short, or below min_quality."""
     times = session.times
     return Entry(
-        session.key, session.session_id, min(times) if len(times) else 0.0, max(times) if len(times) else 0.0,
-        session.names, session.outcome, None, session.reason, LOW_QUALITY if session.learnable else TOO_SHORT,
+        session.key,
+        session.session_id,
+        min(times) if len(times) else 0.0,
+        max(times) if len(times) else 0.0,
+        session.names,
+        session.outcome,
+        None,
+        session.reason,
+        LOW_QUALITY if session.learnable else TOO_SHORT,
         session.score_quality() if session.quality is None else session.quality,
     )

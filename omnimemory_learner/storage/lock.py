@@ -79,5 +79,3 @@ def lock_is_held(state_dir: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-

@@ -247,24 +247,27 @@ def decode_commands(value) -> List[Tuple[str, float, str]]:
         return [tuple(command) for command in json.loads(value)]
     split = value.index(b"\0")
     times = array("d")
-    times.frombytes(value[split + 1:])
+    times.frombytes(value[split + 1 :])
     if _BIG_ENDIAN:
         times.byteswap()
-    return [(command, timestamp, event_type)
-            for (command, event_type), timestamp in zip(json.loads(value[:split]), times)]
+    return [
+        (command, timestamp, event_type) for (command, event_type), timestamp in zip(json.loads(value[:split]), times)
+    ]
 
 
 def _content_key(session_id: str, commands: List[Tuple[str, float, str]]) -> str:
-    return session_key(session_id, [event_type for _, _, event_type in commands],
-                       [timestamp for _, timestamp, _ in commands])
+    return session_key(
+        session_id, [event_type for _, _, event_type in commands], [timestamp for _, timestamp, _ in commands]
+    )
 
 
 def _pending_session(row: tuple) -> PendingSession:
     """A PendingSession from _pending_columns(), its content key made now (an empty stored key is that key)."""
     commands = decode_commands(row[4])
     key = _content_key(row[2], commands)
-    return PendingSession(row[0], row[1] or key, row[2], row[3], commands, row[5], row[6], row[7], row[8], row[9],
-                          row[10], key)
+    return PendingSession(
+        row[0], row[1] or key, row[2], row[3], commands, row[5], row[6], row[7], row[8], row[9], row[10], key
+    )
 
 
 def _create_private(path: Path) -> None:
@@ -444,7 +447,8 @@ class StateStore:
                 # said on every write, reading pauses, our connection keeps the state meanwhile.
                 raise StateError(
                     f"the state store {self.path} was replaced by a file that is not one; move that file away "
-                    "(the state is then written back from the running service) or put the state back")
+                    "(the state is then written back from the running service) or put the state back"
+                )
         except FileNotFoundError:
             self._write_back("was deleted while running")
         except OSError as error:
@@ -523,19 +527,58 @@ class StateStore:
             # in the delivery thread: here it was a tenth of a catch-up.  Markers
             # need none.
             if session.learnable and not session.low_quality:
-                rows.append(("", session.session_id, session.first_rowid, session.last_rowid, PENDING,
-                             session.outcome, len(session.pairs), encode_commands(session), session.reason, now,
-                             session.quality, session.unmapped))
+                rows.append(
+                    (
+                        "",
+                        session.session_id,
+                        session.first_rowid,
+                        session.last_rowid,
+                        PENDING,
+                        session.outcome,
+                        len(session.pairs),
+                        encode_commands(session),
+                        session.reason,
+                        now,
+                        session.quality,
+                        session.unmapped,
+                    )
+                )
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                rows.append(("", session.session_id, session.first_rowid, session.last_rowid,
-                             LOW_QUALITY if session.learnable else TOO_SHORT, None, len(session.pairs), None,
-                             session.reason, now, session.quality, session.unmapped))
+                rows.append(
+                    (
+                        "",
+                        session.session_id,
+                        session.first_rowid,
+                        session.last_rowid,
+                        LOW_QUALITY if session.learnable else TOO_SHORT,
+                        None,
+                        len(session.pairs),
+                        None,
+                        session.reason,
+                        now,
+                        session.quality,
+                        session.unmapped,
+                    )
+                )
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append(("", session.session_id,
-                             session.first_rowid, session.last_rowid, ALREADY_DELIVERED, None, len(session.pairs),
-                             None, session.reason, now, session.quality, session.unmapped))
+                rows.append(
+                    (
+                        "",
+                        session.session_id,
+                        session.first_rowid,
+                        session.last_rowid,
+                        ALREADY_DELIVERED,
+                        None,
+                        len(session.pairs),
+                        None,
+                        session.reason,
+                        now,
+                        session.quality,
+                        session.unmapped,
+                    )
+                )
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
@@ -580,8 +623,10 @@ class StateStore:
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
-                       (_compact_json({"verdict": verdict, "why": why, "at": time.time()}),))
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
+                (_compact_json({"verdict": verdict, "why": why, "at": time.time()}),),
+            )
 
     def replaced(self) -> Optional[dict]:
         """note_replaced()'s last record, or None."""
@@ -604,7 +649,8 @@ class StateStore:
         made: Dict[int, str] = {}
         missing: List[int] = []
         for row_id, key in self._db.execute(
-                "SELECT id, idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED)):
+            "SELECT id, idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED)
+        ):
             if key:
                 keys.add(key)
             elif row_id in self._made_keys:
@@ -612,10 +658,12 @@ class StateStore:
             else:
                 missing.append(row_id)
         for start in range(0, len(missing), 500):
-            chunk = missing[start:start + 500]
+            chunk = missing[start : start + 500]
             for row_id, session_id, commands in self._db.execute(
-                    f"SELECT id, session_id, commands FROM sessions WHERE id IN ({','.join('?' * len(chunk))})"
-                    " AND commands IS NOT NULL", chunk):
+                f"SELECT id, session_id, commands FROM sessions WHERE id IN ({','.join('?' * len(chunk))})"
+                " AND commands IS NOT NULL",
+                chunk,
+            ):
                 made[row_id] = _content_key(session_id, decode_commands(commands))
         self._made_keys = made  # only the rows still there: bounded by the outbox
         keys.update(made.values())
@@ -638,8 +686,13 @@ class StateStore:
             db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [("resume_after", "0"), ("replay_until", "0"), ("db_identity", None), ("db_fingerprint", None),
-                 ("rewrite_head", None if rewrite_head is None else str(rewrite_head))],
+                [
+                    ("resume_after", "0"),
+                    ("replay_until", "0"),
+                    ("db_identity", None),
+                    ("db_fingerprint", None),
+                    ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
+                ],
             )
 
     @staticmethod
@@ -658,8 +711,7 @@ class StateStore:
         return [
             _pending_session(row)
             for row in self._db.execute(
-                f"SELECT {self._pending_columns()} FROM sessions"
-                f" WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
+                f"SELECT {self._pending_columns()} FROM sessions WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
                 (PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
             )
         ]
@@ -713,8 +765,9 @@ class StateStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_error', ?)", (f"{time.time()!r} {error}",)
             )
 
-    def blame_failure(self, session_id: int, error: str, failed_at: float, retry_at: float,
-                      limit: int, limit_seconds: float) -> Optional[Tuple[int, float]]:
+    def blame_failure(
+        self, session_id: int, error: str, failed_at: float, retry_at: float, limit: int, limit_seconds: float
+    ) -> Optional[Tuple[int, float]]:
         """A failure that was the session's own: it backs off until `retry_at`.
 
         Once it has `limit` such failures spanning at least `limit_seconds`, it
@@ -733,9 +786,16 @@ class StateStore:
             db.execute(
                 "UPDATE sessions SET failures = ?, first_failed_at = ?, next_attempt_at = ?, status = ?,"
                 " last_error = ? WHERE id = ?",
-                (failures, first_failed_at, None if parked else retry_at, REJECTED if parked else PENDING,
-                 f"failed {failures} times over {span:.0f} s while the API took other sessions; last: {error}"
-                 if parked else error, session_id),
+                (
+                    failures,
+                    first_failed_at,
+                    None if parked else retry_at,
+                    REJECTED if parked else PENDING,
+                    f"failed {failures} times over {span:.0f} s while the API took other sessions; last: {error}"
+                    if parked
+                    else error,
+                    session_id,
+                ),
             )
             if parked:
                 self._add_counters(db, {"sessions_rejected": 1})
@@ -744,8 +804,10 @@ class StateStore:
     def reschedule(self, session_ids: List[int], at: Optional[float]) -> None:
         """Pending sessions due at `at` (None: now) instead of their own time."""
         with self._transaction() as db:
-            db.executemany("UPDATE sessions SET next_attempt_at = ? WHERE id = ? AND status = ?",
-                           [(at, session_id, PENDING) for session_id in session_ids])
+            db.executemany(
+                "UPDATE sessions SET next_attempt_at = ? WHERE id = ? AND status = ?",
+                [(at, session_id, PENDING) for session_id in session_ids],
+            )
 
     def retry_rejected(self, session_ids: Optional[List[int]] = None) -> int:
         """Rejected sessions back to pending, due now, with a clean record of failures."""
@@ -774,10 +836,19 @@ class StateStore:
         marks = ",".join("?" * len(statuses))
         return [
             {
-                "id": row[0], "session_id": row[1], "status": row[2], "outcome": row[3], "commands": row[4],
-                "attempts": row[5], "last_error": row[6], "closed_at": row[7],
-                "first_rowid": row[8], "last_rowid": row[9],
-                "next_attempt_at": row[10], "failures": row[11] or 0, "first_failed_at": row[12],
+                "id": row[0],
+                "session_id": row[1],
+                "status": row[2],
+                "outcome": row[3],
+                "commands": row[4],
+                "attempts": row[5],
+                "last_error": row[6],
+                "closed_at": row[7],
+                "first_rowid": row[8],
+                "last_rowid": row[9],
+                "next_attempt_at": row[10],
+                "failures": row[11] or 0,
+                "first_failed_at": row[12],
             }
             for row in self._db.execute(
                 "SELECT id, session_id, status, outcome, n_commands, attempts, last_error, closed_at,"
@@ -808,13 +879,18 @@ class StateStore:
                 self._db.execute(statement)
             self._db.execute("DELETE FROM status_counts")
             self._db.execute(
-                "INSERT INTO status_counts (status, n) SELECT status, count(*) FROM sessions GROUP BY status")
+                "INSERT INTO status_counts (status, n) SELECT status, count(*) FROM sessions GROUP BY status"
+            )
 
     def _counting(self) -> bool:
         """Whether this build's counting triggers, and only they, are there (the table they keep is then right)."""
         names = {statement.split()[5] for statement in _COUNT_STATEMENTS[1:]}
-        found = {name for (name,) in self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sessions_counted_%'")}
+        found = {
+            name
+            for (name,) in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sessions_counted_%'"
+            )
+        }
         return found == names
 
     def status_counts(self) -> Dict[str, int]:

@@ -76,8 +76,10 @@ def find_program(executable: str = sys.executable) -> Path:
                     return located
     except PackageNotFoundError:
         pass
-    raise InstallError(f"no {PROGRAM_NAME} program beside {executable}: install the package first "
-                       "(pipx install omnimemory-learner, or pip install . in a virtual environment)")
+    raise InstallError(
+        f"no {PROGRAM_NAME} program beside {executable}: install the package first "
+        "(pipx install omnimemory-learner, or pip install . in a virtual environment)"
+    )
 
 
 @dataclass(frozen=True)
@@ -100,20 +102,26 @@ class InstallPaths:
         return self.data_home / PROGRAM_NAME / "install-manifest.json"
 
     def values(self) -> Dict[str, str]:
-        return {"BINDIR": str(self.program.parent), "LOGDIR": str(self.log_dir),
-                "STATEDIR": str(self.state_dir), "CONFDIR": str(self.conf_dir)}
+        return {
+            "BINDIR": str(self.program.parent),
+            "LOGDIR": str(self.log_dir),
+            "STATEDIR": str(self.state_dir),
+            "CONFDIR": str(self.conf_dir),
+        }
 
     @classmethod
-    def for_user(cls, program: Path, state_dir: Path, log_dir: Path,
-                 env: Mapping[str, str] = os.environ) -> InstallPaths:
+    def for_user(
+        cls, program: Path, state_dir: Path, log_dir: Path, env: Mapping[str, str] = os.environ
+    ) -> InstallPaths:
         home = Path(env.get("HOME") or Path.home())
 
         def xdg(name: str, default: str) -> Path:
             value = env.get(name, "")
             return Path(value) if os.path.isabs(value) else home / default
 
-        return cls(program, home, xdg("XDG_CONFIG_HOME", ".config"), xdg("XDG_DATA_HOME", ".local/share"),
-                   state_dir, log_dir)
+        return cls(
+            program, home, xdg("XDG_CONFIG_HOME", ".config"), xdg("XDG_DATA_HOME", ".local/share"), state_dir, log_dir
+        )
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class Report:
 
 def substitute(text: str, values: Mapping[str, str], quote: Callable[[str], str] = lambda word: word) -> str:
     """Replace @NAME@ placeholders; each whitespace-delimited word holding one goes through `quote`."""
+
     def word(match: re.Match[str]) -> str:
         return quote(PLACEHOLDER.sub(lambda m: values[m.group(1)], match.group(0)))
 
@@ -168,12 +177,14 @@ class Installer:
     def planned_files(self) -> List[PlannedFile]:
         """Every file an install writes: the platform's own plus the man pages and logrotate config."""
         man = self.paths.data_home / "man"
-        logrotate = substitute(data_file("packaging/logrotate/omnimemory-learner").read_text(), self.paths.values(),
-                               _logrotate_quote)
+        logrotate = substitute(
+            data_file("packaging/logrotate/omnimemory-learner").read_text(), self.paths.values(), _logrotate_quote
+        )
         return [
             PlannedFile(man / "man1" / "omnimemory-learner.1", data_file("man/omnimemory-learner.1").read_bytes()),
-            PlannedFile(man / "man5" / "omnimemory-learner.toml.5",
-                        data_file("man/omnimemory-learner.toml.5").read_bytes()),
+            PlannedFile(
+                man / "man5" / "omnimemory-learner.toml.5", data_file("man/omnimemory-learner.toml.5").read_bytes()
+            ),
             PlannedFile(self.paths.conf_dir / "logrotate.conf", logrotate.encode(), 0o600),
         ]
 
@@ -288,8 +299,9 @@ def install(installer: Installer, start: bool = True) -> Report:
             stale.unlink()
             report.removed.append(stale)
     fingerprint = program_fingerprint(paths.program)
-    reinstalled = old is not None and old.get("program") == str(paths.program) \
-        and old.get("program_fingerprint") != fingerprint
+    reinstalled = (
+        old is not None and old.get("program") == str(paths.program) and old.get("program_fingerprint") != fingerprint
+    )
     if reinstalled:
         report.actions.append(f"{paths.program} was reinstalled since the last install: restarting the service")
     manifest = {
@@ -324,8 +336,10 @@ def uninstall(installer: Installer, purge_files: Sequence[Path] = ()) -> Report:
     report = Report()
     manifest = read_manifest(paths.manifest)
     if manifest is None:
-        report.warnings.append(f"no install manifest at {paths.manifest}: nothing was installed by "
-                               f"'{PROGRAM_NAME} service install' for this user")
+        report.warnings.append(
+            f"no install manifest at {paths.manifest}: nothing was installed by "
+            f"'{PROGRAM_NAME} service install' for this user"
+        )
     else:
         installer.deactivate(report)
         for path in [*manifest_paths(manifest, "files"), *installer.extra_leftovers()]:

@@ -68,8 +68,9 @@ class LaunchdInstaller(Installer):
         elif self.launchctl("load", "-w", str(self.plist)):
             report.actions.append(f"loaded {LABEL} (launchctl load -w)")
         else:
-            raise InstallError(f"launchctl could not load {self.plist}; try: launchctl bootstrap {self.domain} "
-                               f"{self.plist}")
+            raise InstallError(
+                f"launchctl could not load {self.plist}; try: launchctl bootstrap {self.domain} {self.plist}"
+            )
 
     def _unload(self) -> bool:
         return self.launchctl("bootout", self.target) or self.launchctl("unload", "-w", str(self.plist))
@@ -91,10 +92,14 @@ class LaunchdInstaller(Installer):
             running = listed.returncode == 0 and '"PID" =' in listed.stdout
         loaded = result.returncode == 0 or running
         installed = self.plist.is_file()
-        return ServiceState(installed, running,
-                            [f"agent: {self.plist}" + ("" if installed else " (not installed)"),
-                             f"launchd: {LABEL} is "
-                             + ("running" if running else "loaded" if loaded else "not loaded")])
+        return ServiceState(
+            installed,
+            running,
+            [
+                f"agent: {self.plist}" + ("" if installed else " (not installed)"),
+                f"launchd: {LABEL} is " + ("running" if running else "loaded" if loaded else "not loaded"),
+            ],
+        )
 
     def installed_program(self) -> Optional[Path]:
         return agent_program(self.plist)

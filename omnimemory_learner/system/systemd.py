@@ -27,7 +27,7 @@ def systemd_quote(word: str) -> str:
     """
     key = re.match(r"[A-Za-z]+=", word)
     if key:
-        return key.group(0) + systemd_quote(word[key.end():])
+        return key.group(0) + systemd_quote(word[key.end() :])
     word = word.replace("%", "%%")
     if re.search(r'[\s"\'\\]', word):
         return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -42,10 +42,15 @@ class SystemdInstaller(Installer):
         return self.paths.config_home / "systemd" / "user"
 
     def planned_files(self) -> List[PlannedFile]:
-        units = [PlannedFile(self.unit_dir / name,
-                             substitute(data_file(f"packaging/systemd/{name}").read_text(), self.paths.values(),
-                                        systemd_quote).encode())
-                 for name in UNITS]
+        units = [
+            PlannedFile(
+                self.unit_dir / name,
+                substitute(
+                    data_file(f"packaging/systemd/{name}").read_text(), self.paths.values(), systemd_quote
+                ).encode(),
+            )
+            for name in UNITS
+        ]
         return units + super().planned_files()
 
     def systemctl(self, *args: str) -> bool:
@@ -58,8 +63,10 @@ class SystemdInstaller(Installer):
 
     def activate(self, files_changed: bool, report: Report) -> None:
         if files_changed and not self.systemctl("daemon-reload"):
-            raise InstallError("systemctl --user daemon-reload failed: is there a systemd user session? "
-                               "(the files are in place; 'service install --no-start' skips this step)")
+            raise InstallError(
+                "systemctl --user daemon-reload failed: is there a systemd user session? "
+                "(the files are in place; 'service install --no-start' skips this step)"
+            )
         if self._query("is-enabled", UNIT) != "enabled" or self._query("is-enabled", TIMER) != "enabled":
             if not self.systemctl("enable", UNIT, TIMER):
                 raise InstallError(f"systemctl --user enable {UNIT} {TIMER} failed")
@@ -68,8 +75,9 @@ class SystemdInstaller(Installer):
         if files_changed or not active:
             verb = "restart" if active else "start"
             if not self.systemctl(verb, UNIT):
-                raise InstallError(f"systemctl --user {verb} {UNIT} failed; see: journalctl --user -u "
-                                   f"omnimemory-learner -p warning")
+                raise InstallError(
+                    f"systemctl --user {verb} {UNIT} failed; see: journalctl --user -u omnimemory-learner -p warning"
+                )
             report.actions.append(f"{verb}ed {UNIT}")
         if self._query("is-active", TIMER) != "active":
             self.systemctl("start", TIMER)
@@ -98,9 +106,14 @@ class SystemdInstaller(Installer):
     def state(self) -> ServiceState:
         enabled, active = self._query("is-enabled", UNIT), self._query("is-active", UNIT)
         installed = (self.unit_dir / UNIT).is_file()
-        return ServiceState(installed, active == "active",
-                            [f"unit: {self.unit_dir / UNIT}" + ("" if installed else " (not installed)"),
-                             f"systemd: {UNIT} is {active or 'unknown'} ({enabled or 'unknown'})"])
+        return ServiceState(
+            installed,
+            active == "active",
+            [
+                f"unit: {self.unit_dir / UNIT}" + ("" if installed else " (not installed)"),
+                f"systemd: {UNIT} is {active or 'unknown'} ({enabled or 'unknown'})",
+            ],
+        )
 
     def installed_program(self) -> Optional[Path]:
         return exec_start_program(self.unit_dir / UNIT)

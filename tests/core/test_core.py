@@ -22,6 +22,7 @@ def summary(closed):
 
 # -- mapping (the original's "event type mapping" test) ------------------------------
 
+
 def test_the_fifteen_original_mappings():
     assert len(DEFAULT_EVENT_MAP) == 15
     assert DEFAULT_EVENT_MAP["file_open"] == "open_file"
@@ -38,8 +39,7 @@ def test_event_map_overrides_and_additions():
 
 
 def test_mapping_leaves_out_other_types_and_shares_pairs():
-    rows = [(1, "1970-01-01T00:00:10+00:00", "file_open", "s"), (2, 11, "mouse_move", "s"),
-            (3, 12, "git_commit", "s")]
+    rows = [(1, "1970-01-01T00:00:10+00:00", "file_open", "s"), (2, 11, "mouse_move", "s"), (3, 12, "git_commit", "s")]
     pairs = command_pairs(DEFAULT_EVENT_MAP)
     mapped, ignored, bad = validate_rows(rows, pairs)
     assert mapped == [(1, "s", ("open_file", "file_open"), 10.0), (3, "s", ("commit_changes", "git_commit"), 12.0)]
@@ -55,33 +55,44 @@ def test_mapping_leaves_out_other_types_and_shares_pairs():
 
 # -- outcome ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("commands, expected", [
-    (["open_file", "edit_code", "save_file"], "success"),
-    (["open_file", "edit_code", "commit_changes"], "success"),
-    (["delete_file", "edit_code", "run_tests"], "failure"),
-    (["open_file", "delete_file", "save_file"], "success"),  # success wins within the window
-    (["delete_file", "open_file", "edit_code", "run_tests"], "success"),  # outside the last three
-    (["open_file", "edit_code", "run_tests"], "success"),  # default
-    (["command_completed", "delete_file"], "success"),
-    (["push_changes"], "success"),
-    (["delete_file"], "failure"),
-])
+
+@pytest.mark.parametrize(
+    "commands, expected",
+    [
+        (["open_file", "edit_code", "save_file"], "success"),
+        (["open_file", "edit_code", "commit_changes"], "success"),
+        (["delete_file", "edit_code", "run_tests"], "failure"),
+        (["open_file", "delete_file", "save_file"], "success"),  # success wins within the window
+        (["delete_file", "open_file", "edit_code", "run_tests"], "success"),  # outside the last three
+        (["open_file", "edit_code", "run_tests"], "success"),  # default
+        (["command_completed", "delete_file"], "success"),
+        (["push_changes"], "success"),
+        (["delete_file"], "failure"),
+    ],
+)
 def test_outcome_as_the_original(commands, expected):
     assert infer_outcome(commands) == expected
 
 
 # -- sessions (the original's "session management" test) ------------------------------
 
+
 def test_events_group_by_session_id_and_close_after_idle_processing_time():
     tracker = SessionTracker(IDLE, min_commands=3)
-    closed = tracker.feed([event(1, "a", "open_file", 100), event(2, "b", "open_file", 101),
-                           event(3, "a", "edit_code", 110), event(4, "a", "save_file", 120)], now=0.0)
+    closed = tracker.feed(
+        [
+            event(1, "a", "open_file", 100),
+            event(2, "b", "open_file", 101),
+            event(3, "a", "edit_code", 110),
+            event(4, "a", "save_file", 120),
+        ],
+        now=0.0,
+    )
     assert closed == [] and tracker.open_count == 2
     assert tracker.next_deadline() == pytest.approx(300.0)
     assert tracker.close_idle(now=299.0) == []
     closed = tracker.close_idle(now=300.0)
-    assert summary(closed) == [("a", ("open_file", "edit_code", "save_file"), 1, 4),
-                               ("b", ("open_file",), 2, 2)]
+    assert summary(closed) == [("a", ("open_file", "edit_code", "save_file"), 1, 4), ("b", ("open_file",), 2, 2)]
     a = next(c for c in closed if c.session_id == "a")
     assert a.learnable and a.outcome == "success"
     assert a.commands[0] == ("open_file", 100.0, "open_file")
@@ -100,35 +111,58 @@ def test_processing_time_deadline_moves_with_each_arrival():
 def test_a_step_of_the_writers_clock_back_never_cuts_and_forward_cuts_once():
     tracker = SessionTracker(IDLE, min_commands=1)
     # Back by five hours, then on from there: one session.
-    closed = tracker.feed([event(1, "a", "open_file", 20000), event(2, "a", "edit_code", 2000),
-                           event(3, "a", "save_file", 2010), event(4, "a", "run_tests", 20100)], now=0.0)
+    closed = tracker.feed(
+        [
+            event(1, "a", "open_file", 20000),
+            event(2, "a", "edit_code", 2000),
+            event(3, "a", "save_file", 2010),
+            event(4, "a", "run_tests", 20100),
+        ],
+        now=0.0,
+    )
     assert closed == [] and tracker.open_count == 1
     # Forward by two hours: one cut, and the session after it goes on.
-    closed = tracker.feed([event(5, "a", "commit_changes", 20100 + 7200), event(6, "a", "push_changes", 27310)],
-                          now=1.0)
+    closed = tracker.feed(
+        [event(5, "a", "commit_changes", 20100 + 7200), event(6, "a", "push_changes", 27310)], now=1.0
+    )
     assert summary(closed) == [("a", ("open_file", "edit_code", "save_file", "run_tests"), 1, 4)]
     assert tracker.open_count == 1 and tracker.low_water() == 5
 
 
 def test_a_cut_is_judged_from_the_latest_time_in_the_session_not_the_last_row():
     tracker = SessionTracker(IDLE, min_commands=1)
-    closed = tracker.feed([event(1, "a", "open_file", 1000), event(2, "a", "edit_code", 1200),
-                           event(3, "a", "save_file", 900),  # a row written late: still this session
-                           event(4, "a", "run_tests", 1450),  # 550 s after the last row, 250 after the latest
-                           event(5, "a", "commit_changes", 1750)], now=0.0)  # exactly the threshold: a cut
+    closed = tracker.feed(
+        [
+            event(1, "a", "open_file", 1000),
+            event(2, "a", "edit_code", 1200),
+            event(3, "a", "save_file", 900),  # a row written late: still this session
+            event(4, "a", "run_tests", 1450),  # 550 s after the last row, 250 after the latest
+            event(5, "a", "commit_changes", 1750),
+        ],
+        now=0.0,
+    )  # exactly the threshold: a cut
     assert summary(closed) == [("a", ("open_file", "edit_code", "save_file", "run_tests"), 1, 4)]
 
 
 def test_no_row_of_another_id_closes_a_session_in_a_backlog():
     tracker = SessionTracker(IDLE, min_commands=1)
-    closed = tracker.feed([event(1, "a", "open_file", 0), event(2, "a", "edit_code", 10),
-                           event(3, "b", "open_file", 400),  # another id, far later by event time
-                           event(4, "z", "open_file", 10 * 365 * 86400),  # a row dated ten years ahead
-                           event(5, "a", "save_file", 250)], now=0.0)  # still a's session
+    closed = tracker.feed(
+        [
+            event(1, "a", "open_file", 0),
+            event(2, "a", "edit_code", 10),
+            event(3, "b", "open_file", 400),  # another id, far later by event time
+            event(4, "z", "open_file", 10 * 365 * 86400),  # a row dated ten years ahead
+            event(5, "a", "save_file", 250),
+        ],
+        now=0.0,
+    )  # still a's session
     assert closed == [] and tracker.open_count == 3
     assert tracker.low_water() == 1
-    assert summary(tracker.close_all()) == [("a", ("open_file", "edit_code", "save_file"), 1, 5),
-                                            ("b", ("open_file",), 3, 3), ("z", ("open_file",), 4, 4)]
+    assert summary(tracker.close_all()) == [
+        ("a", ("open_file", "edit_code", "save_file"), 1, 5),
+        ("b", ("open_file",), 3, 3),
+        ("z", ("open_file",), 4, 4),
+    ]
 
 
 def test_a_bulk_commit_holding_several_sessions_of_one_id_is_cut_live():
@@ -177,8 +211,12 @@ def test_close_all_and_low_water():
 
 
 def test_drop_replayed_skips_events_of_closed_sessions_only():
-    events = [event(1, "a", "open_file", 0), event(2, "b", "open_file", 0),
-              event(3, "a", "save_file", 0), event(5, "a", "edit_code", 0)]
+    events = [
+        event(1, "a", "open_file", 0),
+        event(2, "b", "open_file", 0),
+        event(3, "a", "save_file", 0),
+        event(5, "a", "edit_code", 0),
+    ]
     kept = drop_replayed(events, {"a": [(1, 3)]})
     assert [e[0] for e in kept] == [2, 5]
 

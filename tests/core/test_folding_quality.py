@@ -44,13 +44,19 @@ def test_a_session_without_repeats_keeps_its_payload(commands):
 
 
 def test_a_run_carries_its_count_and_last_time():
-    commands = [("open_file", 10.0, "file_open")] + [("edit_code", 11.0 + i, "code_edit") for i in range(37)] + [
-        ("save_file", 60.0, "file_save")]
+    commands = (
+        [("open_file", 10.0, "file_open")]
+        + [("edit_code", 11.0 + i, "code_edit") for i in range(37)]
+        + [("save_file", 60.0, "file_save")]
+    )
     payload = [run.as_payload() for run in fold_runs(commands)]
     assert payload == [
         {"command": "open_file", "timestamp": 10.0, "context": {"event_type": "file_open"}},
-        {"command": "edit_code", "timestamp": 11.0,
-         "context": {"event_type": "code_edit", "repeat": 37, "last_timestamp": 47.0}},
+        {
+            "command": "edit_code",
+            "timestamp": 11.0,
+            "context": {"event_type": "code_edit", "repeat": 37, "last_timestamp": 47.0},
+        },
         {"command": "save_file", "timestamp": 60.0, "context": {"event_type": "file_save"}},
     ]
     # Twelve edits fold to the same pattern as 37.

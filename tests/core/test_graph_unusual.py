@@ -55,18 +55,22 @@ def test_workflows_and_recurrence_equal_plain_counts(sessions):
     assert {sequence: tally.occurrences for sequence, tally in ranked} == counts
     assert [tally.occurrences for _, tally in ranked] == sorted(counts.values(), reverse=True)
     exact = sum(1 for i, s in enumerate(sessions) if any(t.names == s.names for t in sessions[:i]))
-    folded = sum(1 for i, s in enumerate(sessions)
-                 if any(plain_fold(t.names) == plain_fold(s.names) for t in sessions[:i]))
+    folded = sum(
+        1 for i, s in enumerate(sessions) if any(plain_fold(t.names) == plain_fold(s.names) for t in sessions[:i])
+    )
     assert recurrence(sessions) == (exact, folded)
 
 
 def test_dot_has_every_edge_with_its_count_and_escapes_names():
-    sessions = [summarize(["open_file", "edit_code", "edit_code", "save_file"], "success"),
-                summarize(["open_file", "edit_code", 'we"ird\nname'], "failure")]
+    sessions = [
+        summarize(["open_file", "edit_code", "edit_code", "save_file"], "success"),
+        summarize(["open_file", "edit_code", 'we"ird\nname'], "failure"),
+    ]
     dot = to_dot(directly_follows(sessions))
     edges = re.findall(r'^  "(.+?)" -> "(.+?)" \[label="(\d+)"', dot, re.MULTILINE)
-    assert sorted(edges) == sorted([("open_file", "edit_code", "2"), ("edit_code", "save_file", "1"),
-                                    ("edit_code", 'we\\"ird\\\\x0aname', "1")])
+    assert sorted(edges) == sorted(
+        [("open_file", "edit_code", "2"), ("edit_code", "save_file", "1"), ("edit_code", 'we\\"ird\\\\x0aname', "1")]
+    )
     # The newline in a name cannot break the file's lines: every line is a statement or a brace.
     assert all(line.endswith(("{", ";", "}")) for line in dot.splitlines())
     assert share_colour(1.0) == "#00aa30" and share_colour(0.0) == "#dc0030"
@@ -74,9 +78,11 @@ def test_dot_has_every_edge_with_its_count_and_escapes_names():
 
 def test_usual_sessions_pass_and_rare_mixes_are_flagged():
     rng = random.Random(7)
-    usual = [["open_file", "edit_code", "save_file", "run_tests", "commit_changes"],
-             ["pull_changes", "open_file", "edit_code", "save_file", "push_changes"],
-             ["open_file", "edit_code", "run_tests", "edit_code", "save_file"]]
+    usual = [
+        ["open_file", "edit_code", "save_file", "run_tests", "commit_changes"],
+        ["pull_changes", "open_file", "edit_code", "save_file", "push_changes"],
+        ["open_file", "edit_code", "run_tests", "edit_code", "save_file"],
+    ]
     history = [usual[rng.randrange(3)] for _ in range(600)]
     detector = UnusualDetector(history)
     assert detector.ready

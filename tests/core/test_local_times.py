@@ -96,14 +96,21 @@ def test_the_spring_forward_gap(new_york):
 
 
 def test_offsets_and_plain_hours_are_untouched(new_york):
-    rows = [(1, "2026-11-01T01:30:00+00:00", "code_edit", "a"), (2, "2026-11-01T01:30:00-05:00", "code_edit", "a"),
-            (3, "2026-07-01T12:00:00", "code_edit", "a"), (4, "2026-07-01T12:00:01.500000", "code_edit", "a")]
+    rows = [
+        (1, "2026-11-01T01:30:00+00:00", "code_edit", "a"),
+        (2, "2026-11-01T01:30:00-05:00", "code_edit", "a"),
+        (3, "2026-07-01T12:00:00", "code_edit", "a"),
+        (4, "2026-07-01T12:00:01.500000", "code_edit", "a"),
+    ]
     assert read(rows) == [1793496600.0, 1793514600.0, 1782921600.0, 1782921601.5]
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0, 900), min_size=1, max_size=120), st.lists(st.integers(0, 120), max_size=10),
-       st.floats(-9000, -3601))
+@given(
+    st.lists(st.floats(0, 900), min_size=1, max_size=120),
+    st.lists(st.integers(0, 120), max_size=10),
+    st.floats(-9000, -3601),
+)
 def test_any_walk_across_the_fall_back_with_steps_under_half_an_hour(steps, cuts, start):
     """From before the repeated hour on, continuity holds whenever consecutive rows are within a
     quarter of an hour (a stream starting inside that hour has nothing to be continuous with)."""

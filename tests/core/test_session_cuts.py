@@ -76,18 +76,35 @@ def in_exactly_one_session(events, sessions):
 
 # -- the reference itself, on cases worked by hand ------------------------------------------------
 
+
 def test_the_reference_on_cases_worked_by_hand():
-    stream = [(1, "a", 1000.0), (2, "b", 5000.0), (3, "a", 1200.0), (4, "a", 900.0), (5, "a", 1450.0),
-              (6, "a", 1750.0), (7, "b", 5100.0), (8, "a", 1750.0 + TEN_YEARS), (9, "a", 1600.0)]
+    stream = [
+        (1, "a", 1000.0),
+        (2, "b", 5000.0),
+        (3, "a", 1200.0),
+        (4, "a", 900.0),
+        (5, "a", 1450.0),
+        (6, "a", 1750.0),
+        (7, "b", 5100.0),
+        (8, "a", 1750.0 + TEN_YEARS),
+        (9, "a", 1600.0),
+    ]
     # 900 is late but joins; 1450 is 250 s after the latest (1200); 1750 is 300 s after 1450: a cut;
     # ten years ahead is a cut; 1600 is far before that session's latest time: it joins it.
     assert reference_sessions(stream, IDLE) == [("a", (1, 3, 4, 5)), ("b", (2, 7)), ("a", (6,)), ("a", (8, 9))]
     # Chunks of two: row 4 starts a session whose latest is 900, so 1450 is a cut there.
     assert reference_sessions(stream, IDLE, max_commands=2) == [
-        ("a", (1, 3)), ("b", (2, 7)), ("a", (4,)), ("a", (5,)), ("a", (6,)), ("a", (8, 9))]
+        ("a", (1, 3)),
+        ("b", (2, 7)),
+        ("a", (4,)),
+        ("a", (5,)),
+        ("a", (6,)),
+        ("a", (8, 9)),
+    ]
 
 
 # -- read as a backlog ---------------------------------------------------------------------------
+
 
 @settings(max_examples=400, deadline=None)
 @given(hostile_streams(), st.lists(st.integers(0, 60), max_size=12), st.sampled_from([None, 2, 5]))
@@ -103,6 +120,7 @@ def test_a_backlog_in_any_batches_is_cut_as_the_reference_cuts(events, cuts, max
 
 
 # -- read live ------------------------------------------------------------------------------------
+
 
 @settings(max_examples=400, deadline=None)
 @given(hostile_streams(), st.data())
@@ -147,21 +165,25 @@ def test_live_splits_only_a_session_with_a_row_read_the_threshold_after_the_one_
 
 # -- restarts at arbitrary rows, through the real pipeline ----------------------------------------
 
+
 class Killed(Exception):
     """SIGKILL, as far as the pipeline can tell: nothing after it runs."""
 
 
 def pipeline_config(work: Path, db: Path, batch_size: int, max_commands, max_open: int):
-    return load_config(env={
-        "HOME": str(work), "OMNIMEMORY_LEARNER_DB_PATH": str(db),
-        "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
-        "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"),
-        "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": str(IDLE / 60),
-        "OMNIMEMORY_LEARNER_MIN_COMMANDS_FOR_LEARNING": "1",
-        "OMNIMEMORY_LEARNER_BATCH_SIZE": str(batch_size),
-        "OMNIMEMORY_LEARNER_MAX_SESSION_COMMANDS": str(max_commands or 100000),
-        "OMNIMEMORY_LEARNER_MAX_OPEN_SESSIONS": str(max_open),
-    })
+    return load_config(
+        env={
+            "HOME": str(work),
+            "OMNIMEMORY_LEARNER_DB_PATH": str(db),
+            "OMNIMEMORY_LEARNER_STATE_DIR": str(work / "state"),
+            "OMNIMEMORY_LEARNER_LOG_FILE": str(work / "learner.log"),
+            "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": str(IDLE / 60),
+            "OMNIMEMORY_LEARNER_MIN_COMMANDS_FOR_LEARNING": "1",
+            "OMNIMEMORY_LEARNER_BATCH_SIZE": str(batch_size),
+            "OMNIMEMORY_LEARNER_MAX_SESSION_COMMANDS": str(max_commands or 100000),
+            "OMNIMEMORY_LEARNER_MAX_OPEN_SESSIONS": str(max_open),
+        }
+    )
 
 
 def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_open=1000, closing=frozenset()):
@@ -171,11 +193,14 @@ def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_op
         work = Path(temporary)
         db = work / "events.db"
         connection = sqlite3.connect(str(db))
-        connection.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL,"
-                           " event_type TEXT, session_id TEXT)")
-        connection.executemany("INSERT INTO events (id, timestamp, event_type, session_id) VALUES (?, ?, ?, ?)",
-                               [(rowid, t, "git_push" if rowid in closing else "code_edit", sid)
-                                for rowid, sid, t in events])
+        connection.execute(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL,"
+            " event_type TEXT, session_id TEXT)"
+        )
+        connection.executemany(
+            "INSERT INTO events (id, timestamp, event_type, session_id) VALUES (?, ?, ?, ?)",
+            [(rowid, t, "git_push" if rowid in closing else "code_edit", sid) for rowid, sid, t in events],
+        )
         connection.commit()
         connection.close()
         config = pipeline_config(work, db, batch_size, max_commands, max_open)
@@ -204,12 +229,14 @@ def run_with_kills(events, batch_size, kills, commits, max_commands=None, max_op
             pipeline.close_all("end")
             pipeline.close()
         state = sqlite3.connect(str(work / "state" / "state.db"))
-        stored = state.execute("SELECT session_id, first_rowid, last_rowid, n_commands, commands FROM sessions"
-                               " ORDER BY first_rowid").fetchall()
+        stored = state.execute(
+            "SELECT session_id, first_rowid, last_rowid, n_commands, commands FROM sessions ORDER BY first_rowid"
+        ).fetchall()
         evicted = state.execute("SELECT value FROM counters WHERE name = 'sessions_evicted'").fetchone()[0]
         state.close()
-    return [(sid, first, last, n, tuple(t for _, t, _ in decode_commands(blob)))
-            for sid, first, last, n, blob in stored], evicted
+    return [
+        (sid, first, last, n, tuple(t for _, t, _ in decode_commands(blob))) for sid, first, last, n, blob in stored
+    ], evicted
 
 
 def as_stored(events, sessions):
@@ -218,10 +245,16 @@ def as_stored(events, sessions):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile_streams(), st.integers(1, 7), st.lists(st.integers(1, 5), max_size=6),
-       st.lists(st.booleans(), min_size=1, max_size=8), st.sampled_from([None, 3]))
-def test_restarts_at_arbitrary_rows_give_the_reference_sessions_exactly_once(events, batch_size, kills, commits,
-                                                                             max_commands):
+@given(
+    hostile_streams(),
+    st.integers(1, 7),
+    st.lists(st.integers(1, 5), max_size=6),
+    st.lists(st.booleans(), min_size=1, max_size=8),
+    st.sampled_from([None, 3]),
+)
+def test_restarts_at_arbitrary_rows_give_the_reference_sessions_exactly_once(
+    events, batch_size, kills, commits, max_commands
+):
     stored, evicted = run_with_kills(events, batch_size, kills, commits, max_commands)
     expected = as_stored(events, reference_sessions(events, IDLE, max_commands))
     assert sorted(stored) == sorted(expected)
@@ -229,8 +262,12 @@ def test_restarts_at_arbitrary_rows_give_the_reference_sessions_exactly_once(eve
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile_streams(), st.integers(1, 7), st.lists(st.integers(1, 12), min_size=1, max_size=6),
-       st.lists(st.booleans(), min_size=1, max_size=8))
+@given(
+    hostile_streams(),
+    st.integers(1, 7),
+    st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    st.lists(st.booleans(), min_size=1, max_size=8),
+)
 def test_with_the_open_session_cap_a_restart_still_gives_the_same_sessions(events, batch_size, kills, commits):
     """Evictions depart from the reference (counted); a restart must not change them."""
     uninterrupted, evicted = run_with_kills(events, batch_size, [], [False], max_open=2)
@@ -249,11 +286,16 @@ def test_an_eviction_by_the_cap_is_counted_and_logged(caplog):
     # a went first (least recently active) when c came, so its next event starts a session of its
     # own, and b goes then.
     assert evicted == 2 and sorted((sid, first, last) for sid, first, last, _, _ in stored) == [
-        ("a", 1, 1), ("a", 4, 4), ("b", 2, 2), ("c", 3, 3)]
+        ("a", 1, 1),
+        ("a", 4, 4),
+        ("b", 2, 2),
+        ("c", 3, 3),
+    ]
     assert "2 session(s) closed early by the open-session cap" in caplog.text
 
 
 # -- close_on (issue 11): the same cuts on any read, batch boundaries and restarts -----------------
+
 
 @settings(max_examples=300, deadline=None)
 @given(hostile_streams(), st.lists(st.integers(0, 60), max_size=12), st.sets(st.integers(1, 60), max_size=15))
@@ -270,9 +312,13 @@ def test_close_on_in_any_batches_is_cut_as_the_reference_cuts(events, cuts, clos
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile_streams(), st.integers(1, 7), st.lists(st.integers(1, 5), max_size=6),
-       st.lists(st.booleans(), min_size=1, max_size=8), st.sets(st.integers(1, 60), max_size=15))
-def test_close_on_with_restarts_gives_the_reference_sessions_exactly_once(events, batch_size, kills, commits,
-                                                                         closing):
+@given(
+    hostile_streams(),
+    st.integers(1, 7),
+    st.lists(st.integers(1, 5), max_size=6),
+    st.lists(st.booleans(), min_size=1, max_size=8),
+    st.sets(st.integers(1, 60), max_size=15),
+)
+def test_close_on_with_restarts_gives_the_reference_sessions_exactly_once(events, batch_size, kills, commits, closing):
     stored, _ = run_with_kills(events, batch_size, kills, commits, closing=frozenset(closing))
     assert sorted(stored) == sorted(as_stored(events, reference_sessions(events, IDLE, closing=frozenset(closing))))

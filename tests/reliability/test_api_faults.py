@@ -35,15 +35,22 @@ def run_with(tmp_path, port, disturb, sessions=None, drain_timeout=120.0, **extr
     sessions = sessions or (1500 if LONG else 120)
     db = tmp_path / "db" / "memory_data.db"
     db.parent.mkdir()
-    env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2, **extra)
+    env = learner_env(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2,
+        **extra,
+    )
     learner = start_learner(env)
     writer = subprocess.Popen([sys.executable, WRITER, str(db), "21", str(sessions)], stdout=subprocess.PIPE, text=True)
     api = disturb(writer)
     assert writer.wait(900) == 0
     truth = true_sessions(db)
-    drained = wait_until(lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0,
-                         timeout=drain_timeout)
+    drained = wait_until(
+        lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0, timeout=drain_timeout
+    )
     time.sleep(IDLE_MINUTES * 60 + 0.5)
     code, out = stop(learner)
     api.stop()
@@ -97,16 +104,26 @@ def test_api_answering_500_503_429_garbage_and_hanging_at_random(tmp_path):
     port = free_port()
     api = RecordingAPI(port)
     rng = random.Random(5)
-    faults = [500, 503, 429, ("garbage", "<html>bad gateway</html>"), ("garbage", '{"pattern'),
-              ("garbage", "null"), ("delay", 2.5)]
+    faults = [
+        500,
+        503,
+        429,
+        ("garbage", "<html>bad gateway</html>"),
+        ("garbage", '{"pattern'),
+        ("garbage", "null"),
+        ("delay", 2.5),
+    ]
     api.script = [rng.choice(faults) if rng.random() < 0.5 else 200 for _ in range(400)]
     api.start()
     # Each fault costs a retry after up to 2 s of backoff: wait for all of them.
     faults = sum(1 for behaviour in api.script if behaviour != 200)
-    figures, resent, out, _ = run_with(tmp_path, port, lambda writer: api, drain_timeout=120 + 3 * faults,
-                                       OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS=1)
-    print(f"\nFIGURE api-faults: {figures['sessions']} sessions, lost={figures['lost']}, "
-          f"resent_same_key={resent} (each a POST that hung past the timeout and was learned late)")
+    figures, resent, out, _ = run_with(
+        tmp_path, port, lambda writer: api, drain_timeout=120 + 3 * faults, OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS=1
+    )
+    print(
+        f"\nFIGURE api-faults: {figures['sessions']} sessions, lost={figures['lost']}, "
+        f"resent_same_key={resent} (each a POST that hung past the timeout and was learned late)"
+    )
     assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]
     assert "HTTP 500" in out and "HTTP 429" in out and "not JSON" in out and "Will retry in" in out
 
@@ -131,8 +148,13 @@ def write_sessions(db, names, gap=0.0):
     create_db(db)
     for name in names:
         now = dt.datetime.now()
-        insert_events(db, [((now + dt.timedelta(milliseconds=k)).isoformat(), kind, name)
-                           for k, kind in enumerate(("file_open", "code_edit", "file_save"))])
+        insert_events(
+            db,
+            [
+                ((now + dt.timedelta(milliseconds=k)).isoformat(), kind, name)
+                for k, kind in enumerate(("file_open", "code_edit", "file_save"))
+            ],
+        )
         time.sleep(gap)
 
 
@@ -140,9 +162,15 @@ def test_a_session_the_api_always_fails_among_a_hundred_it_accepts(tmp_path, api
     names = [f"ok{i:03}" for i in range(5)] + ["poison"] + [f"ok{i:03}" for i in range(5, 100)]
     api.by_session = {"poison": 500}
     db = tmp_path / "db" / "memory_data.db"
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=1, OMNIMEMORY_LEARNER_SESSION_RETRY_LIMIT=3,
-                      OMNIMEMORY_LEARNER_SESSION_RETRY_SECONDS=2)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=1,
+        OMNIMEMORY_LEARNER_SESSION_RETRY_LIMIT=3,
+        OMNIMEMORY_LEARNER_SESSION_RETRY_SECONDS=2,
+    )
     create_db(db)
     learner = start_learner(env)
     started = time.monotonic()
@@ -170,8 +198,10 @@ def test_a_session_the_api_always_fails_among_a_hundred_it_accepts(tmp_path, api
     assert "parked as rejected" in out and "HTTP 500" in out
     text = run_learner(env, "outbox").stdout
     assert "rejected" in text and f"failed {row['failures']} times over" in text
-    print(f"\nFIGURE one-failing-session: 100 sessions arrived in {hundred_after:.1f} s while the one failing "
-          f"was tried {len(poison_tries)} times and parked after {row['failures']} failures of its own")
+    print(
+        f"\nFIGURE one-failing-session: 100 sessions arrived in {hundred_after:.1f} s while the one failing "
+        f"was tried {len(poison_tries)} times and parked after {row['failures']} failures of its own"
+    )
     # `outbox retry` sends it again, with the same key, once the API takes it.
     api.by_session = {}
     assert run_learner(env, "outbox", "retry").returncode == 0
@@ -189,8 +219,11 @@ def hostile_answer(tmp_path, api, behaviour, **extra):
     api.script = [behaviour]
     db = tmp_path / "db" / "memory_data.db"
     write_sessions(db, ["s1"])
-    settings = {"OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": IDLE_MINUTES, "OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS": 2,
-                "OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS": TIMEOUT}
+    settings = {
+        "OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES": IDLE_MINUTES,
+        "OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS": 2,
+        "OMNIMEMORY_LEARNER_REQUEST_TIMEOUT_SECONDS": TIMEOUT,
+    }
     settings.update(extra)
     env = learner_env(tmp_path, api.url, db, **settings)
     learner = start_learner(env)
@@ -207,13 +240,16 @@ def hostile_answer(tmp_path, api, behaviour, **extra):
     return peak, times, out
 
 
-@pytest.mark.parametrize("behaviour, what", [
-    (("huge", 500, 300 * 1024 * 1024), "a 500 with a 300 MB body"),
-    (("huge", 200, 300 * 1024 * 1024), "a 200 with a 300 MB body"),
-    (("drip", 200, 100_000, 0.05), "a 200 dripped a byte every 50 ms"),
-    (("drip_head", 0.05), "a status line and headers dripped a byte every 50 ms"),
-    (("silent", 30), "no answer for 30 s"),
-])
+@pytest.mark.parametrize(
+    "behaviour, what",
+    [
+        (("huge", 500, 300 * 1024 * 1024), "a 500 with a 300 MB body"),
+        (("huge", 200, 300 * 1024 * 1024), "a 200 with a 300 MB body"),
+        (("drip", 200, 100_000, 0.05), "a 200 dripped a byte every 50 ms"),
+        (("drip_head", 0.05), "a status line and headers dripped a byte every 50 ms"),
+        (("silent", 30), "no answer for 30 s"),
+    ],
+)
 def test_an_answer_is_bounded_in_time_and_memory(tmp_path, api, behaviour, what):
     peak, _, out = hostile_answer(tmp_path, api, behaviour)
     (answer,) = api.answers
@@ -226,25 +262,35 @@ def test_an_answer_is_bounded_in_time_and_memory(tmp_path, api, behaviour, what)
     else:
         assert answer["open_seconds"] >= TIMEOUT - 0.05  # it did wait for its deadline
         assert f"no whole answer within {TIMEOUT:g} s" in out
-    print(f"\nFIGURE bounded-answer: {what}: request open {answer['open_seconds']:.2f} s "
-          f"(timeout {TIMEOUT:g} s), learner peak memory {peak / 1024:.1f} MB")
+    print(
+        f"\nFIGURE bounded-answer: {what}: request open {answer['open_seconds']:.2f} s "
+        f"(timeout {TIMEOUT:g} s), learner peak memory {peak / 1024:.1f} MB"
+    )
 
 
-@pytest.mark.parametrize("status, value, cap, wait", [
-    (429, "3", 10, 3.0),
-    (503, "date+3", 10, 3.0),
-    (429, "3600", 2, 2.0),  # capped by retry_max_seconds
-])
+@pytest.mark.parametrize(
+    "status, value, cap, wait",
+    [
+        (429, "3", 10, 3.0),
+        (503, "date+3", 10, 3.0),
+        (429, "3600", 2, 2.0),  # capped by retry_max_seconds
+    ],
+)
 def test_retry_after_is_honoured_and_capped(tmp_path, api, status, value, cap, wait):
     header = value
     if value.startswith("date+"):
+
         def header():
             # An HTTP date has whole seconds: the next whole second after now + wait.
             return email.utils.formatdate(int(time.time() + float(value[5:])) + 1, usegmt=True)
-    peak, times, _ = hostile_answer(tmp_path, api, ("headers", status, {"Retry-After": header}, "{}"),
-                                    OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=cap)
+
+    peak, times, _ = hostile_answer(
+        tmp_path, api, ("headers", status, {"Retry-After": header}, "{}"), OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=cap
+    )
     assert len(times) == 2
     gap = times[1] - times[0]
     assert wait - 0.1 <= gap <= wait + (1.0 if value.startswith("date") else 0) + 1.0, f"retried after {gap:.2f} s"
-    print(f"\nFIGURE retry-after: {status} Retry-After {value!r}: retried after {gap:.2f} s "
-          f"(retry_max_seconds {cap}), learner peak memory {peak / 1024:.1f} MB")
+    print(
+        f"\nFIGURE retry-after: {status} Retry-After {value!r}: retried after {gap:.2f} s "
+        f"(retry_max_seconds {cap}), learner peak memory {peak / 1024:.1f} MB"
+    )

@@ -33,8 +33,14 @@ def test_random_sigkills_under_a_supervisor_while_another_process_writes(tmp_pat
     db = tmp_path / "db" / "memory_data.db"
     db.parent.mkdir()
     # Small batches and a short poll: more commits and more moments to be killed in.
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_BATCH_SIZE=5, OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=1)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_BATCH_SIZE=5,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=1,
+    )
     writer = subprocess.Popen([sys.executable, WRITER, str(db), "11", str(sessions)], stdout=subprocess.PIPE, text=True)
     kills = 0
     while kills < kills_wanted:
@@ -48,16 +54,19 @@ def test_random_sigkills_under_a_supervisor_while_another_process_writes(tmp_pat
     assert writer.wait(1800) == 0
     learner = start_learner(env)
     truth = true_sessions(db)
-    assert wait_until(lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0,
-                      timeout=120)
+    assert wait_until(
+        lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0, timeout=120
+    )
     time.sleep(IDLE_MINUTES * 60 + 1)
     code, out = stop(learner)
     assert code == 0, out
     unique, resent = delivered_once(api)
     figures = compare(truth, unique)
     events = sqlite3.connect(str(db)).execute("SELECT count(*) FROM events").fetchone()[0]
-    print(f"\nFIGURE crashes: kills={kills} events={events} sessions={figures['sessions']} lost={figures['lost']} "
-          f"unexpected={figures['unexpected']} resent_same_key={resent} posts={len(api.sessions())}")
+    print(
+        f"\nFIGURE crashes: kills={kills} events={events} sessions={figures['sessions']} lost={figures['lost']} "
+        f"unexpected={figures['unexpected']} resent_same_key={resent} posts={len(api.sessions())}"
+    )
     assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]
     # Only POSTs in flight at a kill are sent again; there cannot be more of them than kills.
     assert resent <= kills
@@ -69,8 +78,14 @@ def test_kill_between_the_servers_learning_and_our_record(tmp_path, api, moment)
     db = create_db(tmp_path / "db" / "memory_data.db")
     start = time.time() - 3600
     stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-    insert_events(db, [(stamp(start + s * 1000 + i), kind, f"k{s}") for s in range(3)
-                       for i, kind in enumerate(["file_open", "code_edit", "file_save"])])
+    insert_events(
+        db,
+        [
+            (stamp(start + s * 1000 + i), kind, f"k{s}")
+            for s in range(3)
+            for i, kind in enumerate(["file_open", "code_edit", "file_save"])
+        ],
+    )
     env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES)
     learner = start_learner(env, stdout=subprocess.DEVNULL)
     api.kill_hook = lambda: os.kill(learner.pid, signal.SIGKILL)

@@ -53,15 +53,24 @@ def test_writer_holding_the_write_lock_for_10_seconds(tmp_path, api):
     learner, _ = service(tmp_path, api, db)
     insert_events(db, burst("before"))
     assert api.wait_for(1, timeout=20)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time\n"
-        f"db = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "db.execute('BEGIN EXCLUSIVE')\n"
-        "db.executemany('INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)',"
-        f" {burst('during')!r})\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(10)\n"
-        "db.execute('COMMIT')\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time\n"
+                f"db = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+                "db.execute('BEGIN EXCLUSIVE')\n"
+                "db.executemany('INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)',"
+                f" {burst('during')!r})\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(10)\n"
+                "db.execute('COMMIT')\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     time.sleep(3)
     assert learner.poll() is None  # still running while locked out
@@ -75,8 +84,14 @@ def test_writer_holding_the_write_lock_for_10_seconds(tmp_path, api):
 def test_wal_checkpointed_and_truncated_while_reading(tmp_path, api):
     db = create_db(tmp_path / "db" / "memory_data.db")
     base = time.time() - 7200
-    insert_events(db, [(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + s * 1000 + i)), k, f"c{s}")
-                       for s in range(300) for i, k in enumerate(["file_open", "code_edit", "file_save"])])
+    insert_events(
+        db,
+        [
+            (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(base + s * 1000 + i)), k, f"c{s}")
+            for s in range(300)
+            for i, k in enumerate(["file_open", "code_edit", "file_save"])
+        ],
+    )
     learner, _ = service(tmp_path, api, db, OMNIMEMORY_LEARNER_BATCH_SIZE=10)
     writer = sqlite3.connect(str(db), isolation_level=None)
     for _ in range(20):  # checkpoint and truncate the WAL while the learner reads in small batches
@@ -117,9 +132,15 @@ def test_a_step_of_the_writers_clock_back_never_cuts_and_forward_cuts_one_sessio
     learner, _ = service(tmp_path, api, db)
     time.sleep(1)
     steps = [  # (seconds the writer's clock is off, event type, id), committed one at a time
-        (0, "file_open", "back"), (0, "code_edit", "back"), (-5 * 3600, "file_save", "back"), (0, "git_commit", "back"),
-        (0, "file_open", "forward"), (0, "code_edit", "forward"), (0, "file_save", "forward"),
-        (3 * 3600, "test_run", "forward"), (3 * 3600, "code_edit", "forward"),
+        (0, "file_open", "back"),
+        (0, "code_edit", "back"),
+        (-5 * 3600, "file_save", "back"),
+        (0, "git_commit", "back"),
+        (0, "file_open", "forward"),
+        (0, "code_edit", "forward"),
+        (0, "file_save", "forward"),
+        (3 * 3600, "test_run", "forward"),
+        (3 * 3600, "code_edit", "forward"),
         (0, "git_commit", "forward"),  # back from three hours ahead: no cut
     ]
     for offset, kind, sid in steps:
@@ -137,8 +158,11 @@ def test_a_step_of_the_writers_clock_back_never_cuts_and_forward_cuts_one_sessio
 
 
 def libfaketime():
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1")
-                   + glob.glob("/usr/local/lib/faketime/libfaketime.so.1"))
+    found = sorted(
+        glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+        + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+        + glob.glob("/usr/local/lib/faketime/libfaketime.so.1")
+    )
     if not found:
         pytest.skip("libfaketime is not installed (Debian: apt-get install faketime)")
     return found[0]
@@ -164,9 +188,16 @@ def test_the_learners_own_wall_clock_jumping_by_hours_neither_cuts_nor_loses(tmp
     api = RecordingAPI(port).start()
     db = tmp_path / "db" / "memory_data.db"
     db.parent.mkdir()
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      LD_PRELOAD=libfaketime(), FAKETIME_TIMESTAMP_FILE=str(offset), FAKETIME_NO_CACHE="1",
-                      FAKETIME_DONT_FAKE_MONOTONIC="1")
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        LD_PRELOAD=libfaketime(),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
     learner = start_learner(env)
     try:
         writer = subprocess.Popen([sys.executable, WRITER, str(db), "33", "200"], stdout=subprocess.PIPE, text=True)
@@ -176,8 +207,11 @@ def test_the_learners_own_wall_clock_jumping_by_hours_neither_cuts_nor_loses(tmp
             return snapshot and snapshot.get("updated_at", 0) - time.time()
 
         heads = []
-        for jump, seen in (("+3h", lambda ahead: ahead > 3 * 3600 - 60), ("-5h", lambda ahead: ahead < -5 * 3600 + 60),
-                           ("+0", lambda ahead: abs(ahead) < 60)):
+        for jump, seen in (
+            ("+3h", lambda ahead: ahead > 3 * 3600 - 60),
+            ("-5h", lambda ahead: ahead < -5 * 3600 + 60),
+            ("+0", lambda ahead: abs(ahead) < 60),
+        ):
             offset.write_text(jump + "\n")
             # The learner's own clock really moved (its snapshot says so), while it went on working.
             assert wait_until(lambda: seen(learners_clock_ahead() or 0), 20), (jump, learners_clock_ahead())
@@ -192,8 +226,10 @@ def test_the_learners_own_wall_clock_jumping_by_hours_neither_cuts_nor_loses(tmp
         assert code == 0
         unique, resent = delivered_once(api)
         figures = compare(truth, unique)
-        print(f"\nFIGURE own-clock: {figures['sessions']} sessions, lost={figures['lost']}, "
-              f"unexpected={figures['unexpected']}, resent={resent}")
+        print(
+            f"\nFIGURE own-clock: {figures['sessions']} sessions, lost={figures['lost']}, "
+            f"unexpected={figures['unexpected']}, resent={resent}"
+        )
         assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]
         assert resent == 0 and len(truth) > 20
     finally:
@@ -207,8 +243,14 @@ def test_a_pause_longer_than_the_idle_threshold_neither_loses_nor_cuts(tmp_path,
     insert_events(db, burst("paused", kinds=("file_open", "code_edit")))
     # Neither a file event nor a poll may come to the rescue: after the pause,
     # reaching the idle deadline alone must make it read before it closes.
-    learner, _ = service(tmp_path, api, db, OMNIMEMORY_LEARNER_WATCH="false",
-                         OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=60, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=0.1)
+    learner, _ = service(
+        tmp_path,
+        api,
+        db,
+        OMNIMEMORY_LEARNER_WATCH="false",
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=60,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=0.1,
+    )
     time.sleep(2.5)  # started; its first poll read the session's first two events
     learner.send_signal(signal.SIGSTOP)
     # Suspended for 9 s, past the 6 s idle deadline, while the user goes on (no gap of 6 s).
@@ -219,8 +261,13 @@ def test_a_pause_longer_than_the_idle_threshold_neither_loses_nor_cuts(tmp_path,
     assert api.wait_for(1, timeout=20), "the session was cut in two"
     code, _ = stop(learner)
     assert code == 0
-    assert received(api) == [("paused", ("open_file", "edit_code", "save_file", "run_tests", "edit_code",
-                                         "commit_changes", "save_file"), "success")]
+    assert received(api) == [
+        (
+            "paused",
+            ("open_file", "edit_code", "save_file", "run_tests", "edit_code", "commit_changes", "save_file"),
+            "success",
+        )
+    ]
 
 
 # -- a replaced, restored or wiped database (issue 17): every session reaches the API once ----------
@@ -241,9 +288,14 @@ def each_once(api):
 
 
 def backfill(env):
-    return subprocess.run([sys.executable, "-m", "omnimemory_learner", "backfill", "--until-delivered-timeout", "20"],
-                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "omnimemory_learner", "backfill", "--until-delivered-timeout", "20"],
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_database_copied_over_itself_while_stopped_then_a_backfill_sends_nothing_again(tmp_path, api):
@@ -284,9 +336,17 @@ def test_an_older_backup_restored_while_stopped_then_new_activity(tmp_path, api)
     learner, _ = service(tmp_path, api, db)
     assert api.wait_for(2, timeout=30)
     backup = tmp_path / "backup.db"
-    subprocess.run([sys.executable, "-c", "import sqlite3, sys; s = sqlite3.connect(sys.argv[1]); "
-                    "d = sqlite3.connect(sys.argv[2]); s.backup(d); d.close(); s.close()", str(db), str(backup)],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; s = sqlite3.connect(sys.argv[1]); "
+            "d = sqlite3.connect(sys.argv[2]); s.backup(d); d.close(); s.close()",
+            str(db),
+            str(backup),
+        ],
+        check=True,
+    )
     insert_events(db, [event for n in range(2, 5) for event in burst(f"old{n}", -900 + 60 * n)])
     assert api.wait_for(5, timeout=30)
     assert stop(learner)[0] == 0
@@ -300,7 +360,9 @@ def test_an_older_backup_restored_while_stopped_then_new_activity(tmp_path, api)
     assert code == 0 and "was replaced by a different history" in out
     assert each_once(api) == [f"new{n}" for n in range(3)] + [f"old{n}" for n in range(5)]
     shown = run_learner(env, "status").stdout
-    assert "Replaced: by a different history" in shown and "2 not sent again (delivered before)" in shown  # old0, old1: what the backup held
+    assert (
+        "Replaced: by a different history" in shown and "2 not sent again (delivered before)" in shown
+    )  # old0, old1: what the backup held
     doctor = run_learner(env, "doctor").stdout
     assert "database replaced" in doctor and "by a different history" in doctor
 

@@ -43,8 +43,11 @@ def expected(rows, idle, min_commands=3):
     each as (session_id, its commands' timestamps)."""
     events = [(rowid, sid, t) for rowid, (t, kind, sid) in enumerate(rows, 1) if kind in DEFAULT_EVENT_MAP]
     time_of = {rowid: t for rowid, _, t in events}
-    return sorted((sid, tuple(time_of[r] for r in session)) for sid, session in reference_sessions(events, idle)
-                  if len(session) >= min_commands)
+    return sorted(
+        (sid, tuple(time_of[r] for r in session))
+        for sid, session in reference_sessions(events, idle)
+        if len(session) >= min_commands
+    )
 
 
 def got(api):
@@ -73,13 +76,21 @@ def in_write_order(rows):
 
 
 def settings_env(tmp_path, api, db, idle_minutes, **extra):
-    return learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=idle_minutes,
-                       OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=1, **extra)
+    return learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=idle_minutes,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=1,
+        **extra,
+    )
 
 
 def finish(learner, api, tmp_path, truth, idle, timeout=60):
     assert wait_until(lambda: len(got(api)) >= len(truth) and pending(tmp_path / "state") == 0, timeout), (
-        len(got(api)), len(truth))
+        len(got(api)),
+        len(truth),
+    )
     time.sleep(idle + 1)  # nothing more comes
     code, out = stop(learner)
     assert code == 0, out
@@ -201,7 +212,9 @@ def test_waves_of_recent_history_with_sigkills_between_them(tmp_path, api):
     learner = start_learner(env)
     finish(learner, api, tmp_path, truth, idle, timeout=120)
     _, resent = delivered_once(api)
-    print(f"\nFIGURE waves: {waves} waves, {kills} kills, {len(written)} rows, {len(truth)} sessions expected, "
-          f"{len(got(api))} learned, resent_same_key {resent}")
+    print(
+        f"\nFIGURE waves: {waves} waves, {kills} kills, {len(written)} rows, {len(truth)} sessions expected, "
+        f"{len(got(api))} learned, resent_same_key {resent}"
+    )
     assert got(api) == truth
     assert resent <= kills

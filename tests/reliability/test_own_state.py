@@ -39,16 +39,23 @@ def stamp(t):
 
 def history(db, sessions, prefix):
     start = time.time() - 86400
-    insert_events(db, [(stamp(start + s * 1000 + i), kind, f"{prefix}{s}") for s in range(sessions)
-                       for i, kind in enumerate(["file_open", "code_edit", "file_save"])])
+    insert_events(
+        db,
+        [
+            (stamp(start + s * 1000 + i), kind, f"{prefix}{s}")
+            for s in range(sessions)
+            for i, kind in enumerate(["file_open", "code_edit", "file_save"])
+        ],
+    )
 
 
 @pytest.fixture
 def small_filesystem(tmp_path):
     mount_point = tmp_path / "state"
     mount_point.mkdir(mode=0o700)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
     yield mount_point
@@ -95,8 +102,13 @@ def test_read_only_state_directory_at_start_is_waited_for(tmp_path):
     state.mkdir(mode=0o500)
     os.chmod(state, 0o500)
     api = RecordingAPI().start()
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.5)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.5,
+    )
     try:
         # Stopped while waiting: a clean exit, nothing written.
         learner = start_learner(env, **subject_to_permissions())
@@ -110,8 +122,9 @@ def test_read_only_state_directory_at_start_is_waited_for(tmp_path):
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(tmp_path / "notify"))
         notify.setblocking(False)
-        learner = start_learner(dict(env, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000"),
-                                **subject_to_permissions())
+        learner = start_learner(
+            dict(env, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000"), **subject_to_permissions()
+        )
         assert wait_until(lambda: STATE_WAIT in output_of(learner), 20)
         time.sleep(3)  # six retries
         assert learner.poll() is None
@@ -141,8 +154,13 @@ def test_state_of_an_earlier_run_turned_read_only_is_waited_for_with_the_lock_he
     db = create_db(tmp_path / "db" / "memory_data.db")
     state = tmp_path / "state"
     api = RecordingAPI().start()
-    env = learner_env(tmp_path, api.url, db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.5)
+    env = learner_env(
+        tmp_path,
+        api.url,
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_POLL_INTERVAL_SECONDS=0.5,
+    )
     try:
         learner = start_learner(env)
         history(db, 3, "first")
@@ -160,8 +178,9 @@ def test_state_of_an_earlier_run_turned_read_only_is_waited_for_with_the_lock_he
         assert json.loads(run_learner(env, "status", "--json").stdout)["snapshot_stale"] is True
         os.chmod(state, 0o700)
         assert api.wait_for(6, timeout=20)
-        assert wait_until(lambda: json.loads(run_learner(env, "status", "--json").stdout)["snapshot_stale"] is False,
-                          20)
+        assert wait_until(
+            lambda: json.loads(run_learner(env, "status", "--json").stdout)["snapshot_stale"] is False, 20
+        )
         assert stop(learner)[0] == 0
         assert_each_delivered_once(api, 6)
     finally:
@@ -229,8 +248,13 @@ def test_disk_full_pauses_reading_and_loses_nothing(tmp_path, small_filesystem):
     db = create_db(tmp_path / "db" / "memory_data.db")
     history(db, 6000, "f")  # 6,000 sessions do not fit in 512 KB of outbox
     port = free_port()
-    env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2)
+    env = learner_env(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2,
+    )
     learner = start_learner(env)
     time.sleep(4)
     assert learner.poll() is None  # no crash
@@ -277,12 +301,18 @@ def test_state_store_failing_mid_catch_up_does_not_spin(tmp_path, small_filesyst
     # Enough that the first commit (after a second of reading) fails with most still unread.
     history(db, 100_000, "c")
     port = free_port()
-    env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2)
+    env = learner_env(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2,
+    )
     learner = start_learner(env)
     try:
-        assert wait_until(lambda: "reading pauses until the state can be written" in output_of(learner), 60), \
-            output_of(learner)[-3000:]
+        assert wait_until(lambda: "reading pauses until the state can be written" in output_of(learner), 60), output_of(
+            learner
+        )[-3000:]
         time.sleep(IDLE_MINUTES * 60 + 1)  # the open sessions' idle deadlines pass
         report = json.loads(run_learner(env, "status", "--json").stdout)
         assert report["behind"] > 0 and report["active_sessions"] >= 1, report  # mid-catch-up

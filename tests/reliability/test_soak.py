@@ -29,8 +29,11 @@ SECONDS = float(os.environ.get("RELIABILITY_SOAK_SECONDS", 3600 if LONG else 45)
 
 def resources(pid):
     status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
-    return {"rss_mb": int(status["VmRSS"].split()[0]) / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")),
-            "threads": int(status["Threads"])}
+    return {
+        "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "threads": int(status["Threads"]),
+    }
 
 
 def test_soak_with_the_api_flapping(tmp_path):
@@ -38,12 +41,18 @@ def test_soak_with_the_api_flapping(tmp_path):
     api = RecordingAPI(port)
     db = tmp_path / "db" / "memory_data.db"
     db.parent.mkdir()
-    env = learner_env(tmp_path, f"http://127.0.0.1:{port}", db, OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
-                      OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2)
+    env = learner_env(
+        tmp_path,
+        f"http://127.0.0.1:{port}",
+        db,
+        OMNIMEMORY_LEARNER_SESSION_IDLE_MINUTES=IDLE_MINUTES,
+        OMNIMEMORY_LEARNER_RETRY_MAX_SECONDS=2,
+    )
     learner = start_learner(env)
     # More sessions than it can write in the time: it is stopped at the end.
-    writer = subprocess.Popen([sys.executable, WRITER, str(db), "31", str(int(SECONDS * 20))],
-                              stdout=subprocess.DEVNULL)
+    writer = subprocess.Popen(
+        [sys.executable, WRITER, str(db), "31", str(int(SECONDS * 20))], stdout=subprocess.DEVNULL
+    )
     flapper = Flapper(api, period=3.0).start()
     try:
         time.sleep(min(10.0, SECONDS / 4))
@@ -57,8 +66,9 @@ def test_soak_with_the_api_flapping(tmp_path):
         writer.wait(10)
         flapper.stop()
         truth = true_sessions(db)
-        assert wait_until(lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0,
-                          timeout=120)
+        assert wait_until(
+            lambda: len(delivered_once(api)[0]) >= len(truth) and pending(tmp_path / "state") == 0, timeout=120
+        )
         time.sleep(IDLE_MINUTES * 60 + 0.5)
         end = resources(learner.pid)
         learner.terminate()
@@ -70,9 +80,11 @@ def test_soak_with_the_api_flapping(tmp_path):
     unique, resent = delivered_once(api)
     figures = compare(truth, unique)
     peak = max(s["rss_mb"] for s in samples)
-    print(f"\nFIGURE soak {SECONDS:.0f}s: sessions={figures['sessions']} lost={figures['lost']} resent={resent} "
-          f"rss {warm['rss_mb']:.1f}->{end['rss_mb']:.1f} MB (peak {peak:.1f}), fds {warm['fds']}->{end['fds']}, "
-          f"threads {warm['threads']}->{end['threads']}")
+    print(
+        f"\nFIGURE soak {SECONDS:.0f}s: sessions={figures['sessions']} lost={figures['lost']} resent={resent} "
+        f"rss {warm['rss_mb']:.1f}->{end['rss_mb']:.1f} MB (peak {peak:.1f}), fds {warm['fds']}->{end['fds']}, "
+        f"threads {warm['threads']}->{end['threads']}"
+    )
     assert figures["lost"] == 0 and figures["unexpected"] == 0, figures["detail"]
     assert end["threads"] == warm["threads"]
     assert end["fds"] <= warm["fds"] + 2
