@@ -36,14 +36,11 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Option
 import httpx
 
 from .config import Config
+from .core.fates import TAKEN_BY_API, Fate, Verdict
 from .core.sessions import ClosedSession
 from .core.unusual import UnusualDetector
 from .logs import NOTICE
 from .storage.history import (
-    LEARNED,
-    MODEL_SETTLEMENTS,
-    NOT_LEARNED,
-    REJECTED,
     HistoryStore,
     settled_entry,
     unsent_entry,
@@ -69,15 +66,6 @@ UNUSUAL_MODEL_SESSIONS = 20_000
 UNSENT_QUEUE_CAP = 2_000
 # History retention while idle: at most this many batches (of 500) before looking for work again.
 PRUNE_BATCHES_PER_IDLE = 20
-
-
-class Verdict:
-    """What one answer of POST /learn means for the session (not its success/failure outcome)."""
-
-    LEARNED = "learned"
-    NOT_LEARNED = "not_learned"
-    REJECTED = "rejected"
-    RETRY = "retry"
 
 
 # 4xx answers that say "again later", not "never": retried like 5xx.
@@ -532,8 +520,7 @@ class Deliverer:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             self._history = HistoryStore(self.state_dir)
             self._unusual = UnusualDetector(
-                entry.commands
-                for entry in self._history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=MODEL_SETTLEMENTS)
+                entry.commands for entry in self._history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=TAKEN_BY_API)
             )
             client = BoundedClient(self.timeout)
             while not self._stop.is_set():
@@ -614,7 +601,7 @@ class Deliverer:
 
     def _remember(self, session: PendingSession, settled: str, pattern_id: Optional[str] = None) -> None:
         """A settled session into the history (losing it never stops delivery)."""
-        unusual = self._judge(session) if settled in MODEL_SETTLEMENTS else None
+        unusual = self._judge(session) if settled in TAKEN_BY_API else None
         if self._history is not None:
             self._history.record([settled_entry(session, settled, pattern_id, unusual)])
 
@@ -673,7 +660,7 @@ class Deliverer:
 
         A key settled as `rejected` does not count: `outbox retry` sends it again on purpose.
         """
-        if self._history is None or not self._history.delivered([session.content_key], excluding=(REJECTED,)):
+        if self._history is None or not self._history.delivered([session.content_key], excluding=(Fate.REJECTED,)):
             return False
         if not self._record(store.mark_already_delivered, session.id)[0]:
             return True  # stopping: the next run asks the ledger again
@@ -734,13 +721,13 @@ class Deliverer:
                 detail,
             )
             self._record(store.mark_rejected, session.id, detail or "")
-            self._remember(session, REJECTED)
+            self._remember(session, Fate.REJECTED)
         else:
             # The API has learned it: from here on only the record may be
             # retried, never the POST (that would teach the session twice).
             if not self._record(store.mark_delivered, session.id, detail)[0]:
                 return None  # stopping: unrecorded, it is resent with the same key after a restart
-            self._remember(session, LEARNED if detail else NOT_LEARNED, detail)
+            self._remember(session, Fate.LEARNED if detail else Fate.NOT_LEARNED, detail)
             if detail:
                 log.info(
                     "Successfully learned pattern %s from session %s (%d commands)",
@@ -829,7 +816,7 @@ class Deliverer:
             self.session_retry_seconds,
         )
         if parked:
-            self._remember(session, REJECTED)
+            self._remember(session, Fate.REJECTED)
             log.error(
                 "Session %s failed %d times over %.0f s while the API took other sessions; parked as rejected "
                 "(see 'omnimemory-learner outbox'; 'omnimemory-learner outbox retry' sends it again): %s",

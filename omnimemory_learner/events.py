@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
+from .core.fates import Unavailability
+
 log = logging.getLogger(__name__)
 
 # Unix seconds later than this are taken for milliseconds (as INTERFACES.md says).
@@ -35,9 +37,9 @@ Event = Tuple[int, str, Tuple[str, str], float]
 class Unavailable(Exception):
     """The events cannot be read now (missing, locked, corrupt); try again later."""
 
-    def __init__(self, kind: str, detail: str):
+    def __init__(self, kind: Unavailability, detail: str):
         super().__init__(detail)
-        self.kind = kind  # missing, no-table, no-rowid, locked, corrupt, unreadable
+        self.kind = kind
 
 
 def read_only_uri(path: Path) -> str:
@@ -380,11 +382,11 @@ class EventReader:
             return self._connection
         identity = file_identity(self.db_path)
         if identity is None:
-            raise Unavailable("missing", f"database {self.db_path} does not exist")
+            raise Unavailable(Unavailability.MISSING, f"database {self.db_path} does not exist")
         try:
             connection = open_read_only(self.db_path, self.busy_timeout)
         except sqlite3.Error as error:
-            raise Unavailable("unreadable", f"cannot open {self.db_path}: {error}") from None
+            raise Unavailable(Unavailability.UNREADABLE, f"cannot open {self.db_path}: {error}") from None
         try:
             problem = events_table_problem(connection)
         except sqlite3.DatabaseError as error:
@@ -392,7 +394,7 @@ class EventReader:
             raise self._unavailable(error) from None
         if problem is not None:
             connection.close()
-            raise Unavailable("no-rowid", f"cannot read {self.db_path}: {problem}")
+            raise Unavailable(Unavailability.NO_ROWID, f"cannot read {self.db_path}: {problem}")
         self._connection = connection
         self.identity = identity
         self._data_version = None
@@ -485,10 +487,10 @@ class EventReader:
         if "no such table" in lowered:
             # The writer may create the table later; a new connection sees it.
             self.close()
-            return Unavailable("no-table", f"database {self.db_path} has no events table yet")
+            return Unavailable(Unavailability.NO_TABLE, f"database {self.db_path} has no events table yet")
         if "locked" in lowered or "busy" in lowered:
-            return Unavailable("locked", f"database {self.db_path} is locked: {message}")
+            return Unavailable(Unavailability.LOCKED, f"database {self.db_path} is locked: {message}")
         self.close()
         if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
-            return Unavailable("corrupt", f"database {self.db_path} is corrupt: {message}")
-        return Unavailable("unreadable", f"cannot read {self.db_path}: {message}")
+            return Unavailable(Unavailability.CORRUPT, f"database {self.db_path} is corrupt: {message}")
+        return Unavailable(Unavailability.UNREADABLE, f"cannot read {self.db_path}: {message}")

@@ -20,6 +20,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from .config import Config
+from .core.fates import CloseReason, Unavailability
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
 from .events import EventReader, LocalTimeContext, Unavailable, file_identity, validate_rows
@@ -233,7 +234,7 @@ class Pipeline:
         self._closed.extend(closed)
         return len(closed)
 
-    def close_all(self, reason: str = "end") -> None:
+    def close_all(self, reason: str = CloseReason.END) -> None:
         self._closed.extend(self.tracker.close_all(reason))
         self._dirty = True
 
@@ -306,10 +307,10 @@ class Pipeline:
             why,
         )
         # Open sessions had real events: they close now, as they are.
-        self.close_all("replaced")
+        self.close_all(CloseReason.REPLACED)
         self.commit()
         if self.commit_failing:
-            raise Unavailable("state", self.commit_failing)
+            raise Unavailable(Unavailability.STATE, self.commit_failing)
         self.reader.close()
         # Rows up to the new head may hold sessions sent before: the ledger
         # decides (_against_ledger).  Read before forgetting, so that an
@@ -329,16 +330,16 @@ class Pipeline:
     def _note_unavailable(self, problem: Unavailable) -> None:
         previous = self.unavailable
         self.unavailable = problem
-        if problem.kind != "locked":
+        if problem.kind != Unavailability.LOCKED:
             # Nothing more can be read for now: open sessions finish by processing
             # time.  A lock is brief: a backlog read half-way is not caught up, or
             # processing time would cut its sessions (hostile review).
             self.caught_up = True
         if previous is not None and previous.kind == problem.kind:
             return  # said once, not every poll
-        if problem.kind in ("missing", "no-table"):
+        if problem.kind in (Unavailability.MISSING, Unavailability.NO_TABLE):
             log.warning("%s; waiting for the memory daemon to create it", problem)
-        elif problem.kind == "locked":
+        elif problem.kind == Unavailability.LOCKED:
             log.info("%s; will retry", problem)
         else:
             log.error("%s; will retry", problem)

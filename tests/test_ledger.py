@@ -7,10 +7,11 @@ import time
 
 from helpers import wait_until
 
+from omnimemory_learner.core.fates import Fate
 from omnimemory_learner.core.identity import key_of_pairs
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Deliverer
-from omnimemory_learner.storage.history import LEARNED, REJECTED, Entry, HistoryStore
+from omnimemory_learner.storage.history import Entry, HistoryStore
 from omnimemory_learner.storage.state import StateStore
 
 
@@ -46,7 +47,7 @@ def test_a_key_the_history_settled_is_marked_and_counted_without_a_post(tmp_path
     sent_before, rejected_before, new = session("a", 1000.0), session("b", 2000.0), session("c", 3000.0)
     history = HistoryStore(state)
     # a was learned (the ledger holds it); b was rejected once: `outbox retry` must still be able to send it.
-    history.record([entry(sent_before, LEARNED), entry(rejected_before, REJECTED)])
+    history.record([entry(sent_before, Fate.LEARNED), entry(rejected_before, Fate.REJECTED)])
     history.close()
     store = StateStore(state)
     store.commit(0, 3, None, [sent_before, rejected_before, new], {})
@@ -70,8 +71,8 @@ def test_a_key_the_history_settled_is_marked_and_counted_without_a_post(tmp_path
 def test_history_delivered_leaves_out_the_settlements_asked(tmp_path):
     history = HistoryStore(tmp_path)
     learned, rejected = session("a", 1.0), session("b", 5.0)
-    history.record([entry(learned, LEARNED), entry(rejected, REJECTED)])
-    keys = [entry(learned, LEARNED).key, entry(rejected, REJECTED).key, "f" * 32]
+    history.record([entry(learned, Fate.LEARNED), entry(rejected, Fate.REJECTED)])
+    keys = [entry(learned, Fate.LEARNED).key, entry(rejected, Fate.REJECTED).key, "f" * 32]
     assert history.delivered(keys) == set(keys[:2])
-    assert history.delivered(keys, excluding=(REJECTED,)) == {keys[0]}
+    assert history.delivered(keys, excluding=(Fate.REJECTED,)) == {keys[0]}
     history.close()

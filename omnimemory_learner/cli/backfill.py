@@ -11,6 +11,7 @@ import time
 from typing import Optional
 
 from ..config import Config
+from ..core.fates import CloseReason, Fate
 from ..delivery import Deliverer
 from ..events import Unavailable
 from ..logs import setup_logging
@@ -56,7 +57,7 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
 
         def learned_and_pending():
             counters = pipeline.state.counters()
-            return counters.get("patterns_learned", 0), pipeline.state.status_counts().get("pending", 0)
+            return counters.get("patterns_learned", 0), pipeline.state.status_counts().get(Fate.PENDING, 0)
 
         def show(force=False):
             learned, pending = learned_and_pending()
@@ -65,7 +66,7 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
         if not pipeline.drain(between_batches=show):
             error(str(pipeline.unavailable or pipeline.commit_failing))
             return EX_UNAVAILABLE
-        pipeline.close_all("end")
+        pipeline.close_all(CloseReason.END)
         if not pipeline.commit():
             return EX_CANTCREAT
         show(force=True)

@@ -20,6 +20,7 @@ from typing import List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
+from ..core.fates import Fate
 from ..delivery import ANSWER_CAP, BoundedClient, redirect_target
 from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
@@ -472,7 +473,7 @@ def check_outbox(config: Config) -> List[Check]:
         store.close()
     except StateError as error:
         return [Check("outbox", PROBLEM, str(error))]
-    pending, rejected = counts.get("pending", 0), counts.get("rejected", 0)
+    pending, rejected = counts.get(Fate.PENDING, 0), counts.get(Fate.REJECTED, 0)
     checks = []
     if rejected:
         checks.append(

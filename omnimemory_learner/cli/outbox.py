@@ -13,7 +13,8 @@ import time
 from typing import List
 
 from ..config import Config
-from ..storage.history import DROPPED, HistoryStore, settled_entry
+from ..core.fates import Fate
+from ..storage.history import HistoryStore, settled_entry
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
 from .output import echo, error, print_json, shown
@@ -25,7 +26,7 @@ ERROR_WIDTH = 160
 
 def _next_try(entry: dict) -> str:
     """When a pending session is tried again: "now", or the time it backs off until."""
-    if entry["status"] != "pending":
+    if entry["status"] != Fate.PENDING:
         return "-"
     due = entry.get("next_attempt_at")
     if due is None or due <= time.time():
@@ -50,7 +51,7 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                 counts = store.status_counts()
                 error(
                     f"no session with id {', '.join(map(str, ids))} in the outbox "
-                    f"({counts.get('pending', 0)} pending, {counts.get('rejected', 0)} rejected)"
+                    f"({counts.get(Fate.PENDING, 0)} pending, {counts.get(Fate.REJECTED, 0)} rejected)"
                 )
             elif not entries:
                 echo("The outbox is empty: every closed session was delivered.")
@@ -98,7 +99,7 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                 # Into the history, and so the delivered ledger: a rewritten
                 # database read again never sends a dropped session.
                 history = HistoryStore(config.state_dir)
-                history.record([settled_entry(dropped, DROPPED)])
+                history.record([settled_entry(dropped, Fate.DROPPED)])
                 history.close()
             echo(f"Session {ids[0]} dropped.")
             return EX_OK

@@ -6,6 +6,7 @@ import time
 from typing import Optional
 
 from ..config import Config
+from ..core.fates import Fate
 from ..events import EventReader, Unavailable
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
@@ -144,7 +145,7 @@ def _human_status(report: dict) -> str:
         f" {stats['sessions_too_short']} too short, {stats.get('sessions_low_quality', 0)} below min_quality,"
         f" {stats['sessions_not_learned']} not learned by the API, {stats.get('sessions_evicted', 0)} closed early"
         " by the open-session cap",
-        f"         Outbox: {stats['outbox_pending']} pending, {stats['rejected']} rejected,"
+        f"         Outbox: {stats['outbox_pending']} pending, {stats[Fate.REJECTED]} rejected,"
         f" {stats.get('sessions_already_delivered', 0)} not sent again (delivered before),"
         f" {stats.get('sessions_past_horizon', 0)} not sent (older than the history's horizon)",
         f"         Errors: {stats['errors']}",

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from operator import itemgetter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .fates import CloseReason
 from .folding import folded_length
 from .identity import key_of_pairs
 from .outcome import OUTCOME_WINDOW, infer_outcome
@@ -96,7 +97,7 @@ class ClosedSession:
         self.times: array = times  # array("d")
         self.first_rowid: int = first_rowid
         self.last_rowid: int = last_rowid
-        self.reason: str = reason  # idle, close_on, chunk, evicted, end, replaced
+        self.reason: str = reason  # a CloseReason
         self.learnable: bool = learnable
         self.unmapped: int = unmapped
         # Filled in by the pipeline when it commits the session.
@@ -110,7 +111,7 @@ class ClosedSession:
         commands: Sequence[Command],
         first_rowid: int,
         last_rowid: int,
-        reason: str = "idle",
+        reason: str = CloseReason.IDLE,
         learnable: bool = True,
     ) -> ClosedSession:
         return cls(
@@ -205,10 +206,10 @@ class SessionTracker:
                 if len(sessions) > max_open:
                     # The memory cap: the least recently arriving session goes
                     # now, as it is; its id's next event starts a new one.
-                    closed.append(finish(sessions.pop(next(iter(sessions))), "evicted"))
+                    closed.append(finish(sessions.pop(next(iter(sessions))), CloseReason.EVICTED))
                     self.evicted_count += 1
             elif timestamp - session.latest_time >= idle:
-                closed.append(finish(session, "idle"))
+                closed.append(finish(session, CloseReason.IDLE))
                 session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
                 move_to_end(session_id)
             else:
@@ -221,11 +222,11 @@ class SessionTracker:
             session.last_arrival = now
             if len(session.pairs) >= max_commands:
                 del sessions[session_id]
-                closed.append(finish(session, "chunk"))
+                closed.append(finish(session, CloseReason.CHUNK))
             elif close_on and pair[0] in close_on:
                 # Per id and in rowid order, like the cut: the same on any read or replay.
                 del sessions[session_id]
-                closed.append(finish(session, "close_on"))
+                closed.append(finish(session, CloseReason.CLOSE_ON))
         return closed
 
     def note_unmapped(self, counts: Mapping[str, int]) -> None:
@@ -252,10 +253,10 @@ class SessionTracker:
             if still_active(session):
                 break
             del sessions[session.session_id]
-            closed.append(self._finish(session, "idle"))
+            closed.append(self._finish(session, CloseReason.IDLE))
         return closed
 
-    def close_all(self, reason: str = "end") -> List[ClosedSession]:
+    def close_all(self, reason: str = CloseReason.END) -> List[ClosedSession]:
         """Close every open session (end of a backfill, a replaced database)."""
         closed = [self._finish(session, reason) for session in self._open.values()]
         self._open.clear()

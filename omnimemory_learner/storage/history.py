@@ -27,23 +27,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
+from ..core.fates import Fate
 from ..core.sessions import ClosedSession
 from .files import HISTORY_FILE, ensure_private_dir
 from .state import PendingSession
 
 log = logging.getLogger(__name__)
 
-# How settled sessions ended, as `history` shows them.
-LEARNED, NOT_LEARNED, REJECTED, TOO_SHORT, LOW_QUALITY, DROPPED = (
-    "learned",
-    "not_learned",
-    "rejected",
-    "too_short",
-    "low_quality",
-    "dropped",
-)
-# Sessions the API took (it answered 2xx): what the unusual-session model learns from.
-MODEL_SETTLEMENTS = (LEARNED, NOT_LEARNED)
 PRUNE_BATCH = 500
 
 _SCHEMA = """
@@ -55,8 +45,8 @@ CREATE TABLE IF NOT EXISTS history (
     commands TEXT NOT NULL,        -- JSON list of command names, before folding
     outcome TEXT,
     pattern_id TEXT,
-    closed_reason TEXT,            -- idle, cut, close_on, chunk, evicted, end, replaced
-    settled TEXT NOT NULL,         -- learned, not_learned, rejected, too_short, low_quality, dropped
+    closed_reason TEXT,            -- a CloseReason (core/fates.py)
+    settled TEXT NOT NULL,         -- a Fate (core/fates.py) other than pending, already_delivered
     quality REAL,
     unusual_score REAL,
     unusual INTEGER NOT NULL DEFAULT 0,
@@ -374,6 +364,6 @@ def unsent_entry(session: ClosedSession) -> Entry:
         session.outcome,
         None,
         session.reason,
-        LOW_QUALITY if session.learnable else TOO_SHORT,
+        Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT,
         session.score_quality() if session.quality is None else session.quality,
     )

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..core.fates import Fate
 from .files import SNAPSHOT_FILE
 from .state import StateStore
 
@@ -63,8 +64,8 @@ def statistics(store: StateStore, open_sessions: int = 0) -> dict:
         "sessions_low_quality": counters.get("sessions_low_quality", 0),
         "sessions_not_learned": counters.get("sessions_not_learned", 0),
         "sessions_rejected_total": counters.get("sessions_rejected", 0),
-        "outbox_pending": statuses.get("pending", 0),
-        "rejected": statuses.get("rejected", 0),
+        "outbox_pending": statuses.get(Fate.PENDING, 0),
+        Fate.REJECTED.value: statuses.get(Fate.REJECTED, 0),
     }
     position = store.position()
     stats["read_position"] = position.replay_until

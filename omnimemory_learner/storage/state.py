@@ -40,6 +40,7 @@ from array import array
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from ..core.fates import DONE, UNDELIVERED, Fate
 from ..core.folding import fold_runs
 from ..core.identity import session_key
 from ..core.quality import quality_score
@@ -51,12 +52,7 @@ log = logging.getLogger(__name__)
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _BIG_ENDIAN = sys.byteorder == "big"
 
-PENDING, REJECTED, LEARNED, NOT_LEARNED, TOO_SHORT = "pending", "rejected", "learned", "not_learned", "too_short"
-LOW_QUALITY = "low_quality"
-# Not sent because the delivered ledger (the history) knew its content key.
-ALREADY_DELIVERED = "already_delivered"
-DONE_STATUSES = (LEARNED, NOT_LEARNED, TOO_SHORT, LOW_QUALITY, ALREADY_DELIVERED)
-_DONE_MARKS = ",".join("?" * len(DONE_STATUSES))
+_DONE_MARKS = ",".join("?" * len(DONE))
 
 COUNTERS = (
     "events_processed",
@@ -533,7 +529,7 @@ class StateStore:
                         session.session_id,
                         session.first_rowid,
                         session.last_rowid,
-                        PENDING,
+                        Fate.PENDING,
                         session.outcome,
                         len(session.pairs),
                         encode_commands(session),
@@ -551,7 +547,7 @@ class StateStore:
                         session.session_id,
                         session.first_rowid,
                         session.last_rowid,
-                        LOW_QUALITY if session.learnable else TOO_SHORT,
+                        Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT,
                         None,
                         len(session.pairs),
                         None,
@@ -569,7 +565,7 @@ class StateStore:
                         session.session_id,
                         session.first_rowid,
                         session.last_rowid,
-                        ALREADY_DELIVERED,
+                        Fate.ALREADY_DELIVERED,
                         None,
                         len(session.pairs),
                         None,
@@ -607,9 +603,9 @@ class StateStore:
             # Markers below the low-water mark can never be met again.
             db.execute(
                 f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
-                (resume_after, *DONE_STATUSES),
+                (resume_after, *DONE),
             )
-        return sum(1 for row in rows if row[4] == PENDING)
+        return sum(1 for row in rows if row[4] == Fate.PENDING)
 
     def fingerprint(self) -> Optional[dict]:
         """The events database's rows where it was read: {"first": [rowid, text], "last": [rowid, text]}.
@@ -649,7 +645,7 @@ class StateStore:
         made: Dict[int, str] = {}
         missing: List[int] = []
         for row_id, key in self._db.execute(
-            "SELECT id, idempotency_key FROM sessions WHERE status IN (?, ?)", (PENDING, REJECTED)
+            "SELECT id, idempotency_key FROM sessions WHERE status IN (?, ?)", UNDELIVERED
         ):
             if key:
                 keys.add(key)
@@ -674,14 +670,14 @@ class StateStore:
         with self._transaction() as db:
             db.execute(
                 "UPDATE sessions SET status = ?, commands = NULL, delivered_at = ? WHERE id = ? AND status = ?",
-                (ALREADY_DELIVERED, time.time(), session_id, PENDING),
+                (Fate.ALREADY_DELIVERED, time.time(), session_id, Fate.PENDING),
             )
             self._add_counters(db, {"sessions_already_delivered": 1})
 
     def forget_database(self, rewrite_head: Optional[int] = None) -> None:
         """The events database was replaced: its rowids mean nothing any more."""
         with self._transaction() as db:
-            db.execute(f"DELETE FROM sessions WHERE status IN ({_DONE_MARKS})", DONE_STATUSES)
+            db.execute(f"DELETE FROM sessions WHERE status IN ({_DONE_MARKS})", DONE)
             # Undelivered sessions stay; their rows are renumbered so no replay meets them.
             db.execute("UPDATE sessions SET first_rowid = 0, last_rowid = 0")
             db.executemany(
@@ -712,7 +708,7 @@ class StateStore:
             _pending_session(row)
             for row in self._db.execute(
                 f"SELECT {self._pending_columns()} FROM sessions WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
-                (PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
+                (Fate.PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
             )
         ]
 
@@ -721,7 +717,7 @@ class StateStore:
         row = self._db.execute(
             f"SELECT {self._pending_columns()} FROM sessions"
             " WHERE id = ? AND status IN (?, ?) AND commands IS NOT NULL",
-            (session_id, PENDING, REJECTED),
+            (session_id, *UNDELIVERED),
         ).fetchone()
         if row is None:
             return None
@@ -730,12 +726,12 @@ class StateStore:
     def next_due(self, now: float) -> Optional[float]:
         """When the earliest pending session that backs off is due again (None: none does)."""
         row = self._db.execute(
-            "SELECT min(next_attempt_at) FROM sessions WHERE status = ? AND next_attempt_at > ?", (PENDING, now)
+            "SELECT min(next_attempt_at) FROM sessions WHERE status = ? AND next_attempt_at > ?", (Fate.PENDING, now)
         ).fetchone()
         return row[0]
 
     def mark_delivered(self, session_id: int, pattern_id: Optional[str]) -> None:
-        status = LEARNED if pattern_id else NOT_LEARNED
+        status = Fate.LEARNED if pattern_id else Fate.NOT_LEARNED
         with self._transaction() as db:
             db.execute(
                 "UPDATE sessions SET status = ?, pattern_id = ?, delivered_at = ?, commands = NULL,"
@@ -749,7 +745,7 @@ class StateStore:
         with self._transaction() as db:
             db.execute(
                 "UPDATE sessions SET status = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?",
-                (REJECTED, error, session_id),
+                (Fate.REJECTED, error, session_id),
             )
             self._add_counters(db, {"sessions_rejected": 1, "errors": 1})
 
@@ -776,7 +772,7 @@ class StateStore:
         with self._transaction() as db:
             row = db.execute(
                 "SELECT failures, coalesce(first_failed_at, ?) FROM sessions WHERE id = ? AND status = ?",
-                (failed_at, session_id, PENDING),
+                (failed_at, session_id, Fate.PENDING),
             ).fetchone()
             if row is None:
                 return None  # settled or dropped meanwhile
@@ -790,7 +786,7 @@ class StateStore:
                     failures,
                     first_failed_at,
                     None if parked else retry_at,
-                    REJECTED if parked else PENDING,
+                    Fate.REJECTED if parked else Fate.PENDING,
                     f"failed {failures} times over {span:.0f} s while the API took other sessions; last: {error}"
                     if parked
                     else error,
@@ -806,7 +802,7 @@ class StateStore:
         with self._transaction() as db:
             db.executemany(
                 "UPDATE sessions SET next_attempt_at = ? WHERE id = ? AND status = ?",
-                [(at, session_id, PENDING) for session_id in session_ids],
+                [(at, session_id, Fate.PENDING) for session_id in session_ids],
             )
 
     def retry_rejected(self, session_ids: Optional[List[int]] = None) -> int:
@@ -817,10 +813,10 @@ class StateStore:
                 marks = ",".join("?" * len(session_ids))
                 cursor = db.execute(
                     f"UPDATE sessions SET {fresh} WHERE status = ? AND id IN ({marks})",
-                    (PENDING, REJECTED, *session_ids),
+                    (Fate.PENDING, Fate.REJECTED, *session_ids),
                 )
             else:
-                cursor = db.execute(f"UPDATE sessions SET {fresh} WHERE status = ?", (PENDING, REJECTED))
+                cursor = db.execute(f"UPDATE sessions SET {fresh} WHERE status = ?", (Fate.PENDING, Fate.REJECTED))
             return cursor.rowcount
 
     def drop(self, session_id: int) -> bool:
@@ -828,11 +824,11 @@ class StateStore:
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE sessions SET status = ?, commands = NULL WHERE id = ? AND status IN (?, ?)",
-                (TOO_SHORT, session_id, PENDING, REJECTED),
+                (Fate.TOO_SHORT, session_id, *UNDELIVERED),
             )
             return cursor.rowcount == 1
 
-    def outbox(self, statuses=(PENDING, REJECTED)) -> List[dict]:
+    def outbox(self, statuses=UNDELIVERED) -> List[dict]:
         marks = ",".join("?" * len(statuses))
         return [
             {
