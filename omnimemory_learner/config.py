@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
@@ -141,48 +141,77 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
     if kind in ("path", "url", "level"):
         if not isinstance(value, str) or not value.strip():
             raise bad("expected a non-empty string")
-        value = value.strip()
-        if kind == "path":
-            return Path(os.path.expanduser(value)).absolute()
-        if kind == "level":
-            if value.upper() not in LOG_LEVELS:
-                raise bad("expected one of " + ", ".join(LOG_LEVELS))
-            return value.upper()
-        # httpx refuses ASCII controls and spaces in a URL on every request; other
-        # characters (even odd Unicode ones) it percent-encodes: they are shown escaped.
-        if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in value):
-            raise bad("a URL has no spaces or control characters")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise bad("expected an http:// or https:// URL with a host")
-        return value.rstrip("/")
+        return _TEXT_KINDS[kind](value.strip(), bad)
     if kind == "commands":
-        # TOML: an array of command names; environment and flags: comma-separated.
-        if from_text and isinstance(value, str):
-            return tuple(item.strip() for item in value.split(",") if item.strip())
-        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
-            raise bad("expected a list of non-empty command names")
-        return tuple(item.strip() for item in value)
+        return _commands(value, from_text, bad)
     if kind == "fraction":
-        if from_text and isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad("expected a number from 0 to 1") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise bad("expected a number from 0 to 1")
-        return float(value)
+        return _fraction(value, from_text, bad)
     if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-        raise bad("expected true or false")
-    # Numbers: TOML gives typed values; text (environment, flags) is parsed.
+        return _boolean(value, from_text, bad)
+    return _number(kind, lower, value, from_text, bad)
+
+
+_Bad = Callable[[str], ConfigError]
+
+
+def _path(value: str, bad: _Bad) -> Path:
+    return Path(os.path.expanduser(value)).absolute()
+
+
+def _level(value: str, bad: _Bad) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise bad("expected one of " + ", ".join(LOG_LEVELS))
+    return value.upper()
+
+
+def _url(value: str, bad: _Bad) -> str:
+    # httpx refuses ASCII controls and spaces in a URL on every request; other
+    # characters (even odd Unicode ones) it percent-encodes: they are shown escaped.
+    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in value):
+        raise bad("a URL has no spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad("expected an http:// or https:// URL with a host")
+    return value.rstrip("/")
+
+
+_TEXT_KINDS: Dict[str, Callable[[str, _Bad], Any]] = {"path": _path, "level": _level, "url": _url}
+
+
+def _commands(value: Any, from_text: bool, bad: _Bad) -> Tuple[str, ...]:
+    # TOML: an array of command names; environment and flags: comma-separated.
+    if from_text and isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise bad("expected a list of non-empty command names")
+    return tuple(item.strip() for item in value)
+
+
+def _fraction(value: Any, from_text: bool, bad: _Bad) -> float:
+    if from_text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad("expected a number from 0 to 1") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise bad("expected a number from 0 to 1")
+    return float(value)
+
+
+def _boolean(value: Any, from_text: bool, bad: _Bad) -> bool:
+    if isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    raise bad("expected true or false")
+
+
+def _number(kind: str, lower: Any, value: Any, from_text: bool, bad: _Bad) -> Any:
+    # TOML gives typed values; text (environment, flags) is parsed.
     if isinstance(value, bool):
         raise bad("expected a number")
     if from_text and isinstance(value, str):

@@ -116,51 +116,18 @@ class DatabaseWatcher:
         self.stop()
         self.target = resolve(self.db_path)
         self.directory = self.target.parent
-        if not self.directory.is_dir():
-            self.reason = f"directory {self.directory} does not exist yet"
+        self.reason = self._cannot_watch()
+        if self.reason is not None:
             return False
-        fs_type = filesystem_type(self.directory)
-        if fs_type in NETWORK_FILESYSTEMS:
-            self.reason = f"{self.directory} is on a network file system ({fs_type})"
-            return False
-        try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers import Observer
-        except ImportError as error:  # pragma: no cover - watchdog is a dependency
-            self.reason = f"watchdog is not importable: {error}"
-            return False
-
-        watched = self._watched()
-        on_change = self._on_change
-
-        class Handler(FileSystemEventHandler):
-            def __init__(self, directory: str, names: Set[str]):
-                self.directory, self.names = directory, names
-
-            def on_any_event(self, event):
-                # Cheap, and the only thing done on the observer's thread.
-                if event.event_type in READ_ONLY_EVENTS:
-                    return  # our own reads: waking on them would read again, and again (a spin)
-                for path in (event.src_path, getattr(event, "dest_path", "")):
-                    if not path:
-                        continue
-                    path = os.fsdecode(path)
-                    if os.path.basename(path) in self.names:
-                        on_change()
-                        return
-                    # The directory itself deleted or moved away (not merely
-                    # modified by a file in it): the loop's check re-arms.
-                    if path.rstrip("/") == self.directory and event.event_type in ("deleted", "moved"):
-                        on_change()
-                        return
+        from watchdog.observers import Observer
 
         observer = Observer()
         observer.daemon = True
         identities = {}
         try:
-            for directory, names in watched.items():
+            for directory, names in self._watched().items():
                 identities[directory] = _identity(directory)
-                observer.schedule(Handler(directory, names), directory, recursive=False)
+                observer.schedule(_handler(directory, names, self._on_change), directory, recursive=False)
             observer.start()
         except OSError as error:  # inotify limits (ENOSPC, EMFILE), a directory gone meanwhile
             self.reason = f"cannot watch {self.directory}: {error}"
@@ -171,8 +138,20 @@ class DatabaseWatcher:
             return False
         self._observer = observer
         self._identities = identities
-        self.reason = None
         return True
+
+    def _cannot_watch(self) -> Optional[str]:
+        """Why the database's directory cannot be watched now, or None."""
+        if not self.directory.is_dir():
+            return f"directory {self.directory} does not exist yet"
+        fs_type = filesystem_type(self.directory)
+        if fs_type in NETWORK_FILESYSTEMS:
+            return f"{self.directory} is on a network file system ({fs_type})"
+        try:
+            import watchdog.observers  # noqa: F401
+        except ImportError as error:  # pragma: no cover - watchdog is a dependency
+            return f"watchdog is not importable: {error}"
+        return None
 
     def stop(self, timeout: float = 2.0) -> None:
         observer, self._observer = self._observer, None
@@ -237,3 +216,28 @@ def watch_problem(db_path: Path) -> Optional[str]:
     if fs_type in NETWORK_FILESYSTEMS:
         return f"{directory} is on a network file system ({fs_type})"
     return None
+
+
+def _handler(directory: str, names: Set[str], on_change: Callable[[], None]) -> Any:
+    """A watchdog handler calling `on_change` for changes to `names` in `directory`, or to the directory itself."""
+    from watchdog.events import FileSystemEventHandler
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: Any) -> None:
+            # Cheap, and the only thing done on the observer's thread.
+            if event.event_type in READ_ONLY_EVENTS:
+                return  # our own reads: waking on them would read again, and again (a spin)
+            for path in (event.src_path, getattr(event, "dest_path", "")):
+                if not path:
+                    continue
+                path = os.fsdecode(path)
+                if os.path.basename(path) in names:
+                    on_change()
+                    return
+                # The directory itself deleted or moved away (not merely
+                # modified by a file in it): the loop's check re-arms.
+                if path.rstrip("/") == directory and event.event_type in ("deleted", "moved"):
+                    on_change()
+                    return
+
+    return Handler()

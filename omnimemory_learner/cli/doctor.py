@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import httpx
 
@@ -248,40 +248,9 @@ def check_api(config: Config) -> List[Check]:
     start_api = "start the procedural service (./omnimemory_launcher.sh start), then: curl " + url + "/health"
     try:
         with BoundedClient(config.request_timeout_seconds) as client:
-            health = client.request("GET", url + "/health")
-            target = redirect_target(health)
-            if target is not None:
-                return [
-                    Check(
-                        "api",
-                        PROBLEM,
-                        f"GET {url}/health answered HTTP {health.status_code}, a redirect to {target} (not followed)",
-                        "set api_url to the procedural memory API's address",
-                    )
-                ]
-            if health.status_code != 200:
-                return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}", start_api)]
-            try:
-                body = health.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict):
-                return [
-                    Check(
-                        "api",
-                        PROBLEM,
-                        f"GET {url}/health did not answer a JSON object; is api_url right?",
-                        "set api_url to the procedural memory API",
-                    )
-                ]
-            checks = [
-                Check(
-                    "api",
-                    OK,
-                    f"{url}/health: {body.get('status', '?')} ({body.get('service', '?')} "
-                    f"{body.get('version', '')})".rstrip(),
-                )
-            ]
+            checks = _check_health(client.request("GET", url + "/health"), url, start_api)
+            if checks[0].level != OK:
+                return checks
             # An empty session teaches nothing: the server answers "too short".
             learn = client.request(
                 "POST",
@@ -293,6 +262,40 @@ def check_api(config: Config) -> List[Check]:
             )
     except httpx.HTTPError as error:
         return [Check("api", PROBLEM, f"{url} is not answering: {error or type(error).__name__}", start_api)]
+    return [*checks, _check_learn_contract(learn)]
+
+
+def _check_health(health: Any, url: str, start_api: str) -> List[Check]:
+    target = redirect_target(health)
+    if target is not None:
+        return [
+            Check(
+                "api",
+                PROBLEM,
+                f"GET {url}/health answered HTTP {health.status_code}, a redirect to {target} (not followed)",
+                "set api_url to the procedural memory API's address",
+            )
+        ]
+    if health.status_code != 200:
+        return [Check("api", PROBLEM, f"GET {url}/health answered HTTP {health.status_code}", start_api)]
+    try:
+        body = health.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return [
+            Check(
+                "api",
+                PROBLEM,
+                f"GET {url}/health did not answer a JSON object; is api_url right?",
+                "set api_url to the procedural memory API",
+            )
+        ]
+    version = f"{body.get('status', '?')} ({body.get('service', '?')} {body.get('version', '')})".rstrip()
+    return [Check("api", OK, f"{url}/health: {version}")]
+
+
+def _check_learn_contract(learn: Any) -> Check:
     if learn.status_code == 200:
         try:
             answer = learn.json()
@@ -300,29 +303,24 @@ def check_api(config: Config) -> List[Check]:
         except ValueError:
             contract = False
         if contract:
-            checks.append(Check("api contract", OK, "POST /learn accepts the learner's sessions"))
-        else:
-            checks.append(
-                Check(
-                    "api contract",
-                    PROBLEM,
-                    "POST /learn answered 200 without a pattern_id",
-                    "api_url does not point at the procedural memory API",
-                )
-            )
-    elif learn.status_code == 422:
-        checks.append(Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)"))
+            return Check("api contract", OK, "POST /learn accepts the learner's sessions")
+        return Check(
+            "api contract",
+            PROBLEM,
+            "POST /learn answered 200 without a pattern_id",
+            "api_url does not point at the procedural memory API",
+        )
+    if learn.status_code == 422:
+        return Check("api contract", OK, "POST /learn validates bodies (422 for an empty session)")
+    target = redirect_target(learn)
+    if target is not None:
+        message = f"POST /learn answered HTTP {learn.status_code}, a redirect to {target} (not followed)"
     else:
-        target = redirect_target(learn)
-        if target is not None:
-            message = f"POST /learn answered HTTP {learn.status_code}, a redirect to {target} (not followed)"
-        else:
-            text = learn.text if len(learn.text) <= 200 else learn.text[:200] + "..."
-            message = f"POST /learn answered HTTP {learn.status_code}: {text}" + (
-                f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else ""
-            )
-        checks.append(Check("api contract", PROBLEM, message, "check the procedural service's log"))
-    return checks
+        text = learn.text if len(learn.text) <= 200 else learn.text[:200] + "..."
+        message = f"POST /learn answered HTTP {learn.status_code}: {text}" + (
+            f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if learn.truncated else ""
+        )
+    return Check("api contract", PROBLEM, message, "check the procedural service's log")
 
 
 def _run(command: List[str]) -> Optional[subprocess.CompletedProcess]:
@@ -332,31 +330,39 @@ def _run(command: List[str]) -> Optional[subprocess.CompletedProcess]:
         return None
 
 
-def check_service_manager() -> List[Check]:
-    reinstall = (
-        "run 'omnimemory-learner service install' with the omnimemory-learner that should run "
-        "(it rewrites the unit or agent for that installation)"
-    )
-    if sys.platform == "darwin":
-        result = _run(["launchctl", "print", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"])
-        plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
-        if not plist.exists():
-            return [Check("service", WARNING, f"{plist} is not installed", "run: omnimemory-learner service install")]
-        from ..system.launchd import agent_program
+_REINSTALL = (
+    "run 'omnimemory-learner service install' with the omnimemory-learner that should run "
+    "(it rewrites the unit or agent for that installation)"
+)
 
-        program = agent_program(plist)
-        if program is None or not os.access(program, os.X_OK):
-            return [Check("agent", PROBLEM, f"{plist} runs {program}, which is not there any more", reinstall)]
-        if result is None or result.returncode != 0:
-            return [
-                Check(
-                    "service",
-                    PROBLEM,
-                    f"launchd has not loaded {LAUNCHD_LABEL}",
-                    f"launchctl bootstrap gui/{os.getuid()} {plist}",
-                )
-            ]
-        return [Check("service", OK, f"launchd agent {LAUNCHD_LABEL} is loaded")]
+
+def check_service_manager() -> List[Check]:
+    return _check_launchd() if sys.platform == "darwin" else _check_systemd()
+
+
+def _check_launchd() -> List[Check]:
+    result = _run(["launchctl", "print", f"gui/{os.getuid()}/{LAUNCHD_LABEL}"])
+    plist = Path.home() / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    if not plist.exists():
+        return [Check("service", WARNING, f"{plist} is not installed", "run: omnimemory-learner service install")]
+    from ..system.launchd import agent_program
+
+    program = agent_program(plist)
+    if program is None or not os.access(program, os.X_OK):
+        return [Check("agent", PROBLEM, f"{plist} runs {program}, which is not there any more", _REINSTALL)]
+    if result is None or result.returncode != 0:
+        return [
+            Check(
+                "service",
+                PROBLEM,
+                f"launchd has not loaded {LAUNCHD_LABEL}",
+                f"launchctl bootstrap gui/{os.getuid()} {plist}",
+            )
+        ]
+    return [Check("service", OK, f"launchd agent {LAUNCHD_LABEL} is loaded")]
+
+
+def _check_systemd() -> List[Check]:
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     unit = config_home / "systemd" / "user" / UNIT_NAME
     packaged = Path("/usr/lib/systemd/user") / UNIT_NAME
@@ -371,40 +377,36 @@ def check_service_manager() -> List[Check]:
                 "run: omnimemory-learner service install (or run 'omnimemory-learner run' by hand)",
             )
         ]
-    checks = []
     executable = _exec_start(unit)
     if executable and not os.access(executable, os.X_OK):
-        checks.append(Check("unit file", PROBLEM, f"{unit} runs {executable}, which is not there any more", reinstall))
+        checks = [Check("unit file", PROBLEM, f"{unit} runs {executable}, which is not there any more", _REINSTALL)]
     else:
-        checks.append(Check("unit file", OK, f"{unit} runs {executable}"))
+        checks = [Check("unit file", OK, f"{unit} runs {executable}")]
     if shutil.which("systemctl") is None:
         return [*checks, Check("service", WARNING, "systemctl is not available")]
     active = _run(["systemctl", "--user", "is-active", UNIT_NAME])
     enabled = _run(["systemctl", "--user", "is-enabled", UNIT_NAME])
     if active is None or enabled is None:
         return [*checks, Check("service", WARNING, "no systemd user manager answered")]
-    state, enablement = active.stdout.strip(), enabled.stdout.strip()
+    return [*checks, _unit_state(active.stdout.strip(), enabled.stdout.strip())]
+
+
+def _unit_state(state: str, enablement: str) -> Check:
     if state != "active":
-        checks.append(
-            Check(
-                "service",
-                PROBLEM,
-                f"{UNIT_NAME} is {state or 'unknown'} ({enablement})",
-                "systemctl --user start omnimemory-learner; then journalctl --user -u omnimemory-learner -p warning",
-            )
+        return Check(
+            "service",
+            PROBLEM,
+            f"{UNIT_NAME} is {state or 'unknown'} ({enablement})",
+            "systemctl --user start omnimemory-learner; then journalctl --user -u omnimemory-learner -p warning",
         )
-    elif enablement != "enabled":
-        checks.append(
-            Check(
-                "service",
-                WARNING,
-                f"{UNIT_NAME} is active but {enablement}: it will not start at login",
-                "systemctl --user enable omnimemory-learner",
-            )
+    if enablement != "enabled":
+        return Check(
+            "service",
+            WARNING,
+            f"{UNIT_NAME} is active but {enablement}: it will not start at login",
+            "systemctl --user enable omnimemory-learner",
         )
-    else:
-        checks.append(Check("service", OK, f"{UNIT_NAME} is active and enabled"))
-    return checks
+    return Check("service", OK, f"{UNIT_NAME} is active and enabled")
 
 
 def _exec_start(unit: Path) -> Optional[str]:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .. import __version__
 from ..config import Config, ConfigError, default_config_path, load_config, to_toml
@@ -50,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = [_global_options(suppress=True)]
+    _add_running_commands(commands, common)
+    _add_outbox_command(commands, common)
+    _add_history_commands(commands, common)
+    _add_service_command(commands, common)
+    return parser
 
+
+def _add_running_commands(commands: Any, common: List[argparse.ArgumentParser]) -> None:
+    """run, status, doctor, backfill, check-config."""
     commands.add_parser(
         "run",
         parents=common,
@@ -93,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the effective configuration as TOML with the origin of each "
         "value; exit 78 when it is invalid.",
     )
+
+
+def _add_outbox_command(commands: Any, common: List[argparse.ArgumentParser]) -> None:
     outbox = commands.add_parser(
         "outbox",
         parents=common,
@@ -103,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     outbox.add_argument("ids", nargs="*", type=int, metavar="ID", help="session ids (retry: default all)")
     outbox.add_argument("--yes", action="store_true", help="drop without asking")
     outbox.add_argument("--json", action="store_true", help="machine-readable output (list)")
+
+
+def _add_history_commands(commands: Any, common: List[argparse.ArgumentParser]) -> None:
+    """history and report: what the learner settled, read from history.db."""
     history = commands.add_parser(
         "history",
         parents=common,
@@ -126,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument("--dot", metavar="FILE", help="write the transition graph as Graphviz DOT")
     report.add_argument("--svg", metavar="FILE", help="render the transition graph to SVG with Graphviz's dot")
+
+
+def _add_service_command(commands: Any, common: List[argparse.ArgumentParser]) -> None:
     service = commands.add_parser(
         "service",
         parents=common,
@@ -137,7 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("action", choices=("install", "uninstall", "status"))
     service.add_argument("--no-start", action="store_true", help="install: write the files, do not enable or start")
     service.add_argument("--purge", action="store_true", help="uninstall: also remove the state and the logs")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
