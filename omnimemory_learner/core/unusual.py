@@ -84,8 +84,8 @@ class TransitionModel:
         return self._score_path([START, *_folded(names), END])
 
     def _score_path(self, path: List[str]) -> Score:
-        # probability() inlined: this runs for every closed session while a
-        # backlog is read, and the calls were most of its cost.
+        # probability() inlined: it runs for every session the API takes, and
+        # a call per transition would cost more than its arithmetic.
         alpha = self.alpha
         spread = alpha * (len(self._vocabulary) + 1)
         counts, totals, empty = self._counts, self._totals, _EMPTY
