@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -155,6 +156,8 @@ _Bad = Callable[[str], ConfigError]
 
 
 def _path(value: str, bad: _Bad) -> Path:
+    if "\0" in value:
+        raise bad("a path cannot hold a NUL character")
     return Path(os.path.expanduser(value)).absolute()
 
 
@@ -169,9 +172,15 @@ def _url(value: str, bad: _Bad) -> str:
     # characters (even odd Unicode ones) it percent-encodes: they are shown escaped.
     if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in value):
         raise bad("a URL has no spaces or control characters")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # a port that is not a number from 0 to 65535 raises here
+    except ValueError as error:  # an unclosed IPv6 bracket, a port such as 8002x
+        raise bad(f"not a URL ({error})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise bad("expected an http:// or https:// URL with a host")
+    if port == 0:
+        raise bad("port 0 cannot be connected to")
     return value.rstrip("/")
 
 
@@ -242,13 +251,47 @@ def _event_map(value: Any, source: str) -> Dict[str, str]:
 
 
 def read_file(path: Path) -> Dict[str, Any]:
+    """The TOML of a regular file of at most MAX_CONFIG_BYTES; anything else is a ConfigError.
+
+    Opened non-blocking and checked before reading: a FIFO would block every
+    command, a device such as /dev/zero would be read until memory runs out.
+    """
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        text = _read_regular(path, MAX_CONFIG_BYTES).decode("utf-8")
+        return tomllib.loads(text)
     except OSError as error:
         raise ConfigError(f"cannot read configuration file {path}: {error.strerror or error}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"configuration file {path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"configuration file {path} is not valid TOML: arrays or tables nested too deeply") from None
+
+
+# A configuration is a few hundred bytes; a megabyte leaves room for any event_map.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(f"configuration file {path} is not a regular file")
+        if status.st_size > limit:
+            raise ConfigError(f"configuration file {path} is larger than {limit // 1024} KiB")
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(descriptor, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # it grew while being read
+            raise ConfigError(f"configuration file {path} is larger than {limit // 1024} KiB")
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)
 
 
 def load_config(
