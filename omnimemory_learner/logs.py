@@ -148,6 +148,24 @@ class ShownFormatter(logging.Formatter):
         return format_exception_shown(ei[1])
 
 
+class PrivateFileHandler(logging.handlers.WatchedFileHandler):
+    """A log file reopened when logrotate moves it (WatchedFileHandler), and made 0600 whenever it is made.
+
+    The log holds session ids and commands: a file removed by hand, or by a
+    logrotate without `create`, must not come back with the process's umask
+    (0644 by hand or under launchd, whose agent sets none).
+    """
+
+    def _open(self) -> Any:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        descriptor = os.open(self.baseFilename, flags, 0o600)
+        try:
+            return os.fdopen(descriptor, "a", encoding=self.encoding, errors=getattr(self, "errors", None))
+        except BaseException:
+            os.close(descriptor)
+            raise
+
+
 class JournaldFormatter(ShownFormatter):
     """The stream protocol: every line, tracebacks included, prefixed with its priority."""
 
@@ -321,8 +339,7 @@ def setup_logging(
         if log_file is not None:
             try:
                 log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                # WatchedFileHandler reopens the file when logrotate moves it.
-                file_handler = logging.handlers.WatchedFileHandler(str(log_file), encoding="utf-8")
+                file_handler = PrivateFileHandler(str(log_file), encoding="utf-8")
                 os.chmod(log_file, 0o600)
                 file_handler.setFormatter(ShownFormatter(CONSOLE_FORMAT, "%Y-%m-%d %H:%M:%S"))
                 handlers.append(file_handler)

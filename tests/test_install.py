@@ -362,6 +362,7 @@ def test_launchd_install_bootstraps_a_valid_agent_once(home, launchctl):
         plist = plistlib.load(handle)
     assert plist["Label"] == LABEL and plist["ProgramArguments"] == [str(program), "run"]
     assert plist["KeepAlive"] == {"SuccessfulExit": False} and plist["RunAtLoad"] is True
+    assert plist["Umask"] == 0o077  # as the unit's UMask: the log and state are the user's alone
     assert plist["StandardErrorPath"] == f"{home}/.omnimemory/logs/workflow-learner.stderr.log"
     assert plist["EnvironmentVariables"]["PATH"].startswith(f"{program.parent}:")
     assert (launchctl.log.parent / "launchctl.log.plist").read_bytes() == plist_path.read_bytes()
