@@ -15,6 +15,8 @@ from typing import Optional
 
 from .files import LOCK_FILE, ensure_private_dir
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
 
 class AlreadyRunning(Exception):
     """Another process holds the state store's lock; `holder` is its pid when known."""
@@ -33,7 +35,8 @@ class InstanceLock:
 
     def acquire(self) -> None:
         ensure_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a symlink: the lock is truncated to hold our pid.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -60,16 +63,22 @@ class InstanceLock:
 
 def read_lock_pid(path: Path) -> Optional[int]:
     try:
-        return int(Path(path).read_text().strip() or 0) or None
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 32).decode("ascii", "replace").strip() or 0) or None
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def lock_is_held(state_dir: Path) -> bool:
     """Whether a running process holds the state lock (without taking it for long)."""
     path = Path(state_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except OSError:
         return False
     try:
