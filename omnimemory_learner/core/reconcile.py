@@ -22,6 +22,8 @@ deficit is a lower bound of the loss, never above it). Within one
 id is one normalised sequence, counted the same way), so which of them is taught
 does not change what it learns; the most recent are taken so that a second
 reconcile after a partial repair names a subset of the first one's sessions.
+They are often the very sessions a restart spared (delivered last), which is
+why a re-teach must not be recorded as "this session was lost".
 
 `teach` is ordered most recent first over all patterns (ties by key, as
 `history` lists them): a repair cut short has restored the recent work.
