@@ -525,57 +525,6 @@ def test_a_compressed_answer_is_decoded_within_the_cap():
     assert _decoded(b"abc", "br") == b"(a body in Content-Encoding 'br', not decoded)"
 
 
-OLD_SESSIONS_TABLE = """CREATE TABLE sessions (
-    id INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL, session_id TEXT NOT NULL,
-    first_rowid INTEGER NOT NULL, last_rowid INTEGER NOT NULL, status TEXT NOT NULL, outcome TEXT,
-    n_commands INTEGER NOT NULL, commands BLOB, reason TEXT, closed_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, pattern_id TEXT, delivered_at REAL)"""
-
-
-def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_path, api):
-    import sqlite3
-
-    # The sessions table as the previous release wrote it, with one pending and one rejected session.
-    store = StateStore(tmp_path / "s")
-    store.commit(0, 3, None, [closed("a", 1), closed("b", 5)], {})
-    rejected = store.pending()[1].id
-    store.mark_rejected(rejected, "HTTP 400: no")
-    store.close()
-    db = sqlite3.connect(str(tmp_path / "s" / "state.db"))
-    db.executescript(
-        "ALTER TABLE sessions RENAME TO new_sessions;" + OLD_SESSIONS_TABLE + ";"
-        "INSERT INTO sessions SELECT id, idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-        " n_commands, commands, reason, closed_at, attempts, last_error, pattern_id, delivered_at FROM new_sessions;"
-        "DROP TABLE new_sessions;"
-    )
-    db.close()
-    # A reader without the right to write lists it as it is.
-    os.chmod(tmp_path / "s", 0o500)
-    try:
-        if os.geteuid() != 0:
-            reader = StateStore(tmp_path / "s", create=False)
-            assert [(row["session_id"], row["next_attempt_at"], row["failures"]) for row in reader.outbox()] == [
-                ("a", None, 0),
-                ("b", None, 0),
-            ]
-            reader.close()
-    finally:
-        os.chmod(tmp_path / "s", 0o700)
-    # The service's store adds the columns; the old rows keep everything they had.
-    store = StateStore(tmp_path / "s")
-    columns = {row[1] for row in store._db.execute("PRAGMA table_info(sessions)")}
-    assert {"next_attempt_at", "failures", "first_failed_at"} <= columns
-    assert [(s.session_id, s.failures) for s in store.pending(due_by=time.time())] == [("a", 0)]
-    assert store.retry_rejected() == 1
-    store.close()
-    deliverer = make_deliverer(tmp_path / "s", api.url)
-    deliverer.start()
-    try:
-        assert settle(tmp_path / "s") == {"learned": 2}
-    finally:
-        deliverer.stop(2)
-
-
 def test_retry_after_zero_from_an_api_failing_everything_still_backs_off(tmp_path, api):
     api.default = ("headers", 503, {"Retry-After": "0"}, "not ready")
     fill(tmp_path, [closed(f"s{i}", 1 + 10 * i) for i in range(20)])
