@@ -34,11 +34,13 @@ from ..core.fates import Fate
 from ..core.sessions import ClosedSession
 from . import migrations
 from .files import HISTORY_FILE, ensure_private_dir
+from .sqlite_file import connect_wal
 from .state import PendingSession
 
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 500
+
 
 class Entry(NamedTuple):
     key: str
@@ -93,12 +95,12 @@ class HistoryStore:
         try:
             if self._create:
                 ensure_private_dir(self.path.parent)
-                if not self.path.exists():
+                try:
                     os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
+                except FileExistsError:
+                    pass  # there already, or another connection of ours made it just now
+            db = connect_wal(self.path, 5.0, "NORMAL")
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate(db)
                 db.execute("SELECT count(*) FROM history WHERE 0").fetchone()
             except (sqlite3.DatabaseError, migrations.SchemaTooNew):

@@ -74,6 +74,28 @@ def _is_state_store(path: Path) -> bool:
         connection.close()
 
 
+def connect_wal(path: Path, timeout: float, synchronous: str) -> sqlite3.Connection:
+    """A connection to `path` in WAL mode, autocommit (isolation_level=None), usable from any thread."""
+    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        # Turning a new file to WAL needs it to itself, and SQLite does not
+        # wait for that: two connections opening a new store at once (the
+        # reader and the delivery thread) would see "database is locked".
+        for attempt in range(200):
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 199:
+                    raise
+                time.sleep(0.05)
+        db.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
 class StoreFile:
     """The connection to one state.db, and its repair; `prepare` brings a (re)opened file to this build's schema."""
 
@@ -92,19 +114,7 @@ class StoreFile:
         return self._db
 
     def _connect(self) -> None:
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        # Turning a new file to WAL needs it to itself, and SQLite does not
-        # wait for that: two connections opening a new store at once (the
-        # reader and the delivery thread) would see "database is locked".
-        for attempt in range(200):
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or attempt == 199:
-                    raise
-                time.sleep(0.05)
-        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._db = connect_wal(self.path, 30.0, self._synchronous)
         status = os.stat(self.path)
         self._identity = (status.st_dev, status.st_ino)
 

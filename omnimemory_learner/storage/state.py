@@ -64,6 +64,7 @@ _DONE_MARKS = ",".join("?" * len(DONE))
 # made a catch-up's commit slower.
 _COUNTING_TRIGGERS = {statement.split()[5] for statement in STATUS_COUNT_STATEMENTS[1:]}
 
+
 class Position(NamedTuple):
     resume_after: int  # low-water mark: re-read every rowid above it
     replay_until: int  # how far the reader had read when it was committed
