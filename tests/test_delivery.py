@@ -63,7 +63,7 @@ def test_state_files_are_private(tmp_path):
     store.close()
 
 
-def test_outbox_keeps_commands_exactly_and_reads_older_json_rows(tmp_path):
+def test_outbox_keeps_commands_exactly(tmp_path):
     commands = [
         ("open_file", 1760000000.123456, "file_open"),
         ('say "hi"\n\u00e9', 0.1 + 0.2, "lint\x00run"),
@@ -71,16 +71,8 @@ def test_outbox_keeps_commands_exactly_and_reads_older_json_rows(tmp_path):
     ]
     store = StateStore(tmp_path / "s")
     store.commit(0, 3, None, [closed("a", 1, commands=commands)], {})
-    # A store written before the compact form kept the commands as JSON text.
-    store._db.execute(
-        "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome, n_commands,"
-        " commands, closed_at) VALUES ('k-old', 'old', 4, 6, 'pending', 'success', 1, ?, 0)",
-        ('[["save_file",1700000000.5,"file_save"]]',),
-    )
-    store._db.commit()
-    new, old = store.pending()
+    (new,) = store.pending()
     assert new.commands == commands  # every float bit for bit, every character
-    assert old.commands == [("save_file", 1700000000.5, "file_save")]
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
     assert new.body()["session_commands"][1] == {
         "command": 'say "hi"\n\u00e9',

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
+from omnimemory_learner.storage.sqlite_file import StoreFile
 from omnimemory_learner.storage.state import StateError, StateStore
 
 OPERATIONS = st.lists(
@@ -227,13 +228,13 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
     connection.close()
     store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     os.replace(tmp_path / "restored", tmp_path / "state.db")
-    prepare = StateStore._prepare
+    prepare = StoreFile._prepare
 
     def locked_once(self):
-        monkeypatch.setattr(StateStore, "_prepare", prepare)
+        monkeypatch.setattr(StoreFile, "_prepare", prepare)
         raise sqlite3.OperationalError("database is locked")  # another process held it past the busy timeout
 
-    monkeypatch.setattr(StateStore, "_prepare", locked_once)
+    monkeypatch.setattr(StoreFile, "_prepare", locked_once)
     with pytest.raises(StateError):
         store.commit(40, 40, None, [session(4, 4)], {})
     store.commit(40, 40, None, [session(4, 4)], {})

@@ -1,11 +1,19 @@
-"""The state store's file: one SQLite connection in WAL mode, kept on the file at its path.
+"""The state store's file: one SQLite connection in WAL mode, kept on the file at its path and its schema.
 
-Guarantees: the file is created 0600 (with its -wal and -shm); a write
-(`transaction()`) reaches the file now at the path, never one deleted or
-replaced under the connection: a deleted store is written back from the
-connection, a restored one is reopened and prepared (migrated) again, and a
+Guarantees: the file is created 0600 (with its -wal and -shm); opening it
+brings it to this build's schema (migrations.py) or refuses it (a newer
+one); a write (`transaction()`) reaches the file now at the path, never one
+deleted or replaced under the connection: a deleted store is written back
+from the connection, a restored one is reopened and prepared again, and a
 file there that is not a state store is never adopted nor overwritten.  One
 connection of the process repairs at a time.
+
+How many sessions have each status is kept in the transactions that change
+them (table status_counts): the status snapshot every few seconds reads a
+few rows instead of counting the outbox.  Deletes and status changes are
+counted by triggers, so that no code path can forget one; inserts happen in
+one place, StateStore.commit(), which adds its batch's tally per status (a
+trigger's upsert per inserted row slowed a catch-up's commit).
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
+from . import migrations
 from .files import ensure_private_dir
+from .migrations import STATUS_COUNT_STATEMENTS, STATUS_RECOUNT, SchemaTooNew
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,7 @@ _REPAIRING = threading.Lock()
 
 
 _SQLITE_HEADER = b"SQLite format 3\0"
+_COUNTING_TRIGGERS = {statement.split()[5] for statement in STATUS_COUNT_STATEMENTS[1:]}
 
 
 def _is_state_store(path: Path) -> bool:
@@ -97,17 +108,40 @@ def connect_wal(path: Path, timeout: float, synchronous: str) -> sqlite3.Connect
 
 
 class StoreFile:
-    """The connection to one state.db, and its repair; `prepare` brings a (re)opened file to this build's schema."""
+    """The connection to one state.db, its schema and its repair.
 
-    def __init__(self, path: Path, create: bool, synchronous: str, prepare: Callable[[], None]):
+    `create`: the service's stores, which create, migrate and count.  A
+    command that only reads (False) needs no write access to a current
+    store; one that needs migrating and cannot be written (permissions,
+    another writer) is read as it is: version 0 (0.1.0) has every table and
+    column of version 1.
+    """
+
+    def __init__(self, path: Path, create: bool, synchronous: str):
         self.path = path
+        self._create = create
         self._synchronous = "NORMAL" if synchronous == "NORMAL" else "FULL"
-        self._prepare = prepare
         self._identity: Optional[Tuple[int, int]] = None
-        if create:
-            ensure_private_dir(path.parent)
-            _create_private(path)
-        self._connect()
+        self.counted = False  # whether status_counts is kept (the triggers are there)
+        try:
+            if create:
+                ensure_private_dir(path.parent)
+                _create_private(path)
+            self._connect()
+        except (OSError, sqlite3.Error) as error:
+            raise StateError(f"cannot use state store {self.path}: {error}") from None
+        try:
+            self._prepare()
+        except (OSError, sqlite3.Error, StateError) as error:
+            self._db.close()
+            if isinstance(error, StateError):
+                raise
+            raise StateError(f"cannot use state store {self.path}: {error}") from None
+        for suffix in ("-wal", "-shm"):
+            try:
+                os.chmod(str(self.path) + suffix, 0o600)
+            except OSError:
+                pass
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -118,13 +152,50 @@ class StoreFile:
         status = os.stat(self.path)
         self._identity = (status.st_dev, status.st_ino)
 
-    def make_private(self) -> None:
-        """The -wal and -shm 0600 like the file (SQLite gives them the file's mode, but a umask may differ)."""
-        for suffix in ("-wal", "-shm"):
-            try:
-                os.chmod(str(self.path) + suffix, 0o600)
-            except OSError:
-                pass
+    def _prepare(self) -> None:
+        """Bring the file at our path to this build's schema: when opened, and when it was replaced under us."""
+        try:
+            found = migrations.version(self._db, migrations.STATE_MIGRATIONS)
+            if found < migrations.latest(migrations.STATE_MIGRATIONS):
+                try:
+                    migrations.migrate(self._db, migrations.STATE_MIGRATIONS)
+                except sqlite3.Error as error:
+                    if self._create:
+                        raise
+                    log.debug("Reading the state store %s as it is (schema %d): %s", self.path, found, error)
+        except SchemaTooNew as newer:
+            raise StateError(
+                f"the state store {self.path} was made by a newer version of omnimemory-learner ({newer}); "
+                "run that version or a newer one"
+            ) from None
+        if self._create:
+            self._count_statuses()
+        self.counted = self._counting()
+
+    def _count_statuses(self) -> None:
+        """Install the counting triggers where they are missing, and count the store once, in one transaction.
+
+        A released store can lose them: rebuilding the sessions table by hand
+        (a dump edited and loaded, a table recreated) drops its triggers, and
+        the counts would then drift unseen.
+        """
+        if self._counting():
+            return
+        with Transaction(self._db) as db:  # not transaction(): this runs inside a repair too
+            if self._counting():
+                return  # another connection did it meanwhile
+            for statement in STATUS_COUNT_STATEMENTS + STATUS_RECOUNT:
+                db.execute(statement)
+
+    def _counting(self) -> bool:
+        """Whether the counting triggers, and only they, are there (the table they keep is then right)."""
+        found = {
+            name
+            for (name,) in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sessions_counted_%'"
+            )
+        }
+        return found == _COUNTING_TRIGGERS
 
     def close(self) -> None:
         self._db.close()

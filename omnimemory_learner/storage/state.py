@@ -42,11 +42,9 @@ from ..core.folding import fold_runs
 from ..core.identity import session_key
 from ..core.quality import quality_score
 from ..core.sessions import ClosedSession
-from . import migrations
 from .files import STATE_FILE
 from .migrations import COUNTERS as COUNTERS  # the counters state.db keeps
-from .migrations import STATUS_COUNT_STATEMENTS, STATUS_RECOUNT, SchemaTooNew
-from .sqlite_file import StateError, StoreFile, Transaction
+from .sqlite_file import StateError, StoreFile
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +52,6 @@ _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).en
 _BIG_ENDIAN = sys.byteorder == "big"
 
 _DONE_MARKS = ",".join("?" * len(DONE))
-
-# How many sessions have each status, kept in the transactions that change
-# them: the status snapshot every 5 s reads a few rows instead of counting the
-# outbox (most of the idle CPU with a large outbox).  Deletes and status
-# changes are counted by triggers (migrations.STATUS_COUNT_STATEMENTS), so
-# that no code path can forget one; inserts happen in one place, commit(),
-# which adds its batch's tally per status: a trigger's upsert per inserted row
-# made a catch-up's commit slower.
-_COUNTING_TRIGGERS = {statement.split()[5] for statement in STATUS_COUNT_STATEMENTS[1:]}
 
 
 class Position(NamedTuple):
@@ -189,57 +178,13 @@ class StateStore:
         self.path = self.state_dir / STATE_FILE
         if not create and not self.path.exists():
             raise StateError(f"no state at {self.path}")
-        self._create = create
         self._made_keys: Dict[int, str] = {}  # see outbox_keys
-        try:
-            # Looked up when called: a repair prepares the file it reopens as an open does.
-            self._file = StoreFile(self.path, create, synchronous, lambda: self._prepare())
-        except (OSError, sqlite3.Error) as error:
-            raise StateError(f"cannot use state store {self.path}: {error}") from None
-        try:
-            self._prepare()
-        except (OSError, sqlite3.Error, StateError) as error:
-            self._file.close()
-            if isinstance(error, StateError):
-                raise
-            raise StateError(f"cannot use state store {self.path}: {error}") from None
-        self._file.make_private()
+        self._file = StoreFile(self.path, create, synchronous)
 
     @property
     def _db(self) -> sqlite3.Connection:
         """The connection to the file at our path (a new one after a repair)."""
         return self._file.db
-
-    def _prepare(self) -> None:
-        """Bring the file at our path to this build's schema: when opened, and when it was replaced under us.
-
-        A command that only reads (create=False) needs no write access to a
-        current store; one that needs migrating and cannot be written
-        (permissions, another writer) is read as it is: version 0 (0.1.0)
-        has every table and column of version 1.
-        """
-        try:
-            self._migrate()
-        except SchemaTooNew as newer:
-            raise StateError(
-                f"the state store {self.path} was made by a newer version of omnimemory-learner "
-                f"(schema {newer.found}, this build knows up to {newer.known}); "
-                "run that version or a newer one"
-            ) from None
-        if self._create:
-            self._count_statuses()
-        self._counted = self._counting()
-
-    def _migrate(self) -> None:
-        found = migrations.version(self._db, migrations.STATE_MIGRATIONS)
-        if found == migrations.latest(migrations.STATE_MIGRATIONS):
-            return
-        try:
-            migrations.migrate(self._db, migrations.STATE_MIGRATIONS)
-        except sqlite3.Error as error:
-            if self._create:
-                raise
-            log.debug("Reading the state store %s as it is (schema %d): %s", self.path, found, error)
 
     def close(self) -> None:
         self._file.close()
@@ -640,33 +585,9 @@ class StateStore:
     def counters(self) -> Dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters"))
 
-    def _count_statuses(self) -> None:
-        """Install the counting triggers where they are missing, and count the store once, in one transaction.
-
-        A released store can lose them: rebuilding the sessions table by hand
-        (a dump edited and loaded, a table recreated) drops its triggers, and
-        the counts would then drift unseen.
-        """
-        if self._counting():
-            return
-        with Transaction(self._db) as db:  # not _transaction(): this runs inside a repair too
-            if self._counting():
-                return  # another connection did it meanwhile
-            for statement in STATUS_COUNT_STATEMENTS + STATUS_RECOUNT:
-                db.execute(statement)
-
-    def _counting(self) -> bool:
-        """Whether this build's counting triggers, and only they, are there (the table they keep is then right)."""
-        found = {
-            name
-            for (name,) in self._db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sessions_counted_%'"
-            )
-        }
-        return found == _COUNTING_TRIGGERS
-
     def status_counts(self) -> Dict[str, int]:
-        if self._counted:
+        """How many sessions have each status: the table the triggers keep, when they are there (StoreFile)."""
+        if self._file.counted:
             return {status: n for status, n in self._db.execute("SELECT status, n FROM status_counts") if n}
         return dict(self._db.execute("SELECT status, count(*) FROM sessions GROUP BY status"))
 
