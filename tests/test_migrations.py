@@ -190,13 +190,18 @@ def test_a_store_of_a_newer_schema_is_refused_and_left_as_it_is(tmp_path):
 
 def test_a_newer_state_store_is_refused_by_a_command_with_the_clear_error(tmp_path, api):
     StateStore(tmp_path / "state").close()
-    connection = sqlite3.connect(str(tmp_path / "state" / "state.db"))
-    connection.execute(f"PRAGMA user_version = {CURRENT + 1}")
-    connection.close()
+    HistoryStore(tmp_path / "state").close()
+    for name in ("state.db", "history.db"):
+        connection = sqlite3.connect(str(tmp_path / "state" / name))
+        connection.execute(f"PRAGMA user_version = {CURRENT + 1}")
+        connection.close()
     env = learner_env(tmp_path, api.url, create_db(tmp_path / "events.db"))
-    result = run_learner(env, "outbox")
-    assert result.returncode != 0
-    assert "made by a newer version of omnimemory-learner" in result.stdout + result.stderr
+    for command in ("outbox", "status"):
+        result = run_learner(env, command)
+        assert result.returncode != 0
+        assert "made by a newer version of omnimemory-learner" in result.stdout + result.stderr
+    result = run_learner(env, "history")  # nothing to show, and why
+    assert result.returncode == 4 and "made by a newer version of omnimemory-learner" in result.stderr
 
 
 @pytest.mark.parametrize("kind", ["new", "0.1.0"])

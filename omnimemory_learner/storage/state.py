@@ -24,12 +24,14 @@ synchronous=NORMAL (per connection): in WAL mode that survives a crash of the
 process, and the next FULL commit makes it durable on disk too; a power loss
 in between can only cause a resend with the same idempotency key.  An fsync
 per delivered session would cap delivery at the disk's fsync rate.
+
+The file itself (created 0600, its schema version and migrations, its repair
+when deleted or replaced under the service) is sqlite_file.StoreFile's.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import sys
 import time
@@ -45,8 +47,6 @@ from ..core.sessions import ClosedSession
 from .files import STATE_FILE
 from .migrations import COUNTERS as COUNTERS  # the counters state.db keeps
 from .sqlite_file import StateError, StoreFile
-
-log = logging.getLogger(__name__)
 
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _BIG_ENDIAN = sys.byteorder == "big"
