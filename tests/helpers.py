@@ -20,6 +20,7 @@ from omnimemory_learner.core.sessions import SessionTracker
 from omnimemory_learner.events import validate_rows
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 
 SCHEMA_ID = """CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,6 +50,19 @@ def insert_events(path, events, synchronous="NORMAL"):
     )
     db.commit()
     db.close()
+
+
+def load_0_1_0(state_dir):
+    """state.db and history.db as 0.1.0's code left them (tests/fixtures/make_0_1_0_stores.py)."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    for name in ("state", "history"):
+        dump = (FIXTURES / f"{name}-0.1.0.sql").read_text()
+        assert dump.startswith("-- made by omnimemory-learner 0.1.0, commit a93632d")
+        connection = sqlite3.connect(str(state_dir / f"{name}.db"))
+        connection.executescript(dump)
+        connection.close()
 
 
 def free_port():

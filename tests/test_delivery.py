@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import RecordingAPI, free_port, wait_until
+from helpers import RecordingAPI, free_port, load_0_1_0, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +63,7 @@ def test_state_files_are_private(tmp_path):
     store.close()
 
 
-def test_outbox_keeps_commands_exactly_and_reads_older_json_rows(tmp_path):
+def test_outbox_keeps_commands_exactly(tmp_path):
     commands = [
         ("open_file", 1760000000.123456, "file_open"),
         ('say "hi"\n\u00e9', 0.1 + 0.2, "lint\x00run"),
@@ -71,16 +71,8 @@ def test_outbox_keeps_commands_exactly_and_reads_older_json_rows(tmp_path):
     ]
     store = StateStore(tmp_path / "s")
     store.commit(0, 3, None, [closed("a", 1, commands=commands)], {})
-    # A store written before the compact form kept the commands as JSON text.
-    store._db.execute(
-        "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome, n_commands,"
-        " commands, closed_at) VALUES ('k-old', 'old', 4, 6, 'pending', 'success', 1, ?, 0)",
-        ('[["save_file",1700000000.5,"file_save"]]',),
-    )
-    store._db.commit()
-    new, old = store.pending()
+    (new,) = store.pending()
     assert new.commands == commands  # every float bit for bit, every character
-    assert old.commands == [("save_file", 1700000000.5, "file_save")]
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
     assert new.body()["session_commands"][1] == {
         "command": 'say "hi"\n\u00e9',
@@ -525,57 +517,6 @@ def test_a_compressed_answer_is_decoded_within_the_cap():
     assert _decoded(b"abc", "br") == b"(a body in Content-Encoding 'br', not decoded)"
 
 
-OLD_SESSIONS_TABLE = """CREATE TABLE sessions (
-    id INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL, session_id TEXT NOT NULL,
-    first_rowid INTEGER NOT NULL, last_rowid INTEGER NOT NULL, status TEXT NOT NULL, outcome TEXT,
-    n_commands INTEGER NOT NULL, commands BLOB, reason TEXT, closed_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, pattern_id TEXT, delivered_at REAL)"""
-
-
-def test_a_state_store_of_the_previous_version_gains_the_schedule_columns(tmp_path, api):
-    import sqlite3
-
-    # The sessions table as the previous release wrote it, with one pending and one rejected session.
-    store = StateStore(tmp_path / "s")
-    store.commit(0, 3, None, [closed("a", 1), closed("b", 5)], {})
-    rejected = store.pending()[1].id
-    store.mark_rejected(rejected, "HTTP 400: no")
-    store.close()
-    db = sqlite3.connect(str(tmp_path / "s" / "state.db"))
-    db.executescript(
-        "ALTER TABLE sessions RENAME TO new_sessions;" + OLD_SESSIONS_TABLE + ";"
-        "INSERT INTO sessions SELECT id, idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-        " n_commands, commands, reason, closed_at, attempts, last_error, pattern_id, delivered_at FROM new_sessions;"
-        "DROP TABLE new_sessions;"
-    )
-    db.close()
-    # A reader without the right to write lists it as it is.
-    os.chmod(tmp_path / "s", 0o500)
-    try:
-        if os.geteuid() != 0:
-            reader = StateStore(tmp_path / "s", create=False)
-            assert [(row["session_id"], row["next_attempt_at"], row["failures"]) for row in reader.outbox()] == [
-                ("a", None, 0),
-                ("b", None, 0),
-            ]
-            reader.close()
-    finally:
-        os.chmod(tmp_path / "s", 0o700)
-    # The service's store adds the columns; the old rows keep everything they had.
-    store = StateStore(tmp_path / "s")
-    columns = {row[1] for row in store._db.execute("PRAGMA table_info(sessions)")}
-    assert {"next_attempt_at", "failures", "first_failed_at"} <= columns
-    assert [(s.session_id, s.failures) for s in store.pending(due_by=time.time())] == [("a", 0)]
-    assert store.retry_rejected() == 1
-    store.close()
-    deliverer = make_deliverer(tmp_path / "s", api.url)
-    deliverer.start()
-    try:
-        assert settle(tmp_path / "s") == {"learned": 2}
-    finally:
-        deliverer.stop(2)
-
-
 def test_retry_after_zero_from_an_api_failing_everything_still_backs_off(tmp_path, api):
     api.default = ("headers", 503, {"Retry-After": "0"}, "not ready")
     fill(tmp_path, [closed(f"s{i}", 1 + 10 * i) for i in range(20)])
@@ -696,7 +637,7 @@ def test_a_reloaded_timeout_holds_for_the_next_request_of_the_running_thread(tmp
 
 def test_connections_opening_a_new_or_old_store_at_once_all_succeed(tmp_path):
     # The reader and the delivery thread may open the store together: each
-    # sees one schema, a column is added once (not "duplicate column name"),
+    # sees one schema, it is migrated once (tests/test_migrations.py counts),
     # and a new file turned to WAL mode by one is waited for by the others.
     import sqlite3
 
@@ -711,11 +652,10 @@ def test_connections_opening_a_new_or_old_store_at_once_all_succeed(tmp_path):
 
     for round_ in range(30):
         state_dir = tmp_path / f"r{round_}"
-        if round_ % 2:  # a store of the previous version, in WAL mode as the learner leaves it
-            state_dir.mkdir()
+        if round_ % 2:  # a store of the previous release, in WAL mode as the learner leaves it
+            load_0_1_0(state_dir)
             db = sqlite3.connect(str(state_dir / "state.db"))
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(OLD_SESSIONS_TABLE)
             db.close()
         barrier = threading.Barrier(4)
         threads = [threading.Thread(target=open_store, args=(state_dir, barrier)) for _ in range(4)]

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
+from omnimemory_learner.storage.sqlite_file import StoreFile
 from omnimemory_learner.storage.state import StateError, StateStore
 
 OPERATIONS = st.lists(
@@ -78,13 +79,13 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
     store.close()
 
 
-def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
+def test_a_store_that_lost_its_counting_triggers_is_counted_once_when_opened(tmp_path):
     store = StateStore(tmp_path)
     store.commit(10, 10, None, [session(1, 4), session(2, 4), session(3, 1)], {})
     store.close()
-    # As an earlier version left it: no counting table, no triggers, no mark.
+    # As a table rebuilt by hand leaves it: no counting table, no triggers (the schema version unchanged).
     connection = sqlite3.connect(str(tmp_path / "state.db"))
-    for name in ("sessions_counted_in", "sessions_counted_out", "sessions_counted_moved"):
+    for name in ("sessions_counted_out", "sessions_counted_moved"):
         connection.execute(f"DROP TRIGGER IF EXISTS {name}")
     connection.execute("DROP TABLE status_counts")
     connection.execute(
@@ -100,34 +101,6 @@ def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
     assert store.status_counts() == {"pending": 2, "rejected": 1, "too_short": 1} == plain_counts(tmp_path / "state.db")
     store.mark_delivered(store.pending()[0].id, "p")
     assert store.status_counts() == plain_counts(tmp_path / "state.db")
-    store.close()
-
-
-def test_the_insert_trigger_of_the_previous_build_is_dropped_not_counted_twice(tmp_path):
-    store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4), session(2, 1)], {})
-    store.close()
-    # As the previous build left it: its counts right, and a trigger counting each insert.
-    connection = sqlite3.connect(str(tmp_path / "state.db"))
-    connection.execute("""CREATE TRIGGER sessions_counted_in AFTER INSERT ON sessions BEGIN
-        INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-            ON CONFLICT (status) DO UPDATE SET n = n + 1;
-    END""")
-    connection.commit()
-    connection.close()
-    reader = StateStore(tmp_path, create=False)  # it cannot tell which counts are kept: counts the plain way
-    assert reader.status_counts() == {"pending": 1, "too_short": 1}
-    reader.close()
-    store = StateStore(tmp_path)
-    store.commit(40, 40, None, [session(3, 4), session(4, 4), session(5, 1)], {})
-    assert store.status_counts() == {"pending": 3, "too_short": 1} == plain_counts(tmp_path / "state.db")
-    triggers = {
-        name
-        for (name,) in sqlite3.connect(str(tmp_path / "state.db")).execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
-        )
-    }
-    assert "sessions_counted_in" not in triggers
     store.close()
 
 
@@ -182,21 +155,18 @@ def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path)
     store.close()
 
 
-def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_brought_up_to_date(tmp_path):
+def test_a_store_of_0_1_0_or_rebuilt_by_hand_put_in_place_under_a_running_service_is_brought_up_to_date(tmp_path):
     # A backup restored by hand while the service runs: its connection reopens the file at the
-    # path and must count as this build does (no insert trigger, a counting table).
+    # path and must migrate and count as this build does (its triggers, a counting table).
     store = StateStore(tmp_path / "live")
     store.commit(10, 10, None, [session(1, 4)], {})
-    for kind in ("previous build", "before counting"):
+    for kind in ("0.1.0", "rebuilt by hand"):
         older = StateStore(tmp_path / kind)
         older.commit(10, 10, None, [session(2, 4), session(3, 1)], {})
         older.close()
         connection = sqlite3.connect(str(tmp_path / kind / "state.db"))
-        if kind == "previous build":
-            connection.execute("""CREATE TRIGGER sessions_counted_in AFTER INSERT ON sessions BEGIN
-                INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-                    ON CONFLICT (status) DO UPDATE SET n = n + 1;
-            END""")
+        if kind == "0.1.0":
+            connection.execute("PRAGMA user_version = 0")  # its format is version 1's, unnumbered
         else:
             for name in ("sessions_counted_out", "sessions_counted_moved"):
                 connection.execute(f"DROP TRIGGER {name}")
@@ -214,6 +184,7 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
             [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")],
         )
         assert store.status_counts() == plain_counts(tmp_path / "live" / "state.db")
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
     store.close()
 
 
@@ -252,21 +223,22 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
     older.commit(10, 10, None, [session(2, 4)], {})
     older.close()
     connection = sqlite3.connect(str(tmp_path / "older" / "state.db"))
-    connection.execute("ALTER TABLE sessions DROP COLUMN unmapped")  # as a build before it left it
+    connection.execute("PRAGMA user_version = 0")  # as 0.1.0 left it: to be migrated
     connection.execute("VACUUM INTO ?", (str(tmp_path / "restored"),))
     connection.close()
     store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     os.replace(tmp_path / "restored", tmp_path / "state.db")
-    prepare = StateStore._prepare
+    prepare = StoreFile._prepare
 
     def locked_once(self):
-        monkeypatch.setattr(StateStore, "_prepare", prepare)
+        monkeypatch.setattr(StoreFile, "_prepare", prepare)
         raise sqlite3.OperationalError("database is locked")  # another process held it past the busy timeout
 
-    monkeypatch.setattr(StateStore, "_prepare", locked_once)
+    monkeypatch.setattr(StoreFile, "_prepare", locked_once)
     with pytest.raises(StateError):
         store.commit(40, 40, None, [session(4, 4)], {})
     store.commit(40, 40, None, [session(4, 4)], {})
     assert [row.session_id for row in store.pending()] == ["s2", "s4"]
     assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
     store.close()

@@ -72,7 +72,10 @@ def open_history(config: Config) -> Optional[HistoryStore]:
     if not (config.state_dir / HISTORY_FILE).exists():
         return None
     store = HistoryStore(config.state_dir, create=False)
-    return store if store.problem is None else None
+    if store.problem is not None:
+        error(store.problem)  # why there is nothing to show (a newer version's history, say)
+        return None
+    return store
 
 
 def history(

@@ -9,6 +9,9 @@ It lives in its own file, history.db beside state.db, and is a convenience,
 not the source of truth for exactly-once within one database (the outbox in
 state.db is): losing it (deleted, corrupt, unwritable) never stops learning.
 The store says so once, moves a corrupt file aside and starts a new one.
+Its schema is versioned (migrations.py); a history.db of a newer version
+than this build knows is reported the same way and left alone: neither
+written nor moved aside.
 Every method but open() swallows its own failures for that reason and
 reports them through `problem`.
 
@@ -29,32 +32,14 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from ..core.fates import Fate
 from ..core.sessions import ClosedSession
+from . import migrations
 from .files import HISTORY_FILE, ensure_private_dir
+from .sqlite_file import connect_wal
 from .state import PendingSession
 
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 500
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS history (
-    key TEXT PRIMARY KEY,          -- the content key: the delivered ledger's index
-    session_id TEXT NOT NULL,
-    first_time REAL NOT NULL,      -- event time of the first and last command (Unix seconds)
-    last_time REAL NOT NULL,
-    commands TEXT NOT NULL,        -- JSON list of command names, before folding
-    outcome TEXT,
-    pattern_id TEXT,
-    closed_reason TEXT,            -- a CloseReason (core/fates.py)
-    settled TEXT NOT NULL,         -- a Fate (core/fates.py) other than pending, already_delivered
-    quality REAL,
-    unusual_score REAL,
-    unusual INTEGER NOT NULL DEFAULT 0,
-    rarest TEXT,                   -- the rarest transition of an unusual session, "a -> b"
-    settled_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_by_time ON history (last_time);
-"""
 
 
 class Entry(NamedTuple):
@@ -110,18 +95,21 @@ class HistoryStore:
         try:
             if self._create:
                 ensure_private_dir(self.path.parent)
-                if not self.path.exists():
+                try:
                     os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
+                except FileExistsError:
+                    pass  # there already, or another connection of ours made it just now
+            db = connect_wal(self.path, 5.0, "NORMAL")
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                if self._create:
-                    db.executescript(_SCHEMA)
+                self._migrate(db)
                 db.execute("SELECT count(*) FROM history WHERE 0").fetchone()
-            except sqlite3.DatabaseError:
+            except (sqlite3.DatabaseError, migrations.SchemaTooNew):
                 db.close()
                 raise
+        except migrations.SchemaTooNew as newer:
+            # Neither written nor moved aside: it is that version's history, and learning goes on without it.
+            self._fail(f"the history {self.path} was made by a newer version of omnimemory-learner ({newer})")
+            return False
         except sqlite3.DatabaseError as error:
             if self._create and _is_corrupt(error):
                 return self._start_again(f"{self.path} is corrupt ({error})")
@@ -142,6 +130,22 @@ class HistoryStore:
             log.info("The history %s is usable again", self.path)
             self.problem = None
         return True
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the file to this build's schema (migrations.HISTORY_MIGRATIONS).
+
+        A reader (create=False) of a file that needs migrating and cannot be
+        written reads it as it is: version 0 (0.1.0) is version 1's table.
+        """
+        found = migrations.version(db, migrations.HISTORY_MIGRATIONS)
+        if found == migrations.latest(migrations.HISTORY_MIGRATIONS):
+            return
+        try:
+            migrations.migrate(db, migrations.HISTORY_MIGRATIONS)
+        except sqlite3.OperationalError as error:
+            if self._create:
+                raise
+            log.debug("Reading the history %s as it is (schema %d): %s", self.path, found, error)
 
     def _start_again(self, why: str) -> bool:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")

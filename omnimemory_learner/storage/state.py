@@ -24,17 +24,16 @@ synchronous=NORMAL (per connection): in WAL mode that survives a crash of the
 process, and the next FULL commit makes it durable on disk too; a power loss
 in between can only cause a resend with the same idempotency key.  An fsync
 per delivered session would cap delivery at the disk's fsync rate.
+
+The file itself (created 0600, its schema version and migrations, its repair
+when deleted or replaced under the service) is sqlite_file.StoreFile's.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sqlite3
-import stat
 import sys
-import threading
 import time
 from array import array
 from pathlib import Path
@@ -45,104 +44,14 @@ from ..core.folding import fold_runs
 from ..core.identity import session_key
 from ..core.quality import quality_score
 from ..core.sessions import ClosedSession
-from .files import STATE_FILE, ensure_private_dir
-
-log = logging.getLogger(__name__)
+from .files import STATE_FILE
+from .migrations import COUNTERS as COUNTERS  # the counters state.db keeps
+from .sqlite_file import StateError, StoreFile
 
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _BIG_ENDIAN = sys.byteorder == "big"
 
 _DONE_MARKS = ",".join("?" * len(DONE))
-
-COUNTERS = (
-    "events_processed",
-    "events_skipped",
-    "events_ignored",
-    "sessions_created",
-    "sessions_too_short",
-    "sessions_low_quality",
-    "sessions_evicted",
-    "patterns_learned",
-    "sessions_not_learned",
-    "sessions_rejected",
-    "sessions_already_delivered",
-    "sessions_past_horizon",
-    "errors",
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS sessions (
-    id INTEGER PRIMARY KEY,
-    -- The session's content key (core/identity.py): the same session read twice gets the same key.
-    idempotency_key TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    first_rowid INTEGER NOT NULL,
-    last_rowid INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    outcome TEXT,
-    n_commands INTEGER NOT NULL,
-    commands BLOB,  -- encode_commands(); JSON text in stores of earlier development builds
-    reason TEXT,
-    closed_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    pattern_id TEXT,
-    delivered_at REAL,
-    next_attempt_at REAL,  -- these three: see _ADDED_COLUMNS
-    failures INTEGER NOT NULL DEFAULT 0,
-    first_failed_at REAL,
-    quality REAL,
-    unmapped INTEGER
-);
-CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status, id);
-CREATE INDEX IF NOT EXISTS sessions_by_last_rowid ON sessions (last_rowid);
-"""
-
-# How many sessions have each status, kept in the transactions that change
-# them: the status snapshot every 5 s reads a few rows instead of counting the
-# outbox (16 ms with 137,000 pending: most of the idle CPU).  Deletes and
-# status changes are counted by triggers, so that no code path can forget
-# one; inserts happen in one place, commit(), which adds its batch's tally
-# per status: a trigger's upsert per inserted row was a fifth of a
-# catch-up's commit.
-_INSERT_TRIGGER_OF_EARLIER_BUILDS = "sessions_counted_in"
-_COUNT_STATEMENTS = (
-    "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-    """CREATE TRIGGER IF NOT EXISTS sessions_counted_out AFTER DELETE ON sessions BEGIN
-        UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS sessions_counted_moved AFTER UPDATE OF status ON sessions
-        WHEN OLD.status IS NOT NEW.status BEGIN
-        UPDATE status_counts SET n = n - 1 WHERE status = OLD.status;
-        INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
-            ON CONFLICT (status) DO UPDATE SET n = n + 1;
-    END""",
-)
-
-# Columns added after the first release, as (name, declaration): CREATE TABLE
-# IF NOT EXISTS leaves an older table as it is, so each is added when missing.
-_ADDED_COLUMNS = (
-    # The outbox's own schedule for a session the API failed (NULL: due now).
-    ("next_attempt_at", "REAL"),
-    # Failures that were the session's own (the API took the next session),
-    # and when the first of them happened: together they park it.
-    ("failures", "INTEGER NOT NULL DEFAULT 0"),
-    ("first_failed_at", "REAL"),
-    # The session's quality score (sent with it; the history records it).
-    # (Stores of the build before also have an "unusual" column, flags made
-    # when sessions were read; read while they are pending, never written.)
-    ("quality", "REAL"),
-    # Rows of the session's id of unmapped types: with them the delivery
-    # thread scores the quality of a session the reading thread did not
-    # (min_quality = 0), off the catch-up's path.
-    ("unmapped", "INTEGER"),
-)
-
-
-class StateError(Exception):
-    """The state store cannot be used (permissions, disk, corruption)."""
 
 
 class Position(NamedTuple):
@@ -162,9 +71,6 @@ class PendingSession(NamedTuple):
     quality: Optional[float] = None  # None: scored when sent (see scored_quality)
     reason: Optional[str] = None  # why it closed
     unmapped: Optional[int] = None
-    # JSON [score, "a -> b"]: flagged as unusual by an earlier build when it
-    # was read (this one judges it when the API takes it; see delivery._judge).
-    unusual: Optional[str] = None
     # The session's content key (core/identity.py), made once when it is taken
     # from the outbox: the ledger's and the history's index.  Its Idempotency-Key
     # is the same, except in rows of a build that used random keys.
@@ -239,8 +145,6 @@ def encode_commands(session: ClosedSession) -> bytes:
 
 def decode_commands(value) -> List[Tuple[str, float, str]]:
     """encode_commands() undone: [(command, timestamp, event_type), ...]."""
-    if isinstance(value, str):  # the JSON list of an earlier store
-        return [tuple(command) for command in json.loads(value)]
     split = value.index(b"\0")
     times = array("d")
     times.frombytes(value[split + 1 :])
@@ -262,54 +166,8 @@ def _pending_session(row: tuple) -> PendingSession:
     commands = decode_commands(row[4])
     key = _content_key(row[2], commands)
     return PendingSession(
-        row[0], row[1] or key, row[2], row[3], commands, row[5], row[6], row[7], row[8], row[9], row[10], key
+        row[0], row[1] or key, row[2], row[3], commands, row[5], row[6], row[7], row[8], row[9], content_key=key
     )
-
-
-def _create_private(path: Path) -> None:
-    """Create the database file 0600 (sqlite3 would honour the umask).
-
-    Only when it does not exist: opening and closing a descriptor on a file
-    SQLite has open drops every POSIX lock this process holds on it, and
-    another process could then rebuild the WAL index under our connections.
-    """
-    try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-
-
-# Held while a connection repairs or reopens a state store deleted or replaced under it.
-_REPAIRING = threading.Lock()
-
-
-_SQLITE_HEADER = b"SQLite format 3\0"
-
-
-def _is_state_store(path: Path) -> bool:
-    """Whether the regular file at `path` is a SQLite database with a learner's sessions table.
-
-    Read as the file alone (immutable=1): the write-ahead log beside it is
-    named after the path, so it may be the log of the file this one
-    replaced, and SQLite would lay those pages over this file.  A FIFO or a
-    device is never opened (that could block).
-    """
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        with open(path, "rb") as file:
-            if file.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
-                return False
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
-    except (OSError, sqlite3.Error):
-        return False
-    try:
-        found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")
-        return found.fetchone() is not None
-    except sqlite3.Error:
-        return False
-    finally:
-        connection.close()
 
 
 class StateStore:
@@ -320,155 +178,23 @@ class StateStore:
         self.path = self.state_dir / STATE_FILE
         if not create and not self.path.exists():
             raise StateError(f"no state at {self.path}")
-        self._synchronous = "NORMAL" if synchronous == "NORMAL" else "FULL"
-        try:
-            if create:
-                ensure_private_dir(self.state_dir)
-                _create_private(self.path)
-            self._create = create
-            self._made_keys: Dict[int, str] = {}  # see outbox_keys
-            self._connect()
-            self._prepare()
-        except (OSError, sqlite3.Error) as error:
-            raise StateError(f"cannot use state store {self.path}: {error}") from None
-        for suffix in ("-wal", "-shm"):
-            try:
-                os.chmod(str(self.path) + suffix, 0o600)
-            except OSError:
-                pass
+        self._made_keys: Dict[int, str] = {}  # see outbox_keys
+        self._file = StoreFile(self.path, create, synchronous)
 
-    def _prepare(self) -> None:
-        """Bring the file at our path to this build's schema: when opened, and when it was replaced under us."""
-        if self._create:
-            self._db.executescript(_SCHEMA)
-            self._db.executemany(
-                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(name,) for name in COUNTERS]
-            )
-        self._add_columns(required=self._create)
-        if self._create:
-            self._count_statuses()
-        self._counted = self._counting()
-
-    def _connect(self) -> None:
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        # Turning a new file to WAL needs it to itself, and SQLite does not
-        # wait for that: two connections opening a new store at once (the
-        # reader and the delivery thread) would see "database is locked".
-        for attempt in range(200):
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or attempt == 199:
-                    raise
-                time.sleep(0.05)
-        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
-        status = os.stat(self.path)
-        self._identity: Optional[Tuple[int, int]] = (status.st_dev, status.st_ino)
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection to the file at our path (a new one after a repair)."""
+        return self._file.db
 
     def close(self) -> None:
-        self._db.close()
-
-    def _add_columns(self, required: bool) -> None:
-        """Bring a state store of an earlier version up to this schema.
-
-        Checked again inside the write transaction: two connections opening
-        one old store at once (the reader and the delivery thread) must not
-        both add a column.  A command that only reads (create=False) may lack
-        the right to write: then it reads the old table as it is (see _column).
-        """
-        present = self._present_columns()
-        if all(name in present for name, _ in _ADDED_COLUMNS):
-            self._columns = present
-            return
-        try:
-            with _Transaction(self._db):
-                present = self._present_columns()
-                for name, kind in _ADDED_COLUMNS:
-                    if name not in present:
-                        self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {kind}")
-            present = self._present_columns()
-        except StateError:
-            if required:
-                raise
-        self._columns = present
-
-    def _present_columns(self) -> set:
-        return {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        self._file.close()
 
     def _pending_columns(self) -> str:
-        """PendingSession's fields, as the outbox keeps them (NULL for what an older store lacks)."""
-        later = ", ".join(map(self._column, ("failures", "quality", "reason", "unmapped", "unusual")))
-        return f"id, idempotency_key, session_id, outcome, commands, attempts, {later}"
-
-    def _column(self, name: str) -> str:
-        """`name` in a SELECT, or NULL when an unmigrated store lacks it."""
-        return name if name in self._columns else f"NULL AS {name}"
+        """PendingSession's fields, as the outbox keeps them."""
+        return "id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, reason, unmapped"
 
     def _transaction(self):
-        self._ensure_file()
-        return _Transaction(self._db)
-
-    def _ensure_file(self) -> None:
-        """Writes must reach the file at our path, not one deleted or replaced under us.
-
-        If state.db was deleted while we run, our connection still holds the
-        whole state: write it back with VACUUM INTO.  If the file at the path
-        is not a state store (an empty file, another database, junk), it is
-        left alone and every write says so (StateError) until it is moved
-        away.  Otherwise (a restored backup, or another connection wrote it
-        back) reopen the one at the path and bring it to this build's
-        schema.  One connection of this process at a time does this (the
-        reader and the delivery thread would race: two VACUUM INTOs into one
-        new file empty it).
-        """
-        try:
-            status = os.stat(self.path)
-            if (status.st_dev, status.st_ino) == self._identity:
-                return
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            raise StateError(f"cannot check the state store {self.path}: {error}") from None
-        with _REPAIRING:
-            self._repair()
-
-    def _repair(self) -> None:
-        try:
-            status = os.stat(self.path)
-            if (status.st_dev, status.st_ino) == self._identity:
-                return  # another connection repaired it meanwhile and it is ours after all
-            if not _is_state_store(self.path):
-                # Not ours to overwrite or adopt (an empty file, another program's database, a FIFO):
-                # said on every write, reading pauses, our connection keeps the state meanwhile.
-                raise StateError(
-                    f"the state store {self.path} was replaced by a file that is not one; move that file away "
-                    "(the state is then written back from the running service) or put the state back"
-                )
-        except FileNotFoundError:
-            self._write_back("was deleted while running")
-        except OSError as error:
-            raise StateError(f"cannot check the state store {self.path}: {error}") from None
-        self._db.close()
-        try:
-            self._connect()
-            # A file put there by hand (a restored backup) may be of an earlier build.
-            self._prepare()
-        except sqlite3.Error as error:
-            self._identity = None  # not ready: the next write tries again
-            raise StateError(f"cannot use state store {self.path}: {error}") from None
-
-    def _write_back(self, what: str) -> None:
-        """Our connection's state into a new file at the path."""
-        try:
-            ensure_private_dir(self.state_dir)
-            self._db.execute("VACUUM INTO ?", (str(self.path),))
-            os.chmod(self.path, 0o600)
-        except (sqlite3.Error, OSError) as error:
-            if not self.path.exists():
-                raise StateError(f"the state store {self.path} {what} and cannot be restored: {error}") from None
-            return  # written back by another process meanwhile: reopened below
-        log.warning("The state store %s %s; restored it from the open connection", self.path, what)
+        return self._file.transaction()
 
     # -- position --------------------------------------------------------------
 
@@ -702,7 +428,7 @@ class StateStore:
 
     def pending(self, limit: int = 100, after_id: int = 0, due_by: Optional[float] = None) -> List[PendingSession]:
         """Pending sessions in outbox order; with `due_by`, only those due by then."""
-        self._ensure_file()  # another connection may have restored a deleted file
+        self._file.ensure()  # another connection may have restored a deleted file
         due = "" if due_by is None else " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
         return [
             _pending_session(row)
@@ -848,8 +574,8 @@ class StateStore:
             }
             for row in self._db.execute(
                 "SELECT id, session_id, status, outcome, n_commands, attempts, last_error, closed_at,"
-                f" first_rowid, last_rowid, {self._column('next_attempt_at')}, {self._column('failures')},"
-                f" {self._column('first_failed_at')} FROM sessions WHERE status IN ({marks}) ORDER BY id",
+                " first_rowid, last_rowid, next_attempt_at, failures,"
+                f" first_failed_at FROM sessions WHERE status IN ({marks}) ORDER BY id",
                 tuple(statuses),
             )
         ]
@@ -859,76 +585,11 @@ class StateStore:
     def counters(self) -> Dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters"))
 
-    def _count_statuses(self) -> None:
-        """Install the counting triggers; a store without them is counted once, in the same transaction.
-
-        A store of an earlier build also counted inserts by a trigger: it is
-        dropped (commit() counts them now), or each insert would count twice.
-        """
-        if self._counting():
-            return
-        with _Transaction(self._db):
-            if self._counting():
-                return  # another connection did it meanwhile
-            self._db.execute(f"DROP TRIGGER IF EXISTS {_INSERT_TRIGGER_OF_EARLIER_BUILDS}")
-            for statement in _COUNT_STATEMENTS:
-                self._db.execute(statement)
-            self._db.execute("DELETE FROM status_counts")
-            self._db.execute(
-                "INSERT INTO status_counts (status, n) SELECT status, count(*) FROM sessions GROUP BY status"
-            )
-
-    def _counting(self) -> bool:
-        """Whether this build's counting triggers, and only they, are there (the table they keep is then right)."""
-        names = {statement.split()[5] for statement in _COUNT_STATEMENTS[1:]}
-        found = {
-            name
-            for (name,) in self._db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'sessions_counted_%'"
-            )
-        }
-        return found == names
-
     def status_counts(self) -> Dict[str, int]:
-        if self._counted:
+        """How many sessions have each status: the table the triggers keep, when they are there (StoreFile)."""
+        if self._file.counted:
             return {status: n for status, n in self._db.execute("SELECT status, n FROM status_counts") if n}
         return dict(self._db.execute("SELECT status, count(*) FROM sessions GROUP BY status"))
 
     def meta_value(self, key: str) -> Optional[str]:
         return self._meta(key)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-
-    def _rollback(self) -> None:
-        # SQLite may have rolled back already (a COMMIT failing with "disk
-        # full" does): then there is no transaction left to roll back.
-        if self._db.in_transaction:
-            try:
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            raise StateError(f"cannot write the state store: {error}") from None
-        return self._db
-
-    def __exit__(self, kind, value, traceback):
-        if kind is None:
-            try:
-                self._db.execute("COMMIT")
-                return False
-            except sqlite3.Error as error:
-                self._rollback()
-                raise StateError(f"cannot write the state store: {error}") from None
-        self._rollback()
-        if isinstance(value, sqlite3.Error):
-            raise StateError(f"cannot write the state store: {value}") from value
-        return False
