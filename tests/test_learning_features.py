@@ -278,48 +278,6 @@ def test_history_retention_prunes_old_sessions(tmp_path, api):
     connection.close()
 
 
-def test_a_flag_made_by_the_build_before_survives_the_upgrade_and_is_not_said_again(tmp_path, api):
-    # The build before judged sessions when it read them and kept the flag in the outbox's
-    # "unusual" column; this one judges when the API takes a session, and uses that flag.
-    from omnimemory_learner.core.sessions import ClosedSession
-    from omnimemory_learner.storage.state import StateStore
-
-    db = create_db(tmp_path / "events.db")
-    env = learner_env(tmp_path, api.url, db)
-    base = time.time() - 600
-    store = StateStore(tmp_path / "state")
-    store.commit(
-        0,
-        0,
-        None,
-        [
-            ClosedSession.from_commands(
-                "flagged",
-                [
-                    ("open_file", base, "file_open"),
-                    ("delete_file", base + 1, "file_delete"),
-                    ("build_project", base + 2, "build_start"),
-                ],
-                1,
-                3,
-            )
-        ],
-        {},
-    )
-    store.close()
-    connection = sqlite3.connect(str(tmp_path / "state" / "state.db"))
-    connection.execute("ALTER TABLE sessions ADD COLUMN unusual TEXT")
-    connection.execute("""UPDATE sessions SET unusual = '[4.2,"open_file -> delete_file"]'""")
-    connection.commit()
-    connection.close()
-    result = run_learner(env, "backfill", "--until-delivered-timeout", "20")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert [body["session_id"] for _, body in api.sessions()] == ["flagged"]
-    (entry,) = history_json(env)
-    assert (entry["unusual"], entry["unusual_score"], entry["rarest"]) == (True, 4.2, "open_file -> delete_file")
-    assert "Unusual session" not in (tmp_path / "learner.log").read_text()
-
-
 def test_sessions_settled_without_sending_reach_the_history_through_the_delivery_thread(tmp_path, api):
     # The reading thread hands too-short sessions to the delivery thread, which records them; a
     # delivery thread that is not running (or whose queue is full) leaves them to the reading thread.
