@@ -237,5 +237,7 @@ class Handover:
 
     def record_left(self) -> None:
         """After the thread stopped: what it had not recorded, recorded here; then the connection closes."""
-        self._own.unsent(self.take_back())
+        left = self.take_back()
+        if left:
+            self._own.unsent(left)
         self._own.close()

@@ -52,6 +52,23 @@ class _Run(NamedTuple):
     settler: Settler
 
 
+def _record(stop: threading.Event, write: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
+    """Write a delivery result, retrying while the state store cannot be written.
+
+    (True, what `write` returned); (False, None) only when the service
+    stops before the record could be made.
+    """
+    wait = FIRST_BACKOFF_SECONDS
+    while True:
+        try:
+            return True, write(*args)
+        except StateError as error:
+            log.error("Cannot record a delivery result (will retry in %.0f s): %s", wait, error)
+        if stop.wait(wait):
+            return False, None
+        wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
+
+
 class Deliverer:
     """The delivery thread.  `wake()` after new sessions enter the outbox."""
 
@@ -277,43 +294,28 @@ class Deliverer:
     def _wait(self, run: _Run, delay: float) -> bool:
         """Wait `delay` seconds for the API; True when the service stops meanwhile."""
         self.handover.record_into(run.settler)  # what was handed over before the outage; _offer refuses meanwhile
-        retry_at = self.health.retry_at or time.time() + delay
-        log.info("Will retry in %.1f s (%s)", delay, time.strftime("%H:%M:%S", time.localtime(retry_at)))
+        retry_at = self.health.retry_at  # set by health with the wait it asked for
+        when = time.strftime("%H:%M:%S", time.localtime(retry_at if retry_at is not None else time.time() + delay))
+        log.info("Will retry in %.1f s (%s)", delay, when)
         return self._stop.wait(delay)
-
-    def _record(self, write: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
-        """Write a delivery result, retrying while the state store cannot be written.
-
-        (True, what `write` returned); (False, None) only when the service
-        stops before the record could be made.
-        """
-        wait = FIRST_BACKOFF_SECONDS
-        while True:
-            try:
-                return True, write(*args)
-            except StateError as error:
-                log.error("Cannot record a delivery result (will retry in %.0f s): %s", wait, error)
-            if self._stop.wait(wait):
-                return False, None
-            wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
     # -- one session -----------------------------------------------------------------
 
     def _deliver_one(self, run: _Run, session: PendingSession) -> Optional[float]:
         """One attempt.  None to go on with the next session; else seconds to wait for the API."""
         if run.settler.in_ledger(session):
-            self._record(run.settler.already_delivered, run.store, session)
+            _record(self._stop, run.settler.already_delivered, run.store, session)
             return None  # if stopping unrecorded, the next run asks the ledger again
         run.api.configure(self.api_url, self.timeout)  # a reload may have changed them
         attempt = run.api.learn(session, self.fold_repeats)
         if attempt.verdict == Verdict.RETRY:
             return self._failed(run, session, attempt)
         if attempt.verdict == Verdict.REJECTED:
-            recorded, _ = self._record(run.settler.rejected, run.store, session, attempt.detail or "")
+            recorded, _ = _record(self._stop, run.settler.rejected, run.store, session, attempt.detail or "")
         else:
             # The API has learned it: from here on only the record may be
             # retried, never the POST (that would teach the session twice).
-            recorded, _ = self._record(run.settler.taken, run.store, session, attempt.detail, attempt.commands)
+            recorded, _ = _record(self._stop, run.settler.taken, run.store, session, attempt.detail, attempt.commands)
         if not recorded:
             return None  # stopping: unrecorded, it is resent with the same key after a restart
         restart = self._answered(run, session)
@@ -329,26 +331,26 @@ class Deliverer:
         if not attempt.connected:
             # Nothing was sent: the API is down, whatever the session holds.
             # It stays due, so the oldest session probes and the order holds.
-            self._record(run.store.note_failure, session.id, detail, None)
+            _record(self._stop, run.store.note_failure, session.id, detail, None)
             return self.health.unreachable(now)
         failed = self.health.failed(session, detail, now, attempt.asked_wait)
-        self._record(run.store.note_failure, session.id, detail, failed.retry_at)
+        _record(self._stop, run.store.note_failure, session.id, detail, failed.retry_at)
         return failed.wait
 
-    def _answered(self, run: _Run, settled: PendingSession) -> bool:
+    def _answered(self, run: _Run, session: PendingSession) -> bool:
         """The API settled a session: judge the failures before it.  True when others are due again."""
-        verdict = self.health.settled(settled.id, time.time())
-        if verdict.blamed is not None:
-            self._blame(run, verdict.blamed)
+        settled = self.health.settled(session.id, time.time())
+        if settled.blamed is not None:
+            self._blame(run, settled.blamed)
         # Excused: they are due again now, oldest first.
-        if verdict.excused:
-            self._record(run.store.reschedule, verdict.excused, None)
-        if verdict.down_for is not None:
-            log.info("Procedural API is answering again after %.0f s", verdict.down_for)
-        return bool(verdict.excused)
+        if settled.excused:
+            _record(self._stop, run.store.reschedule, settled.excused, None)
+        if settled.down_for is not None:
+            log.info("Procedural API is answering again after %.0f s", settled.down_for)
+        return bool(settled.excused)
 
     def _blame(self, run: _Run, failure: Failure[PendingSession]) -> None:
         session = failure.session
-        _, recorded = self._record(run.store.failure_record, session.id)
+        _, recorded = _record(self._stop, run.store.failure_record, session.id)
         blame = None if recorded is None else self.health.blame(failure, recorded)
-        self._record(run.settler.blamed, run.store, session, blame, failure.error)
+        _record(self._stop, run.settler.blamed, run.store, session, blame, failure.error)
