@@ -94,6 +94,9 @@ class Deliverer:
         # Kept across restarts of the thread: an API that was down still is.
         self.health: Health[PendingSession] = Health(retry_max_seconds, session_retry_limit, session_retry_seconds)
         self.handover = Handover(state_dir)
+        # The thread's writer of settled sessions; its history connection is
+        # opened in the thread and closed when a run of the thread ends.
+        self._settler = Settler(state_dir)
         self.last_error: Optional[str] = None
         self._on_progress = on_progress
         self._wake = threading.Event()
@@ -218,7 +221,7 @@ class Deliverer:
         settler: Optional[Settler] = None
         try:
             store = StateStore(self.state_dir, synchronous="NORMAL")
-            settler = Settler(self.state_dir)
+            settler = self._settler
             settler.judge_from_history()
             client = BoundedClient(self.timeout)
             run = _Run(store, LearnAPI(client, self.api_url), settler)
