@@ -17,7 +17,9 @@ from omnimemory_learner.cli.outbox import outbox as outbox_command
 from omnimemory_learner.config import load_config
 from omnimemory_learner.core.quality import session_quality
 from omnimemory_learner.core.sessions import ClosedSession
-from omnimemory_learner.delivery import Backoff, Deliverer
+from omnimemory_learner.delivery import Deliverer
+from omnimemory_learner.delivery.health import Backoff
+from omnimemory_learner.delivery.learn_api import learn_body
 from omnimemory_learner.storage.lock import AlreadyRunning, InstanceLock, lock_is_held
 from omnimemory_learner.storage.state import StateStore
 
@@ -74,7 +76,7 @@ def test_outbox_keeps_commands_exactly(tmp_path):
     (new,) = store.pending()
     assert new.commands == commands  # every float bit for bit, every character
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
-    assert new.body()["session_commands"][1] == {
+    assert learn_body(new)["session_commands"][1] == {
         "command": 'say "hi"\n\u00e9',
         "timestamp": 0.1 + 0.2,
         "context": {"event_type": "lint\x00run"},
@@ -212,7 +214,9 @@ def test_null_pattern_is_counted_not_retried(tmp_path, api):
     store.close()
     # An API that answers pattern_id null for everything:
     api.script = []
-    from omnimemory_learner.delivery import Answer, Verdict, classify
+    from omnimemory_learner.core.fates import Verdict
+    from omnimemory_learner.delivery.http import Answer
+    from omnimemory_learner.delivery.learn_api import classify
 
     def answer(status, body=b"", headers=None):
         return Answer(status, headers or {}, body, False)
@@ -489,7 +493,8 @@ def test_a_redirect_is_not_followed_and_says_where_it_pointed(tmp_path, api, cap
 
 
 def test_retry_after_is_read_as_seconds_or_an_http_date():
-    from omnimemory_learner.delivery import Answer, retry_after
+    from omnimemory_learner.delivery.http import Answer
+    from omnimemory_learner.delivery.learn_api import retry_after
 
     now = 1_800_000_000.0
 
@@ -507,7 +512,7 @@ def test_retry_after_is_read_as_seconds_or_an_http_date():
 def test_a_compressed_answer_is_decoded_within_the_cap():
     import zlib
 
-    from omnimemory_learner.delivery import ANSWER_CAP, _decoded
+    from omnimemory_learner.delivery.http import ANSWER_CAP, _decoded
 
     packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
     bomb = b"".join(packer.compress(b"\0" * (1 << 20)) for _ in range(200)) + packer.flush()
@@ -559,7 +564,9 @@ def expected_verdict(status, body):
     truncated=st.booleans(),
 )
 def test_every_answer_gets_the_documented_verdict_and_a_bounded_error(status, body, location, truncated):
-    from omnimemory_learner.delivery import Answer, Verdict, classify
+    from omnimemory_learner.core.fates import Verdict
+    from omnimemory_learner.delivery.http import Answer
+    from omnimemory_learner.delivery.learn_api import classify
 
     verdict, detail = classify(Answer(status, {"location": location}, body, truncated))
     assert verdict == expected_verdict(status, body)
@@ -575,7 +582,7 @@ def test_every_answer_gets_the_documented_verdict_and_a_bounded_error(status, bo
 def test_the_deadline_holds_for_a_dripped_or_silent_answer_with_and_without_the_backend(
     api, monkeypatch, per_operation
 ):
-    from omnimemory_learner import delivery
+    from omnimemory_learner.delivery import http as delivery
 
     if not per_operation:
         # An httpx whose transport hides its pool: the fallback (each phase's
@@ -694,7 +701,9 @@ def test_a_lone_failing_session_backs_off_but_is_not_parked_without_evidence(tmp
 
 def test_answers_that_broke_the_delivery_thread_are_ordinary_verdicts(tmp_path):
     """Hostile review: each of these escaped the thread's handlers and resent a learned session."""
-    from omnimemory_learner.delivery import Answer, Verdict, classify, retry_after
+    from omnimemory_learner.core.fates import Verdict
+    from omnimemory_learner.delivery.http import Answer
+    from omnimemory_learner.delivery.learn_api import classify, retry_after
     from omnimemory_learner.storage.state import StateStore
 
     nested = Answer(200, {}, b"[" * 20_000, False)

@@ -1,9 +1,13 @@
 """The package's layout rules (../shared/DESIGN.md), held by parsing its imports.
 
 * `core/` imports only `core/` and the standard library: the pure core has no
-  I/O of ours, no third-party code, nothing of the edges;
+  I/O of ours, no third-party code, nothing of the edges; so does
+  `delivery/health.py`, the API's health, pure like the core;
 * imports point one way: nothing imports `cli/`, and `core/`, `storage/` and
-  `system/` import nothing of the loop (`service`, `pipeline`, `delivery`);
+  `system/` import nothing of the loop (`service`, `pipeline`, `delivery/`);
+* inside `delivery/` each module imports only what its job needs: the HTTP
+  client nothing of the package, the API client no thread, health no I/O,
+  settling no network, and nothing there imports the service or the pipeline;
 * no import circle inside the package, counting imports inside functions
   (they are how the old `cli` <-> `backfill` circle hid).
 """
@@ -126,12 +130,20 @@ def is_standard_library(top: str) -> bool:
     return bool(origin) and origin.startswith(stdlib) and "site-packages" not in origin
 
 
+# Modules as pure as core/: core/ and the standard library only.
+PURE = ("core", "delivery.health")
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def core_violations(root: Path = PACKAGE_DIR) -> List[str]:
     known = modules(root)
     package = root.name
     problems = []
     for name, path in known.items():
-        if not name.startswith(f"{package}.core"):
+        if not any(_within(name, f"{package}.{pure}") for pure in PURE):
             continue
         for target in imports_of(path, name, set(known)):
             top = target.split(".")[0]
@@ -144,16 +156,39 @@ def core_violations(root: Path = PACKAGE_DIR) -> List[str]:
 
 
 def direction_violations(edges: Dict[str, Set[str]], package: str = PACKAGE) -> List[str]:
-    loop = {f"{package}.service", f"{package}.pipeline", f"{package}.delivery"}
+    loop = (f"{package}.service", f"{package}.pipeline", f"{package}.delivery")
     lower = (f"{package}.core", f"{package}.storage", f"{package}.system")
     problems = []
     for source, targets in edges.items():
         for target in targets:
-            in_cli = target == f"{package}.cli" or target.startswith(f"{package}.cli.")
+            in_cli = _within(target, f"{package}.cli")
             if in_cli and not (source.startswith(f"{package}.cli") or source == f"{package}.__main__"):
                 problems.append(f"{source} imports {target}: nothing outside cli/ imports cli/")
-            if source.startswith(lower) and target in loop:
+            if source.startswith(lower) and any(_within(target, part) for part in loop):
                 problems.append(f"{source} imports {target}: the lower layers do not import the loop")
+    return problems
+
+
+# What each module of delivery/ may import of the package (prefixes; a package's
+# __init__ comes with any of its modules).
+DELIVERY_MAY_IMPORT = {
+    "delivery": ("delivery.thread",),
+    "delivery.http": (),
+    "delivery.health": ("core",),
+    "delivery.learn_api": ("core", "storage", "delivery.http"),
+    "delivery.settle": ("core", "storage", "logs", "delivery.health"),
+    "delivery.thread": ("config", "core", "storage", "delivery"),
+}
+
+
+def delivery_violations(edges: Dict[str, Set[str]], package: str = PACKAGE) -> List[str]:
+    problems = []
+    for module, allowed in DELIVERY_MAY_IMPORT.items():
+        source = f"{package}.{module}"
+        for target in sorted(edges.get(source, ())):
+            if target == package or any(_within(target, f"{package}.{prefix}") for prefix in allowed):
+                continue
+            problems.append(f"{source} imports {target}")
     return problems
 
 
@@ -172,6 +207,12 @@ def test_imports_point_one_way():
     assert direction_violations(graph()) == []
 
 
+def test_each_delivery_module_imports_only_what_its_job_needs():
+    names = set(modules())
+    assert {f"{PACKAGE}.{module}" for module in DELIVERY_MAY_IMPORT} <= names
+    assert delivery_violations(graph()) == []
+
+
 def test_the_layout_has_its_layers():
     names = set(modules())
     for expected in (
@@ -180,6 +221,11 @@ def test_the_layout_has_its_layers():
         "core.outcome",
         "storage.state",
         "storage.lock",
+        "delivery.thread",
+        "delivery.learn_api",
+        "delivery.health",
+        "delivery.settle",
+        "delivery.http",
         "system.notify",
         "cli.main",
         "cli.exits",
@@ -237,3 +283,31 @@ def test_a_circle_through_package_inits_is_caught(package_copy):
     system_init.write_text(system_init.read_text() + "\nfrom ..storage import PRIVATE  # noqa\n")
     cycle = find_cycle(graph(package_copy))
     assert f"{PACKAGE}.storage" in cycle and f"{PACKAGE}.system" in cycle
+
+
+def test_health_importing_storage_or_a_third_party_library_is_caught(package_copy):
+    health = package_copy / "delivery" / "health.py"
+    health.write_text(health.read_text() + "\nfrom ..storage.state import StateStore  # noqa\nimport httpx  # noqa\n")
+    assert core_violations(package_copy) == [
+        f"{PACKAGE}.delivery.health imports {PACKAGE}.storage.state",
+        f"{PACKAGE}.delivery.health imports httpx",
+    ]
+
+
+def test_a_delivery_module_reaching_past_its_job_is_caught(package_copy):
+    learn_api = package_copy / "delivery" / "learn_api.py"
+    learn_api.write_text(learn_api.read_text() + "\n\ndef later():\n    from .thread import Deliverer  # noqa\n")
+    http = package_copy / "delivery" / "http.py"
+    http.write_text(http.read_text() + "\nfrom ..core.fates import Verdict  # noqa\n")
+    assert delivery_violations(graph(package_copy)) == [
+        f"{PACKAGE}.delivery.http imports {PACKAGE}.core",
+        f"{PACKAGE}.delivery.http imports {PACKAGE}.core.fates",
+        f"{PACKAGE}.delivery.learn_api imports {PACKAGE}.delivery.thread",
+    ]
+
+
+def test_storage_importing_a_delivery_module_is_caught(package_copy):
+    state = package_copy / "storage" / "state.py"
+    state.write_text(state.read_text() + "\n\ndef later():\n    from ..delivery.learn_api import learn_body  # noqa\n")
+    problems = direction_violations(graph(package_copy))
+    assert any("storage.state imports" in problem and "delivery.learn_api" in problem for problem in problems)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
+from omnimemory_learner.delivery.learn_api import learn_body
 from omnimemory_learner.storage.sqlite_file import StoreFile
 from omnimemory_learner.storage.state import StateError, StateStore
 
@@ -136,7 +137,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
     store.commit(0, len(events), None, [closed], {})
     (pending,) = store.pending()
     assert pending.quality is None and pending.scored_quality() == at_close
-    assert pending.body()["quality"] == at_close
+    assert learn_body(pending)["quality"] == at_close
     store.close()
 
 
@@ -150,8 +151,8 @@ def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path)
     connection.commit()
     connection.close()
     by_id = {row.id: row for row in store.pending()}
-    assert by_id[first].body()["quality"] == 0.42
-    assert "quality" not in by_id[second].body()
+    assert learn_body(by_id[first])["quality"] == 0.42
+    assert "quality" not in learn_body(by_id[second])
     store.close()
 
 

@@ -21,7 +21,8 @@ import httpx
 
 from ..config import Config, ConfigError
 from ..core.fates import Fate
-from ..delivery import ANSWER_CAP, BoundedClient, redirect_target
+from ..delivery.http import ANSWER_CAP, BoundedClient
+from ..delivery.learn_api import redirect_target
 from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid

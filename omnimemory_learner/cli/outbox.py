@@ -14,7 +14,7 @@ from typing import List
 
 from ..config import Config
 from ..core.fates import Fate
-from ..storage.history import HistoryStore, settled_entry
+from ..delivery.settle import Settler
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
 from .output import echo, error, print_json, shown
@@ -93,14 +93,12 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
             if answer.strip().lower() not in ("y", "yes"):
                 echo("Not dropped.")
                 return EX_FAILURE
-        dropped = store.undelivered(ids[0])
-        if store.drop(ids[0]):
-            if dropped is not None:
-                # Into the history, and so the delivered ledger: a rewritten
-                # database read again never sends a dropped session.
-                history = HistoryStore(config.state_dir)
-                history.record([settled_entry(dropped, Fate.DROPPED)])
-                history.close()
+        settler = Settler(config.state_dir)
+        try:
+            dropped = settler.dropped(store, ids[0])
+        finally:
+            settler.close()
+        if dropped:
             echo(f"Session {ids[0]} dropped.")
             return EX_OK
         error(f"no pending or rejected session with id {ids[0]}")

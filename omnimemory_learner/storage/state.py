@@ -14,8 +14,8 @@ Exactly once, without storing open sessions:
 
 Each pending session carries its own schedule (next_attempt_at) and the
 count of failures that were its own, so that one session the API keeps
-failing backs off, and is parked, without holding up the others; delivery.py
-decides what counts.
+failing backs off, and is parked, without holding up the others;
+delivery/health.py decides what counts.
 
 The state store is SQLite in WAL mode.  The reading side commits with
 synchronous=FULL: a closed session that was committed survives a crash of the
@@ -37,10 +37,9 @@ import sys
 import time
 from array import array
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.fates import DONE, UNDELIVERED, Fate
-from ..core.folding import fold_runs
 from ..core.identity import session_key
 from ..core.quality import quality_score
 from ..core.sessions import ClosedSession
@@ -89,26 +88,6 @@ class PendingSession(NamedTuple):
             return 0.0
         times = [timestamp for _, timestamp, _ in commands]
         return quality_score([command for command, _, _ in commands], min(times), max(times), self.unmapped)
-
-    def body(self, fold_repeats: bool = False) -> dict:
-        if fold_repeats:
-            commands = [run.as_payload() for run in fold_runs(self.commands)]
-        else:
-            commands = [
-                {"command": command, "timestamp": timestamp, "context": {"event_type": event_type}}
-                for command, timestamp, event_type in self.commands
-            ]
-        body: Dict[str, Any] = {
-            "session_commands": commands,
-            # Inferred on the commands before folding.
-            "session_outcome": self.outcome,
-            "session_id": self.session_id,
-            "tool_id": "omnimemory-learner",
-        }
-        quality = self.scored_quality()
-        if quality is not None:
-            body["quality"] = quality
-        return body
 
 
 class _PairJSON(dict):
@@ -487,41 +466,50 @@ class StateStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_error', ?)", (f"{time.time()!r} {error}",)
             )
 
-    def blame_failure(
-        self, session_id: int, error: str, failed_at: float, retry_at: float, limit: int, limit_seconds: float
-    ) -> Optional[Tuple[int, float]]:
-        """A failure that was the session's own: it backs off until `retry_at`.
+    def failure_record(self, session_id: int) -> Optional[Tuple[int, Optional[float]]]:
+        """(failures, first_failed_at) of a pending session's own failures; None when it is not pending.
 
-        Once it has `limit` such failures spanning at least `limit_seconds`, it
-        is parked as rejected; then (failures, seconds spanned), else None.
+        In a write transaction, as the write that follows it (blame_failure):
+        a busy store is a StateError, which delivery retries.
         """
         with self._transaction() as db:
             row = db.execute(
-                "SELECT failures, coalesce(first_failed_at, ?) FROM sessions WHERE id = ? AND status = ?",
-                (failed_at, session_id, Fate.PENDING),
+                "SELECT failures, first_failed_at FROM sessions WHERE id = ? AND status = ?", (session_id, Fate.PENDING)
             ).fetchone()
-            if row is None:
-                return None  # settled or dropped meanwhile
-            failures, first_failed_at = row[0] + 1, row[1]
-            span = failed_at - first_failed_at
-            parked = failures >= limit and span >= limit_seconds
-            db.execute(
+        return None if row is None else (row[0], row[1])
+
+    def blame_failure(
+        self,
+        session_id: int,
+        error: str,
+        failures: int,
+        first_failed_at: float,
+        next_attempt_at: Optional[float],
+        parked: bool,
+    ) -> bool:
+        """A failure that was the session's own, as delivery judged it: its count, and parked or not.
+
+        False when the session is no longer pending (settled or dropped meanwhile).
+        """
+        with self._transaction() as db:
+            cursor = db.execute(
                 "UPDATE sessions SET failures = ?, first_failed_at = ?, next_attempt_at = ?, status = ?,"
-                " last_error = ? WHERE id = ?",
+                " last_error = ? WHERE id = ? AND status = ?",
                 (
                     failures,
                     first_failed_at,
-                    None if parked else retry_at,
+                    next_attempt_at,
                     Fate.REJECTED if parked else Fate.PENDING,
-                    f"failed {failures} times over {span:.0f} s while the API took other sessions; last: {error}"
-                    if parked
-                    else error,
+                    error,
                     session_id,
+                    Fate.PENDING,
                 ),
             )
+            if cursor.rowcount != 1:
+                return False
             if parked:
                 self._add_counters(db, {"sessions_rejected": 1})
-            return (failures, span) if parked else None
+            return True
 
     def reschedule(self, session_ids: List[int], at: Optional[float]) -> None:
         """Pending sessions due at `at` (None: now) instead of their own time."""

@@ -1,0 +1,183 @@
+"""The procedural API's requests: POST /learn, its body, and what each answer means.
+
+Guarantee: this is the only module that knows the API's paths, the fields of
+a request's body and the meaning of its status codes.  Every answer and
+every transport error of one attempt maps to exactly one `Verdict` (with its
+detail), so the delivery thread never sees an exception of httpx's:
+
+    answer / error                                       verdict      detail
+    200 {"pattern_id": "..."}                            LEARNED      the pattern id
+    200 {"pattern_id": null}                             NOT_LEARNED  None
+    200 that is not JSON, or without pattern_id          RETRY        the body
+    3xx (never followed)                                 RETRY        where it pointed
+    408, 409, 425, 429, 5xx and any other status         RETRY        HTTP <status>: the body
+    every other 4xx (422: an invalid body)               REJECTED     HTTP <status>: the body
+    an answer that cannot be read                        RETRY        the error's kind
+    httpx.ConnectError, ConnectTimeout (nothing sent)    RETRY        not connected
+    any other httpx.HTTPError (timeout, hang-up, ...)    RETRY        the error
+
+Every attempt of a session carries the same Idempotency-Key.  A second kind of
+request (GET /patterns) is another method of LearnAPI beside `learn`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import httpx
+
+from ..core.fates import Verdict
+from ..core.folding import fold_runs
+from ..storage.state import PendingSession
+from .http import ANSWER_CAP, Answer, BoundedClient, bounded_text
+
+log = logging.getLogger(__name__)
+
+LEARN_PATH = "/learn"
+# Sent as the body's tool_id: the metrics service tracks sessions by it.
+TOOL_ID = "omnimemory-learner"
+# 4xx answers that say "again later", not "never": retried like 5xx.
+RETRIED_4XX = frozenset({408, 409, 425, 429})
+# Answers whose Retry-After is honoured (capped by retry_max_seconds).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class Attempt(NamedTuple):
+    """What one POST /learn of a session came to."""
+
+    verdict: Verdict
+    detail: Optional[str]  # LEARNED: the pattern id; RETRY, REJECTED: the error; NOT_LEARNED: None
+    connected: bool = True  # False: the API was not reached, nothing was sent
+    asked_wait: Optional[float] = None  # seconds the API asked us to wait (Retry-After)
+    problem: str = ""  # the log line of an attempt to retry
+    commands: int = 0  # how many session_commands the body had (after folding)
+
+
+def learn_body(session: PendingSession, fold_repeats: bool = False) -> Dict[str, Any]:
+    """The JSON body of POST /learn for one outbox session."""
+    if fold_repeats:
+        commands = [run.as_payload() for run in fold_runs(session.commands)]
+    else:
+        commands = [
+            {"command": command, "timestamp": timestamp, "context": {"event_type": event_type}}
+            for command, timestamp, event_type in session.commands
+        ]
+    body: Dict[str, Any] = {
+        "session_commands": commands,
+        # Inferred on the commands before folding.
+        "session_outcome": session.outcome,
+        "session_id": session.session_id,
+        "tool_id": TOOL_ID,
+    }
+    quality = session.scored_quality()
+    if quality is not None:
+        body["quality"] = quality
+    return body
+
+
+class LearnAPI:
+    """The procedural API at one base URL, through one bounded client."""
+
+    def __init__(self, client: BoundedClient, url: str):
+        self.client = client
+        self.url = url.rstrip("/")
+
+    def configure(self, url: str, timeout: float) -> None:
+        """A reloaded configuration: the next request uses it."""
+        self.url = url.rstrip("/")
+        self.client.timeout = timeout
+
+    def learn(self, session: PendingSession, fold_repeats: bool = False) -> Attempt:
+        """POST /learn of one session, as one Attempt; raises nothing of httpx's."""
+        body = learn_body(session, fold_repeats)
+        commands = len(body["session_commands"])
+        if session.attempts == 0:
+            log.info("Learning from session %s: %d commands, outcome=%s", session.session_id, commands, session.outcome)
+        try:
+            answer = self.client.request(
+                "POST",
+                self.url + LEARN_PATH,
+                content=json.dumps(body, separators=(",", ":")).encode(),
+                headers={"Content-Type": "application/json", "Idempotency-Key": session.idempotency_key},
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            reason = f"{error or 'connection refused'}"
+            problem = f"Failed to connect to procedural API: {reason}"
+            return Attempt(Verdict.RETRY, f"{type(error).__name__}: {reason}", False, None, problem, commands)
+        except httpx.HTTPError as error:
+            detail = f"{type(error).__name__}: {error or 'no answer'}"
+            problem = f"Procedural API did not answer for session {session.session_id}: {detail}"
+            return Attempt(Verdict.RETRY, detail, True, None, problem, commands)
+        return _judged(answer, session.session_id, commands)
+
+
+def _judged(answer: Answer, session_id: str, commands: int) -> Attempt:
+    asked_wait: Optional[float] = None
+    try:
+        verdict, detail = classify(answer)
+        asked_wait = retry_after(answer, time.time())
+    except Exception as error:  # noqa: BLE001 - an answer we cannot read must not kill the thread
+        # (which would resend the session after a restart of the thread, even after a 200).
+        verdict, detail = Verdict.RETRY, f"an answer that cannot be read ({type(error).__name__})"
+    problem = f"Procedural API failed for session {session_id}: {detail}"
+    return Attempt(verdict, detail, True, asked_wait, problem, commands)
+
+
+def _body_text(answer: Answer) -> str:
+    text = bounded_text(answer.text)
+    return text + (f" (answer longer than {ANSWER_CAP // 1024} KiB; not read further)" if answer.truncated else "")
+
+
+def redirect_target(answer: Answer) -> Optional[str]:
+    """Where a 3xx answer pointed (never followed), or None for any other answer."""
+    if 300 <= answer.status_code < 400:
+        return bounded_text(answer.headers.get("location") or "(no Location)", 300)
+    return None
+
+
+def classify(answer: Answer) -> Tuple[Verdict, Optional[str]]:
+    """(verdict, pattern_id or error text) for one answer of POST /learn."""
+    status = answer.status_code
+    if status == 200:
+        try:
+            body = answer.json()
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
+            # A 200 that is not JSON did not come from the procedural API
+            # (a proxy, a captive page): it is not proof of learning.
+            return Verdict.RETRY, f"200 with a body that is not JSON: {_body_text(answer)!r}"
+        if not isinstance(body, dict) or "pattern_id" not in body:
+            return Verdict.RETRY, f"200 without pattern_id: {_body_text(answer)!r}"
+        pattern_id = body["pattern_id"]
+        if pattern_id is None:
+            return Verdict.NOT_LEARNED, None
+        return Verdict.LEARNED, bounded_text(str(pattern_id), 200)
+    target = redirect_target(answer)
+    if target is not None:
+        # Following it would send the session where the operator did not point
+        # api_url; every session gets the same answer, so this is the API's trouble.
+        return Verdict.RETRY, f"HTTP {status} redirect to {target} (not followed: set api_url to it if that is the API)"
+    if 400 <= status < 500 and status not in RETRIED_4XX:
+        return Verdict.REJECTED, f"HTTP {status}: {_body_text(answer)}"
+    return Verdict.RETRY, f"HTTP {status}: {_body_text(answer)}"
+
+
+def retry_after(answer: Answer, now: float) -> Optional[float]:
+    """Seconds the API asked us to wait (Retry-After on 429 and 503), or None."""
+    if answer.status_code not in RETRY_AFTER_STATUSES:
+        return None
+    value = (answer.headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true, and float() refuses it
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when is None or when.tzinfo is None:
+            return None  # an HTTP date is GMT; one without a zone is not one
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
