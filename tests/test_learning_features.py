@@ -282,16 +282,14 @@ def test_a_flag_made_by_the_build_before_survives_the_upgrade_and_is_not_said_ag
     # The build before judged sessions when it read them and kept the flag in the outbox's
     # "unusual" column; this one judges when the API takes a session, and uses that flag.
     from omnimemory_learner.core.sessions import ClosedSession
-    from omnimemory_learner.storage.state import StateStore
+    from omnimemory_learner.storage.state import Position, StateStore
 
     db = create_db(tmp_path / "events.db")
     env = learner_env(tmp_path, api.url, db)
     base = time.time() - 600
     store = StateStore(tmp_path / "state")
     store.commit(
-        0,
-        0,
-        None,
+        Position(0, 0),
         [
             ClosedSession.from_commands(
                 "flagged",
@@ -417,15 +415,13 @@ def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over
     from omnimemory_learner.config import load_config
     from omnimemory_learner.core.sessions import ClosedSession
     from omnimemory_learner.delivery import Deliverer
-    from omnimemory_learner.storage.state import StateStore
+    from omnimemory_learner.storage.state import Position, StateStore
 
     db = create_db(tmp_path / "events.db")
     config = load_config(env=learner_env(tmp_path, f"http://127.0.0.1:{free_port()}", db))  # nothing listens
     store = StateStore(config.state_dir)
     store.commit(
-        0,
-        3,
-        None,
+        Position(0, 3),
         [
             ClosedSession.from_commands(
                 "waiting",

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
-from omnimemory_learner.storage.state import StateError, StateStore
+from omnimemory_learner.storage.state import Position, StateError, StateStore
 
 OPERATIONS = st.lists(
     st.one_of(
@@ -58,7 +58,7 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
                 number += 1
                 closed.append(session(number, 1))
             position = number * 10 if advance else position
-            store.commit(position, number * 10 + 10, None, closed, {})
+            store.commit(Position(position, number * 10 + 10), closed, {})
         else:
             ids = [row[0] for row in sqlite3.connect(str(directory / "state.db")).execute("SELECT id FROM sessions")]
             target = (
@@ -80,7 +80,7 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
 
 def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4), session(2, 4), session(3, 1)], {})
+    store.commit(Position(10, 10), [session(1, 4), session(2, 4), session(3, 1)], {})
     store.close()
     # As an earlier version left it: no counting table, no triggers, no mark.
     connection = sqlite3.connect(str(tmp_path / "state.db"))
@@ -105,7 +105,7 @@ def test_a_store_of_an_earlier_version_is_counted_once_when_opened(tmp_path):
 
 def test_the_insert_trigger_of_the_previous_build_is_dropped_not_counted_twice(tmp_path):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4), session(2, 1)], {})
+    store.commit(Position(10, 10), [session(1, 4), session(2, 1)], {})
     store.close()
     # As the previous build left it: its counts right, and a trigger counting each insert.
     connection = sqlite3.connect(str(tmp_path / "state.db"))
@@ -119,7 +119,7 @@ def test_the_insert_trigger_of_the_previous_build_is_dropped_not_counted_twice(t
     assert reader.status_counts() == {"pending": 1, "too_short": 1}
     reader.close()
     store = StateStore(tmp_path)
-    store.commit(40, 40, None, [session(3, 4), session(4, 4), session(5, 1)], {})
+    store.commit(Position(40, 40), [session(3, 4), session(4, 4), session(5, 1)], {})
     assert store.status_counts() == {"pending": 3, "too_short": 1} == plain_counts(tmp_path / "state.db")
     triggers = {
         name
@@ -160,7 +160,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
     )
     at_close = closed.score_quality()
     store = StateStore(tmp_path_factory.mktemp("state"))
-    store.commit(0, len(events), None, [closed], {})
+    store.commit(Position(0, len(events)), [closed], {})
     (pending,) = store.pending()
     assert pending.quality is None and pending.scored_quality() == at_close
     assert pending.body()["quality"] == at_close
@@ -169,7 +169,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
 
 def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path):
     store = StateStore(tmp_path)
-    store.commit(0, 20, None, [session(1, 4), session(2, 4)], {})
+    store.commit(Position(0, 20), [session(1, 4), session(2, 4)], {})
     connection = sqlite3.connect(str(tmp_path / "state.db"))
     first, second = [row[0] for row in connection.execute("SELECT id FROM sessions ORDER BY id")]
     connection.execute("UPDATE sessions SET quality = 0.42, unmapped = NULL WHERE id = ?", (first,))  # scored then
@@ -186,10 +186,10 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
     # A backup restored by hand while the service runs: its connection reopens the file at the
     # path and must count as this build does (no insert trigger, a counting table).
     store = StateStore(tmp_path / "live")
-    store.commit(10, 10, None, [session(1, 4)], {})
+    store.commit(Position(10, 10), [session(1, 4)], {})
     for kind in ("previous build", "before counting"):
         older = StateStore(tmp_path / kind)
-        older.commit(10, 10, None, [session(2, 4), session(3, 1)], {})
+        older.commit(Position(10, 10), [session(2, 4), session(3, 1)], {})
         older.close()
         connection = sqlite3.connect(str(tmp_path / kind / "state.db"))
         if kind == "previous build":
@@ -206,7 +206,7 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
         connection.close()
         store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a quiet moment: the live WAL holds nothing
         os.replace(tmp_path / "live" / "state.db.restored", tmp_path / "live" / "state.db")
-        store.commit(40, 40, None, [session(4, 4), session(5, 4)], {})
+        store.commit(Position(40, 40), [session(4, 4), session(5, 4)], {})
         print(
             kind,
             store.status_counts(),
@@ -220,7 +220,7 @@ def test_a_store_of_an_earlier_build_put_in_place_under_a_running_service_is_bro
 @pytest.mark.parametrize("kind", ["empty", "junk", "another database", "fifo"])
 def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_state_kept(tmp_path, kind):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4), session(2, 4)], {})
+    store.commit(Position(10, 10), [session(1, 4), session(2, 4)], {})
     foreign = tmp_path / "foreign"
     if kind == "fifo":
         os.mkfifo(foreign)
@@ -235,11 +235,11 @@ def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_
     os.replace(foreign, tmp_path / "state.db")
     for _ in range(2):  # said on every write, never adopted nor overwritten
         with pytest.raises(StateError, match="replaced by a file that is not one"):
-            store.commit(40, 40, None, [session(3, 4)], {})
+            store.commit(Position(40, 40), [session(3, 4)], {})
     if before is not None:
         assert (tmp_path / "state.db").read_bytes() == before
     os.remove(tmp_path / "state.db")  # the user moves it away: the state is written back
-    store.commit(40, 40, None, [session(3, 4)], {})
+    store.commit(Position(40, 40), [session(3, 4)], {})
     assert [row.session_id for row in store.pending()] == ["s1", "s2", "s3"]
     assert store.status_counts() == {"pending": 3} == plain_counts(tmp_path / "state.db")
     store.close()
@@ -247,9 +247,9 @@ def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_
 
 def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_write(tmp_path, monkeypatch):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4)], {})
+    store.commit(Position(10, 10), [session(1, 4)], {})
     older = StateStore(tmp_path / "older")
-    older.commit(10, 10, None, [session(2, 4)], {})
+    older.commit(Position(10, 10), [session(2, 4)], {})
     older.close()
     connection = sqlite3.connect(str(tmp_path / "older" / "state.db"))
     connection.execute("ALTER TABLE sessions DROP COLUMN unmapped")  # as a build before it left it
@@ -265,8 +265,8 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
 
     monkeypatch.setattr(StateStore, "_prepare", locked_once)
     with pytest.raises(StateError):
-        store.commit(40, 40, None, [session(4, 4)], {})
-    store.commit(40, 40, None, [session(4, 4)], {})
+        store.commit(Position(40, 40), [session(4, 4)], {})
+    store.commit(Position(40, 40), [session(4, 4)], {})
     assert [row.session_id for row in store.pending()] == ["s2", "s4"]
     assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
     store.close()

@@ -12,10 +12,9 @@ from typing import Optional
 
 from ..config import Config
 from ..core.fates import CloseReason, Fate
-from ..delivery import Deliverer
 from ..events import Unavailable
 from ..logs import setup_logging
-from ..pipeline import Pipeline
+from ..runner import Runner
 from ..storage.lock import AlreadyRunning, InstanceLock
 from ..storage.state import StateError
 from .exits import EX_CANTCREAT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
@@ -38,22 +37,22 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
     except OSError as problem:
         error(f"cannot lock the state directory: {problem}")
         return EX_CANTCREAT
-    deliverer = Deliverer.from_config(config)
     try:
-        pipeline = Pipeline(config, on_outbox=deliverer.wake, on_unsent=deliverer.take_unsent)
+        runner = Runner(config)
     except StateError as problem:
         lock.release()
         error(str(problem))
         return EX_CANTCREAT
+    pipeline, deliverer = runner.pipeline, runner.deliverer
     progress = Progress()
     try:
         try:
             start = pipeline.read_after
-            total = max(0, pipeline.reader.head() - start)
+            total = pipeline.backlog()
         except Unavailable as problem:
             error(str(problem))
             return EX_UNAVAILABLE
-        deliverer.start()
+        runner.start()
 
         def learned_and_pending():
             counters = pipeline.state.counters()
@@ -64,7 +63,7 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
             progress.show(pipeline.read_after - start, total, learned, pending, force)
 
         if not pipeline.drain(between_batches=show):
-            error(str(pipeline.unavailable or pipeline.commit_failing))
+            error(str(pipeline.problem()))
             return EX_UNAVAILABLE
         pipeline.close_all(CloseReason.END)
         if not pipeline.commit():
@@ -96,7 +95,6 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
         )
         return EX_OK
     finally:
-        deliverer.stop(2.0)
-        pipeline.record_unsent(deliverer.take_back_unsent())
-        pipeline.close()
+        runner.shutdown(2.0)
+        runner.close()
         lock.release()

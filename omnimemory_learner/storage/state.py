@@ -145,10 +145,27 @@ class StateError(Exception):
     """The state store cannot be used (permissions, disk, corruption)."""
 
 
+class Fingerprint(NamedTuple):
+    """The events database's rows where it was read, each [rowid, repr of the row] (None: none read).
+
+    What tells a copy of the database (same rows, new inode) from a
+    rewritten one (database_identity.py).
+    """
+
+    first: Optional[list]  # the table's first row
+    last: Optional[list]  # the last row read
+
+
 class Position(NamedTuple):
+    """Where reading is, as one value: committed whole with the outbox, read back whole."""
+
     resume_after: int  # low-water mark: re-read every rowid above it
     replay_until: int  # how far the reader had read when it was committed
-    db_identity: Optional[Tuple[int, int]]
+    db_identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the file read
+    fingerprint: Optional[Fingerprint] = None
+    # After a rewritten database: sessions with rows up to here may have been
+    # delivered before (the ledger decides); None once every such row is read again.
+    rewrite_head: Optional[int] = None
 
 
 class PendingSession(NamedTuple):
@@ -478,10 +495,15 @@ class StateStore:
 
     def position(self) -> Position:
         identity = self._meta("db_identity")
+        fingerprint = self._meta("db_fingerprint")
+        rewrite_head = self._meta("rewrite_head")
+        rows = json.loads(fingerprint) if fingerprint else None
         return Position(
             int(self._meta("resume_after") or 0),
             int(self._meta("replay_until") or 0),
             tuple(json.loads(identity)) if identity else None,
+            Fingerprint(rows.get("first"), rows.get("last")) if rows else None,
+            int(rewrite_head) if rewrite_head else None,
         )
 
     def closed_ranges(self, after_rowid: int) -> Dict[str, List[Tuple[int, int]]]:
@@ -496,22 +518,24 @@ class StateStore:
 
     def commit(
         self,
-        resume_after: int,
-        replay_until: int,
-        db_identity: Optional[Tuple[int, int]],
+        position: Position,
         closed: Iterable[ClosedSession],
         counters: Dict[str, int],
         known: Iterable[ClosedSession] = (),
-        rewrite_head: Optional[int] = None,
-        fingerprint: Optional[str] = None,
     ) -> int:
         """Record closed sessions and advance the position, atomically.
 
         `known`: sessions read again after a rewrite that the ledger or the
-        outbox has already; kept only as markers for a replay.  `rewrite_head`:
-        see rewrite_head().  `fingerprint`: see fingerprint().  Returns the
+        outbox has already; kept only as markers for a replay.  Returns the
         number of sessions added to the outbox.
         """
+        resume_after = position.resume_after
+        rows_read = position.fingerprint
+        fingerprint = (
+            _compact_json({"first": rows_read.first, "last": rows_read.last})
+            if rows_read is not None and (rows_read.first or rows_read.last)
+            else None
+        )
         now = time.time()
         closed = list(closed)
         rows: List[tuple] = []
@@ -585,10 +609,10 @@ class StateStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 [
                     ("resume_after", str(resume_after)),
-                    ("replay_until", str(replay_until)),
-                    ("db_identity", json.dumps(list(db_identity)) if db_identity else None),
+                    ("replay_until", str(position.replay_until)),
+                    ("db_identity", json.dumps(list(position.db_identity)) if position.db_identity else None),
                     ("committed_at", repr(now)),
-                    ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
+                    ("rewrite_head", None if position.rewrite_head is None else str(position.rewrite_head)),
                     ("db_fingerprint", fingerprint),
                 ],
             )
@@ -607,15 +631,6 @@ class StateStore:
             )
         return sum(1 for row in rows if row[4] == Fate.PENDING)
 
-    def fingerprint(self) -> Optional[dict]:
-        """The events database's rows where it was read: {"first": [rowid, text], "last": [rowid, text]}.
-
-        Committed with the position; what tells a copy of the database (same
-        rows, new inode) from a rewritten one (pipeline._check_replaced).
-        """
-        value = self._meta("db_fingerprint")
-        return json.loads(value) if value else None
-
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
         with self._transaction() as db:
@@ -628,11 +643,6 @@ class StateStore:
         """note_replaced()'s last record, or None."""
         value = self._meta("db_replaced")
         return json.loads(value) if value else None
-
-    def rewrite_head(self) -> Optional[int]:
-        """After a rewritten database: sessions with rows up to here may have been delivered before."""
-        value = self._meta("rewrite_head")
-        return int(value) if value else None
 
     def outbox_keys(self) -> set:
         """Idempotency keys of the sessions still in the outbox (pending or rejected).
