@@ -284,10 +284,6 @@ class Pipeline:
         """Why the database could not be read at the last try (None: it could)."""
         return self._cursor.unavailable
 
-    @property
-    def open_sessions(self) -> int:
-        return self.tracker.open_count
-
     def next_deadline(self) -> Optional[float]:
         """When the longest-idle open session reaches the idle threshold (processing time)."""
         return self.tracker.next_deadline()
@@ -310,12 +306,14 @@ class Pipeline:
         return str(unavailable) if unavailable else self._commit.error
 
     def progress(self) -> ReadProgress:
+        """What the status snapshot shows of the reading side (reads the state store's counters)."""
         cursor = self._cursor
-        stats = statistics(self.state, self.tracker.open_count)
+        open_sessions = self.tracker.open_count
+        stats = statistics(self.state, open_sessions)
         stats["last_event_time"] = cursor.last_event_time
         unavailable = cursor.unavailable
         return ReadProgress(
-            self.tracker.open_count,
+            open_sessions,
             stats,
             cursor.head,
             str(unavailable) if unavailable else None,

@@ -7,9 +7,9 @@ net under the watcher).  Like uvicorn's Server, stopping is a flag the loop
 checks.
 
 Waking it is safe from anywhere.  A signal handler runs in the main thread
-between any two bytecodes, possibly inside a lock the loop holds (the old
-threading.Event.set() in a handler re-entered and died under a SIGHUP storm),
-so handlers only set a flag; `signal.set_wakeup_fd` has the C-level handler
+between any two bytecodes, possibly inside a lock the loop holds (a
+threading.Event.set() there can re-enter that lock and deadlock), so
+handlers only set a flag; `signal.set_wakeup_fd` has the C-level handler
 write a byte to the socket the loop selects on.  The watcher's thread wakes
 it the same way: a byte written without blocking (a full socket already
 means "wake up").  However many SIGHUPs arrive, the loop reloads once per
@@ -206,6 +206,7 @@ class Reporting:
 
     def __init__(self, notifier: Notifier):
         self.notifier = notifier
+        self.started_at = time.time()
         self._next_ping = float("-inf")
         self.next_status = float("-inf")
         self._last_batch_status = float("-inf")
@@ -249,17 +250,89 @@ class Reporting:
             return True
         return False
 
-    def snapshot_failed(self, state_dir: object, error: Exception) -> None:
-        # An OSError names a new temporary file each time: its strerror is the kind.
-        problem = getattr(error, "strerror", None) or str(error)
-        if problem != self._snapshot_problem:
-            log.warning("Cannot publish the status snapshot to %s: %s", state_dir, problem)
-            self._snapshot_problem = problem
+    def waiting(self, problem: str, first: bool) -> None:
+        """Waiting for the state directory: READY=1 the first time (or systemd times the start out), STATUS= after."""
+        if first:
+            self.notifier.ready(f"Waiting: {problem}")
+        else:
+            self.notifier.status(f"Waiting: {problem}")
 
-    def snapshot_written(self) -> None:
+    def snapshot(self, config: Config, runner: Runner, watching: Watching, running: bool, backlog: bool) -> dict:
+        progress = runner.pipeline.progress()
+        deliverer = runner.deliverer
+        return {
+            "running": running,
+            "active_sessions": progress.open_sessions,
+            "stats": progress.stats,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "mode": watching.mode,
+            "watch_problem": watching.problem(config),
+            "catching_up": backlog,
+            "db_path": str(config.db_path),
+            "api_url": config.api_url,
+            "db_head": progress.db_head,
+            "database_problem": progress.database_problem,
+            "state_problem": progress.state_problem,
+            "api_down_since": deliverer.api_down_since,
+            "next_retry_at": deliverer.retry_at,
+            "notify_failures": self.notifier.failures,
+            "service_manager": service_manager(),
+        }
+
+    def publish(self, config: Config, runner: Runner, watching: Watching, running: bool, backlog: bool) -> None:
+        """Write the snapshot and, while running, say STATUS=; a snapshot that cannot be written is said once."""
+        try:
+            snapshot = self.snapshot(config, runner, watching, running, backlog)
+            write_snapshot(config.state_dir, snapshot)
+        except Exception as error:  # noqa: BLE001 - reporting must never stop the service
+            # An OSError names a new temporary file each time: its strerror is the kind.
+            problem = getattr(error, "strerror", None) or str(error)
+            if problem != self._snapshot_problem:
+                log.warning("Cannot publish the status snapshot to %s: %s", config.state_dir, problem)
+                self._snapshot_problem = problem
+            return
         if self._snapshot_problem is not None:
             log.info("The status snapshot is published again")
             self._snapshot_problem = None
+        if running:
+            self.notifier.status(status_line(snapshot))
+
+
+def starting_line(mode: str, config: Config) -> str:
+    return f"Starting: {mode} mode, reading {config.db_path.name}"
+
+
+def status_line(snapshot: dict) -> str:
+    stats = snapshot["stats"]
+    prefix = "Catching up" if snapshot["catching_up"] else "Learning"
+    return (
+        f"{prefix}: {stats['events_processed']} events read, {snapshot['active_sessions']} open sessions, "
+        f"{stats['patterns_learned']} learned, {stats['outbox_pending']} pending, {snapshot['mode']} mode"
+    )
+
+
+def _log_start(config: Config) -> None:
+    log.info("=" * 60)
+    log.info("OmniMemory Autonomous Workflow Learner")
+    log.info("=" * 60)
+    log.info("Memory daemon DB: %s", config.db_path)
+    log.info("Procedural API: %s", config.api_url)
+    log.info("Session idle threshold: %g minutes", config.session_idle_minutes)
+    log.info("Poll interval: %g seconds", config.poll_interval_seconds)
+    log.info("State: %s", config.state_dir)
+
+
+def _read_new_config(reload_config: Optional[Callable[[], Config]]) -> Optional[Config]:
+    """The configuration SIGHUP asks for, or None (reported) when it is invalid."""
+    try:
+        if reload_config is None:
+            raise ConfigError("no configuration source to reload from")
+        return reload_config()
+    except ConfigError as error:
+        log.error("The new configuration is invalid and was not applied: %s", error)
+        return None
 
 
 @dataclass
@@ -290,7 +363,6 @@ class Service:
         self._reporting = Reporting(self.notifier)
         self._runner: Optional[Runner] = None
         self.lock = InstanceLock(config.state_dir)
-        self.started_at = time.time()
 
     # -- called from signal handlers and other threads -----------------------------
 
@@ -355,7 +427,7 @@ class Service:
         elsewhere and reloading is a fix.  AlreadyRunning propagates: one
         instance per state store.
         """
-        self._log_start()
+        _log_start(self.config)
         reported = None
         while not self._stop_requested:
             retry = self.config.poll_interval_seconds
@@ -371,7 +443,7 @@ class Service:
                 problem = f"{error}; waiting for it to exit"
                 if problem != reported:
                     log.warning("%s (checking every %g s)", problem, retry)
-                    self._report_waiting(problem, first=reported is None)
+                    self._reporting.waiting(problem, first=reported is None)
                     reported = problem
             except (StateError, OSError) as error:
                 problem = f"cannot use the state directory {self.config.state_dir}: {error}"
@@ -382,7 +454,7 @@ class Service:
                         problem,
                         retry,
                     )
-                    self._report_waiting(problem, first=reported is None)
+                    self._reporting.waiting(problem, first=reported is None)
                     reported = problem
             else:
                 if reported is not None:
@@ -390,17 +462,6 @@ class Service:
                 return True
             self._wait_to_open_again(retry)
         return False
-
-    def _log_start(self) -> None:
-        config = self.config
-        log.info("=" * 60)
-        log.info("OmniMemory Autonomous Workflow Learner")
-        log.info("=" * 60)
-        log.info("Memory daemon DB: %s", config.db_path)
-        log.info("Procedural API: %s", config.api_url)
-        log.info("Session idle threshold: %g minutes", config.session_idle_minutes)
-        log.info("Poll interval: %g seconds", config.poll_interval_seconds)
-        log.info("State: %s", config.state_dir)
 
     def _open_runner(self) -> None:
         if not self.lock.held:
@@ -420,26 +481,9 @@ class Service:
             self._reload_requested = False
             self._reload_before_start()
 
-    def _report_waiting(self, problem: str, first: bool) -> None:
-        """READY=1 the first time (or systemd times the start out), STATUS= after."""
-        if first:
-            self.notifier.ready(f"Waiting: {problem}")
-        else:
-            self.notifier.status(f"Waiting: {problem}")
-
-    def _read_new_config(self) -> Optional[Config]:
-        """The configuration SIGHUP asks for, or None (reported) when it is invalid."""
-        try:
-            if self._reload_config is None:
-                raise ConfigError("no configuration source to reload from")
-            return self._reload_config()
-        except ConfigError as error:
-            log.error("The new configuration is invalid and was not applied: %s", error)
-            return None
-
     def _reload_before_start(self) -> None:
         """SIGHUP while waiting for the state directory: take the new configuration."""
-        config = self._read_new_config()
+        config = _read_new_config(self._reload_config)
         if config is None:
             return
         self.config = config
@@ -472,7 +516,7 @@ class Service:
         self._runner.start()
         self._watching.start(self.config, first=True)
         # Ready once set up; a long backlog is progress, reported in STATUS=.
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(starting_line(self._watching.mode, self.config))
         self._publish()
 
     def _check_watching(self) -> bool:
@@ -557,7 +601,7 @@ class Service:
     def _reload(self) -> None:
         log.info("Reloading the configuration")
         self.notifier.reloading()
-        config = self._read_new_config()
+        config = _read_new_config(self._reload_config)
         if config is not None:
             watch_changed = config.watch != self.config.watch
             self._pipeline.apply_config(config)
@@ -569,7 +613,7 @@ class Service:
                 self._watching.stop()
                 self._watching.start(self.config, first=True)
             log.info("Configuration reloaded")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(starting_line(self._watching.mode, self.config))
 
     def _shutdown(self) -> None:
         try:
@@ -586,48 +630,6 @@ class Service:
 
     # -- reporting ---------------------------------------------------------------
 
-    def snapshot(self, running: bool = True, backlog: bool = False) -> dict:
-        progress = self._pipeline.progress()
-        deliverer = self._deliverer
-        return {
-            "running": running,
-            "active_sessions": progress.open_sessions,
-            "stats": progress.stats,
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "mode": self._watching.mode,
-            "watch_problem": self._watching.problem(self.config),
-            "catching_up": backlog,
-            "db_path": str(self.config.db_path),
-            "api_url": self.config.api_url,
-            "db_head": progress.db_head,
-            "database_problem": progress.database_problem,
-            "state_problem": progress.state_problem,
-            "api_down_since": deliverer.api_down_since,
-            "next_retry_at": deliverer.retry_at,
-            "notify_failures": self.notifier.failures,
-            "service_manager": service_manager(),
-        }
-
-    def _status_line(self, snapshot: Optional[dict] = None) -> str:
-        mode = self._watching.mode
-        if snapshot is None:
-            return f"Starting: {mode} mode, reading {self.config.db_path.name}"
-        stats = snapshot["stats"]
-        prefix = "Catching up" if snapshot["catching_up"] else "Learning"
-        return (
-            f"{prefix}: {stats['events_processed']} events read, {snapshot['active_sessions']} open sessions, "
-            f"{stats['patterns_learned']} learned, {stats['outbox_pending']} pending, {mode} mode"
-        )
-
     def _publish(self, running: bool = True, backlog: bool = False) -> None:
-        try:
-            snapshot = self.snapshot(running, backlog)
-            write_snapshot(self.config.state_dir, snapshot)
-        except Exception as error:  # noqa: BLE001 - reporting must never stop the service
-            self._reporting.snapshot_failed(self.config.state_dir, error)
-            return
-        self._reporting.snapshot_written()
-        if running:
-            self.notifier.status(self._status_line(snapshot))
+        assert self._runner is not None, "the state store is opened before anything reads"
+        self._reporting.publish(self.config, self._runner, self._watching, running, backlog)

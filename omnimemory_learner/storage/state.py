@@ -156,6 +156,44 @@ class Fingerprint(NamedTuple):
     last: Optional[list]  # the last row read
 
 
+def _position_meta(position: Position, now: float) -> List[Tuple[str, Optional[str]]]:
+    """The meta rows a commit writes for its position."""
+    rows_read = position.fingerprint
+    fingerprint = (
+        _compact_json({"first": rows_read.first, "last": rows_read.last})
+        if rows_read is not None and (rows_read.first or rows_read.last)
+        else None
+    )
+    return [
+        ("resume_after", str(position.resume_after)),
+        ("replay_until", str(position.replay_until)),
+        ("db_identity", json.dumps(list(position.db_identity)) if position.db_identity else None),
+        ("committed_at", repr(now)),
+        ("rewrite_head", None if position.rewrite_head is None else str(position.rewrite_head)),
+        ("db_fingerprint", fingerprint),
+    ]
+
+
+def _session_row(
+    session: ClosedSession, status: str, outcome: Optional[str], commands: Optional[bytes], now: float
+) -> tuple:
+    """A closed session as a row of the sessions table (see commit's INSERT)."""
+    return (
+        "",
+        session.session_id,
+        session.first_rowid,
+        session.last_rowid,
+        status,
+        outcome,
+        len(session.pairs),
+        commands,
+        session.reason,
+        now,
+        session.quality,
+        session.unmapped,
+    )
+
+
 class Position(NamedTuple):
     """Where reading is, as one value: committed whole with the outbox, read back whole."""
 
@@ -529,93 +567,16 @@ class StateStore:
         outbox has already; kept only as markers for a replay.  Returns the
         number of sessions added to the outbox.
         """
-        resume_after = position.resume_after
-        rows_read = position.fingerprint
-        fingerprint = (
-            _compact_json({"first": rows_read.first, "last": rows_read.last})
-            if rows_read is not None and (rows_read.first or rows_read.last)
-            else None
-        )
         now = time.time()
-        closed = list(closed)
-        rows: List[tuple] = []
-        for session in closed:
-            # The Idempotency-Key is the content key (core/identity.py): a session
-            # read again (a replay, a replaced or rewritten database, a backfill)
-            # is sent with the same one, and the delivered ledger knows it.  It is
-            # made when the session is taken from the outbox (_pending_session),
-            # in the delivery thread: here it was a tenth of a catch-up.  Markers
-            # need none.
-            if session.learnable and not session.low_quality:
-                rows.append(
-                    (
-                        "",
-                        session.session_id,
-                        session.first_rowid,
-                        session.last_rowid,
-                        Fate.PENDING,
-                        session.outcome,
-                        len(session.pairs),
-                        encode_commands(session),
-                        session.reason,
-                        now,
-                        session.quality,
-                        session.unmapped,
-                    )
-                )
-            elif session.last_rowid > resume_after:
-                # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                rows.append(
-                    (
-                        "",
-                        session.session_id,
-                        session.first_rowid,
-                        session.last_rowid,
-                        Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT,
-                        None,
-                        len(session.pairs),
-                        None,
-                        session.reason,
-                        now,
-                        session.quality,
-                        session.unmapped,
-                    )
-                )
-        for session in known:
-            if session.last_rowid > resume_after:
-                rows.append(
-                    (
-                        "",
-                        session.session_id,
-                        session.first_rowid,
-                        session.last_rowid,
-                        Fate.ALREADY_DELIVERED,
-                        None,
-                        len(session.pairs),
-                        None,
-                        session.reason,
-                        now,
-                        session.quality,
-                        session.unmapped,
-                    )
-                )
+        resume_after = position.resume_after
+        rows = self._outbox_rows(closed, known, resume_after, now)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
                 " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("resume_after", str(resume_after)),
-                    ("replay_until", str(position.replay_until)),
-                    ("db_identity", json.dumps(list(position.db_identity)) if position.db_identity else None),
-                    ("committed_at", repr(now)),
-                    ("rewrite_head", None if position.rewrite_head is None else str(position.rewrite_head)),
-                    ("db_fingerprint", fingerprint),
-                ],
-            )
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, now))
             self._add_counters(db, counters)
             tally: Dict[str, int] = {}
             for row in rows:
@@ -630,6 +591,29 @@ class StateStore:
                 (resume_after, *DONE),
             )
         return sum(1 for row in rows if row[4] == Fate.PENDING)
+
+    @staticmethod
+    def _outbox_rows(
+        closed: Iterable[ClosedSession], known: Iterable[ClosedSession], resume_after: int, now: float
+    ) -> List[tuple]:
+        """The sessions table's rows for a commit: whole sessions to send, markers for the rest."""
+        rows: List[tuple] = []
+        for session in closed:
+            # The Idempotency-Key is the content key (core/identity.py): a session
+            # read again (a replay, a replaced or rewritten database, a backfill)
+            # is sent with the same one, and the delivered ledger knows it.  It is
+            # made when the session is taken from the outbox (_pending_session),
+            # in the delivery thread, off the reading path.  Markers need none.
+            if session.learnable and not session.low_quality:
+                rows.append(_session_row(session, Fate.PENDING, session.outcome, encode_commands(session), now))
+            elif session.last_rowid > resume_after:
+                # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
+                status = Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT
+                rows.append(_session_row(session, status, None, None, now))
+        for session in known:
+            if session.last_rowid > resume_after:
+                rows.append(_session_row(session, Fate.ALREADY_DELIVERED, None, None, now))
+        return rows
 
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
