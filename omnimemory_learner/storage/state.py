@@ -174,19 +174,17 @@ def _position_meta(position: Position, now: float) -> List[Tuple[str, Optional[s
     ]
 
 
-def _session_row(
-    session: ClosedSession, status: str, outcome: Optional[str], commands: Optional[bytes], now: float
-) -> tuple:
-    """A closed session as a row of the sessions table (see commit's INSERT)."""
+def _marker_row(session: ClosedSession, status: str, now: float) -> tuple:
+    """A closed session kept as a marker, as a row of the sessions table (see commit's INSERT)."""
     return (
         "",
         session.session_id,
         session.first_rowid,
         session.last_rowid,
         status,
-        outcome,
+        None,
         len(session.pairs),
-        commands,
+        None,
         session.reason,
         now,
         session.quality,
@@ -605,14 +603,29 @@ class StateStore:
             # made when the session is taken from the outbox (_pending_session),
             # in the delivery thread, off the reading path.  Markers need none.
             if session.learnable and not session.low_quality:
-                rows.append(_session_row(session, Fate.PENDING, session.outcome, encode_commands(session), now))
+                rows.append(
+                    (
+                        "",
+                        session.session_id,
+                        session.first_rowid,
+                        session.last_rowid,
+                        Fate.PENDING,
+                        session.outcome,
+                        len(session.pairs),
+                        encode_commands(session),
+                        session.reason,
+                        now,
+                        session.quality,
+                        session.unmapped,
+                    )
+                )
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
                 status = Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT
-                rows.append(_session_row(session, status, None, None, now))
+                rows.append(_marker_row(session, status, now))
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append(_session_row(session, Fate.ALREADY_DELIVERED, None, None, now))
+                rows.append(_marker_row(session, Fate.ALREADY_DELIVERED, now))
         return rows
 
     def note_replaced(self, verdict: str, why: str) -> None:
