@@ -37,7 +37,7 @@ from omnimemory_learner.core.sessions import ClosedSession, SessionTracker
 from omnimemory_learner.delivery import Deliverer
 from omnimemory_learner.events import open_read_only
 from omnimemory_learner.pipeline import Pipeline
-from omnimemory_learner.storage.state import StateStore
+from omnimemory_learner.storage.state import Position, StateStore
 
 BATCH = 1000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -169,7 +169,7 @@ def bench_scaling(work: Path, sizes, id_counts, id_events) -> dict:
     finally:
         api.stop()
     pipeline = Pipeline(config_for(work, db))
-    pipeline._dirty = True
+    pipeline.close_all()  # nothing open: only marks the position to commit
     pipeline.commit()
     pipeline.state._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pipeline.state._db.execute("VACUUM")
@@ -510,9 +510,7 @@ def fill_outbox(state_dir: Path, sessions: int):
     commands = [("open_file", 1.0, "file_open"), ("edit_code", 2.0, "code_edit"), ("save_file", 3.0, "file_save")]
     store = StateStore(state_dir)
     store.commit(
-        0,
-        sessions * 3,
-        None,
+        Position(0, sessions * 3),
         [ClosedSession.from_commands(f"s{i}", commands, i * 3 + 1, i * 3 + 3) for i in range(sessions)],
         {},
     )

@@ -459,7 +459,7 @@ class EventReader:
         """(the first row, {rowid: row} of these rowids), each row as (rowid, timestamp, event_type, session_id).
 
         Two point reads by rowid on the read-only connection: what tells a copy
-        of the database from a rewritten one (pipeline._check_replaced).
+        of the database from a rewritten one (database_identity.DatabaseIdentity.check).
         """
         connection = self._open()
         # As read_batch falls back to for text that is not UTF-8: the same for valid text.

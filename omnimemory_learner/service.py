@@ -7,9 +7,9 @@ net under the watcher).  Like uvicorn's Server, stopping is a flag the loop
 checks.
 
 Waking it is safe from anywhere.  A signal handler runs in the main thread
-between any two bytecodes, possibly inside a lock the loop holds (the old
-threading.Event.set() in a handler re-entered and died under a SIGHUP storm),
-so handlers only set a flag; `signal.set_wakeup_fd` has the C-level handler
+between any two bytecodes, possibly inside a lock the loop holds (a
+threading.Event.set() there can re-enter that lock and deadlock), so
+handlers only set a flag; `signal.set_wakeup_fd` has the C-level handler
 write a byte to the socket the loop selects on.  The watcher's thread wakes
 it the same way: a byte written without blocking (a full socket already
 means "wake up").  However many SIGHUPs arrive, the loop reloads once per
@@ -28,13 +28,15 @@ import select
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .config import Config, ConfigError
 from .delivery import Deliverer
 from .pipeline import Pipeline
+from .runner import Runner
 from .storage.lock import AlreadyRunning, InstanceLock
-from .storage.snapshot import statistics, write_snapshot
+from .storage.snapshot import write_snapshot
 from .storage.state import StateError
 from .system import NONE, service_manager
 from .system.clock import processing_clock
@@ -106,6 +108,241 @@ def next_wake(now: float, candidates) -> float:
     return min(times) if times else now + RETRY_SECONDS
 
 
+class Watching:
+    """Watching the database's directory for changes, or polling only: the mode, the watcher, the re-checks.
+
+    The watcher's thread only sets a flag and wakes the loop (`wake`); the
+    loop takes the flag (take_event) and schedules its re-checks.
+    """
+
+    def __init__(self, wake: Callable[[], None]):
+        self._wake = wake
+        self._event = False
+        self.watcher: Optional[DatabaseWatcher] = None
+        self.mode = "poll"
+        self.schedule = RecheckSchedule()
+
+    def on_file_change(self) -> None:
+        self._event = True
+        self._wake()
+
+    def take_event(self, now: float) -> bool:
+        """True once per file event since the last call, which starts the re-checks."""
+        if not self._event:
+            return False
+        self._event = False
+        self.schedule.on_event(now)
+        return True
+
+    def start(self, config: Config, first: bool = False) -> None:
+        if not config.watch:
+            if first:
+                log.info("Watching is off (watch = false); polling every %g s", config.poll_interval_seconds)
+            self.mode = "poll"
+            return
+        if self.watcher is None:
+            self.watcher = DatabaseWatcher(config.db_path, self.on_file_change)
+        watcher = self.watcher
+        if watcher.start():
+            if self.mode != "watch":
+                where = str(watcher.directory)
+                if watcher.target != watcher.db_path:
+                    where += f" (where {watcher.db_path} really is: {watcher.target})"
+                log.info("Watching %s for changes (and polling every %g s)", where, config.poll_interval_seconds)
+            self.mode = "watch"
+            # A change may have happened before the watch began.
+            self.on_file_change()
+        else:
+            if first or self.mode == "watch":
+                log.warning(
+                    "Cannot watch for changes (%s); polling every %g s instead",
+                    watcher.reason,
+                    config.poll_interval_seconds,
+                )
+            self.mode = "poll"
+
+    def check(self, config: Config) -> bool:
+        """Keep the watch on the directory the writes happen in; True when it was re-armed.
+
+        A dead observer, a repointed symlink or a directory deleted (and
+        perhaps created again) ends the watch: say "poll" at once, and start
+        a new watch as soon as there is something to watch.
+        """
+        if not config.watch:
+            return False
+        watcher = self.watcher
+        if watcher is not None and watcher.check():
+            return False
+        if self.mode == "watch":
+            log.warning(
+                "Watching stopped (%s); polling every %g s until it can resume",
+                watcher.reason if watcher else "unknown",
+                config.poll_interval_seconds,
+            )
+            self.mode = "poll"
+        self.start(config)
+        return self.mode == "watch"
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+
+    def problem(self, config: Config) -> Optional[str]:
+        """Why the service polls instead of watching (None while it watches)."""
+        if self.mode == "watch":
+            return None
+        if not config.watch:
+            return "watch = false in the configuration"
+        return (self.watcher.reason if self.watcher is not None else None) or "not watching yet"
+
+
+class Reporting:
+    """When the service says how it is: watchdog pings, STATUS= and the snapshot.
+
+    `delivered` is set from the delivery thread (a session the API took is
+    shown within DELIVERED_STATUS_SECONDS); a snapshot that cannot be written
+    is said once per kind of problem.
+    """
+
+    def __init__(self, notifier: Notifier):
+        self.notifier = notifier
+        self.started_at = time.time()
+        self._next_ping = float("-inf")
+        self.next_status = float("-inf")
+        self._last_batch_status = float("-inf")
+        self._snapshot_problem: Optional[str] = None
+        self.publish_soon = False
+        self.delivered = False
+
+    def ping_if_due(self, now: float) -> Optional[float]:
+        """Ping the watchdog when due; returns when the next ping is (None: no watchdog).
+
+        One schedule for the main loop, the batches of a catch-up and the wait
+        for the state directory: each of them keeps the service alive.
+        """
+        every = self.notifier.watchdog_interval
+        if not every:
+            return None
+        if now >= self._next_ping:
+            self.notifier.watchdog()
+            self._next_ping = now + every
+        return self._next_ping
+
+    def delivered_at(self) -> Optional[float]:
+        """When a delivery since the last status is to be shown (None: none waits)."""
+        if not self.delivered:
+            return None
+        return self.next_status - STATUS_EVERY_SECONDS + DELIVERED_STATUS_SECONDS
+
+    def take_status_due(self, now: float) -> bool:
+        """True when the status is to be published now; the next one is then STATUS_EVERY_SECONDS away."""
+        delivered_at = self.delivered_at()
+        if now >= self.next_status or self.publish_soon or (delivered_at is not None and now >= delivered_at):
+            self.publish_soon = self.delivered = False
+            self.next_status = now + STATUS_EVERY_SECONDS
+            return True
+        return False
+
+    def take_batch_status_due(self, now: float) -> bool:
+        """During a catch-up, between batches: True every STATUS_EVERY_SECONDS."""
+        if now - self._last_batch_status >= STATUS_EVERY_SECONDS:
+            self._last_batch_status = now
+            return True
+        return False
+
+    def waiting(self, problem: str, first: bool) -> None:
+        """Waiting for the state directory: READY=1 the first time (or systemd times the start out), STATUS= after."""
+        if first:
+            self.notifier.ready(f"Waiting: {problem}")
+        else:
+            self.notifier.status(f"Waiting: {problem}")
+
+    def snapshot(self, config: Config, runner: Runner, watching: Watching, running: bool, backlog: bool) -> dict:
+        progress = runner.pipeline.progress()
+        deliverer = runner.deliverer
+        return {
+            "running": running,
+            "active_sessions": progress.open_sessions,
+            "stats": progress.stats,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "mode": watching.mode,
+            "watch_problem": watching.problem(config),
+            "catching_up": backlog,
+            "db_path": str(config.db_path),
+            "api_url": config.api_url,
+            "db_head": progress.db_head,
+            "database_problem": progress.database_problem,
+            "state_problem": progress.state_problem,
+            "api_down_since": deliverer.api_down_since,
+            "next_retry_at": deliverer.retry_at,
+            "notify_failures": self.notifier.failures,
+            "service_manager": service_manager(),
+        }
+
+    def publish(self, config: Config, runner: Runner, watching: Watching, running: bool, backlog: bool) -> None:
+        """Write the snapshot and, while running, say STATUS=; a snapshot that cannot be written is said once."""
+        try:
+            snapshot = self.snapshot(config, runner, watching, running, backlog)
+            write_snapshot(config.state_dir, snapshot)
+        except Exception as error:  # noqa: BLE001 - reporting must never stop the service
+            # An OSError names a new temporary file each time: its strerror is the kind.
+            problem = getattr(error, "strerror", None) or str(error)
+            if problem != self._snapshot_problem:
+                log.warning("Cannot publish the status snapshot to %s: %s", config.state_dir, problem)
+                self._snapshot_problem = problem
+            return
+        if self._snapshot_problem is not None:
+            log.info("The status snapshot is published again")
+            self._snapshot_problem = None
+        if running:
+            self.notifier.status(status_line(snapshot))
+
+
+def starting_line(mode: str, config: Config) -> str:
+    return f"Starting: {mode} mode, reading {config.db_path.name}"
+
+
+def status_line(snapshot: dict) -> str:
+    stats = snapshot["stats"]
+    prefix = "Catching up" if snapshot["catching_up"] else "Learning"
+    return (
+        f"{prefix}: {stats['events_processed']} events read, {snapshot['active_sessions']} open sessions, "
+        f"{stats['patterns_learned']} learned, {stats['outbox_pending']} pending, {snapshot['mode']} mode"
+    )
+
+
+def _log_start(config: Config) -> None:
+    log.info("=" * 60)
+    log.info("OmniMemory Autonomous Workflow Learner")
+    log.info("=" * 60)
+    log.info("Memory daemon DB: %s", config.db_path)
+    log.info("Procedural API: %s", config.api_url)
+    log.info("Session idle threshold: %g minutes", config.session_idle_minutes)
+    log.info("Poll interval: %g seconds", config.poll_interval_seconds)
+    log.info("State: %s", config.state_dir)
+
+
+def _read_new_config(reload_config: Optional[Callable[[], Config]]) -> Optional[Config]:
+    """The configuration SIGHUP asks for, or None (reported) when it is invalid."""
+    try:
+        if reload_config is None:
+            raise ConfigError("no configuration source to reload from")
+        return reload_config()
+    except ConfigError as error:
+        log.error("The new configuration is invalid and was not applied: %s", error)
+        return None
+
+
+@dataclass
+class _Due:
+    """The loop's own timers."""
+
+    poll: float
+    watch_check: float
+
+
 class Service:
     def __init__(
         self,
@@ -122,19 +359,10 @@ class Service:
         self.clock = processing_clock
         self._stop_requested = False
         self._reload_requested = False
-        self._file_event = False
-        self.schedule = RecheckSchedule()
-        self.pipeline: Optional[Pipeline] = None
-        self.deliverer: Optional[Deliverer] = None
-        self.watcher: Optional[DatabaseWatcher] = None
+        self._watching = Watching(self._wakeup.wake)
+        self._reporting = Reporting(self.notifier)
+        self._runner: Optional[Runner] = None
         self.lock = InstanceLock(config.state_dir)
-        self.started_at = time.time()
-        self.mode = "poll"
-        self._next_ping = float("-inf")
-        self._last_batch_status = float("-inf")
-        self._snapshot_problem: Optional[str] = None
-        self._publish_soon = False
-        self._delivered = False
 
     # -- called from signal handlers and other threads -----------------------------
 
@@ -146,14 +374,10 @@ class Service:
         self._reload_requested = True
         self._wakeup.wake()
 
-    def _on_file_change(self) -> None:
-        self._file_event = True
-        self._wakeup.wake()
-
     def _on_delivered(self) -> None:
         # From the delivery thread after each session the API took: STATUS=
         # and the snapshot show it within a second, not at the next refresh.
-        self._delivered = True
+        self._reporting.delivered = True
         self._wakeup.wake()
 
     def _on_signal(self, signum: int, _frame) -> None:
@@ -203,29 +427,12 @@ class Service:
         elsewhere and reloading is a fix.  AlreadyRunning propagates: one
         instance per state store.
         """
-        config = self.config
-        log.info("=" * 60)
-        log.info("OmniMemory Autonomous Workflow Learner")
-        log.info("=" * 60)
-        log.info("Memory daemon DB: %s", config.db_path)
-        log.info("Procedural API: %s", config.api_url)
-        log.info("Session idle threshold: %g minutes", config.session_idle_minutes)
-        log.info("Poll interval: %g seconds", config.poll_interval_seconds)
-        log.info("State: %s", config.state_dir)
+        _log_start(self.config)
         reported = None
         while not self._stop_requested:
             retry = self.config.poll_interval_seconds
             try:
-                if not self.lock.held:
-                    # Kept while waiting: no second instance or backfill slips in,
-                    # and `status` sees the service as running.
-                    self.lock.acquire()
-                config = self.config
-                deliverer = Deliverer.from_config(config, on_progress=self._on_delivered)
-                self.pipeline = Pipeline(
-                    self.config, clock=self.clock, on_outbox=deliverer.wake, on_unsent=deliverer.take_unsent
-                )
-                self.deliverer = deliverer
+                self._open_runner()
             except AlreadyRunning as error:
                 if service_manager() == NONE:
                     raise  # by hand: say so and exit 75
@@ -236,7 +443,7 @@ class Service:
                 problem = f"{error}; waiting for it to exit"
                 if problem != reported:
                     log.warning("%s (checking every %g s)", problem, retry)
-                    self._report_waiting(problem, first=reported is None)
+                    self._reporting.waiting(problem, first=reported is None)
                     reported = problem
             except (StateError, OSError) as error:
                 problem = f"cannot use the state directory {self.config.state_dir}: {error}"
@@ -247,43 +454,36 @@ class Service:
                         problem,
                         retry,
                     )
-                    self._report_waiting(problem, first=reported is None)
+                    self._reporting.waiting(problem, first=reported is None)
                     reported = problem
             else:
                 if reported is not None:
                     log.info("The state directory %s is usable", self.config.state_dir)
                 return True
-            now = self.clock()
-            next_ping = self._ping_if_due(now)
-            wait = retry
-            if next_ping is not None:
-                wait = min(wait, max(0.0, next_ping - now))
-            self._wakeup.wait(wait)
-            if self._reload_requested:
-                self._reload_requested = False
-                self._reload_before_start()
+            self._wait_to_open_again(retry)
         return False
 
-    def _report_waiting(self, problem: str, first: bool) -> None:
-        """READY=1 the first time (or systemd times the start out), STATUS= after."""
-        if first:
-            self.notifier.ready(f"Waiting: {problem}")
-        else:
-            self.notifier.status(f"Waiting: {problem}")
+    def _open_runner(self) -> None:
+        if not self.lock.held:
+            # Kept while waiting: no second instance or backfill slips in,
+            # and `status` sees the service as running.
+            self.lock.acquire()
+        self._runner = Runner(self.config, clock=self.clock, on_delivered=self._on_delivered)
 
-    def _read_new_config(self) -> Optional[Config]:
-        """The configuration SIGHUP asks for, or None (reported) when it is invalid."""
-        try:
-            if self._reload_config is None:
-                raise ConfigError("no configuration source to reload from")
-            return self._reload_config()
-        except ConfigError as error:
-            log.error("The new configuration is invalid and was not applied: %s", error)
-            return None
+    def _wait_to_open_again(self, retry: float) -> None:
+        now = self.clock()
+        next_ping = self._reporting.ping_if_due(now)
+        wait = retry
+        if next_ping is not None:
+            wait = min(wait, max(0.0, next_ping - now))
+        self._wakeup.wait(wait)
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload_before_start()
 
     def _reload_before_start(self) -> None:
         """SIGHUP while waiting for the state directory: take the new configuration."""
-        config = self._read_new_config()
+        config = _read_new_config(self._reload_config)
         if config is None:
             return
         self.config = config
@@ -294,161 +494,103 @@ class Service:
         log.info("Configuration reloaded (state: %s)", config.state_dir)
 
     @property
+    def pipeline(self) -> Optional[Pipeline]:
+        return self._runner.pipeline if self._runner is not None else None
+
+    @property
+    def deliverer(self) -> Optional[Deliverer]:
+        return self._runner.deliverer if self._runner is not None else None
+
+    @property
     def _pipeline(self) -> Pipeline:
-        assert self.pipeline is not None, "the state store is opened before anything reads"
-        return self.pipeline
+        assert self._runner is not None, "the state store is opened before anything reads"
+        return self._runner.pipeline
 
     @property
     def _deliverer(self) -> Deliverer:
-        assert self.deliverer is not None, "the deliverer is made with the pipeline"
-        return self.deliverer
+        assert self._runner is not None, "the deliverer is made with the pipeline"
+        return self._runner.deliverer
 
     def _start(self) -> None:
-        self._deliverer.start()
-        self._start_watching(first=True)
+        assert self._runner is not None, "the state store is opened before anything reads"
+        self._runner.start()
+        self._watching.start(self.config, first=True)
         # Ready once set up; a long backlog is progress, reported in STATUS=.
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(starting_line(self._watching.mode, self.config))
         self._publish()
 
-    def _start_watching(self, first: bool = False) -> None:
-        if not self.config.watch:
-            if first:
-                log.info("Watching is off (watch = false); polling every %g s", self.config.poll_interval_seconds)
-            self.mode = "poll"
-            return
-        if self.watcher is None:
-            self.watcher = DatabaseWatcher(self.config.db_path, self._on_file_change)
-        watcher = self.watcher
-        if watcher.start():
-            if self.mode != "watch":
-                where = str(watcher.directory)
-                if watcher.target != watcher.db_path:
-                    where += f" (where {watcher.db_path} really is: {watcher.target})"
-                log.info("Watching %s for changes (and polling every %g s)", where, self.config.poll_interval_seconds)
-            self.mode = "watch"
-            # A change may have happened before the watch began.
-            self._on_file_change()
-        else:
-            if first or self.mode == "watch":
-                log.warning(
-                    "Cannot watch for changes (%s); polling every %g s instead",
-                    watcher.reason,
-                    self.config.poll_interval_seconds,
-                )
-            self.mode = "poll"
-
     def _check_watching(self) -> bool:
-        """Keep the watch on the directory the writes happen in; True when it was re-armed.
-
-        A dead observer, a repointed symlink or a directory deleted (and
-        perhaps created again) ends the watch: say "poll" at once, and start
-        a new watch as soon as there is something to watch.
-        """
-        if not self.config.watch:
-            return False
-        watcher = self.watcher
-        if watcher is not None and watcher.check():
-            return False
-        if self.mode == "watch":
-            log.warning(
-                "Watching stopped (%s); polling every %g s until it can resume",
-                watcher.reason if watcher else "unknown",
-                self.config.poll_interval_seconds,
-            )
-            self.mode = "poll"
-            self._publish_soon = True
-        self._start_watching()
-        if self.mode == "watch":
-            self._publish_soon = True
-            return True
-        return False
+        """The watch checked (and re-armed); True when it was re-armed.  A change of mode is published soon."""
+        watching = self._watching
+        before = watching.mode
+        rearmed = watching.check(self.config)
+        if rearmed or watching.mode != before:
+            self._reporting.publish_soon = True
+        return rearmed
 
     def _loop(self) -> None:
         pipeline = self._pipeline
-        clock = pipeline.clock
-        poll_interval = self.config.poll_interval_seconds
-        next_poll = clock()
-        next_status = clock() + STATUS_EVERY_SECONDS
-        next_watch_check = clock() + DIRECTORY_CHECK_SECONDS
+        reporting = self._reporting
+        now = self.clock()
+        due = _Due(poll=now, watch_check=now + DIRECTORY_CHECK_SECONDS)
+        reporting.next_status = now + STATUS_EVERY_SECONDS
         while not self._stop_requested:
-            now = clock()
-            if self._reload_requested:
-                self._reload_requested = False
-                self._reload()
-                poll_interval = self.config.poll_interval_seconds
-            read = False
-            if self._file_event:
-                self._file_event = False
-                self.schedule.on_event(now)
-                read = True
-            if read or now >= next_watch_check:
-                # On a file event too: it may be the link repointed or the directory removed.
-                next_watch_check = now + DIRECTORY_CHECK_SECONDS
-                if self._check_watching():
-                    next_poll = now  # read what the directory holds now at once
-            if self.schedule.take_due(now):
-                read = True
-            forced = now >= next_poll
-            if forced:
-                next_poll = now + poll_interval
-                self._maintain()
-            deadline = pipeline.tracker.next_deadline()
-            closing = deadline is not None and now >= deadline
-            # Before closing a session by processing time, read what is there:
-            # after a pause (SIGSTOP, suspend) its events may be committed but
-            # not yet read, and a file event may not have woken us yet.
-            if forced or pipeline.resume_reading or ((read or closing) and pipeline.reader.changed()):
-                pipeline.resume_reading = False
-                pipeline.drain(lambda: self._stop_requested, self._between_batches)
-            pipeline.close_idle()
-            pipeline.commit_due()
-            if pipeline.resume_reading:
+            if self._read_pass(due):
                 continue  # the state became writable: read on without waiting
-            now = clock()
-            last_status = next_status - STATUS_EVERY_SECONDS
-            delivered_at = last_status + DELIVERED_STATUS_SECONDS if self._delivered else None
-            if now >= next_status or self._publish_soon or (delivered_at is not None and now >= delivered_at):
-                self._publish_soon = self._delivered = False
-                delivered_at = None
+            now = self.clock()
+            if reporting.take_status_due(now):
                 self._publish()
-                next_status = now + STATUS_EVERY_SECONDS
-            next_ping = self._ping_if_due(now)
             wake_at = next_wake(
                 now,
                 (
-                    next_poll,
-                    next_status,
-                    next_ping,
-                    self.schedule.next_due(),
-                    delivered_at,
-                    pipeline.tracker.next_deadline(),
-                    next_watch_check,
+                    due.poll,
+                    reporting.next_status,
+                    reporting.ping_if_due(now),
+                    self._watching.schedule.next_due(),
+                    reporting.delivered_at(),
+                    pipeline.next_deadline(),
+                    due.watch_check,
                     pipeline.next_commit_at(),
                 ),
             )
-            self._wakeup.wait(wake_at - clock())
+            self._wakeup.wait(wake_at - self.clock())
+
+    def _read_pass(self, due: _Due) -> bool:
+        """Reload, watch, read, close and commit what is due; True when reading is to go on at once."""
+        pipeline = self._pipeline
+        now = self.clock()
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+        read = self._watching.take_event(now)
+        if read or now >= due.watch_check:
+            # On a file event too: it may be the link repointed or the directory removed.
+            due.watch_check = now + DIRECTORY_CHECK_SECONDS
+            if self._check_watching():
+                due.poll = now  # read what the directory holds now at once
+        if self._watching.schedule.take_due(now):
+            read = True
+        forced = now >= due.poll
+        if forced:
+            due.poll = now + self.config.poll_interval_seconds
+            self._maintain()
+        deadline = pipeline.next_deadline()
+        closing = deadline is not None and now >= deadline
+        # Before closing a session by processing time, read what is there:
+        # after a pause (SIGSTOP, suspend) its events may be committed but
+        # not yet read, and a file event may not have woken us yet.
+        if forced or pipeline.should_read_on() or ((read or closing) and pipeline.changed()):
+            pipeline.drain(lambda: self._stop_requested, self._between_batches)
+        pipeline.close_idle()
+        pipeline.commit_due()
+        return pipeline.should_read_on()
 
     def _between_batches(self) -> None:
         """During a long catch-up: keep pinging and reporting, stay responsive."""
-        now = self._pipeline.clock()
-        self._ping_if_due(now)
-        if now - self._last_batch_status >= STATUS_EVERY_SECONDS:
-            self._last_batch_status = now
+        now = self.clock()
+        self._reporting.ping_if_due(now)
+        if self._reporting.take_batch_status_due(now):
             self._publish(backlog=True)
-
-    def _ping_if_due(self, now: float) -> Optional[float]:
-        """Ping the watchdog when due; returns when the next ping is (None: no watchdog).
-
-        One schedule for the main loop, the batches of a catch-up and the wait
-        for the state directory: each of them keeps the service alive.
-        """
-        every = self.notifier.watchdog_interval
-        if not every:
-            return None
-        if now >= self._next_ping:
-            self.notifier.watchdog()
-            self._next_ping = now + every
-        return self._next_ping
 
     def _maintain(self) -> None:
         """Once per poll tick: restart what died (the watch is checked every second)."""
@@ -459,7 +601,7 @@ class Service:
     def _reload(self) -> None:
         log.info("Reloading the configuration")
         self.notifier.reloading()
-        config = self._read_new_config()
+        config = _read_new_config(self._reload_config)
         if config is not None:
             watch_changed = config.watch != self.config.watch
             self._pipeline.apply_config(config)
@@ -468,88 +610,26 @@ class Service:
             if self._on_reload is not None:
                 self._on_reload(self.config)
             if watch_changed:
-                if self.watcher is not None:
-                    self.watcher.stop()
-                self._start_watching(first=True)
+                self._watching.stop()
+                self._watching.start(self.config, first=True)
             log.info("Configuration reloaded")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(starting_line(self._watching.mode, self.config))
 
     def _shutdown(self) -> None:
         try:
             self.notifier.stopping()
-            if self.watcher is not None:
-                self.watcher.stop()
-            if self.pipeline is not None and self.deliverer is not None:
-                self.pipeline.commit()
-                if not self.deliverer.stop(STOP_GRACE_SECONDS):
+            self._watching.stop()
+            if self._runner is not None:
+                if not self._runner.shutdown(STOP_GRACE_SECONDS):
                     log.warning("A delivery was still in flight at exit; it will be sent again with the same key")
-                self.pipeline.record_unsent(self.deliverer.take_back_unsent())
                 self._publish(running=False)
-                self.pipeline.close()
+                self._runner.close()
             log.info("Workflow learner stopped")
         finally:
             self.lock.release()
 
     # -- reporting ---------------------------------------------------------------
 
-    def snapshot(self, running: bool = True, backlog: bool = False) -> dict:
-        pipeline = self._pipeline
-        stats = statistics(pipeline.state, pipeline.tracker.open_count)
-        stats["last_event_time"] = pipeline.last_event_time
-        deliverer = self._deliverer
-        return {
-            "running": running,
-            "active_sessions": pipeline.tracker.open_count,
-            "stats": stats,
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "updated_at": time.time(),
-            "mode": self.mode,
-            "watch_problem": self._watch_problem(),
-            "catching_up": backlog,
-            "db_path": str(self.config.db_path),
-            "api_url": self.config.api_url,
-            "db_head": pipeline.head,
-            "database_problem": str(pipeline.unavailable) if pipeline.unavailable else None,
-            "state_problem": pipeline.commit_failing,
-            "api_down_since": deliverer.api_down_since,
-            "next_retry_at": deliverer.retry_at,
-            "notify_failures": self.notifier.failures,
-            "service_manager": service_manager(),
-        }
-
-    def _watch_problem(self) -> Optional[str]:
-        """Why the service polls instead of watching (None while it watches)."""
-        if self.mode == "watch":
-            return None
-        if not self.config.watch:
-            return "watch = false in the configuration"
-        return (self.watcher.reason if self.watcher is not None else None) or "not watching yet"
-
-    def _status_line(self, snapshot: Optional[dict] = None) -> str:
-        if snapshot is None:
-            return f"Starting: {self.mode} mode, reading {self.config.db_path.name}"
-        stats = snapshot["stats"]
-        prefix = "Catching up" if snapshot["catching_up"] else "Learning"
-        return (
-            f"{prefix}: {stats['events_processed']} events read, {snapshot['active_sessions']} open sessions, "
-            f"{stats['patterns_learned']} learned, {stats['outbox_pending']} pending, {self.mode} mode"
-        )
-
     def _publish(self, running: bool = True, backlog: bool = False) -> None:
-        try:
-            snapshot = self.snapshot(running, backlog)
-            write_snapshot(self.config.state_dir, snapshot)
-        except Exception as error:  # noqa: BLE001 - reporting must never stop the service
-            # Said once per kind of problem, not every few seconds (an OSError
-            # names a new temporary file each time: its strerror is the kind).
-            problem = getattr(error, "strerror", None) or str(error)
-            if problem != self._snapshot_problem:
-                log.warning("Cannot publish the status snapshot to %s: %s", self.config.state_dir, problem)
-                self._snapshot_problem = problem
-            return
-        if self._snapshot_problem is not None:
-            log.info("The status snapshot is published again")
-            self._snapshot_problem = None
-        if running:
-            self.notifier.status(self._status_line(snapshot))
+        assert self._runner is not None, "the state store is opened before anything reads"
+        self._reporting.publish(self.config, self._runner, self._watching, running, backlog)

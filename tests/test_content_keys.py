@@ -12,7 +12,7 @@ from helpers import wait_until
 
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Deliverer
-from omnimemory_learner.storage.state import StateStore
+from omnimemory_learner.storage.state import Position, StateStore
 
 
 def reference_key(session_id, commands):
@@ -37,9 +37,7 @@ def test_commit_keys_each_session_by_its_content_wherever_its_rows_were(tmp_path
     # The same session at other rowids (a copy keeps them, a wipe reuses them) has the same key;
     # one event's time or the session id changed gives another.
     store.commit(
-        0,
-        20,
-        None,
+        Position(0, 20),
         [
             ClosedSession.from_commands("a", COMMANDS, 1, 3, "idle", True),
             ClosedSession.from_commands("a", COMMANDS, 11, 13, "idle", True),
@@ -63,7 +61,7 @@ def test_commit_keys_each_session_by_its_content_wherever_its_rows_were(tmp_path
 def test_the_api_gets_the_content_key_as_idempotency_key(tmp_path, api):
     state = tmp_path / "s"
     store = StateStore(state)
-    store.commit(0, 3, None, [ClosedSession.from_commands("a", COMMANDS, 1, 3, "idle", True)], {})
+    store.commit(Position(0, 3), [ClosedSession.from_commands("a", COMMANDS, 1, 3, "idle", True)], {})
     store.close()
     deliverer = Deliverer(state, api.url, timeout=2.0, retry_max_seconds=0.2)
     deliverer.start()

@@ -21,7 +21,7 @@ from omnimemory_learner.delivery import Deliverer
 from omnimemory_learner.delivery.health import Backoff
 from omnimemory_learner.delivery.learn_api import learn_body
 from omnimemory_learner.storage.lock import AlreadyRunning, InstanceLock, lock_is_held
-from omnimemory_learner.storage.state import StateStore
+from omnimemory_learner.storage.state import Position, StateStore
 
 
 def closed(sid, first, n=3, learnable=True, commands=None):
@@ -33,7 +33,7 @@ def closed(sid, first, n=3, learnable=True, commands=None):
 
 def fill(state_dir, sessions):
     store = StateStore(state_dir)
-    store.commit(0, max(s.last_rowid for s in sessions), None, sessions, {})
+    store.commit(Position(0, max(s.last_rowid for s in sessions)), sessions, {})
     store.close()
 
 
@@ -58,7 +58,7 @@ def settle(state_dir, timeout=20):
 
 def test_state_files_are_private(tmp_path):
     store = StateStore(tmp_path / "state")
-    store.commit(0, 0, None, [closed("a", 1)], {})
+    store.commit(Position(0, 0), [closed("a", 1)], {})
     assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
     for name in os.listdir(tmp_path / "state"):
         assert stat.S_IMODE(os.stat(tmp_path / "state" / name).st_mode) == 0o600, name
@@ -72,7 +72,7 @@ def test_outbox_keeps_commands_exactly(tmp_path):
         ("commit_changes", 1e-7 + 1760000001, "git_commit"),
     ]
     store = StateStore(tmp_path / "s")
-    store.commit(0, 3, None, [closed("a", 1, commands=commands)], {})
+    store.commit(Position(0, 3), [closed("a", 1, commands=commands)], {})
     (new,) = store.pending()
     assert new.commands == commands  # every float bit for bit, every character
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
@@ -87,21 +87,19 @@ def test_outbox_keeps_commands_exactly(tmp_path):
 def test_commit_keeps_markers_until_the_low_water_mark_passes(tmp_path):
     store = StateStore(tmp_path / "s")
     added = store.commit(
-        4,
-        10,
-        (1, 2),
+        Position(4, 10, (1, 2)),
         [closed("a", 1), closed("b", 5, n=2, learnable=False), closed("c", 2, n=1, learnable=False)],
         {"events_processed": 10},
     )
     assert added == 1
-    assert store.position() == (4, 10, (1, 2))
+    assert store.position() == Position(4, 10, (1, 2))
     # b (too short, above the mark) is kept as a marker; c (below it) is not;
     # a is below the mark too (no replay meets it) but stays pending in the outbox.
     assert store.closed_ranges(4) == {"b": [(5, 6)]}
     assert store.closed_ranges(0) == {"a": [(1, 3)], "b": [(5, 6)]}
     assert store.status_counts() == {"pending": 1, "too_short": 1}
     store.mark_delivered(store.pending()[0].id, "p1")
-    store.commit(20, 20, (1, 2), [], {})
+    store.commit(Position(20, 20, (1, 2)), [], {})
     assert store.closed_ranges(20) == {} and store.status_counts() == {}
     assert store.counters()["events_processed"] == 10 and store.counters()["patterns_learned"] == 1
     store.close()
@@ -250,14 +248,14 @@ def test_slow_api_past_the_timeout_is_retried(tmp_path, api):
 def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog):
     state_dir = tmp_path / "s"
     reader_side = StateStore(state_dir)
-    reader_side.commit(0, 5, (1, 2), [closed("a", 1)], {"events_processed": 5})
+    reader_side.commit(Position(0, 5, (1, 2)), [closed("a", 1)], {"events_processed": 5})
     delivery_side = StateStore(state_dir, synchronous="NORMAL")
     a = delivery_side.pending()[0]
     for name in os.listdir(state_dir):
         if name.startswith("state.db"):
             os.unlink(state_dir / name)
     # The next write notices, writes the open state back, and carries on.
-    reader_side.commit(5, 10, (1, 2), [closed("b", 6)], {"events_processed": 5})
+    reader_side.commit(Position(5, 10, (1, 2)), [closed("b", 6)], {"events_processed": 5})
     assert "was deleted while running; restored it" in caplog.text
     assert stat.S_IMODE(os.stat(state_dir / "state.db").st_mode) == 0o600
     # The other connection moves to the restored file before it writes.
@@ -265,7 +263,7 @@ def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog
     reader_side.close()
     delivery_side.close()
     fresh = StateStore(state_dir)
-    assert fresh.position() == (5, 10, (1, 2))
+    assert fresh.position() == Position(5, 10, (1, 2))
     assert fresh.counters()["events_processed"] == 10 and fresh.counters()["patterns_learned"] == 1
     assert sorted((row["session_id"], row["status"]) for row in fresh.outbox(("pending", "learned"))) == [
         ("a", "learned"),
@@ -291,7 +289,7 @@ class Feeder:
         try:
             while not self._stop.wait(self.every):
                 name = f"live{len(self.added)}"
-                store.commit(0, 0, None, [closed(name, 100000 + 10 * len(self.added))], {})
+                store.commit(Position(0, 0), [closed(name, 100000 + 10 * len(self.added))], {})
                 self.added.append(name)
                 self.deliverer.wake()
         finally:
@@ -704,7 +702,7 @@ def test_answers_that_broke_the_delivery_thread_are_ordinary_verdicts(tmp_path):
     from omnimemory_learner.core.fates import Verdict
     from omnimemory_learner.delivery.http import Answer
     from omnimemory_learner.delivery.learn_api import classify, retry_after
-    from omnimemory_learner.storage.state import StateStore
+    from omnimemory_learner.storage.state import Position, StateStore
 
     nested = Answer(200, {}, b"[" * 20_000, False)
     assert classify(nested)[0] == Verdict.RETRY
@@ -713,7 +711,7 @@ def test_answers_that_broke_the_delivery_thread_are_ordinary_verdicts(tmp_path):
     pattern_id.encode("utf-8")  # storable: the lone surrogate is shown as its escape
     assert pattern_id == "p\\ud800\n<0>x"
     store = StateStore(tmp_path)
-    store.commit(0, 3, None, [ClosedSession.from_commands("s", [("open_file", 1.0, "file_open")] * 3, 1, 3)], {})
+    store.commit(Position(0, 3), [ClosedSession.from_commands("s", [("open_file", 1.0, "file_open")] * 3, 1, 3)], {})
     store.mark_delivered(store.pending()[0].id, pattern_id)  # raised UnicodeEncodeError before
     store.close()
     for value in ("\xb2", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "soon", "-5", "1e3"):

@@ -241,11 +241,11 @@ def test_an_untrusted_session_id_is_shown_escaped(tmp_path):
 def test_a_dropped_session_is_in_the_history_and_so_never_sent_after_a_rewrite(tmp_path):
     """Review of issue 17: a session the operator dropped was not in the ledger."""
     from omnimemory_learner.core.sessions import ClosedSession
-    from omnimemory_learner.storage.state import StateStore
+    from omnimemory_learner.storage.state import Position, StateStore
 
     store = StateStore(tmp_path)
     commands = [("open_file", 1_700_000_000.0 + i, "file_open") for i in range(3)]
-    store.commit(3, 3, None, [ClosedSession.from_commands("dropme", commands, 1, 3)], {})
+    store.commit(Position(3, 3), [ClosedSession.from_commands("dropme", commands, 1, 3)], {})
     pending = store.pending()[0]
     store.close()
     result = run_cli(tmp_path, "outbox", "drop", str(pending.id), "--yes")

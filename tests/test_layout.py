@@ -4,7 +4,7 @@
   I/O of ours, no third-party code, nothing of the edges; so does
   `delivery/health.py`, the API's health, pure like the core;
 * imports point one way: nothing imports `cli/`, and `core/`, `storage/` and
-  `system/` import nothing of the loop (`service`, `pipeline`, `delivery/`);
+  `system/` import nothing of the loop (`service`, `runner`, `pipeline`, `delivery/`);
 * inside `delivery/` each module imports only what its job needs: the HTTP
   client nothing of the package, the API client no thread, health no I/O,
   settling no network, and nothing there imports the service or the pipeline;
@@ -156,7 +156,7 @@ def core_violations(root: Path = PACKAGE_DIR) -> List[str]:
 
 
 def direction_violations(edges: Dict[str, Set[str]], package: str = PACKAGE) -> List[str]:
-    loop = (f"{package}.service", f"{package}.pipeline", f"{package}.delivery")
+    loop = (f"{package}.service", f"{package}.runner", f"{package}.pipeline", f"{package}.delivery")
     lower = (f"{package}.core", f"{package}.storage", f"{package}.system")
     problems = []
     for source, targets in edges.items():
@@ -219,6 +219,8 @@ def test_the_layout_has_its_layers():
         "core.sessions",
         "core.mapping",
         "core.outcome",
+        "database_identity",
+        "runner",
         "storage.state",
         "storage.lock",
         "delivery.thread",

@@ -375,15 +375,13 @@ def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over
     from omnimemory_learner.config import load_config
     from omnimemory_learner.core.sessions import ClosedSession
     from omnimemory_learner.delivery import Deliverer
-    from omnimemory_learner.storage.state import StateStore
+    from omnimemory_learner.storage.state import Position, StateStore
 
     db = create_db(tmp_path / "events.db")
     config = load_config(env=learner_env(tmp_path, f"http://127.0.0.1:{free_port()}", db))  # nothing listens
     store = StateStore(config.state_dir)
     store.commit(
-        0,
-        3,
-        None,
+        Position(0, 3),
         [
             ClosedSession.from_commands(
                 "waiting",

@@ -12,7 +12,7 @@ from omnimemory_learner.core.identity import key_of_pairs
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Deliverer
 from omnimemory_learner.storage.history import Entry, HistoryStore
-from omnimemory_learner.storage.state import StateStore
+from omnimemory_learner.storage.state import Position, StateStore
 
 
 def session(sid, start):
@@ -50,7 +50,7 @@ def test_a_key_the_history_settled_is_marked_and_counted_without_a_post(tmp_path
     history.record([entry(sent_before, Fate.LEARNED), entry(rejected_before, Fate.REJECTED)])
     history.close()
     store = StateStore(state)
-    store.commit(0, 3, None, [sent_before, rejected_before, new], {})
+    store.commit(Position(0, 3), [sent_before, rejected_before, new], {})
     store.close()
     deliverer = Deliverer(state, api.url, timeout=2.0, retry_max_seconds=0.2)
     deliverer.start()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery.learn_api import learn_body
 from omnimemory_learner.storage.sqlite_file import StoreFile
-from omnimemory_learner.storage.state import StateError, StateStore
+from omnimemory_learner.storage.state import Position, StateError, StateStore
 
 OPERATIONS = st.lists(
     st.one_of(
@@ -60,7 +60,7 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
                 number += 1
                 closed.append(session(number, 1))
             position = number * 10 if advance else position
-            store.commit(position, number * 10 + 10, None, closed, {})
+            store.commit(Position(position, number * 10 + 10), closed, {})
         else:
             ids = [row[0] for row in sqlite3.connect(str(directory / "state.db")).execute("SELECT id FROM sessions")]
             target = (
@@ -82,7 +82,7 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
 
 def test_a_store_that_lost_its_counting_triggers_is_counted_once_when_opened(tmp_path):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4), session(2, 4), session(3, 1)], {})
+    store.commit(Position(10, 10), [session(1, 4), session(2, 4), session(3, 1)], {})
     store.close()
     # As a table rebuilt by hand leaves it: no counting table, no triggers (the schema version unchanged).
     connection = sqlite3.connect(str(tmp_path / "state.db"))
@@ -134,7 +134,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
     )
     at_close = closed.score_quality()
     store = StateStore(tmp_path_factory.mktemp("state"))
-    store.commit(0, len(events), None, [closed], {})
+    store.commit(Position(0, len(events)), [closed], {})
     (pending,) = store.pending()
     assert pending.quality is None and pending.scored_quality() == at_close
     assert learn_body(pending)["quality"] == at_close
@@ -143,7 +143,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
 
 def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path):
     store = StateStore(tmp_path)
-    store.commit(0, 20, None, [session(1, 4), session(2, 4)], {})
+    store.commit(Position(0, 20), [session(1, 4), session(2, 4)], {})
     connection = sqlite3.connect(str(tmp_path / "state.db"))
     first, second = [row[0] for row in connection.execute("SELECT id FROM sessions ORDER BY id")]
     connection.execute("UPDATE sessions SET quality = 0.42, unmapped = NULL WHERE id = ?", (first,))  # scored then
@@ -160,10 +160,10 @@ def test_a_store_of_0_1_0_or_rebuilt_by_hand_put_in_place_under_a_running_servic
     # A backup restored by hand while the service runs: its connection reopens the file at the
     # path and must migrate and count as this build does (its triggers, a counting table).
     store = StateStore(tmp_path / "live")
-    store.commit(10, 10, None, [session(1, 4)], {})
+    store.commit(Position(10, 10), [session(1, 4)], {})
     for kind in ("0.1.0", "rebuilt by hand"):
         older = StateStore(tmp_path / kind)
-        older.commit(10, 10, None, [session(2, 4), session(3, 1)], {})
+        older.commit(Position(10, 10), [session(2, 4), session(3, 1)], {})
         older.close()
         connection = sqlite3.connect(str(tmp_path / kind / "state.db"))
         if kind == "0.1.0":
@@ -177,7 +177,7 @@ def test_a_store_of_0_1_0_or_rebuilt_by_hand_put_in_place_under_a_running_servic
         connection.close()
         store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a quiet moment: the live WAL holds nothing
         os.replace(tmp_path / "live" / "state.db.restored", tmp_path / "live" / "state.db")
-        store.commit(40, 40, None, [session(4, 4), session(5, 4)], {})
+        store.commit(Position(40, 40), [session(4, 4), session(5, 4)], {})
         print(
             kind,
             store.status_counts(),
@@ -192,7 +192,7 @@ def test_a_store_of_0_1_0_or_rebuilt_by_hand_put_in_place_under_a_running_servic
 @pytest.mark.parametrize("kind", ["empty", "junk", "another database", "fifo"])
 def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_state_kept(tmp_path, kind):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4), session(2, 4)], {})
+    store.commit(Position(10, 10), [session(1, 4), session(2, 4)], {})
     foreign = tmp_path / "foreign"
     if kind == "fifo":
         os.mkfifo(foreign)
@@ -207,11 +207,11 @@ def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_
     os.replace(foreign, tmp_path / "state.db")
     for _ in range(2):  # said on every write, never adopted nor overwritten
         with pytest.raises(StateError, match="replaced by a file that is not one"):
-            store.commit(40, 40, None, [session(3, 4)], {})
+            store.commit(Position(40, 40), [session(3, 4)], {})
     if before is not None:
         assert (tmp_path / "state.db").read_bytes() == before
     os.remove(tmp_path / "state.db")  # the user moves it away: the state is written back
-    store.commit(40, 40, None, [session(3, 4)], {})
+    store.commit(Position(40, 40), [session(3, 4)], {})
     assert [row.session_id for row in store.pending()] == ["s1", "s2", "s3"]
     assert store.status_counts() == {"pending": 3} == plain_counts(tmp_path / "state.db")
     store.close()
@@ -219,9 +219,9 @@ def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_
 
 def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_write(tmp_path, monkeypatch):
     store = StateStore(tmp_path)
-    store.commit(10, 10, None, [session(1, 4)], {})
+    store.commit(Position(10, 10), [session(1, 4)], {})
     older = StateStore(tmp_path / "older")
-    older.commit(10, 10, None, [session(2, 4)], {})
+    older.commit(Position(10, 10), [session(2, 4)], {})
     older.close()
     connection = sqlite3.connect(str(tmp_path / "older" / "state.db"))
     connection.execute("PRAGMA user_version = 0")  # as 0.1.0 left it: to be migrated
@@ -237,8 +237,8 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
 
     monkeypatch.setattr(StoreFile, "_prepare", locked_once)
     with pytest.raises(StateError):
-        store.commit(40, 40, None, [session(4, 4)], {})
-    store.commit(40, 40, None, [session(4, 4)], {})
+        store.commit(Position(40, 40), [session(4, 4)], {})
+    store.commit(Position(40, 40), [session(4, 4)], {})
     assert [row.session_id for row in store.pending()] == ["s2", "s4"]
     assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
     assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1

@@ -12,10 +12,9 @@ from typing import Optional
 
 from ..config import Config
 from ..core.fates import CloseReason, Fate
-from ..delivery import Deliverer
 from ..events import Unavailable
 from ..logs import setup_logging
-from ..pipeline import Pipeline
+from ..runner import Runner
 from ..storage.lock import AlreadyRunning, InstanceLock
 from ..storage.state import StateError
 from .exits import EX_CANTCREAT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
@@ -38,65 +37,66 @@ def backfill(config: Config, until_delivered_timeout: Optional[float]) -> int:
     except OSError as problem:
         error(f"cannot lock the state directory: {problem}")
         return EX_CANTCREAT
-    deliverer = Deliverer.from_config(config)
     try:
-        pipeline = Pipeline(config, on_outbox=deliverer.wake, on_unsent=deliverer.take_unsent)
+        runner = Runner(config)
     except StateError as problem:
         lock.release()
         error(str(problem))
         return EX_CANTCREAT
+    try:
+        return _learn(config, runner, until_delivered_timeout)
+    finally:
+        runner.shutdown(2.0)
+        runner.close()
+        lock.release()
+
+
+def _learn(config: Config, runner: Runner, until_delivered_timeout: Optional[float]) -> int:
+    """Read everything, close every session, and wait until the API took them (or the timeout)."""
+    pipeline, deliverer = runner.pipeline, runner.deliverer
     progress = Progress()
     try:
-        try:
-            start = pipeline.read_after
-            total = max(0, pipeline.reader.head() - start)
-        except Unavailable as problem:
-            error(str(problem))
+        start = pipeline.read_after
+        total = pipeline.backlog()
+    except Unavailable as problem:
+        error(str(problem))
+        return EX_UNAVAILABLE
+    runner.start()
+
+    def learned_and_pending():
+        counters = pipeline.state.counters()
+        return counters.get("patterns_learned", 0), pipeline.state.status_counts().get(Fate.PENDING, 0)
+
+    def show(force=False):
+        learned, pending = learned_and_pending()
+        progress.show(pipeline.read_after - start, total, learned, pending, force)
+
+    if not pipeline.drain(between_batches=show):
+        error(str(pipeline.problem()))
+        return EX_UNAVAILABLE
+    pipeline.close_all(CloseReason.END)
+    if not pipeline.commit():
+        return EX_CANTCREAT
+    show(force=True)
+    deadline = None if until_delivered_timeout is None else time.monotonic() + until_delivered_timeout
+    while True:
+        learned, pending = learned_and_pending()
+        if pending == 0:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            progress.done()
+            error(
+                f"the procedural API at {config.api_url} did not take every session "
+                f"in {until_delivered_timeout:g} s; {pending} session(s) stay pending for the service "
+                f"(last error: {deliverer.last_error})"
+            )
             return EX_UNAVAILABLE
-        deliverer.start()
-
-        def learned_and_pending():
-            counters = pipeline.state.counters()
-            return counters.get("patterns_learned", 0), pipeline.state.status_counts().get(Fate.PENDING, 0)
-
-        def show(force=False):
-            learned, pending = learned_and_pending()
-            progress.show(pipeline.read_after - start, total, learned, pending, force)
-
-        if not pipeline.drain(between_batches=show):
-            error(str(pipeline.unavailable or pipeline.commit_failing))
-            return EX_UNAVAILABLE
-        pipeline.close_all(CloseReason.END)
-        if not pipeline.commit():
-            return EX_CANTCREAT
-        show(force=True)
-        deadline = None if until_delivered_timeout is None else time.monotonic() + until_delivered_timeout
-        while True:
-            learned, pending = learned_and_pending()
-            if pending == 0:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                progress.done()
-                error(
-                    f"the procedural API at {config.api_url} did not take every session "
-                    f"in {until_delivered_timeout:g} s; {pending} session(s) stay pending for the service "
-                    f"(last error: {deliverer.last_error})"
-                )
-                return EX_UNAVAILABLE
-            if not deliverer.alive:
-                deliverer.start()
-            show()
-            time.sleep(0.05)
-        show(force=True)
-        progress.done()
-        learned, _ = learned_and_pending()
-        echo(
-            f"Backfill done: {pipeline.read_after - start} events read, outbox empty, "
-            f"{learned} patterns learned in all."
-        )
-        return EX_OK
-    finally:
-        deliverer.stop(2.0)
-        pipeline.record_unsent(deliverer.take_back_unsent())
-        pipeline.close()
-        lock.release()
+        if not deliverer.alive:
+            deliverer.start()
+        show()
+        time.sleep(0.05)
+    show(force=True)
+    progress.done()
+    learned, _ = learned_and_pending()
+    echo(f"Backfill done: {pipeline.read_after - start} events read, outbox empty, {learned} patterns learned in all.")
+    return EX_OK

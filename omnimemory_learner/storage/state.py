@@ -53,10 +53,63 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _DONE_MARKS = ",".join("?" * len(DONE))
 
 
+class Fingerprint(NamedTuple):
+    """The events database's rows where it was read, each [rowid, repr of the row] (None: none read).
+
+    What tells a copy of the database (same rows, new inode) from a
+    rewritten one (database_identity.py).
+    """
+
+    first: Optional[list]  # the table's first row
+    last: Optional[list]  # the last row read
+
+
+def _position_meta(position: Position, now: float) -> List[Tuple[str, Optional[str]]]:
+    """The meta rows a commit writes for its position."""
+    rows_read = position.fingerprint
+    fingerprint = (
+        _compact_json({"first": rows_read.first, "last": rows_read.last})
+        if rows_read is not None and (rows_read.first or rows_read.last)
+        else None
+    )
+    return [
+        ("resume_after", str(position.resume_after)),
+        ("replay_until", str(position.replay_until)),
+        ("db_identity", json.dumps(list(position.db_identity)) if position.db_identity else None),
+        ("committed_at", repr(now)),
+        ("rewrite_head", None if position.rewrite_head is None else str(position.rewrite_head)),
+        ("db_fingerprint", fingerprint),
+    ]
+
+
+def _marker_row(session: ClosedSession, status: str, now: float) -> tuple:
+    """A closed session kept as a marker, as a row of the sessions table (see commit's INSERT)."""
+    return (
+        "",
+        session.session_id,
+        session.first_rowid,
+        session.last_rowid,
+        status,
+        None,
+        len(session.pairs),
+        None,
+        session.reason,
+        now,
+        session.quality,
+        session.unmapped,
+    )
+
+
 class Position(NamedTuple):
+    """Where reading is, as one value: committed whole with the outbox, read back whole."""
+
     resume_after: int  # low-water mark: re-read every rowid above it
     replay_until: int  # how far the reader had read when it was committed
-    db_identity: Optional[Tuple[int, int]]
+    db_identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the file read
+    fingerprint: Optional[Fingerprint] = None
+    # After a rewritten database: sessions with rows up to here may have been
+    # delivered before (the ledger decides); None once every such row is read again.
+    rewrite_head: Optional[int] = None
 
 
 class PendingSession(NamedTuple):
@@ -183,10 +236,15 @@ class StateStore:
 
     def position(self) -> Position:
         identity = self._meta("db_identity")
+        fingerprint = self._meta("db_fingerprint")
+        rewrite_head = self._meta("rewrite_head")
+        rows = json.loads(fingerprint) if fingerprint else None
         return Position(
             int(self._meta("resume_after") or 0),
             int(self._meta("replay_until") or 0),
             tuple(json.loads(identity)) if identity else None,
+            Fingerprint(rows.get("first"), rows.get("last")) if rows else None,
+            int(rewrite_head) if rewrite_head else None,
         )
 
     def closed_ranges(self, after_rowid: int) -> Dict[str, List[Tuple[int, int]]]:
@@ -201,32 +259,54 @@ class StateStore:
 
     def commit(
         self,
-        resume_after: int,
-        replay_until: int,
-        db_identity: Optional[Tuple[int, int]],
+        position: Position,
         closed: Iterable[ClosedSession],
         counters: Dict[str, int],
         known: Iterable[ClosedSession] = (),
-        rewrite_head: Optional[int] = None,
-        fingerprint: Optional[str] = None,
     ) -> int:
         """Record closed sessions and advance the position, atomically.
 
         `known`: sessions read again after a rewrite that the ledger or the
-        outbox has already; kept only as markers for a replay.  `rewrite_head`:
-        see rewrite_head().  `fingerprint`: see fingerprint().  Returns the
+        outbox has already; kept only as markers for a replay.  Returns the
         number of sessions added to the outbox.
         """
         now = time.time()
-        closed = list(closed)
+        resume_after = position.resume_after
+        rows = self._outbox_rows(closed, known, resume_after, now)
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
+                " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, now))
+            self._add_counters(db, counters)
+            tally: Dict[str, int] = {}
+            for row in rows:
+                tally[row[4]] = tally.get(row[4], 0) + 1
+            db.executemany(
+                "INSERT INTO status_counts (status, n) VALUES (?, ?) ON CONFLICT (status) DO UPDATE SET n = n + ?",
+                [(status, n, n) for status, n in tally.items()],
+            )
+            # Markers below the low-water mark can never be met again.
+            db.execute(
+                f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
+                (resume_after, *DONE),
+            )
+        return sum(1 for row in rows if row[4] == Fate.PENDING)
+
+    @staticmethod
+    def _outbox_rows(
+        closed: Iterable[ClosedSession], known: Iterable[ClosedSession], resume_after: int, now: float
+    ) -> List[tuple]:
+        """The sessions table's rows for a commit: whole sessions to send, markers for the rest."""
         rows: List[tuple] = []
         for session in closed:
             # The Idempotency-Key is the content key (core/identity.py): a session
             # read again (a replay, a replaced or rewritten database, a backfill)
             # is sent with the same one, and the delivered ledger knows it.  It is
             # made when the session is taken from the outbox (_pending_session),
-            # in the delivery thread: here it was a tenth of a catch-up.  Markers
-            # need none.
+            # in the delivery thread, off the reading path.  Markers need none.
             if session.learnable and not session.low_quality:
                 rows.append(
                     (
@@ -246,80 +326,12 @@ class StateStore:
                 )
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                rows.append(
-                    (
-                        "",
-                        session.session_id,
-                        session.first_rowid,
-                        session.last_rowid,
-                        Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT,
-                        None,
-                        len(session.pairs),
-                        None,
-                        session.reason,
-                        now,
-                        session.quality,
-                        session.unmapped,
-                    )
-                )
+                status = Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT
+                rows.append(_marker_row(session, status, now))
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append(
-                    (
-                        "",
-                        session.session_id,
-                        session.first_rowid,
-                        session.last_rowid,
-                        Fate.ALREADY_DELIVERED,
-                        None,
-                        len(session.pairs),
-                        None,
-                        session.reason,
-                        now,
-                        session.quality,
-                        session.unmapped,
-                    )
-                )
-        with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-                " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("resume_after", str(resume_after)),
-                    ("replay_until", str(replay_until)),
-                    ("db_identity", json.dumps(list(db_identity)) if db_identity else None),
-                    ("committed_at", repr(now)),
-                    ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
-                    ("db_fingerprint", fingerprint),
-                ],
-            )
-            self._add_counters(db, counters)
-            tally: Dict[str, int] = {}
-            for row in rows:
-                tally[row[4]] = tally.get(row[4], 0) + 1
-            db.executemany(
-                "INSERT INTO status_counts (status, n) VALUES (?, ?) ON CONFLICT (status) DO UPDATE SET n = n + ?",
-                [(status, n, n) for status, n in tally.items()],
-            )
-            # Markers below the low-water mark can never be met again.
-            db.execute(
-                f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
-                (resume_after, *DONE),
-            )
-        return sum(1 for row in rows if row[4] == Fate.PENDING)
-
-    def fingerprint(self) -> Optional[dict]:
-        """The events database's rows where it was read: {"first": [rowid, text], "last": [rowid, text]}.
-
-        Committed with the position; what tells a copy of the database (same
-        rows, new inode) from a rewritten one (pipeline._check_replaced).
-        """
-        value = self._meta("db_fingerprint")
-        return json.loads(value) if value else None
+                rows.append(_marker_row(session, Fate.ALREADY_DELIVERED, now))
+        return rows
 
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
@@ -333,11 +345,6 @@ class StateStore:
         """note_replaced()'s last record, or None."""
         value = self._meta("db_replaced")
         return json.loads(value) if value else None
-
-    def rewrite_head(self) -> Optional[int]:
-        """After a rewritten database: sessions with rows up to here may have been delivered before."""
-        value = self._meta("rewrite_head")
-        return int(value) if value else None
 
     def outbox_keys(self) -> set:
         """Idempotency keys of the sessions still in the outbox (pending or rejected).

@@ -11,7 +11,7 @@ from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Deliverer, settle
 from omnimemory_learner.delivery.settle import Handover, Settler
 from omnimemory_learner.storage.history import HistoryStore
-from omnimemory_learner.storage.state import StateStore
+from omnimemory_learner.storage.state import Position, StateStore
 
 
 def short(name, at=None):
@@ -38,7 +38,7 @@ def test_handed_over_to_a_thread_not_running_they_are_recorded_at_once_in_the_ca
 def test_handed_over_while_the_api_is_waited_for_they_are_recorded_at_once(tmp_path):
     store = StateStore(tmp_path)
     waiting = ClosedSession.from_commands("waiting", [("open_file", 1e9, "file_open")] * 3, 1, 3)
-    store.commit(0, 3, None, [waiting], {})
+    store.commit(Position(0, 3), [waiting], {})
     store.close()
     deliverer = Deliverer(tmp_path, f"http://127.0.0.1:{free_port()}", timeout=1.0, retry_max_seconds=30)
     deliverer.start()

@@ -1,0 +1,228 @@
+"""The events database's identity: is the file at db_path still the history we read?
+
+Its identity is its rows, not its inode: a copy (a sync tool, an editor, a
+restore of the newest backup) has the same rows at the same rowids and is read
+on from the position; rows that differ there, a head below the position or a
+first row that differs (rowids reused after a wipe) make a rewritten history,
+read again from its start.  A rewritten history's sessions may have been
+delivered before: up to the rewrite head, the ledger (the history's content
+keys, and the outbox's) decides which are new.
+
+The guarantee: a session of a rewritten history that was sent before, or that
+ends before the history's horizon (history_days, past which the ledger may
+have forgotten it), is never committed to the outbox again.
+
+What this module keeps (the fingerprint, the file's identity, the rewrite
+head) goes to the state store with the read position, in one value
+(storage.state.Position).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from .core.sessions import ClosedSession
+from .events import EventReader, file_identity
+from .storage.history import HistoryStore
+from .storage.state import Fingerprint, Position, StateStore
+
+log = logging.getLogger(__name__)
+
+# The verdicts of check(); COPY and REWRITTEN are also what StateStore.note_replaced keeps for status and doctor.
+SAME = "same"
+COPY = "copy"
+REWRITTEN = "rewritten"
+
+
+class Finding(NamedTuple):
+    """check()'s verdict, and whether the identity to commit changed (a new file, a first row learned)."""
+
+    verdict: str  # SAME, COPY or REWRITTEN
+    why: str = ""  # REWRITTEN: what differs
+    changed: bool = False
+
+
+class DatabaseIdentity:
+    """The events database as last read, and the questions asked of it before and after reading."""
+
+    def __init__(self, db_path: Path, state: StateStore, history: HistoryStore, position: Position):
+        self.db_path = db_path
+        self._state = state
+        self._history = history  # the ledger
+        self.file = position.db_identity
+        fingerprint = position.fingerprint or Fingerprint(None, None)
+        # [rowid, repr of the row] of the table's first row and of the last row read.
+        self.first_row: Optional[list] = fingerprint.first
+        self.last_row: Optional[list] = fingerprint.last
+        self.rewrite_head = position.rewrite_head
+        self._said: set = set()  # what the ledger said once this run
+
+    # -- before reading -----------------------------------------------------------
+
+    def check(self, reader: EventReader, read_after: int) -> Finding:
+        """At each drain's start: the same history (perhaps a copy of it), or a rewritten one."""
+        identity = file_identity(self.db_path)
+        if identity is None:
+            return Finding(SAME)
+        moved = self.file is not None and identity != self.file
+        if reader.replaced():
+            reader.close()  # read the file now at the path
+        changed = False
+        if self.first_row is None and self.last_row is None:
+            if moved:  # a state of an earlier build: no rows to compare
+                return self._rewritten("it is a different file (new inode) and no fingerprint of its rows was kept")
+        else:
+            why, changed = self._rows_differ(reader)
+            if why is not None:
+                return self._rewritten(why)
+        if moved:
+            log.info(
+                "The events database %s was replaced by a copy (a new file with the same rows where it was "
+                "read): the same history, continuing from rowid %d",
+                self.db_path,
+                read_after,
+            )
+            self._state.note_replaced(COPY, f"continued from rowid {read_after}")
+        if self.file != identity:
+            self.file = identity
+            changed = True
+        return Finding(COPY if moved else SAME, changed=changed)
+
+    def check_head(self, reader: EventReader, read_after: int) -> Finding:
+        """After a read found nothing: a head below the position is a rewritten history."""
+        if read_after > 0 and reader.head() < read_after:
+            return self._rewritten(f"its newest rowid is below our position {read_after}")
+        return Finding(SAME)
+
+    def _rows_differ(self, reader: EventReader) -> Tuple[Optional[str], bool]:
+        """(why the rows read before are not there any more or None, whether the first row was learned)."""
+        rowids = [entry[0] for entry in (self.first_row, self.last_row) if entry is not None]
+        first, found = reader.fingerprint_rows(rowids)
+        if self.last_row is not None:
+            rowid, text = self.last_row
+            row = found.get(rowid)
+            if row is not None and repr(row) != text:
+                return f"the row at rowid {rowid}, the last one read, is another event", False
+            if row is None and reader.head() < rowid:
+                return f"its newest rowid {reader.head()} is below the last one read, {rowid}", False
+        if self.first_row is not None:
+            rowid, text = self.first_row
+            row = found.get(rowid)
+            if row is not None and repr(row) != text:
+                return f"its first row, rowid {rowid}, is another event (rowids reused)", False
+            if first is not None and first[0] < rowid:
+                return f"it has rows below its first one read before (rowid {first[0]} < {rowid})", False
+        if self.first_row is None and first is not None:
+            self.first_row = [first[0], repr(first)]
+            return None, True
+        return None, False
+
+    def _rewritten(self, why: str) -> Finding:
+        log.warning(
+            "The events database %s was replaced by a different history (%s); reading it again from its "
+            "start (sessions delivered before are not sent again: the history keeps their keys)",
+            self.db_path,
+            why,
+        )
+        return Finding(REWRITTEN, why)
+
+    def forget(self, reader: EventReader, why: str) -> None:
+        """Start again on a rewritten history (what was read of the old one is committed first).
+
+        Rows up to the new head may hold sessions sent before: the ledger
+        decides.  The head is read before anything is forgotten, so that an
+        unreadable new file leaves the state as it was.
+        """
+        reader.close()
+        rewrite_head = max(reader.head(), self.rewrite_head or 0)
+        self._state.forget_database(rewrite_head)
+        self._state.note_replaced(REWRITTEN, why)
+        self.rewrite_head = rewrite_head
+        self.first_row = self.last_row = None
+        self.file = file_identity(self.db_path)
+
+    # -- while reading ----------------------------------------------------------------
+
+    def saw(self, rows: list, from_start: bool) -> None:
+        """A batch was read: its last row (and, read from the start, the table's first) is the fingerprint."""
+        if self.first_row is None and from_start:
+            self.first_row = [rows[0][0], repr(tuple(rows[0]))]
+        last = rows[-1]
+        self.last_row = [last[0], repr(tuple(last))]
+
+    # -- committing ------------------------------------------------------------------
+
+    def position(self, resume_after: int, replay_until: int) -> Position:
+        """The position to commit, with the identity; the rewrite head ends once every row under it is read again."""
+        rewrite_head = self.rewrite_head
+        if rewrite_head is not None and resume_after >= rewrite_head:
+            rewrite_head = None
+        fingerprint = Fingerprint(self.first_row, self.last_row) if self.first_row or self.last_row else None
+        return Position(resume_after, replay_until, self.file, fingerprint, rewrite_head)
+
+    def committed(self, position: Position) -> None:
+        self.rewrite_head = position.rewrite_head
+
+    def against_ledger(
+        self, closed: List[ClosedSession], counters: Dict[str, int], history_days: float
+    ) -> Tuple[List[ClosedSession], List[ClosedSession]]:
+        """(fresh, known): after a rewrite, leave out what was sent before; counted in `counters`.
+
+        A session read again from a rewritten database (a restored backup, a
+        history edited) whose content key the ledger (the history) or the
+        outbox has is not committed again; nor one whose last event is older
+        than the history's horizon (history_days), which the ledger may have
+        pruned: re-sending it could teach it twice.  Both are counted and
+        said once a run.
+        """
+        rewrite_head = self.rewrite_head
+        if rewrite_head is None:
+            return closed, []
+        candidates = [session for session in closed if session.first_rowid <= rewrite_head]
+        if not candidates:
+            return closed, []
+        keys = {id(session): session.key for session in candidates}
+        seen = self._history.delivered(list(keys.values())) | self._state.outbox_keys()
+        horizon = time.time() - history_days * 86400.0
+        fresh: List[ClosedSession] = []
+        known: List[ClosedSession] = []
+        already = past = 0
+        for session in closed:
+            key = keys.get(id(session))
+            if key is None:
+                fresh.append(session)
+            elif key in seen:
+                known.append(session)
+                already += 1
+            elif len(session.times) and max(session.times) < horizon:
+                known.append(session)  # kept as a replay marker like the others
+                past += 1
+            else:
+                fresh.append(session)
+        if already:
+            counters["sessions_already_delivered"] = counters.get("sessions_already_delivered", 0) + already
+            self._say_once(
+                "already",
+                "%d session(s) read again from the rewritten database were delivered before (the "
+                "history has their content keys): not sent again; counted as sessions_already_delivered",
+                already,
+            )
+        if past:
+            counters["sessions_past_horizon"] = counters.get("sessions_past_horizon", 0) + past
+            self._say_once(
+                "past",
+                "%d session(s) read again from the rewritten database end before the history's horizon "
+                "(history_days = %g), past which delivered sessions are forgotten: not sent, to be sure "
+                "none goes twice; counted as sessions_past_horizon",
+                past,
+                history_days,
+            )
+        return fresh, known
+
+    def _say_once(self, what: str, message: str, *args: object) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            log.info(message, *args)
