@@ -6,8 +6,8 @@ watching, delivery or the service manager.  Whoever runs it hands it a
 callback, `on_outbox`, called after a commit put new sessions in the outbox
 (the loop and `backfill` wake their delivery thread with it), and `on_unsent`,
 handed the sessions a commit settled without sending (too short, below
-min_quality) for the history (their delivery thread records them with the
-rest; without it the pipeline records them itself).
+min_quality): the delivery side (delivery/settle.py) is the one writer of a
+settled session, so the pipeline never writes the history.
 
 The guarantee: closed sessions and the position are committed together
 (storage.state), and a rewritten database's sessions go past the ledger first
@@ -29,7 +29,7 @@ from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
 from .database_identity import REWRITTEN, DatabaseIdentity, Finding
 from .events import EventReader, LocalTimeContext, Unavailable, validate_rows
-from .storage.history import HistoryStore, unsent_entry
+from .storage.history import HistoryStore
 from .storage.snapshot import statistics
 from .storage.state import StateError, StateStore
 
@@ -233,8 +233,9 @@ class Pipeline:
         config: Config,
         clock: Callable[[], float] = time.monotonic,
         on_outbox: Optional[Callable[[], None]] = None,
-        on_unsent: Optional[Callable[[List[ClosedSession]], bool]] = None,
+        on_unsent: Optional[Callable[[List[ClosedSession]], None]] = None,
     ):
+        """`on_unsent` None: nobody records the sessions settled without sending (a reader that only reads)."""
         self.config = config
         self.on_outbox = on_outbox
         self.on_unsent = on_unsent
@@ -251,8 +252,7 @@ class Pipeline:
         self._counters: Dict[str, int] = {}
         self._commit = CommitState(clock())
         self._evictions = _EvictionLog()
-        # Where sessions settled without being sent go when there is no
-        # on_unsent; and the ledger a rewritten database is checked against.
+        # The ledger a rewritten database is checked against.
         self.history = HistoryStore(config.state_dir)
         self.identity = DatabaseIdentity(config.db_path, self.state, self.history, position)
 
@@ -474,25 +474,10 @@ class Pipeline:
         self._counters = {}
         if added and self.on_outbox is not None:
             self.on_outbox()
-        self._remember_unsent(closed)
-        return True
-
-    # -- history -------------------------------------------------------
-
-    def _remember_unsent(self, closed: List[ClosedSession]) -> None:
-        """Sessions settled without being sent, for the history (it never stops learning)."""
         unsent = [session for session in closed if not session.learnable or session.low_quality]
-        if not unsent:
-            return
-        if self.on_unsent is not None and self.on_unsent(unsent):
-            return  # recorded by the delivery thread, off the reading path
-        self.record_unsent(unsent)
-
-    def record_unsent(self, sessions: List[ClosedSession]) -> None:
-        """Record sessions settled without being sent in the history here (e.g. those a stopped delivery
-        thread had not recorded yet: Deliverer.take_back_unsent)."""
-        if sessions:
-            self.history.record([unsent_entry(session) for session in sessions])
+        if unsent and self.on_unsent is not None:
+            self.on_unsent(unsent)
+        return True
 
     def close(self) -> None:
         self.commit()

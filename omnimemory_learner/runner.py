@@ -28,24 +28,21 @@ class Runner:
     ):
         """Raises StateError (or OSError) when the state store cannot be opened."""
         self.deliverer = Deliverer.from_config(config, on_progress=on_delivered)
-        self.pipeline = Pipeline(
-            config, clock=clock, on_outbox=self.deliverer.wake, on_unsent=self.deliverer.take_unsent
-        )
+        self.pipeline = Pipeline(config, clock=clock, on_outbox=self.deliverer.wake, on_unsent=self.deliverer.hand_over)
 
     def start(self) -> None:
         """Start the delivery thread."""
         self.deliverer.start()
 
     def shutdown(self, grace: float) -> bool:
-        """Commit, stop the delivery thread (a POST in flight gets `grace` seconds), record what it had not.
+        """Commit, then stop the delivery thread (a POST in flight gets `grace` seconds).
 
+        Stopping it records what it had been handed and not recorded yet.
         True if the thread stopped within the grace; the stores stay open
         (close() closes them) so that a last status can still be read.
         """
         self.pipeline.commit()
-        stopped = self.deliverer.stop(grace)
-        self.pipeline.record_unsent(self.deliverer.take_back_unsent())
-        return stopped
+        return self.deliverer.stop(grace)
 
     def close(self) -> None:
         self.pipeline.close()

@@ -303,13 +303,16 @@ def test_sessions_settled_without_sending_reach_the_history_through_the_delivery
     handed = []
 
     def hand_over(sessions):
-        handed.append((len(sessions), deliverer.take_unsent(sessions)))
-        return handed[-1][1]
+        # Deliverer.hand_over, told apart: queued for the thread, or recorded at once here.
+        queued = deliverer._offer(sessions)
+        if not queued:
+            deliverer.handover.record_now(sessions)
+        handed.append((len(sessions), queued))
 
     pipeline = Pipeline(config, on_unsent=hand_over)
     pipeline.drain()
     pipeline.close_all()
-    pipeline.commit()  # the delivery thread is not running: the pipeline records them itself
+    pipeline.commit()  # the delivery thread is not running: hand_over records them at once
     assert handed == [(2, False)]
     history = HistoryStore(config.state_dir)
     assert sorted(entry.session_id for entry in history.sessions()) == ["late", "short"]
@@ -369,7 +372,7 @@ def test_a_too_short_session_handed_over_reaches_the_history_though_a_post_outli
 
 def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over(tmp_path):
     # The delivery thread waits out the outage without looking at its queue: handed over, sessions
-    # would sit in memory for minutes, so take_unsent refuses them and the pipeline records them.
+    # would sit in memory for minutes, so hand_over records them at once in the caller's thread.
     from helpers import free_port
 
     from omnimemory_learner.config import load_config
@@ -402,6 +405,7 @@ def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over
     try:
         assert wait_until(lambda: deliverer.retry_at is not None, 20)
         short = ClosedSession.from_commands("short", [("open_file", 1e9 + 10, "file_open")], 4, 4, learnable=False)
-        assert deliverer.take_unsent([short]) is False
+        deliverer.hand_over([short])
+        assert deliverer.handover.take_back() == []  # not queued: recorded at once
     finally:
         deliverer.stop(2)

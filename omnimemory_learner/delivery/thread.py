@@ -183,12 +183,6 @@ class Deliverer:
         except Exception:  # the history never stops reading
             log.exception("Could not record sessions settled without being sent in the history")
 
-    def take_unsent(self, sessions: List[ClosedSession]) -> bool:
-        return self._offer(sessions)  # removed when service/backfill use hand_over
-
-    def take_back_unsent(self) -> List[ClosedSession]:
-        return self.handover.take_back()  # removed when service/backfill use hand_over
-
     def _offer(self, sessions: List[ClosedSession]) -> bool:
         if not self.alive or self.health.retry_at is not None or not self.handover.offer(sessions):
             return False

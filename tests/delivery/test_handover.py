@@ -31,7 +31,7 @@ def test_handed_over_to_a_thread_not_running_they_are_recorded_at_once_in_the_ca
     deliverer = Deliverer(tmp_path, "http://127.0.0.1:9")
     assert deliverer.hand_over([short("a"), short("b", time.time() - 30)]) is None
     assert recorded(tmp_path) == {"a": "too_short", "b": "too_short"}
-    assert deliverer.take_back_unsent() == []  # nothing was left queued
+    assert deliverer.handover.take_back() == []  # nothing was left queued
     assert deliverer.stop(1)
 
 
@@ -74,7 +74,7 @@ def test_what_is_left_queued_at_stop_is_recorded_by_stop(tmp_path):
     assert deliverer.handover.offer([short("left")])  # as if the thread had taken it and then stopped
     assert deliverer.stop(1)
     assert recorded(tmp_path) == {"left": "too_short"}
-    assert deliverer.take_back_unsent() == []
+    assert deliverer.handover.take_back() == []
 
 
 def test_hand_over_never_raises(tmp_path, monkeypatch, caplog):
