@@ -48,7 +48,7 @@ def test_commit_keys_each_session_by_its_content_wherever_its_rows_were(tmp_path
         ],
         {},
     )
-    keys = [session.idempotency_key for session in store.pending()]
+    keys = [session.idempotency_key for session in store.outbox.pending()]
     # Made when taken from the outbox (the reading thread stores none); the rewrite check sees the same.
     assert store.outbox_keys() == set(keys)
     store.close()

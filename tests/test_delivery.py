@@ -73,7 +73,7 @@ def test_outbox_keeps_commands_exactly(tmp_path):
     ]
     store = StateStore(tmp_path / "s")
     store.commit(Position(0, 3), [closed("a", 1, commands=commands)], {})
-    (new,) = store.pending()
+    (new,) = store.outbox.pending()
     assert new.commands == commands  # every float bit for bit, every character
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
     assert learn_body(new)["session_commands"][1] == {
@@ -98,7 +98,7 @@ def test_commit_keeps_markers_until_the_low_water_mark_passes(tmp_path):
     assert store.closed_ranges(4) == {"b": [(5, 6)]}
     assert store.closed_ranges(0) == {"a": [(1, 3)], "b": [(5, 6)]}
     assert store.status_counts() == {"pending": 1, "too_short": 1}
-    store.mark_delivered(store.pending()[0].id, "p1")
+    store.outbox.mark_delivered(store.outbox.pending()[0].id, "p1")
     store.commit(Position(20, 20, (1, 2)), [], {})
     assert store.closed_ranges(20) == {} and store.status_counts() == {}
     assert store.counters()["events_processed"] == 10 and store.counters()["patterns_learned"] == 1
@@ -156,9 +156,9 @@ def test_api_down_at_start_then_up_delivers_everything_once(tmp_path):
     deliverer.start()
     time.sleep(1.0)
     store = StateStore(tmp_path)
-    attempts = sum(row["attempts"] for row in store.outbox())
+    attempts = sum(row["attempts"] for row in store.outbox.entries())
     # One probe at a time: only the first session was tried while the API was down.
-    assert [row["attempts"] > 0 for row in store.outbox()].count(True) == 1 and attempts >= 2
+    assert [row["attempts"] > 0 for row in store.outbox.entries()].count(True) == 1 and attempts >= 2
     store.close()
     api = RecordingAPI(port).start()
     try:
@@ -191,12 +191,12 @@ def test_422_parks_the_session_as_rejected_and_goes_on(tmp_path, api):
     assert api.wait_for(1)
     deliverer.stop(2)
     store = StateStore(tmp_path)
-    rejected = store.outbox()
+    rejected = store.outbox.entries()
     assert [(r["session_id"], r["status"]) for r in rejected] == [("bad", "rejected")]
     assert "422" in rejected[0]["last_error"]
     assert [b["session_id"] for _, b in api.sessions()] == ["good"]
     # The operator's retry sends it again.
-    assert store.retry_rejected() == 1
+    assert store.outbox.retry_rejected() == 1
     store.close()
     deliverer = make_deliverer(tmp_path, api.url)
     deliverer.start()
@@ -208,7 +208,7 @@ def test_null_pattern_is_counted_not_retried(tmp_path, api):
     fill(tmp_path, [closed("s1", 1)])
     api.default = 200
     store = StateStore(tmp_path)
-    pending = store.pending()[0]
+    pending = store.outbox.pending()[0]
     store.close()
     # An API that answers pattern_id null for everything:
     api.script = []
@@ -227,7 +227,7 @@ def test_null_pattern_is_counted_not_retried(tmp_path, api):
         "HTTP 302 redirect to https://elsewhere/learn (not followed: set api_url to it if that is the API)",
     )
     store = StateStore(tmp_path)
-    store.mark_delivered(pending.id, None)
+    store.outbox.mark_delivered(pending.id, None)
     assert store.counters()["sessions_not_learned"] == 1 and store.status_counts() == {"not_learned": 1}
     store.close()
 
@@ -250,7 +250,7 @@ def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog
     reader_side = StateStore(state_dir)
     reader_side.commit(Position(0, 5, (1, 2)), [closed("a", 1)], {"events_processed": 5})
     delivery_side = StateStore(state_dir, synchronous="NORMAL")
-    a = delivery_side.pending()[0]
+    a = delivery_side.outbox.pending()[0]
     for name in os.listdir(state_dir):
         if name.startswith("state.db"):
             os.unlink(state_dir / name)
@@ -259,13 +259,13 @@ def test_state_store_deleted_while_running_is_restored_not_lost(tmp_path, caplog
     assert "was deleted while running; restored it" in caplog.text
     assert stat.S_IMODE(os.stat(state_dir / "state.db").st_mode) == 0o600
     # The other connection moves to the restored file before it writes.
-    delivery_side.mark_delivered(a.id, "p1")
+    delivery_side.outbox.mark_delivered(a.id, "p1")
     reader_side.close()
     delivery_side.close()
     fresh = StateStore(state_dir)
     assert fresh.position() == Position(5, 10, (1, 2))
     assert fresh.counters()["events_processed"] == 10 and fresh.counters()["patterns_learned"] == 1
-    assert sorted((row["session_id"], row["status"]) for row in fresh.outbox(("pending", "learned"))) == [
+    assert sorted((row["session_id"], row["status"]) for row in fresh.outbox.entries(("pending", "learned"))) == [
         ("a", "learned"),
         ("b", "pending"),
     ]
@@ -307,7 +307,7 @@ class Feeder:
 def outbox_rows(state_dir, statuses=("pending", "rejected")):
     store = StateStore(state_dir)
     try:
-        return {row["session_id"]: row for row in store.outbox(statuses)}
+        return {row["session_id"]: row for row in store.outbox.entries(statuses)}
     finally:
         store.close()
 
@@ -350,7 +350,7 @@ def test_a_session_the_api_always_fails_backs_off_alone_then_is_parked(tmp_path,
     store = StateStore(tmp_path)
     assert store.counters()["sessions_rejected"] == 1
     # `outbox retry` sends it again, with the same key, once the API takes it.
-    assert store.retry_rejected() == 1
+    assert store.outbox.retry_rejected() == 1
     store.close()
     assert outbox_rows(tmp_path)["poison"]["failures"] == 0
     api.by_session = {}
@@ -687,7 +687,7 @@ def test_a_lone_failing_session_backs_off_but_is_not_parked_without_evidence(tmp
     assert 3 <= api.attempts <= 15, api.attempts  # backing off, not hammering
     # `outbox` shows when it is tried next.
     store = StateStore(tmp_path)
-    store.note_failure(row["id"], "HTTP 500: later", time.time() + 3600)
+    store.outbox.note_failure(row["id"], "HTTP 500: later", time.time() + 3600)
     store.close()
     config = load_config(env={"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path)})
     due = outbox_rows(tmp_path)["alone"]["next_attempt_at"]
@@ -712,7 +712,7 @@ def test_answers_that_broke_the_delivery_thread_are_ordinary_verdicts(tmp_path):
     assert pattern_id == "p\\ud800\n<0>x"
     store = StateStore(tmp_path)
     store.commit(Position(0, 3), [ClosedSession.from_commands("s", [("open_file", 1.0, "file_open")] * 3, 1, 3)], {})
-    store.mark_delivered(store.pending()[0].id, pattern_id)  # raised UnicodeEncodeError before
+    store.outbox.mark_delivered(store.outbox.pending()[0].id, pattern_id)  # raised UnicodeEncodeError before
     store.close()
     for value in ("\xb2", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "soon", "-5", "1e3"):
         assert retry_after(Answer(429, {"retry-after": value}, b"", False), 0.0) is None, value

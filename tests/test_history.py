@@ -246,7 +246,7 @@ def test_a_dropped_session_is_in_the_history_and_so_never_sent_after_a_rewrite(t
     store = StateStore(tmp_path)
     commands = [("open_file", 1_700_000_000.0 + i, "file_open") for i in range(3)]
     store.commit(Position(3, 3), [ClosedSession.from_commands("dropme", commands, 1, 3)], {})
-    pending = store.pending()[0]
+    pending = store.outbox.pending()[0]
     store.close()
     result = run_cli(tmp_path, "outbox", "drop", str(pending.id), "--yes")
     assert result.returncode == 0, result.stderr

@@ -62,7 +62,7 @@ def test_a_key_the_history_settled_is_marked_and_counted_without_a_post(tmp_path
         deliverer.stop(5)
     time.sleep(0.5)  # nothing more arrives
     assert sorted(body["session_id"] for _, body in api.received) == ["b", "c"]
-    assert [row["session_id"] for row in store.outbox(statuses=("already_delivered",))] == ["a"]
+    assert [row["session_id"] for row in store.outbox.entries(statuses=("already_delivered",))] == ["a"]
     assert store.status_counts().get("already_delivered") == 1 and "rejected" not in store.status_counts()
     assert store.counters()["sessions_already_delivered"] == 1
     store.close()

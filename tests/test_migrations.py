@@ -19,7 +19,7 @@ from omnimemory_learner.core.fates import Fate
 from omnimemory_learner.storage import migrations
 from omnimemory_learner.storage.history import HistoryStore
 from omnimemory_learner.storage.migrations import COUNTERS, HISTORY_MIGRATIONS, STATE_MIGRATIONS
-from omnimemory_learner.storage.state import StateError, StateStore
+from omnimemory_learner.storage.state import Fingerprint, StateError, StateStore
 
 CURRENT = migrations.latest(STATE_MIGRATIONS)
 
@@ -70,15 +70,15 @@ def test_a_0_1_0_store_is_migrated_once_and_keeps_every_row_and_counter(tmp_path
     assert after == before  # 0.1.0's counts were right: recounting changed nothing either
     assert store.status_counts() == dict(rows(state / "state.db", "SELECT status, count(*) FROM sessions GROUP BY 1"))
     assert store.counters()["events_processed"] == 90 and store.counters()["patterns_learned"] == 1
-    assert store.fingerprint() == {"first": [1, "first row"], "last": [90, "last row"]}
+    assert store.position().fingerprint == Fingerprint([1, "first row"], [90, "last row"])
     assert store.replaced()["verdict"] == "copy"
     # The outbox read back whole: its empty stored key is the content key.
-    pending = store.pending()
+    pending = store.outbox.pending()
     assert [session.session_id for session in pending] == ["session-1", "session-2", "session-6"]
     for session in pending:
         assert session.idempotency_key == session.content_key and len(session.commands) >= 3
     assert [session.failures for session in pending] == [0, 0, 1]
-    assert store.undelivered(before["sessions"][4][0]).session_id == "session-5"  # the rejected one
+    assert store.outbox.undelivered(before["sessions"][4][0]).session_id == "session-5"  # the rejected one
     store.close()
 
     history = HistoryStore(state)
@@ -136,7 +136,12 @@ def test_a_reader_without_write_access_reads_a_0_1_0_store_as_it_is(tmp_path):
     os.chmod(tmp_path, 0o500)
     try:
         store = StateStore(tmp_path, create=False)
-        assert [row["session_id"] for row in store.outbox()] == ["session-1", "session-2", "session-5", "session-6"]
+        assert [row["session_id"] for row in store.outbox.entries()] == [
+            "session-1",
+            "session-2",
+            "session-5",
+            "session-6",
+        ]
         assert store.status_counts()[Fate.PENDING] == 3
         store.close()
         history = HistoryStore(tmp_path, create=False)
@@ -150,7 +155,7 @@ def test_a_reader_without_write_access_reads_a_0_1_0_store_as_it_is(tmp_path):
 def test_the_pending_sessions_of_a_0_1_0_store_are_delivered_once(tmp_path, api):
     load_0_1_0(tmp_path / "state")
     store = StateStore(tmp_path / "state", create=False)
-    keys = {session.session_id: session.content_key for session in store.pending()}
+    keys = {session.session_id: session.content_key for session in store.outbox.pending()}
     store.close()
     # The fixture's sessions are older than the history keeps by default.
     env = learner_env(tmp_path, api.url, create_db(tmp_path / "events.db"), OMNIMEMORY_LEARNER_HISTORY_DAYS="100000")

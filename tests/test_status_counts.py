@@ -67,13 +67,13 @@ def test_counts_follow_every_operation(tmp_path_factory, operations):
                 ids[operation[1] % len(ids)] if ids and len(operation) > 1 and isinstance(operation[1], int) else None
             )
             if kind == "deliver" and target is not None:
-                store.mark_delivered(target, "p1" if operation[2] else None)
+                store.outbox.mark_delivered(target, "p1" if operation[2] else None)
             elif kind == "reject" and target is not None:
-                store.mark_rejected(target, "HTTP 422")
+                store.outbox.mark_rejected(target, "HTTP 422")
             elif kind == "retry":
-                store.retry_rejected([target] if operation[1] and target else None)
+                store.outbox.retry_rejected([target] if operation[1] and target else None)
             elif kind == "drop" and target is not None:
-                store.drop(target)
+                store.outbox.drop(target)
             elif kind == "forget":
                 store.forget_database()
         assert store.status_counts() == plain_counts(directory / "state.db")
@@ -100,7 +100,7 @@ def test_a_store_that_lost_its_counting_triggers_is_counted_once_when_opened(tmp
     reader.close()
     store = StateStore(tmp_path)
     assert store.status_counts() == {"pending": 2, "rejected": 1, "too_short": 1} == plain_counts(tmp_path / "state.db")
-    store.mark_delivered(store.pending()[0].id, "p")
+    store.outbox.mark_delivered(store.outbox.pending()[0].id, "p")
     assert store.status_counts() == plain_counts(tmp_path / "state.db")
     store.close()
 
@@ -135,7 +135,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
     at_close = closed.score_quality()
     store = StateStore(tmp_path_factory.mktemp("state"))
     store.commit(Position(0, len(events)), [closed], {})
-    (pending,) = store.pending()
+    (pending,) = store.outbox.pending()
     assert pending.quality is None and pending.scored_quality() == at_close
     assert learn_body(pending)["quality"] == at_close
     store.close()
@@ -150,7 +150,7 @@ def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path)
     connection.execute("UPDATE sessions SET quality = NULL, unmapped = NULL WHERE id = ?", (second,))  # before quality
     connection.commit()
     connection.close()
-    by_id = {row.id: row for row in store.pending()}
+    by_id = {row.id: row for row in store.outbox.pending()}
     assert learn_body(by_id[first])["quality"] == 0.42
     assert "quality" not in learn_body(by_id[second])
     store.close()
@@ -212,7 +212,7 @@ def test_a_state_store_replaced_by_a_file_that_is_not_one_is_left_alone_and_the_
         assert (tmp_path / "state.db").read_bytes() == before
     os.remove(tmp_path / "state.db")  # the user moves it away: the state is written back
     store.commit(Position(40, 40), [session(3, 4)], {})
-    assert [row.session_id for row in store.pending()] == ["s1", "s2", "s3"]
+    assert [row.session_id for row in store.outbox.pending()] == ["s1", "s2", "s3"]
     assert store.status_counts() == {"pending": 3} == plain_counts(tmp_path / "state.db")
     store.close()
 
@@ -239,7 +239,7 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
     with pytest.raises(StateError):
         store.commit(Position(40, 40), [session(4, 4)], {})
     store.commit(Position(40, 40), [session(4, 4)], {})
-    assert [row.session_id for row in store.pending()] == ["s2", "s4"]
+    assert [row.session_id for row in store.outbox.pending()] == ["s2", "s4"]
     assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
     assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
     store.close()

@@ -42,7 +42,7 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
         return EX_NO_STATE
     try:
         if action == "list":
-            entries = store.outbox()
+            entries = store.outbox.entries()
             if ids:
                 entries = [entry for entry in entries if entry["id"] in ids]
             if as_json:
@@ -71,7 +71,7 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
                     )
             return EX_FAILURE if ids and not entries else EX_OK
         if action == "retry":
-            moved = store.retry_rejected(ids or None)
+            moved = store.outbox.retry_rejected(ids or None)
             if not moved:
                 error(
                     "no rejected session"

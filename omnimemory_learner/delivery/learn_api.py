@@ -32,7 +32,7 @@ import httpx
 
 from ..core.fates import Verdict
 from ..core.folding import fold_runs
-from ..storage.state import PendingSession
+from ..storage.outbox import PendingSession
 from .http import ANSWER_CAP, Answer, BoundedClient, bounded_text
 
 log = logging.getLogger(__name__)

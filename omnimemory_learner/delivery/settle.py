@@ -23,7 +23,8 @@ from ..core.sessions import ClosedSession
 from ..core.unusual import UnusualDetector
 from ..logs import NOTICE
 from ..storage.history import HistoryStore, settled_entry, unsent_entry
-from ..storage.state import PendingSession, StateStore
+from ..storage.outbox import PendingSession
+from ..storage.state import StateStore
 from .health import Blame
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Settler:
 
     def already_delivered(self, store: StateStore, session: PendingSession) -> None:
         """Settled without a POST: the ledger had its key (its history entry is there already)."""
-        store.mark_already_delivered(session.id)
+        store.outbox.mark_already_delivered(session.id)
         if not self._already_delivered_said:
             self._already_delivered_said = True
             log.info(
@@ -90,7 +91,7 @@ class Settler:
 
     def taken(self, store: StateStore, session: PendingSession, pattern_id: Optional[str], commands: int) -> None:
         """The API answered 2xx: learned (with its pattern id) or not learned (None)."""
-        store.mark_delivered(session.id, pattern_id)
+        store.outbox.mark_delivered(session.id, pattern_id)
         self._remember(session, Fate.LEARNED if pattern_id else Fate.NOT_LEARNED, pattern_id)
         if pattern_id:
             log.info(
@@ -109,12 +110,12 @@ class Settler:
             session.session_id,
             error,
         )
-        store.mark_rejected(session.id, error)
+        store.outbox.mark_rejected(session.id, error)
         self._remember(session, Fate.REJECTED)
 
     def blamed(self, store: StateStore, session: PendingSession, blame: Optional[Blame], error: str) -> None:
         """A failure that was the session's own, as health judged it (None: the session settled meanwhile)."""
-        written = blame is not None and store.blame_failure(
+        written = blame is not None and store.outbox.blame_failure(
             session.id, blame.error, blame.failures, blame.first_failed_at, blame.next_attempt_at, blame.parked
         )
         if written and blame is not None and blame.parked:
@@ -138,8 +139,8 @@ class Settler:
         Into the history, and so the delivered ledger: a rewritten database
         read again never sends a dropped session.
         """
-        dropped = store.undelivered(session_id)
-        if not store.drop(session_id):
+        dropped = store.outbox.undelivered(session_id)
+        if not store.outbox.drop(session_id):
             return False
         if dropped is not None:
             self._remember(dropped, Fate.DROPPED)

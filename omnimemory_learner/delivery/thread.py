@@ -29,7 +29,8 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 from ..config import Config
 from ..core.fates import Verdict
 from ..core.sessions import ClosedSession
-from ..storage.state import PendingSession, StateError, StateStore
+from ..storage.outbox import PendingSession
+from ..storage.state import StateError, StateStore
 from .health import FIRST_BACKOFF_SECONDS, Backoff, Failure, Health
 from .http import BoundedClient
 from .learn_api import Attempt, LearnAPI
@@ -254,7 +255,7 @@ class Deliverer:
             self._wake.clear()
             self.handover.record_into(run.settler)  # between batches too: a long catch-up hands over many
             now = time.time()
-            due = run.store.pending(limit=100, after_id=after_id, due_by=now)
+            due = run.store.outbox.pending(limit=100, after_id=after_id, due_by=now)
             batch = [session for session in due if not self.health.passed_over(session.id)]
             if not batch:
                 if due:
@@ -270,7 +271,7 @@ class Deliverer:
                     self.health.start_over()
                     wrapped, passed_over, after_id = False, False, 0
                     continue
-                next_due = run.store.next_due(now)
+                next_due = run.store.outbox.next_due(now)
                 return IDLE_WAIT_SECONDS if next_due is None else max(next_due - time.time(), 0.001)
             for session in batch:
                 if self._stop.is_set():
@@ -328,10 +329,10 @@ class Deliverer:
         if not attempt.connected:
             # Nothing was sent: the API is down, whatever the session holds.
             # It stays due, so the oldest session probes and the order holds.
-            _record(self._stop, run.store.note_failure, session.id, detail, None)
+            _record(self._stop, run.store.outbox.note_failure, session.id, detail, None)
             return self.health.unreachable(now)
         failed = self.health.failed(session, detail, now, attempt.asked_wait)
-        _record(self._stop, run.store.note_failure, session.id, detail, failed.retry_at)
+        _record(self._stop, run.store.outbox.note_failure, session.id, detail, failed.retry_at)
         return failed.wait
 
     def _answered(self, run: _Run, session: PendingSession) -> bool:
@@ -341,13 +342,13 @@ class Deliverer:
             self._blame(run, settled.blamed)
         # Excused: they are due again now, oldest first.
         if settled.excused:
-            _record(self._stop, run.store.reschedule, settled.excused, None)
+            _record(self._stop, run.store.outbox.reschedule, settled.excused, None)
         if settled.down_for is not None:
             log.info("Procedural API is answering again after %.0f s", settled.down_for)
         return bool(settled.excused)
 
     def _blame(self, run: _Run, failure: Failure[PendingSession]) -> None:
         session = failure.session
-        _, recorded = _record(self._stop, run.store.failure_record, session.id)
+        _, recorded = _record(self._stop, run.store.outbox.failure_record, session.id)
         blame = None if recorded is None else self.health.blame(failure, recorded)
         _record(self._stop, run.settler.blamed, run.store, session, blame, failure.error)

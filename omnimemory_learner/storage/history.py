@@ -34,8 +34,8 @@ from ..core.fates import Fate
 from ..core.sessions import ClosedSession
 from . import migrations
 from .files import HISTORY_FILE, ensure_private_dir
+from .outbox import PendingSession
 from .sqlite_file import connect_wal
-from .state import PendingSession
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from reference import reference_sessions
 from omnimemory_learner.config import load_config
 from omnimemory_learner.core.sessions import SessionTracker
 from omnimemory_learner.pipeline import Pipeline
-from omnimemory_learner.storage.state import decode_commands
+from omnimemory_learner.storage.outbox import decode_commands
 
 IDLE = 300.0
 BASE = 1_700_000_000.0

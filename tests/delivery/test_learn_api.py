@@ -10,7 +10,7 @@ import pytest
 from omnimemory_learner.core.fates import Verdict
 from omnimemory_learner.delivery.http import Answer, DeadlineExceeded
 from omnimemory_learner.delivery.learn_api import LEARN_PATH, Attempt, LearnAPI, learn_body
-from omnimemory_learner.storage.state import PendingSession
+from omnimemory_learner.storage.outbox import PendingSession
 
 SESSION = PendingSession(
     7,
