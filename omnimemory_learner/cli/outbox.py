@@ -42,66 +42,77 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
         return EX_NO_STATE
     try:
         if action == "list":
-            entries = store.outbox.entries()
-            if ids:
-                entries = [entry for entry in entries if entry["id"] in ids]
-            if as_json:
-                print_json(entries)
-            elif not entries and ids:
-                counts = store.status_counts()
-                error(
-                    f"no session with id {', '.join(map(str, ids))} in the outbox "
-                    f"({counts.get(Fate.PENDING, 0)} pending, {counts.get(Fate.REJECTED, 0)} rejected)"
-                )
-            elif not entries:
-                echo("The outbox is empty: every closed session was delivered.")
-            else:
-                # Session ids are shown escaped, cut with a mark past 40 characters; the column fits them.
-                sessions = [shown(entry["session_id"], SESSION_CHARACTERS) for entry in entries]
-                width = max(len("SESSION"), *(len(session) for session in sessions))
-                echo(
-                    f"{'ID':>8}  {'STATUS':8}  {'SESSION':{width}}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
-                    f"{'NEXT TRY':8}  LAST ERROR"
-                )
-                for entry, session in zip(entries, sessions):
-                    echo(
-                        f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
-                        f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
-                        f"{_next_try(entry):8}  {shown(entry['last_error'] or '', ERROR_WIDTH)}"
-                    )
-            return EX_FAILURE if ids and not entries else EX_OK
+            return _list(store, ids, as_json)
         if action == "retry":
-            moved = store.outbox.retry_rejected(ids or None)
-            if not moved:
-                error(
-                    "no rejected session"
-                    + (f" with id {', '.join(map(str, ids))}" if ids else "")
-                    + " to retry; see 'omnimemory-learner outbox'"
-                )
-                return EX_FAILURE
-            echo(f"{moved} rejected session(s) moved back to pending; the running service sends them within a minute.")
-            return EX_OK
-        # drop
-        if len(ids) != 1:
-            error("outbox drop takes exactly one ID")
-            return EX_USAGE
-        if not yes:
-            if not sys.stdin.isatty():
-                error("refusing to drop without confirmation; add --yes")
-                return EX_FAILURE
-            answer = input(f"Drop session {ids[0]} for good? It will never be learned. [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                echo("Not dropped.")
-                return EX_FAILURE
-        settler = Settler(config.state_dir)
-        try:
-            dropped = settler.dropped(store, ids[0])
-        finally:
-            settler.close()
-        if dropped:
-            echo(f"Session {ids[0]} dropped.")
-            return EX_OK
-        error(f"no pending or rejected session with id {ids[0]}")
-        return EX_FAILURE
+            return _retry(store, ids)
+        return _drop(config, store, ids, yes)
     finally:
         store.close()
+
+
+def _list(store: StateStore, ids: List[int], as_json: bool) -> int:
+    entries = store.outbox.entries()
+    if ids:
+        entries = [entry for entry in entries if entry["id"] in ids]
+    if as_json:
+        print_json(entries)
+    elif not entries and ids:
+        counts = store.status_counts()
+        error(
+            f"no session with id {', '.join(map(str, ids))} in the outbox "
+            f"({counts.get(Fate.PENDING, 0)} pending, {counts.get(Fate.REJECTED, 0)} rejected)"
+        )
+    elif not entries:
+        echo("The outbox is empty: every closed session was delivered.")
+    else:
+        # Session ids are shown escaped, cut with a mark past 40 characters; the column fits them.
+        sessions = [shown(entry["session_id"], SESSION_CHARACTERS) for entry in entries]
+        width = max(len("SESSION"), *(len(session) for session in sessions))
+        echo(
+            f"{'ID':>8}  {'STATUS':8}  {'SESSION':{width}}  {'CMDS':>5}  {'OUTCOME':8}  {'TRIES':>5}  "
+            f"{'NEXT TRY':8}  LAST ERROR"
+        )
+        for entry, session in zip(entries, sessions):
+            echo(
+                f"{entry['id']:>8}  {entry['status']:8}  {session:{width}}  "
+                f"{entry['commands']:>5}  {shown(entry['outcome'] or ''):8}  {entry['attempts']:>5}  "
+                f"{_next_try(entry):8}  {shown(entry['last_error'] or '', ERROR_WIDTH)}"
+            )
+    return EX_FAILURE if ids and not entries else EX_OK
+
+
+def _retry(store: StateStore, ids: List[int]) -> int:
+    moved = store.outbox.retry_rejected(ids or None)
+    if not moved:
+        error(
+            "no rejected session"
+            + (f" with id {', '.join(map(str, ids))}" if ids else "")
+            + " to retry; see 'omnimemory-learner outbox'"
+        )
+        return EX_FAILURE
+    echo(f"{moved} rejected session(s) moved back to pending; the running service sends them within a minute.")
+    return EX_OK
+
+
+def _drop(config: Config, store: StateStore, ids: List[int], yes: bool) -> int:
+    if len(ids) != 1:
+        error("outbox drop takes exactly one ID")
+        return EX_USAGE
+    if not yes:
+        if not sys.stdin.isatty():
+            error("refusing to drop without confirmation; add --yes")
+            return EX_FAILURE
+        answer = input(f"Drop session {ids[0]} for good? It will never be learned. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            echo("Not dropped.")
+            return EX_FAILURE
+    settler = Settler(config.state_dir)
+    try:
+        dropped = settler.dropped(store, ids[0])
+    finally:
+        settler.close()
+    if dropped:
+        echo(f"Session {ids[0]} dropped.")
+        return EX_OK
+    error(f"no pending or rejected session with id {ids[0]}")
+    return EX_FAILURE
