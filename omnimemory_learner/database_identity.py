@@ -72,7 +72,7 @@ class DatabaseIdentity:
             reader.close()  # read the file now at the path
         changed = False
         if self.first_row is None and self.last_row is None:
-            if moved:  # a state of an earlier build: no rows to compare
+            if moved:  # no row was fingerprinted: nothing tells a copy from another history
                 return self._rewritten("it is a different file (new inode) and no fingerprint of its rows was kept")
         else:
             why, changed = self._rows_differ(reader)

@@ -160,7 +160,7 @@ class Deliverer:
     def start(self) -> None:
         # The delivery thread waits on the network; during a catch-up the main
         # thread computes.  With the default 5 ms GIL switch interval every
-        # answer waits up to 5 ms for the GIL, which halves delivery to a
+        # answer waits up to 5 ms for the GIL, which would halve delivery to a
         # server that answers in 5 ms; 1 ms costs the reader little.
         if sys.getswitchinterval() > SWITCH_INTERVAL_SECONDS:
             sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)

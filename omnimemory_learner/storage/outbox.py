@@ -47,15 +47,15 @@ class PendingSession(NamedTuple):
     reason: Optional[str] = None  # why it closed
     unmapped: Optional[int] = None
     # The session's content key (core/identity.py), made once when it is taken
-    # from the outbox: the ledger's and the history's index.  Its Idempotency-Key
-    # is the same, except in rows of a build that used random keys.
+    # from the outbox: the ledger's and the history's index, and its
+    # Idempotency-Key (the outbox stores the key empty: it is made from the row).
     content_key: str = ""
 
     def scored_quality(self) -> Optional[float]:
         """The quality score: as committed, else worked out now from what the session was read with.
 
         The same inputs as at close (names, event times, unmapped rows), so
-        the same score.  None for a session of a build before quality.
+        the same score.
         """
         if self.quality is not None or self.unmapped is None:
             return self.quality
@@ -86,9 +86,9 @@ def encode_commands(session: ClosedSession) -> bytes:
     """A session's commands as the outbox keeps them until delivery.
 
     JSON of the (command, event_type) pairs, a NUL (never in JSON text), then
-    the timestamps as little-endian doubles.  A catch-up commits a session
-    every dozen events: JSON of the floats (a repr each) was two thirds of
-    that commit's cost; the bytes of the array are free, and exact.
+    the timestamps as little-endian doubles: the array's bytes are exact and
+    cost nothing to write, where JSON would make a repr of every float on the
+    catch-up's path.
     """
     times = session.times
     if _BIG_ENDIAN:
