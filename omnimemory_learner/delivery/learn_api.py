@@ -9,6 +9,7 @@ detail), so the delivery thread never sees an exception of httpx's:
     200 {"pattern_id": "..."}                            LEARNED      the pattern id
     200 {"pattern_id": null}                             NOT_LEARNED  None
     200 that is not JSON, or without pattern_id          RETRY        the body
+    200 over 64 KiB: judged on its first pattern_id read  as above
     3xx (never followed)                                 RETRY        where it pointed
     408, 409, 425, 429, 5xx and any other status         RETRY        HTTP <status>: the body
     every other 4xx (422: an invalid body)               REJECTED     HTTP <status>: the body
@@ -143,6 +144,8 @@ def classify(answer: Answer) -> Tuple[Verdict, Optional[str]]:
     """(verdict, pattern_id or error text) for one answer of POST /learn."""
     status = answer.status_code
     if status == 200:
+        if answer.truncated:
+            return _judged_on_prefix(answer)
         try:
             body = answer.json()
         except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's depth
@@ -163,6 +166,62 @@ def classify(answer: Answer) -> Tuple[Verdict, Optional[str]]:
     if 400 <= status < 500 and status not in RETRIED_4XX:
         return Verdict.REJECTED, f"HTTP {status}: {_body_text(answer)}"
     return Verdict.RETRY, f"HTTP {status}: {_body_text(answer)}"
+
+
+def _judged_on_prefix(answer: Answer) -> Tuple[Verdict, Optional[str]]:
+    """A 200 longer than the cap, judged on what was read: its pattern_id, when it came before the cut.
+
+    The API has learned the session once it answers 200 with a pattern_id,
+    however much more the answer says (a proxy's padding, a long message);
+    sending it again would count it twice.
+    """
+    found, pattern_id = _first_member(answer.text.lstrip("\ufeff"), "pattern_id")
+    if not found:
+        return Verdict.RETRY, f"200 without pattern_id in what was read: {_body_text(answer)!r}"
+    if pattern_id is None:
+        return Verdict.NOT_LEARNED, None
+    return Verdict.LEARNED, bounded_text(str(pattern_id), 200)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _first_member(text: str, name: str) -> Tuple[bool, Any]:
+    """(True, value) of the first member `name` of the JSON object `text` begins with, read whole; else (False, None).
+
+    Members are decoded one by one, so a text cut anywhere after the comma
+    (or brace) that ends that member still gives it; a member cut short, or
+    any text that is not an object's beginning, gives (False, None).
+    """
+    try:
+        at = _skip_space(text, 0)
+        if text[at : at + 1] != "{":
+            return False, None
+        at += 1
+        while True:
+            at = _skip_space(text, at)
+            key, at = _DECODER.raw_decode(text, at)
+            at = _skip_space(text, at)
+            if not isinstance(key, str) or text[at : at + 1] != ":":
+                return False, None
+            value, at = _DECODER.raw_decode(text, _skip_space(text, at + 1))
+            at = _skip_space(text, at)
+            # Only a value something follows is whole: a number cut short still decodes.
+            if text[at : at + 1] not in (",", "}"):
+                return False, None
+            if key == name:
+                return True, value
+            if text[at] == "}":
+                return False, None
+            at += 1
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
 
 
 def retry_after(answer: Answer, now: float) -> Optional[float]:

@@ -158,3 +158,54 @@ def test_the_body_has_the_api_fields_and_folds_repeats_when_asked():
     assert [command["command"] for command in folded["session_commands"]] == ["open_file", "save_file"]
     assert folded["session_outcome"] == "success"  # inferred before folding
     assert "quality" not in learn_body(SESSION._replace(quality=None))  # a session of a build before quality
+
+
+PADDED = b'{"pattern_id": "abc123def4567890", "message": "' + b"x" * (70 * 1024) + b'"}'
+
+
+@pytest.mark.parametrize(
+    ("text", "judged"),
+    [
+        (PADDED, (Verdict.LEARNED, "abc123def4567890")),
+        (
+            b'\xef\xbb\xbf{"message": "learned", "pattern_id": null, "padding": "' + b"x" * 70000,
+            (Verdict.NOT_LEARNED, None),
+        ),
+        # The pattern id's member not whole before the cut (a number cut short still decodes): not proof.
+        (b'{"message": "' + b"x" * 70000 + b'", "pattern_id": "late"}', None),
+        (b'{"pattern_id": 12', None),
+        (b"<html>" + b"x" * 70000, None),
+    ],
+    ids=["pattern id first", "null after a BOM", "pattern id past the cut", "a number cut short", "not JSON"],
+)
+def test_an_answer_over_the_cap_is_judged_on_what_was_read(text, judged):
+    from omnimemory_learner.delivery.learn_api import classify
+
+    cut = Answer(200, {}, text[:65536], True)
+    verdict, detail = classify(cut)
+    if judged is None:
+        assert verdict is Verdict.RETRY and "not read further" in detail
+    else:
+        assert (verdict, detail) == judged
+
+
+def test_a_200_with_a_pattern_id_and_70_kib_more_is_learned_once(tmp_path, api):
+    import time
+
+    from helpers import create_db, insert_events, learner_env, run_learner
+
+    db = create_db(tmp_path / "events.db")
+    base = time.time() - 3600
+    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+    insert_events(
+        db, [(stamp(base + i), kind, "padded") for i, kind in enumerate(["file_open", "code_edit", "file_save"])]
+    )
+    api.by_session["padded"] = ("headers", 200, {"Content-Type": "application/json"}, PADDED)
+    env = learner_env(tmp_path, api.url, db)
+    result = run_learner(env, "backfill", "--until-delivered-timeout", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [session for _, session, _ in api.tried] == ["padded"]  # counted once, never retried
+    history = json.loads(run_learner(env, "history", "--json").stdout)
+    assert [(entry["session_id"], entry["settled"], entry["pattern_id"]) for entry in history] == [
+        ("padded", "learned", "abc123def4567890")
+    ]
