@@ -717,3 +717,20 @@ def test_answers_that_broke_the_delivery_thread_are_ordinary_verdicts(tmp_path):
     for value in ("\xb2", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "soon", "-5", "1e3"):
         assert retry_after(Answer(429, {"retry-after": value}, b"", False), 0.0) is None, value
     assert retry_after(Answer(503, {"retry-after": "7"}, b"", False), 0.0) == 7.0
+
+
+def test_a_schedule_made_before_the_clock_was_stepped_back_is_not_waited_for(tmp_path, api):
+    # A dual-boot RTC in local time, corrected back 8 h after a failure: the session's next attempt,
+    # stored as wall-clock time, is now 8 h away, far past any backoff (retry_max_seconds 5).
+    store = StateStore(tmp_path / "s")
+    store.commit(Position(0, 3), [closed("stepped", 1)], {})
+    (session,) = store.outbox.pending()
+    store.outbox.note_failure(session.id, "HTTP 500: later", time.time() + 8 * 3600)
+    store.close()
+    deliverer = Deliverer(tmp_path / "s", api.url, timeout=1.0, retry_max_seconds=5)
+    deliverer.start()
+    try:
+        assert api.wait_for(1, timeout=15), "waited for the 8 h schedule"
+    finally:
+        deliverer.stop(2)
+    assert [body["session_id"] for _, body in api.sessions()] == ["stepped"]

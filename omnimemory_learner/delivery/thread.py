@@ -255,7 +255,9 @@ class Deliverer:
             self._wake.clear()
             self.handover.record_into(run.settler)  # between batches too: a long catch-up hands over many
             now = time.time()
-            due = run.store.outbox.pending(limit=100, after_id=after_id, due_by=now)
+            # No backoff reaches past its cap: a schedule beyond it predates a clock stepped back.
+            latest = now + self.health.backoff.cap + 1.0
+            due = run.store.outbox.pending(limit=100, after_id=after_id, due_by=now, latest=latest)
             batch = [session for session in due if not self.health.passed_over(session.id)]
             if not batch:
                 if due:

@@ -154,15 +154,27 @@ class Outbox:
             )
             add_counters(db, {"sessions_already_delivered": 1})
 
-    def pending(self, limit: int = 100, after_id: int = 0, due_by: Optional[float] = None) -> List[PendingSession]:
-        """Pending sessions in outbox order; with `due_by`, only those due by then."""
+    def pending(
+        self, limit: int = 100, after_id: int = 0, due_by: Optional[float] = None, latest: Optional[float] = None
+    ) -> List[PendingSession]:
+        """Pending sessions in outbox order; with `due_by`, only those due by then.
+
+        `latest`: the furthest time a schedule can be (now plus the longest
+        backoff); one beyond it was made before the wall clock was stepped
+        back, and is due now rather than hours late.
+        """
         self._file.ensure()  # another connection may have restored a deleted file
-        due = "" if due_by is None else " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        due, times = "", ()  # type: Tuple[str, Tuple[float, ...]]
+        if due_by is not None:
+            due, times = " AND (next_attempt_at IS NULL OR next_attempt_at <= ?", (due_by,)
+            if latest is not None:
+                due, times = due + " OR next_attempt_at > ?", (due_by, latest)
+            due += ")"
         return [
             _pending_session(row)
             for row in self._db.execute(
                 f"SELECT {PENDING_COLUMNS} FROM sessions WHERE status = ? AND id > ?{due} ORDER BY id LIMIT ?",
-                (Fate.PENDING, after_id, *(() if due_by is None else (due_by,)), limit),
+                (Fate.PENDING, after_id, *times, limit),
             )
         ]
 
