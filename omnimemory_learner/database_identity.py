@@ -20,6 +20,7 @@ head) goes to the state store with the read position, in one value
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -174,9 +175,11 @@ class DatabaseIdentity:
         A session read again from a rewritten database (a restored backup, a
         history edited) whose content key the ledger (the history) or the
         outbox has is not committed again; nor one whose last event is older
-        than the history's horizon (history_days), which the ledger may have
-        pruned: re-sending it could teach it twice.  Both are counted and
-        said once a run.
+        than the history's horizon (history_days), or no newer than the
+        newest session the ledger ever pruned (by count too, and before
+        history_days was raised): the ledger cannot say whether it was sent,
+        and re-sending it could teach it twice.  Both are counted and said
+        once a run.
         """
         rewrite_head = self.rewrite_head
         if rewrite_head is None:
@@ -187,6 +190,9 @@ class DatabaseIdentity:
         keys = {id(session): session.key for session in candidates}
         seen = self._history.delivered(list(keys.values())) | self._state.outbox_keys()
         horizon = time.time() - history_days * 86400.0
+        pruned = self._history.ledger_horizon()
+        if pruned is not None:
+            horizon = max(horizon, math.nextafter(pruned, math.inf))  # the newest pruned is past it too
         fresh: List[ClosedSession] = []
         known: List[ClosedSession] = []
         already = past = 0

@@ -247,23 +247,32 @@ class HistoryStore:
         def prune(db: sqlite3.Connection) -> int:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                removed = db.execute(
-                    "DELETE FROM history WHERE key IN (SELECT key FROM history WHERE last_time < ?"
-                    " ORDER BY last_time LIMIT ?)",
-                    (horizon, PRUNE_BATCH),
-                ).rowcount
+                removed = _prune_oldest(db, "WHERE last_time < ?", (horizon,), PRUNE_BATCH)
                 if removed < PRUNE_BATCH:
                     over = db.execute("SELECT count(*) FROM history").fetchone()[0] - max_sessions
                     if over > 0:
-                        removed += db.execute(
-                            "DELETE FROM history WHERE key IN (SELECT key FROM history ORDER BY last_time LIMIT ?)",
-                            (min(over, PRUNE_BATCH),),
-                        ).rowcount
+                        removed += _prune_oldest(db, "", (), min(over, PRUNE_BATCH))
             return removed
 
         return int(self._run(prune, 0))
 
     # -- the ledger --------------------------------------------------------------
+
+    def ledger_horizon(self) -> Optional[float]:
+        """The last event time of the newest session ever pruned: the ledger is whole only after it.
+
+        Pruning by count (history_max_sessions) can remove sessions of hours
+        ago, and raising history_days does not bring back what was pruned:
+        whoever decides whether a session was sent before must not trust the
+        ledger at or before this time.  None: nothing pruned (or a history
+        of 0.1.0, which did not keep it).
+        """
+
+        def read(db: sqlite3.Connection) -> Optional[float]:
+            row = db.execute("SELECT value FROM meta WHERE key = 'ledger_horizon'").fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        return self._run(read, None)
 
     def delivered(self, keys: Sequence[str], excluding: Sequence[str] = ()) -> set:
         """Which of these content keys settled already (O(1) each: the primary key).
@@ -371,3 +380,22 @@ def unsent_entry(session: ClosedSession) -> Entry:
         Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT,
         session.score_quality() if session.quality is None else session.quality,
     )
+
+
+def _prune_oldest(db: sqlite3.Connection, where: str, values: Tuple[Any, ...], limit: int) -> int:
+    """Delete the `limit` oldest sessions matching `where`, moving the ledger's horizon past them."""
+    newest = db.execute(
+        f"SELECT max(last_time) FROM (SELECT last_time FROM history {where} ORDER BY last_time LIMIT ?)",
+        (*values, limit),
+    ).fetchone()[0]
+    if newest is None:
+        return 0
+    removed = db.execute(
+        f"DELETE FROM history WHERE key IN (SELECT key FROM history {where} ORDER BY last_time LIMIT ?)",
+        (*values, limit),
+    ).rowcount
+    # In Python, not SQL: a REAL written to a TEXT column keeps only 15 digits.
+    row = db.execute("SELECT value FROM meta WHERE key = 'ledger_horizon'").fetchone()
+    horizon = max(float(newest), float(row[0])) if row and row[0] is not None else float(newest)
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ledger_horizon', ?)", (repr(horizon),))
+    return int(removed)

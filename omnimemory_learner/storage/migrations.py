@@ -140,6 +140,8 @@ _HISTORY_V1 = (
 
 HISTORY_MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, _HISTORY_V1),  # 0.1.0's table as it is (or a new file)
+    # The ledger's horizon (HistoryStore.ledger_horizon): unknown for a 0.1.0 file, kept from here on.
+    Migration(2, ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",)),
 )
 
 
