@@ -148,13 +148,13 @@ def test_service_logs_an_unusable_events_table_once_and_keeps_running(tmp_path, 
 
 
 def test_every_reader_of_the_daemons_database_opens_it_through_open_read_only():
-    """Only events.py opens the daemon's database; storage/state.py and storage/history.py our own."""
+    """Only events.py opens the daemon's database; storage/sqlite_file.py opens our own."""
     package = Path(__file__).resolve().parent.parent / "omnimemory_learner"
     opening = {
         str(path.relative_to(package)) for path in package.rglob("*.py") if "sqlite3.connect(" in path.read_text()
     }
-    # state.db and history.db are the learner's own; only events.py opens the daemon's.
-    assert opening == {"events.py", "storage/state.py", "storage/history.py"}, opening
+    # state.db and history.db are the learner's own (storage/sqlite_file.py opens both); only events.py the daemon's.
+    assert opening == {"events.py", "storage/sqlite_file.py"}, opening
     assert "file:" not in (package / "cli" / "doctor.py").read_text()
 
 
