@@ -35,14 +35,19 @@ class Runner:
         self.deliverer.start()
 
     def shutdown(self, grace: float) -> bool:
-        """Commit, then stop the delivery thread (a POST in flight gets `grace` seconds).
+        """Stop the delivery thread (a POST in flight gets `grace` seconds), then commit.
 
-        Stopping it records what it had been handed and not recorded yet.
-        True if the thread stopped within the grace; the stores stay open
-        (close() closes them) so that a last status can still be read.
+        In that order, no POST starts after the stop was asked for, so none
+        is cut off at exit (it would be sent again, and counted twice).
+        Stopping records what the thread had been handed and not recorded
+        yet; what the last commit settles without sending is recorded at
+        once.  True if the thread stopped within the grace; the stores stay
+        open (close() closes them) so that a last status can still be read.
         """
+        stopped = self.deliverer.stop(grace)
         self.pipeline.commit()
-        return self.deliverer.stop(grace)
+        return stopped
 
     def close(self) -> None:
         self.pipeline.close()
+        self.deliverer.close()

@@ -127,6 +127,13 @@ def test_read_only_commands_on_a_0_1_0_store_before_the_service_ran(tmp_path, ap
     history = run_learner(env, "history", "--json")
     assert history.returncode == 0, history.stderr
     assert len(json.loads(history.stdout)) == 4
+    # Read-only commands write nothing, even with the right to (an old service may still hold the store):
+    # the service migrates the files when it starts.
+    before = {name: (tmp_path / "state" / name).read_bytes() for name in ("state.db", "history.db")}
+    for command in (["status"], ["outbox"], ["history"], ["report", "--json"]):
+        assert run_learner(env, *command).returncode in (0, 3), command
+    assert {name: (tmp_path / "state" / name).read_bytes() for name in before} == before
+    assert user_version(tmp_path / "state" / "state.db") == 0 == user_version(tmp_path / "state" / "history.db")
 
 
 def test_a_reader_without_write_access_reads_a_0_1_0_store_as_it_is(tmp_path):

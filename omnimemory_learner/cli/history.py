@@ -73,8 +73,7 @@ def open_history(config: Config) -> Optional[HistoryStore]:
         return None
     store = HistoryStore(config.state_dir, create=False)
     if store.problem is not None:
-        error(store.problem)  # why there is nothing to show (a newer version's history, say)
-        return None
+        return None  # the store has said why (a newer version's history, a corrupt file)
     return store
 
 

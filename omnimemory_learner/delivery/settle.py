@@ -237,8 +237,11 @@ class Handover:
         return taken
 
     def record_left(self) -> None:
-        """After the thread stopped: what it had not recorded, recorded here; then the connection closes."""
+        """After the thread stopped: what it had not recorded, recorded here."""
         left = self.take_back()
         if left:
             self._own.unsent(left)
+
+    def close(self) -> None:
+        """The caller's connection (made again if anything is recorded after this)."""
         self._own.close()

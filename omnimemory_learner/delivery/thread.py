@@ -208,6 +208,10 @@ class Deliverer:
             log.exception("Could not record sessions settled without being sent in the history")
         return stopped
 
+    def close(self) -> None:
+        """After stop(): the caller's own connection to the history."""
+        self.handover.close()
+
     # -- the thread ------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -134,18 +134,13 @@ class HistoryStore:
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the file to this build's schema (migrations.HISTORY_MIGRATIONS).
 
-        A reader (create=False) of a file that needs migrating and cannot be
-        written reads it as it is: version 0 (0.1.0) is version 1's table.
+        A reader (create=False: history, report) never writes: it reads an
+        older file as it is (0.1.0's table is version 1's), and the service
+        migrates it when it starts.
         """
         found = migrations.version(db, migrations.HISTORY_MIGRATIONS)
-        if found == migrations.latest(migrations.HISTORY_MIGRATIONS):
-            return
-        try:
+        if self._create and found < migrations.latest(migrations.HISTORY_MIGRATIONS):
             migrations.migrate(db, migrations.HISTORY_MIGRATIONS)
-        except sqlite3.OperationalError as error:
-            if self._create:
-                raise
-            log.debug("Reading the history %s as it is (schema %d): %s", self.path, found, error)
 
     def _start_again(self, why: str) -> bool:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")

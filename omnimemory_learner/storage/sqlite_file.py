@@ -156,13 +156,10 @@ class StoreFile:
         """Bring the file at our path to this build's schema: when opened, and when it was replaced under us."""
         try:
             found = migrations.version(self._db, migrations.STATE_MIGRATIONS)
-            if found < migrations.latest(migrations.STATE_MIGRATIONS):
-                try:
-                    migrations.migrate(self._db, migrations.STATE_MIGRATIONS)
-                except sqlite3.Error as error:
-                    if self._create:
-                        raise
-                    log.debug("Reading the state store %s as it is (schema %d): %s", self.path, found, error)
+            # A reader (create=False: status, outbox) never writes: an older schema is read as it is
+            # (0.1.0's has every table and column), and the service migrates it when it starts.
+            if found < migrations.latest(migrations.STATE_MIGRATIONS) and self._create:
+                migrations.migrate(self._db, migrations.STATE_MIGRATIONS)
         except SchemaTooNew as newer:
             raise StateError(
                 f"the state store {self.path} was made by a newer version of omnimemory-learner ({newer}); "
