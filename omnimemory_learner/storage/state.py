@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from ..core.fates import DONE, UNDELIVERED, Fate
+from ..core.fates import DONE, UNDELIVERED, CloseReason, Fate
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE
 from .migrations import COUNTERS as COUNTERS  # the counters state.db keeps
@@ -49,6 +49,15 @@ _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).en
 _BIG_ENDIAN = sys.byteorder == "big"
 
 _DONE_MARKS = ",".join("?" * len(DONE))
+# The words as plain str for the commit's rows: sqlite3 binds a str subclass (an enum member) by
+# looking for an adapter first, a microsecond per value, and a catch-up binds two per session.
+_TEXT: Dict[str, str] = {word: word.value for kind in (Fate, CloseReason) for word in kind}
+_PENDING, _LOW_QUALITY, _TOO_SHORT, _ALREADY_DELIVERED = (
+    _TEXT[Fate.PENDING],
+    _TEXT[Fate.LOW_QUALITY],
+    _TEXT[Fate.TOO_SHORT],
+    _TEXT[Fate.ALREADY_DELIVERED],
+)
 
 
 class Fingerprint(NamedTuple):
@@ -91,7 +100,7 @@ def _marker_row(session: ClosedSession, status: str, now: float) -> tuple:
         None,
         len(session.pairs),
         None,
-        session.reason,
+        _TEXT.get(session.reason, session.reason),
         now,
         session.quality,
         session.unmapped,
@@ -199,7 +208,7 @@ class StateStore:
                 f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
                 (resume_after, *DONE),
             )
-        return sum(1 for row in rows if row[4] == Fate.PENDING)
+        return sum(1 for row in rows if row[4] == _PENDING)
 
     @staticmethod
     def _outbox_rows(
@@ -220,11 +229,11 @@ class StateStore:
                         session.session_id,
                         session.first_rowid,
                         session.last_rowid,
-                        Fate.PENDING,
+                        _PENDING,
                         session.outcome,
                         len(session.pairs),
                         encode_commands(session),
-                        session.reason,
+                        _TEXT.get(session.reason, session.reason),
                         now,
                         session.quality,
                         session.unmapped,
@@ -232,11 +241,11 @@ class StateStore:
                 )
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                status = Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT
+                status = _LOW_QUALITY if session.learnable else _TOO_SHORT
                 rows.append(_marker_row(session, status, now))
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append(_marker_row(session, Fate.ALREADY_DELIVERED, now))
+                rows.append(_marker_row(session, _ALREADY_DELIVERED, now))
         return rows
 
     def note_replaced(self, verdict: str, why: str) -> None:
