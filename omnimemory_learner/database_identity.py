@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from .core.fates import Replacement
 from .core.sessions import ClosedSession
 from .events import EventReader, file_identity
 from .storage.history import HistoryStore
@@ -32,16 +33,13 @@ from .storage.state import Fingerprint, Position, StateStore
 
 log = logging.getLogger(__name__)
 
-# The verdicts of check(); COPY and REWRITTEN are also what StateStore.note_replaced keeps for status and doctor.
-SAME = "same"
-COPY = "copy"
-REWRITTEN = "rewritten"
+SAME, COPY, REWRITTEN = Replacement.SAME, Replacement.COPY, Replacement.REWRITTEN
 
 
 class Finding(NamedTuple):
     """check()'s verdict, and whether the identity to commit changed (a new file, a first row learned)."""
 
-    verdict: str  # SAME, COPY or REWRITTEN
+    verdict: Replacement
     why: str = ""  # REWRITTEN: what differs
     changed: bool = False
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from omnimemory_learner import config
 from omnimemory_learner.core import fates
-from omnimemory_learner.core.fates import CloseReason, Fate, Unavailability, Verdict
+from omnimemory_learner.core.fates import CloseReason, Fate, Replacement, Unavailability, Verdict
 
 PACKAGE = Path(fates.__file__).resolve().parent.parent
 # "retry" is also the operator's verb (`outbox retry`), never stored: not a word to police.
-WORDS = {str(word) for kind in (Fate, CloseReason, Unavailability) for word in kind} | {
+WORDS = {str(word) for kind in (Fate, CloseReason, Unavailability, Replacement) for word in kind} | {
     str(word) for word in Verdict if word is not Verdict.RETRY
 }
 # A configuration key that is also a close reason ("close_on") names the key, not the reason.
@@ -84,4 +84,5 @@ def test_the_values_on_disk_do_not_change():
     }
     assert {str(reason) for reason in CloseReason} == {"idle", "close_on", "chunk", "evicted", "end", "replaced"}
     assert {str(verdict) for verdict in Verdict} == {"learned", "not_learned", "rejected", "retry"}
+    assert {str(found) for found in Replacement} == {"same", "copy", "rewritten"}
     assert all(str(verdict) == str(fates.FATE_OF_VERDICT[verdict]) for verdict in fates.FATE_OF_VERDICT)

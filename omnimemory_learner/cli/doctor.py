@@ -20,7 +20,7 @@ from typing import Any, List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
-from ..core.fates import Fate
+from ..core.fates import Fate, Replacement
 from ..delivery.http import ANSWER_CAP, BoundedClient
 from ..delivery.learn_api import redirect_target
 from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
@@ -180,7 +180,11 @@ def check_position(config: Config) -> List[Check]:
     last = []
     if replaced:
         last = [
-            Check("database replaced", OK if replaced.get("verdict") == "copy" else WARNING, replaced_line(replaced))
+            Check(
+                "database replaced",
+                OK if replaced.get("verdict") == Replacement.COPY else WARNING,
+                replaced_line(replaced),
+            )
         ]
     if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
         return [

@@ -6,7 +6,7 @@ import time
 from typing import Optional
 
 from ..config import Config
-from ..core.fates import Fate
+from ..core.fates import Fate, Replacement
 from ..events import EventReader, Unavailable
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
@@ -83,7 +83,7 @@ def collect_status(config: Config) -> Optional[dict]:
         "db_head": head,
         "behind": max(0, head - stats["read_position"]) if head is not None else None,
         "database_problem": database_problem,
-        # The last time the database was found replaced: {"verdict": "copy" or "rewritten", "why", "at"}.
+        # The last time the database was found replaced: {"verdict": a Replacement, "why", "at"}.
         "db_replaced": replaced,
         "api_down_since": snapshot.get("api_down_since") if running else None,
     }
@@ -161,7 +161,7 @@ def _human_status(report: dict) -> str:
 
 def replaced_line(replaced: dict) -> str:
     """What the learner found the last time the database was replaced (status and doctor)."""
-    if replaced.get("verdict") == "copy":
+    if replaced.get("verdict") == Replacement.COPY:
         return (
             f"by a copy with the same rows, {_when(replaced.get('at'))}: the same history, "
             f"{shown(str(replaced.get('why')))}"

@@ -37,6 +37,14 @@ Why a session closed (`CloseReason`), from core.sessions and the pipeline::
 
 Why the events database cannot be read now (`Unavailability`), from events.py;
 STATE when the state store cannot be written (the pipeline).
+
+What a replaced events database turned out to be (`Replacement`), from
+database_identity.py; state.db keeps the last COPY or REWRITTEN for `status`
+and `doctor`::
+
+    SAME       the file read before
+    COPY       a new file with the same rows where it was read: read on from the position
+    REWRITTEN  a different history: read again from its start, past the ledger
 """
 
 from __future__ import annotations
@@ -89,6 +97,12 @@ class Unavailability(_Word):
     CORRUPT = "corrupt"
     UNREADABLE = "unreadable"
     STATE = "state"
+
+
+class Replacement(_Word):
+    SAME = "same"
+    COPY = "copy"
+    REWRITTEN = "rewritten"
 
 
 # Fates of sessions that are done: in the outbox only as replay markers.

@@ -249,7 +249,7 @@ class StateStore:
         return rows
 
     def note_replaced(self, verdict: str, why: str) -> None:
-        """The last replaced database's verdict ("copy" or "rewritten"), for status and doctor."""
+        """The last replaced database's verdict (a core.fates.Replacement), for status and doctor."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
