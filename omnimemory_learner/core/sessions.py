@@ -39,12 +39,6 @@ from .identity import key_of_pairs
 from .outcome import OUTCOME_WINDOW, infer_outcome
 from .quality import quality_score
 
-# As plain str: a closed session's reason is bound into SQL at commit, and sqlite3 binds a str
-# subclass (an enum member) through its adapter look-up, a microsecond each.
-_IDLE, _EVICTED, _CHUNK, _CLOSE_ON = (
-    reason.value for reason in (CloseReason.IDLE, CloseReason.EVICTED, CloseReason.CHUNK, CloseReason.CLOSE_ON)
-)
-
 # One command as the API gets it: (command, timestamp, event_type).
 Command = Tuple[str, float, str]
 # One mapped event: (rowid, session_id, (command, event_type), timestamp).  The
@@ -212,10 +206,10 @@ class SessionTracker:
                 if len(sessions) > max_open:
                     # The memory cap: the least recently arriving session goes
                     # now, as it is; its id's next event starts a new one.
-                    closed.append(finish(sessions.pop(next(iter(sessions))), _EVICTED))
+                    closed.append(finish(sessions.pop(next(iter(sessions))), CloseReason.EVICTED))
                     self.evicted_count += 1
             elif timestamp - session.latest_time >= idle:
-                closed.append(finish(session, _IDLE))
+                closed.append(finish(session, CloseReason.IDLE))
                 session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
                 move_to_end(session_id)
             else:
@@ -228,11 +222,11 @@ class SessionTracker:
             session.last_arrival = now
             if len(session.pairs) >= max_commands:
                 del sessions[session_id]
-                closed.append(finish(session, _CHUNK))
+                closed.append(finish(session, CloseReason.CHUNK))
             elif close_on and pair[0] in close_on:
                 # Per id and in rowid order, like the cut: the same on any read or replay.
                 del sessions[session_id]
-                closed.append(finish(session, _CLOSE_ON))
+                closed.append(finish(session, CloseReason.CLOSE_ON))
         return closed
 
     def note_unmapped(self, counts: Mapping[str, int]) -> None:
@@ -259,7 +253,7 @@ class SessionTracker:
             if still_active(session):
                 break
             del sessions[session.session_id]
-            closed.append(self._finish(session, _IDLE))
+            closed.append(self._finish(session, CloseReason.IDLE))
         return closed
 
     def close_all(self, reason: str = CloseReason.END) -> List[ClosedSession]:
