@@ -74,6 +74,8 @@ class Config:
     min_quality: float = 0.0
     history_days: float = 30.0
     history_max_sessions: int = 100000
+    reconcile: bool = True
+    reconcile_interval_minutes: float = 10.0
     event_map: Mapping[str, str] = dataclasses.field(default_factory=build_event_map)
     # key -> "default" | "file PATH" | "environment VAR" | "flag --x"
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
@@ -107,6 +109,8 @@ _SCALARS: Dict[str, tuple] = {
     "min_quality": ("fraction", None),
     "history_days": ("float", 0.0),
     "history_max_sessions": ("int", 1),
+    "reconcile": ("bool", None),
+    "reconcile_interval_minutes": ("float", 0.0),
 }
 KEYS = (*tuple(_SCALARS), "event_map")
 

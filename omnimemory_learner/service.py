@@ -279,6 +279,7 @@ class Reporting:
             "next_retry_at": deliverer.retry_at,
             "notify_failures": self.notifier.failures,
             "service_manager": service_manager(),
+            "teaching_again": deliverer.relearner.teaching(),
         }
 
     def publish(self, config: Config, runner: Runner, watching: Watching, running: bool, backlog: bool) -> None:
@@ -310,7 +311,13 @@ def status_line(snapshot: dict) -> str:
     return (
         f"{prefix}: {stats['events_processed']} events read, {snapshot['active_sessions']} open sessions, "
         f"{stats['patterns_learned']} learned, {stats['outbox_pending']} pending, {snapshot['mode']} mode"
-    )
+    ) + _teaching_part(snapshot.get("teaching_again"))
+
+
+def _teaching_part(teaching: Optional[dict]) -> str:
+    if not teaching:
+        return ""
+    return f"; teaching the API again {teaching['taught']} of {teaching['lost']} forgotten sessions"
 
 
 def _log_start(config: Config) -> None:
@@ -359,6 +366,7 @@ class Service:
         self.clock = processing_clock
         self._stop_requested = False
         self._reload_requested = False
+        self._reconcile_requested = False  # SIGUSR1: `omnimemory-learner reconcile` asks
         self._watching = Watching(self._wakeup.wake)
         self._reporting = Reporting(self.notifier)
         self._runner: Optional[Runner] = None
@@ -385,13 +393,15 @@ class Service:
         # wake-up byte, and nothing here may take a lock or block.
         if signum == signal.SIGHUP:
             self._reload_requested = True
+        elif signum == signal.SIGUSR1:
+            self._reconcile_requested = True
         else:
             self._stop_requested = True
 
     def install_signal_handlers(self) -> None:
         """From the main thread: signals set flags and wake the loop through its socket."""
         signal.set_wakeup_fd(self._wakeup.writer_fd(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
 
     # -- life cycle --------------------------------------------------------------
@@ -562,6 +572,9 @@ class Service:
         if self._reload_requested:
             self._reload_requested = False
             self._reload()
+        if self._reconcile_requested:
+            self._reconcile_requested = False
+            self._deliverer.reconcile_now()
         read = self._watching.take_event(now)
         if read or now >= due.watch_check:
             # On a file event too: it may be the link repointed or the directory removed.

@@ -24,7 +24,8 @@ and procedural_memory.py):
 
 Run alone: `python3 tests/original_api.py --port N [--ready-file F]` (N 0: any
 free port); F gets {"port", "pid", "url"} once it listens, written whole.
-In a test: `OriginalAPI().start()`, `.url`, `.counts()`, `.restart()`, `.stop()`.
+In a test: `OriginalAPI().start()`, `.url`, `.counts()`, `.restart()`, `.stop()`;
+or `OriginalProcess(tmp_path)` for its own process, with `.url`, `.restart()`, `.stop()`.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ class Server(ThreadingHTTPServer):
         super().__init__((HOST, port), make_handler(engine))
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        # As uvicorn does: without it, headers and body written apart wait out the client's delayed ACK (40 ms).
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._open_lock:
             self._open.add(request)
         super().process_request(request, client_address)
@@ -259,6 +262,47 @@ class OriginalAPI:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class OriginalProcess:
+    """The server as its own process on 127.0.0.1 (`port` 0: any free one); `restart()` keeps the port."""
+
+    def __init__(self, directory: Any, port: int = 0) -> None:
+        self._directory = directory
+        self.port = port
+        self.process: Optional[Any] = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> OriginalProcess:
+        import subprocess
+        import time
+
+        ready = os.path.join(str(self._directory), f"original-api-ready-{time.monotonic_ns()}.json")
+        command = [sys.executable, os.path.abspath(__file__), "--port", str(self.port), "--ready-file", ready]
+        self.process = subprocess.Popen(command)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(ready):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the original API stand-in did not start")
+            time.sleep(0.02)
+        with open(ready) as file:
+            self.port = json.load(file)["port"]
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        """Down, then a new process on the same port: it holds nothing."""
+        self.stop()
+        self.start()
 
 
 def _write_ready(path: str, port: int) -> None:

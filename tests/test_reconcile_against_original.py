@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from original_api import OriginalProcess
 
 from omnimemory_learner.core.reconcile import Taught, parse_patterns, reconcile
 
 SCRIPT = Path(__file__).resolve().parent / "original_api.py"
 NAMES = ["open_file", "edit_code", "save_file", "run_tests", "commit_changes", "push_changes"]
-
-
-class Process:
-    def __init__(self, tmp_path, port=0):
-        ready = tmp_path / f"ready-{time.monotonic_ns()}.json"
-        self.process = subprocess.Popen([sys.executable, str(SCRIPT), "--port", str(port), "--ready-file", str(ready)])
-        deadline = time.monotonic() + 20
-        while not ready.exists():
-            assert self.process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-        info = json.loads(ready.read_text())
-        self.port, self.url = info["port"], info["url"]
-
-    def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(10) == 0
 
 
 def post(url, names, outcome):
@@ -58,12 +39,10 @@ def held(url):
 
 @pytest.fixture
 def api(tmp_path):
-    running = [Process(tmp_path)]
+    running = [OriginalProcess(tmp_path)]
 
     def restart():
-        port = running[0].port
-        running[0].stop()
-        running[0] = Process(tmp_path, port)
+        running[0].restart()
         return running[0].url
 
     yield running, restart

@@ -1,7 +1,7 @@
 """The `omnimemory-learner` command: parse, load the configuration, dispatch.
 
-Commands: run (default), status, doctor, backfill, check-config, outbox, history, report,
-service (install, uninstall, status).
+Commands: run (default), status, doctor, backfill, reconcile, check-config, outbox, history,
+report, service (install, uninstall, status).
 Exit statuses are in exits.py; what a person reads goes through output.py.
 """
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_running_commands(commands: Any, common: List[argparse.ArgumentParser]) -> None:
-    """run, status, doctor, backfill, check-config."""
+    """run, status, doctor, backfill, reconcile, check-config."""
     commands.add_parser(
         "run",
         parents=common,
@@ -94,6 +94,17 @@ def _add_running_commands(commands: Any, common: List[argparse.ArgumentParser]) 
         default=None,
         help="give up waiting for the API after SECONDS (exit 69, all kept pending)",
     )
+    reconcile = commands.add_parser(
+        "reconcile",
+        parents=common,
+        help="teach the API again what it forgot",
+        description="Compare what the procedural API holds (GET /patterns) with what the history says it "
+        "learned, pattern by pattern, then teach it again the sessions it forgot. While the service runs, "
+        "the service is asked to do it. Exit 0 nothing forgotten or all taught again, 1 --dry-run found "
+        "something forgotten, 4 no state, 69 the API cannot be reconciled with, 75 the service did not answer.",
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="show what would be taught, teach nothing")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser(
         "check-config",
         parents=common,
@@ -206,6 +217,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .backfill import backfill
 
         return backfill(config, args.until_delivered_timeout)
+    if command == "reconcile":
+        from .reconcile import reconcile_command
+
+        return reconcile_command(config, args.dry_run, args.json)
     if command == "outbox":
         from .outbox import outbox
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Optional
 
@@ -11,7 +12,7 @@ from ..events import EventReader, Unavailable
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
 from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot, statistics
-from ..storage.state import StateError, StateStore
+from ..storage.state import RECONCILE_META, StateError, StateStore
 from .exits import EX_NO_STATE, EX_NOT_RUNNING, EX_OK
 from .output import echo, error, print_json, shown
 
@@ -54,6 +55,7 @@ def collect_status(config: Config) -> Optional[dict]:
         for name in ("sessions_already_delivered", "sessions_past_horizon"):  # the delivered ledger's skips
             stats[name] = counters.get(name, 0)
         replaced = store.replaced()
+        reconciled = last_reconcile(store)
     finally:
         store.close()
     stats["last_event_time"] = snapshot.get("stats", {}).get("last_event_time")
@@ -86,6 +88,8 @@ def collect_status(config: Config) -> Optional[dict]:
         # The last time the database was found replaced: {"verdict": a Replacement, "why", "at"}.
         "db_replaced": replaced,
         "api_down_since": snapshot.get("api_down_since") if running else None,
+        # The last reconcile with the API (delivery/relearn.py): what it found, what was taught again.
+        "reconcile": reconciled,
     }
 
 
@@ -156,7 +160,40 @@ def _human_status(report: dict) -> str:
     replaced = report.get("db_replaced")
     if replaced:
         lines.insert(2, "       Replaced: " + replaced_line(replaced))
+    lines.insert(
+        lines.index(next(line for line in lines if line.startswith("         Outbox"))) + 1,
+        "     Relearning: " + reconcile_line(report.get("reconcile")),
+    )
     return "\n".join(lines)
+
+
+def last_reconcile(store: StateStore) -> Optional[dict]:
+    """The last reconcile's note (delivery/relearn.py), or None when there was none."""
+    value = store.meta_value(RECONCILE_META)
+    try:
+        note = json.loads(value) if value else None
+    except ValueError:
+        return None
+    return note if isinstance(note, dict) else None
+
+
+def reconcile_line(note: Optional[dict]) -> str:
+    """The last reconcile in one line (status and doctor)."""
+    if not note:
+        return "no reconcile with the API yet"
+    if "sessions_lost" not in note:
+        return f"cannot reconcile yet: {shown(str(note.get('problem')))}"
+    when = f"last reconcile {_when(note.get('at'))} ({shown(str(note.get('why') or 'asked'))})"
+    lost, taught = note.get("sessions_lost", 0), note.get("taught", 0)
+    found = (
+        f"the API had forgotten {lost} sessions of {note.get('patterns_lost', 0)} patterns, {taught} taught again"
+        if lost
+        else f"the API held all {note.get('patterns_held', 0)} patterns' counts"
+    )
+    beyond = note.get("forgotten_not_in_history", 0)
+    tail = f"; {beyond} forgotten sessions are no longer in the history" if beyond else ""
+    problem = f"; then: {shown(str(note['problem']))}" if note.get("problem") else ""
+    return f"{when}: {found}{tail}{problem}"
 
 
 def replaced_line(replaced: dict) -> str:

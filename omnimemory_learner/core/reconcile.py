@@ -56,6 +56,8 @@ whose entry is unreadable (counts not non-negative integers, or listed twice) is
 
 from __future__ import annotations
 
+import hashlib
+import re
 from operator import itemgetter
 from typing import (
     AbstractSet,
@@ -67,6 +69,7 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
+    Sequence,
     Set,
     Tuple,
 )
@@ -233,3 +236,71 @@ def reconcile(
         ignored=ignored,
         unknown_patterns=len(skipped),
     )
+
+
+# -- the API's pattern id, as INTERFACES.md gives it ---------------------------------
+
+# The server's normalisation, in its order: a URL would otherwise be taken for a file name.
+_URL = re.compile(r"https?://[^\s]+")
+_FILE = re.compile(r"[/\w]+\.\w+")
+_NUMBER = re.compile(r"\b\d+\b")
+
+
+def expected_pattern_id(names: Sequence[str]) -> str:
+    """The pattern id the procedural API gives these command names (after any folding of ours).
+
+    The first 16 hex digits of the MD5 of the normalised names joined with
+    " -> ". Used to ask GET /patterns whether a POST whose answer was lost
+    landed, and checked against every answered pattern id first (an API
+    that counts otherwise is never asked this way).
+    """
+    normalised = (_NUMBER.sub("<NUM>", _FILE.sub("<FILE>", _URL.sub("<URL>", name))).strip() for name in names)
+    return hashlib.md5(" -> ".join(normalised).encode()).hexdigest()[:16]
+
+
+class Doubt(NamedTuple):
+    """A session whose POST /learn was sent and never answered: the API may have learned it."""
+
+    key: str
+    pattern_id: str  # expected_pattern_id of what was sent
+    outcome: str
+
+
+def landed(
+    doubts: Sequence[Doubt], taught: Iterable[Taught], held: Mapping[str, Tuple[int, int]], unknown: AbstractSet[str]
+) -> Tuple[List[str], List[str], List[str]]:
+    """Which unanswered POSTs the API counted: (landed keys, not landed keys, undecided keys).
+
+    Per (pattern_id, outcome): the API holds `held`; the history says it took
+    `taught` of ours; what it holds beyond those is at most what the doubtful
+    POSTs added (or other clients: then a POST is taken for landed that was
+    not, and the API holds one fewer of ours than we think, never one more).
+    The first `held - taught` doubts of the group (oldest first, the order
+    given) landed; the rest did not and are sent again. A pattern whose
+    counts could not be read is undecided.
+    """
+    ours: Dict[Tuple[str, str], int] = {}
+    seen: Set[str] = set()
+    for pattern_id, outcome, _, key in taught:
+        if pattern_id and outcome in _COLUMN and key not in seen:
+            seen.add(key)
+            ours[(pattern_id, outcome)] = ours.get((pattern_id, outcome), 0) + 1
+    spare: Dict[Tuple[str, str], int] = {}
+    yes: List[str] = []
+    no: List[str] = []
+    undecided: List[str] = []
+    for doubt in doubts:
+        group = (doubt.pattern_id, doubt.outcome)
+        if doubt.pattern_id in unknown or doubt.outcome not in _COLUMN:
+            undecided.append(doubt.key)
+            continue
+        if group not in spare:
+            counts = held.get(doubt.pattern_id)
+            have = counts[_COLUMN[doubt.outcome]] if counts is not None else 0
+            spare[group] = have - ours.get(group, 0)
+        if spare[group] > 0:
+            spare[group] -= 1
+            yes.append(doubt.key)
+        else:
+            no.append(doubt.key)
+    return yes, no, undecided

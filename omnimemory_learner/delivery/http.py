@@ -2,8 +2,9 @@
 
 Guarantee: a request finishes within its `timeout` (connecting, sending and
 reading the whole answer) or raises httpx.HTTPError (DeadlineExceeded past
-the deadline); at most ANSWER_CAP bytes of an answer are read, and a
-compressed answer is decoded to at most that much.  A slow, dripping or huge
+the deadline); at most ANSWER_CAP bytes of an answer are read (or the cap
+the caller gives: GET /patterns lists every pattern), and a compressed
+answer is decoded to at most that much.  A slow, dripping or huge
 answer costs neither time nor memory beyond those bounds.  It knows nothing
 of the procedural API (learn_api.py does).
 """
@@ -156,11 +157,21 @@ class BoundedClient:
         self.close()
 
     def request(
-        self, method: str, url: str, content: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None
+        self,
+        method: str,
+        url: str,
+        content: Optional[bytes] = None,
+        headers: Optional[Dict[str, str]] = None,
+        cap: int = ANSWER_CAP,
+        timeout: Optional[float] = None,
     ) -> Answer:
-        """One request, finished within `timeout` seconds; raises httpx.HTTPError otherwise."""
+        """One request, finished within `timeout` (else the client's) seconds; raises httpx.HTTPError otherwise.
+
+        At most `cap` bytes of the body are read (GET /patterns asks for more than POST /learn).
+        """
+        limit = self.timeout if timeout is None else timeout
         start = time.monotonic()
-        self._deadline.at = start + self.timeout
+        self._deadline.at = start + limit
         try:
             with self._client.stream(
                 method, url, content=content, headers=headers, timeout=httpx.Timeout(max(self._deadline.left(), 0.001))
@@ -170,18 +181,18 @@ class BoundedClient:
                 truncated = False
                 for chunk in response.iter_raw():
                     if self._deadline.left() <= 0:
-                        raise DeadlineExceeded(f"no whole answer within {self.timeout:g} s")
-                    chunks.append(chunk[: ANSWER_CAP - size])
+                        raise DeadlineExceeded(f"no whole answer within {limit:g} s")
+                    chunks.append(chunk[: cap - size])
                     size += len(chunks[-1])
-                    if size >= ANSWER_CAP:
+                    if size >= cap:
                         # Leaving the block unread closes the connection.
                         truncated = True
                         break
-                body = _decoded(b"".join(chunks), response.headers.get("content-encoding", ""))
+                body = _decoded(b"".join(chunks), response.headers.get("content-encoding", ""), cap)
                 return Answer(response.status_code, response.headers, body, truncated)
         except httpx.TimeoutException as error:
             if self._deadline.left() <= 0 and not isinstance(error, DeadlineExceeded):
-                raise DeadlineExceeded(f"no whole answer within {self.timeout:g} s") from error
+                raise DeadlineExceeded(f"no whole answer within {limit:g} s") from error
             raise
         finally:
             self._deadline.at = float("inf")
@@ -212,8 +223,8 @@ def _transport() -> httpx.HTTPTransport:
         return httpx.HTTPTransport(limits=limits)
 
 
-def _decoded(raw: bytes, encoding: str) -> bytes:
-    """The body without its Content-Encoding, never more than ANSWER_CAP bytes.
+def _decoded(raw: bytes, encoding: str, cap: int = ANSWER_CAP) -> bytes:
+    """The body without its Content-Encoding, never more than `cap` bytes.
 
     We ask for identity; a server that compresses anyway is decoded with a
     bounded output (a small gzip can unpack to gigabytes).
@@ -224,10 +235,10 @@ def _decoded(raw: bytes, encoding: str) -> bytes:
     if encoding in ("gzip", "x-gzip", "deflate"):
         try:
             # 32 + MAX_WBITS: a gzip or zlib header, found by itself.
-            return zlib.decompressobj(32 + zlib.MAX_WBITS).decompress(raw, ANSWER_CAP)
+            return zlib.decompressobj(32 + zlib.MAX_WBITS).decompress(raw, cap)
         except zlib.error:
             try:
-                return zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, ANSWER_CAP)
+                return zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, cap)
             except zlib.error:
                 pass
     return f"(a body in Content-Encoding {bounded_text(encoding, 40)!r}, not decoded)".encode()

@@ -17,8 +17,11 @@ detail), so the delivery thread never sees an exception of httpx's:
     httpx.ConnectError, ConnectTimeout (nothing sent)    RETRY        not connected
     any other httpx.HTTPError (timeout, hang-up, ...)    RETRY        the error
 
-Every attempt of a session carries the same Idempotency-Key.  A second kind of
-request (GET /patterns) is another method of LearnAPI beside `learn`.
+    GET /patterns                                        PatternsRead (counts, or why not)
+
+Every attempt of a session carries the same Idempotency-Key (and so does a
+session taught again: its bytes are the ones first sent).  An attempt that
+was sent and got no answer is `unanswered`: the API may have counted it.
 """
 
 from __future__ import annotations
@@ -27,18 +30,23 @@ import email.utils
 import json
 import logging
 import time
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import httpx
 
 from ..core.fates import Verdict
 from ..core.folding import fold_runs
+from ..core.reconcile import PatternCounts, expected_pattern_id, parse_patterns
+from ..storage.history import SentSession
 from ..storage.outbox import PendingSession
 from .http import ANSWER_CAP, Answer, BoundedClient, bounded_text
 
 log = logging.getLogger(__name__)
 
 LEARN_PATH = "/learn"
+PATTERNS_PATH = "/patterns"
+# GET /patterns lists every pattern (about 130 bytes each): 64 MiB holds some 500,000.
+PATTERNS_CAP = 64 * 2**20
 # Sent as the body's tool_id: the metrics service tracks sessions by it.
 TOOL_ID = "omnimemory-learner"
 # 4xx answers that say "again later", not "never": retried like 5xx.
@@ -56,6 +64,19 @@ class Attempt(NamedTuple):
     asked_wait: Optional[float] = None  # seconds the API asked us to wait (Retry-After)
     problem: str = ""  # the log line of an attempt to retry
     commands: int = 0  # how many session_commands the body had (after folding)
+    body: bytes = b""  # what was POSTed, exactly (the history keeps it to teach a forgetful API again)
+    unanswered: bool = False  # sent, and no answer came: the API may have learned it (see Doubt)
+    names: Tuple[str, ...] = ()  # the command names sent (after folding): what the pattern id is made of
+
+
+class PatternsRead(NamedTuple):
+    """What one GET /patterns came to."""
+
+    counts: Optional[PatternCounts]  # None: no answer that can be read
+    problem: str = ""  # why not, for the log and status
+    connected: bool = True  # False: the API was not reached
+    supported: bool = True  # False: the API has no GET /patterns (404, 405, 501)
+    answered: bool = True  # False: no answer came (not reached, or no whole answer in time)
 
 
 def learn_body(session: PendingSession, fold_repeats: bool = False) -> Dict[str, Any]:
@@ -80,6 +101,51 @@ def learn_body(session: PendingSession, fold_repeats: bool = False) -> Dict[str,
     return body
 
 
+def rebuilt_body(sent: SentSession, event_types: Mapping[str, str]) -> bytes:
+    """The body of a learned session recorded before bodies were kept, rebuilt from its history row.
+
+    Names, outcome, session id and quality are as sent; the server reads
+    only the names (INTERFACES.md), so the times (spread evenly from the
+    first to the last event) and event types (the event map's, reversed)
+    change nothing it learns. Folded when folding is what gives the pattern
+    id the API answered then.
+    """
+    names = list(sent.commands)
+    if expected_pattern_id(names) != sent.pattern_id:
+        folded = [run.command for run in fold_runs([(name, 0.0, "") for name in names])]
+        if expected_pattern_id(folded) == sent.pattern_id:
+            names = folded
+    span = (sent.last_time - sent.first_time) / max(len(names) - 1, 1)
+    body: Dict[str, Any] = {
+        "session_commands": [
+            {
+                "command": name,
+                "timestamp": sent.first_time + span * at,
+                "context": {"event_type": event_types.get(name, "")},
+            }
+            for at, name in enumerate(names)
+        ],
+        "session_outcome": sent.outcome,
+        "session_id": sent.session_id,
+        "tool_id": TOOL_ID,
+    }
+    if sent.quality is not None:
+        body["quality"] = sent.quality
+    return _encoded(body)
+
+
+def sent_names(body: bytes) -> Tuple[str, ...]:
+    """The command names of a body as POSTed (what the API makes the pattern id of)."""
+    try:
+        return tuple(str(command.get("command")) for command in json.loads(body)["session_commands"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return ()
+
+
+def _encoded(body: Dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 class LearnAPI:
     """The procedural API at one base URL, through one bounded client."""
 
@@ -95,25 +161,57 @@ class LearnAPI:
     def learn(self, session: PendingSession, fold_repeats: bool = False) -> Attempt:
         """POST /learn of one session, as one Attempt; raises nothing of httpx's."""
         body = learn_body(session, fold_repeats)
-        commands = len(body["session_commands"])
+        commands = body["session_commands"]
         if session.attempts == 0:
-            log.info("Learning from session %s: %d commands, outcome=%s", session.session_id, commands, session.outcome)
+            log.info(
+                "Learning from session %s: %d commands, outcome=%s", session.session_id, len(commands), session.outcome
+            )
+        names = tuple(command["command"] for command in commands)
+        return self.post(_encoded(body), session.idempotency_key, session.session_id, names)
+
+    def post(self, body: bytes, idempotency_key: str, session_id: str, names: Tuple[str, ...]) -> Attempt:
+        """POST /learn of a body made already (a session taught again sends the bytes first sent)."""
         try:
             answer = self.client.request(
                 "POST",
                 self.url + LEARN_PATH,
-                content=json.dumps(body, separators=(",", ":")).encode(),
-                headers={"Content-Type": "application/json", "Idempotency-Key": session.idempotency_key},
+                content=body,
+                headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             reason = f"{error or 'connection refused'}"
             problem = f"Failed to connect to procedural API: {reason}"
-            return Attempt(Verdict.RETRY, f"{type(error).__name__}: {reason}", False, None, problem, commands)
+            return Attempt(Verdict.RETRY, f"{type(error).__name__}: {reason}", False, None, problem, len(names), body)
         except httpx.HTTPError as error:
             detail = f"{type(error).__name__}: {error or 'no answer'}"
-            problem = f"Procedural API did not answer for session {session.session_id}: {detail}"
-            return Attempt(Verdict.RETRY, detail, True, None, problem, commands)
-        return _judged(answer, session.session_id, commands)
+            problem = f"Procedural API did not answer for session {session_id}: {detail}"
+            return Attempt(Verdict.RETRY, detail, True, None, problem, len(names), body, True, names)
+        return _judged(answer, session_id, len(names))._replace(body=body, names=names)
+
+    def patterns(self, timeout: float) -> PatternsRead:
+        """GET /patterns, read whole (up to PATTERNS_CAP) within `timeout`; raises nothing of httpx's."""
+        try:
+            answer = self.client.request("GET", self.url + PATTERNS_PATH, cap=PATTERNS_CAP, timeout=timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            problem = f"not reachable: {type(error).__name__}: {error}"
+            return PatternsRead(None, problem, connected=False, answered=False)
+        except httpx.HTTPError as error:
+            problem = f"no answer to GET {PATTERNS_PATH}: {type(error).__name__}: {error}"
+            return PatternsRead(None, problem, answered=False)
+        status = answer.status_code
+        if status in (404, 405, 501):
+            return PatternsRead(None, f"GET {PATTERNS_PATH} answered HTTP {status}: the API has none", supported=False)
+        if status != 200:
+            return PatternsRead(None, f"GET {PATTERNS_PATH} answered HTTP {status}: {_body_text(answer)}")
+        if answer.truncated:
+            return PatternsRead(None, f"GET {PATTERNS_PATH} answered more than {PATTERNS_CAP // 2**20} MiB")
+        try:
+            read = parse_patterns(answer.json())
+        except (ValueError, RecursionError) as error:
+            return PatternsRead(None, f"GET {PATTERNS_PATH} answered what is not JSON ({type(error).__name__})")
+        if not read.usable:
+            return PatternsRead(None, f"GET {PATTERNS_PATH} answered what cannot be read: {'; '.join(read.problems)}")
+        return PatternsRead(read)
 
 
 def _judged(answer: Answer, session_id: str, commands: int) -> Attempt:

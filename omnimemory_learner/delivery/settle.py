@@ -89,10 +89,17 @@ class Settler:
                 session.session_id,
             )
 
-    def taken(self, store: StateStore, session: PendingSession, pattern_id: Optional[str], commands: int) -> None:
-        """The API answered 2xx: learned (with its pattern id) or not learned (None)."""
+    def taken(
+        self, store: StateStore, session: PendingSession, pattern_id: Optional[str], commands: int, sent: bytes = b""
+    ) -> None:
+        """The API answered 2xx: learned (with its pattern id) or not learned (None).
+
+        `sent`: the body as POSTed, kept in the history of a learned session
+        to teach it again should the API forget it.
+        """
         store.outbox.mark_delivered(session.id, pattern_id)
-        self._remember(session, Fate.LEARNED if pattern_id else Fate.NOT_LEARNED, pattern_id)
+        settled = Fate.LEARNED if pattern_id else Fate.NOT_LEARNED
+        self._remember(session, settled, pattern_id, sent if pattern_id else b"")
         if pattern_id:
             log.info(
                 "Successfully learned pattern %s from session %s (%d commands)",
@@ -160,9 +167,13 @@ class Settler:
             if interrupted() or not self.history.prune_some(days, max_sessions):
                 return
 
-    def _remember(self, session: PendingSession, settled: Fate, pattern_id: Optional[str] = None) -> None:
+    def _remember(
+        self, session: PendingSession, settled: Fate, pattern_id: Optional[str] = None, sent: bytes = b""
+    ) -> None:
         unusual = self._judge(session) if settled in TAKEN_BY_API else None
-        self.history.record([settled_entry(session, settled, pattern_id, unusual)])
+        self.history.record(
+            [settled_entry(session, settled, pattern_id, unusual)], {session.content_key: sent} if sent else None
+        )
 
     def _judge(self, session: PendingSession) -> Optional[Tuple[float, str]]:
         """Score a session the API took against the user's model, then teach the model it.

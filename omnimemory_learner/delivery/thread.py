@@ -34,7 +34,9 @@ from ..storage.state import StateError, StateStore
 from .health import FIRST_BACKOFF_SECONDS, Backoff, Failure, Health
 from .http import BoundedClient
 from .learn_api import Attempt, LearnAPI
+from .relearn import Reasons, Relearner, Steps
 from .settle import Handover, Settler
+from .watch import ApiWatch
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Deliverer:
         fold_repeats: bool = False,
         history_days: float = 30.0,
         history_max_sessions: int = 100_000,
+        relearner: Optional[Relearner] = None,
     ):
         self.state_dir = state_dir
         self.api_url = api_url.rstrip("/")
@@ -98,6 +101,9 @@ class Deliverer:
         # The thread's writer of settled sessions; its history connection is
         # opened in the thread and closed when a run of the thread ends.
         self._settler = Settler(state_dir)
+        # Reconciling with a forgetful API, and the POSTs it left unanswered (kept across thread restarts).
+        self.relearner = relearner or Relearner()
+        self._watch = ApiWatch(self._heard_back)
         self.last_error: Optional[str] = None
         self._on_progress = on_progress
         self._wake = threading.Event()
@@ -117,6 +123,7 @@ class Deliverer:
             fold_repeats=config.fold_repeats,
             history_days=config.history_days,
             history_max_sessions=config.history_max_sessions,
+            relearner=Relearner.from_config(config),
         )
 
     def apply_config(self, config: Config) -> None:
@@ -127,6 +134,9 @@ class Deliverer:
         self.fold_repeats = config.fold_repeats
         self.history_days = config.history_days
         self.history_max_sessions = config.history_max_sessions
+        self.relearner.configure(config)
+        self._watch_api()
+        self._wake.set()  # a reconcile turned on, or sooner, is due now
 
     # -- what the service reads -------------------------------------------------------
 
@@ -166,6 +176,23 @@ class Deliverer:
             sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
         self._thread.start()
+        self._watch_api()
+
+    def _watch_api(self) -> None:
+        if self.relearner.enabled:
+            self._watch.start(self.api_url)
+        else:
+            self._watch.stop()
+
+    def _heard_back(self) -> None:
+        """The watcher's thread: the API listens again after its connection dropped (restarted?)."""
+        self.relearner.ask(Reasons.DROPPED)
+        self._wake.set()
+
+    def reconcile_now(self) -> None:
+        """`omnimemory-learner reconcile` asked (SIGUSR1): reconcile at the thread's next step."""
+        self.relearner.ask(Reasons.ASKED)
+        self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -198,6 +225,7 @@ class Deliverer:
         """
         self._stop.set()
         self._wake.set()
+        self._watch.stop()
         stopped = True
         if self._thread is not None:
             self._thread.join(grace)
@@ -229,9 +257,10 @@ class Deliverer:
                 idle = self._drain(run)
                 if self._stop.is_set():
                     break
-                if idle > 0:
+                if idle > 0 and not self._relearn(run):
                     settler.prune(self.history_days, self.history_max_sessions, self._interrupted)
-                    self._wake.wait(min(idle, IDLE_WAIT_SECONDS))
+                    left = self.relearner.wait_left()
+                    self._wake.wait(min(idle, IDLE_WAIT_SECONDS, IDLE_WAIT_SECONDS if left is None else left))
                     self._wake.clear()
         except Exception:
             log.exception("Delivery thread failed; the service will restart it")
@@ -262,10 +291,12 @@ class Deliverer:
             # No backoff reaches past its cap: a schedule beyond it predates a clock stepped back.
             latest = now + self.health.backoff.cap + 1.0
             due = run.store.outbox.pending(limit=100, after_id=after_id, due_by=now, latest=latest)
-            batch = [session for session in due if not self.health.passed_over(session.id)]
+            doubts = self.relearner.doubts  # unanswered POSTs: held until GET /patterns says if they landed
+            undoubted = [session for session in due if session.id not in doubts]
+            batch = [session for session in undoubted if not self.health.passed_over(session.id)]
             if not batch:
                 if due:
-                    passed_over = True
+                    passed_over = passed_over or bool(undoubted)
                     after_id = due[-1].id
                     continue
                 if after_id and not wrapped:
@@ -319,7 +350,10 @@ class Deliverer:
         else:
             # The API has learned it: from here on only the record may be
             # retried, never the POST (that would teach the session twice).
-            recorded, _ = _record(self._stop, run.settler.taken, run.store, session, attempt.detail, attempt.commands)
+            self.relearner.answered(attempt)
+            recorded, _ = _record(
+                self._stop, run.settler.taken, run.store, session, attempt.detail, attempt.commands, attempt.body
+            )
         if not recorded:
             return None  # stopping: unrecorded, it is resent with the same key after a restart
         restart = self._answered(run, session)
@@ -337,6 +371,8 @@ class Deliverer:
             # It stays due, so the oldest session probes and the order holds.
             _record(self._stop, run.store.outbox.note_failure, session.id, detail, None)
             return self.health.unreachable(now)
+        if attempt.unanswered:
+            self.relearner.doubt(session, attempt)
         failed = self.health.failed(session, detail, now, attempt.asked_wait)
         _record(self._stop, run.store.outbox.note_failure, session.id, detail, failed.retry_at)
         return failed.wait
@@ -351,7 +387,29 @@ class Deliverer:
             _record(self._stop, run.store.outbox.reschedule, settled.excused, None)
         if settled.down_for is not None:
             log.info("Procedural API is answering again after %.0f s", settled.down_for)
-        return bool(settled.excused)
+            self.relearner.ask(Reasons.BACK)
+        released = [] if self.relearner.settles_doubts else self.relearner.release_doubts()
+        if released:
+            # Without GET /patterns to ask, the API answering another session is the best sign it is
+            # there again: what it left unanswered goes again (counted twice if it had landed).
+            _record(self._stop, run.store.outbox.reschedule, released, None)
+        return bool(settled.excused or released)
+
+    # -- reconciling ---------------------------------------------------------------
+
+    def _relearn(self, run: _Run) -> bool:
+        """One request of the relearner's, when it has one due; True if it made one."""
+        run.api.configure(self.api_url, self.timeout)
+        steps: Optional[Steps] = self.relearner.step(run.api, run.settler.history, run.store, self.timeout)
+        if steps is None:
+            return False
+        for session, pattern_id, attempt in steps.landed:
+            log.info("GET /patterns shows that session %s, left unanswered, was learned", session.session_id)
+            _record(self._stop, run.settler.taken, run.store, session, pattern_id, attempt.commands, attempt.body)
+            self._answered(run, session)
+        if steps.released:
+            _record(self._stop, run.store.outbox.reschedule, steps.released, None)
+        return True
 
     def _blame(self, run: _Run, failure: Failure[PendingSession]) -> None:
         session = failure.session

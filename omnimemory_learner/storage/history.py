@@ -27,10 +27,12 @@ import logging
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from ..core.fates import Fate
+from ..core.reconcile import Taught
 from ..core.sessions import ClosedSession
 from . import migrations
 from .files import HISTORY_FILE, ensure_private_dir
@@ -202,9 +204,14 @@ class HistoryStore:
 
     # -- writing ---------------------------------------------------------------
 
-    def record(self, entries: Iterable[Entry]) -> bool:
-        """Add settled sessions; a key already there is updated (a rejected one retried, say)."""
+    def record(self, entries: Iterable[Entry], sent: Optional[Mapping[str, bytes]] = None) -> bool:
+        """Add settled sessions; a key already there is updated (a rejected one retried, say).
+
+        `sent`: content key -> the body POSTed for it (the sessions the API
+        took), kept compressed so that a forgetful API can be taught it again.
+        """
         now = time.time()
+        bodies = sent or {}
         rows = [
             (
                 entry.key,
@@ -221,6 +228,7 @@ class HistoryStore:
                 int(entry.unusual),
                 entry.rarest,
                 entry.settled_at or now,
+                _pack(bodies.get(entry.key)),
             )
             for entry in entries
         ]
@@ -230,7 +238,7 @@ class HistoryStore:
         def write(db: sqlite3.Connection) -> bool:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany(f"INSERT OR REPLACE INTO history ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows)
+                db.executemany(f"INSERT OR REPLACE INTO history ({_COLUMNS}, sent) VALUES ({','.join('?' * 15)})", rows)
             return True
 
         return bool(self._run(write, False))
@@ -250,6 +258,60 @@ class HistoryStore:
             return removed
 
         return int(self._run(prune, 0))
+
+    # -- what the API was taught, for teaching it again ---------------------------
+
+    def taught(self, since: float) -> List[Taught]:
+        """Every session the API learned (pattern id, outcome, last time, key), last event at or after `since`."""
+        sql = (
+            "SELECT pattern_id, outcome, last_time, key FROM history "
+            "WHERE settled = ? AND pattern_id IS NOT NULL AND last_time >= ?"
+        )
+        make = Taught._make
+        return list(self._run(lambda db: [make(row) for row in db.execute(sql, (str(Fate.LEARNED), since))], []))
+
+    def sent_session(self, key: str) -> Optional[SentSession]:
+        """What teaches the API this learned session again: its body as sent, or what rebuilds it."""
+
+        def read(db: sqlite3.Connection) -> Optional[SentSession]:
+            row = db.execute(
+                "SELECT key, session_id, first_time, last_time, commands, outcome, pattern_id, quality, sent, retaught "
+                "FROM history WHERE key = ? AND settled = ?",
+                (key, str(Fate.LEARNED)),
+            ).fetchone()
+            if row is None:
+                return None
+            found, session_id, first_time, last_time, commands, outcome, pattern_id, quality, sent, retaught = row
+            return SentSession(
+                found,
+                session_id,
+                first_time,
+                last_time,
+                json.loads(commands),
+                outcome,
+                pattern_id,
+                quality,
+                _unpack(sent),
+                int(retaught),
+            )
+
+        return self._run(read, None)
+
+    def mark_retaught(self, key: str, at: float) -> bool:
+        """One more time the API was taught this session again (after its 2xx)."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            with db:
+                db.execute("UPDATE history SET retaught = retaught + 1, retaught_at = ? WHERE key = ?", (at, key))
+            return True
+
+        return bool(self._run(write, False))
+
+    def retaught(self) -> Tuple[int, int]:
+        """(sessions taught again at least once, times taught again in all), within the history."""
+        sql = "SELECT count(*), coalesce(sum(retaught), 0) FROM history WHERE retaught > 0"
+        row = self._run(lambda db: db.execute(sql).fetchone(), None)
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     # -- the ledger --------------------------------------------------------------
 
@@ -327,6 +389,35 @@ class HistoryStore:
 
     def count(self) -> int:
         return int(self._run(lambda db: db.execute("SELECT count(*) FROM history").fetchone()[0], 0))
+
+
+class SentSession(NamedTuple):
+    """A learned session as the history keeps it for teaching it again."""
+
+    key: str
+    session_id: str
+    first_time: float
+    last_time: float
+    commands: List[str]
+    outcome: Optional[str]
+    pattern_id: Optional[str]
+    quality: Optional[float]
+    body: Optional[bytes]  # the JSON body exactly as POSTed; None for sessions recorded before it was kept
+    retaught: int
+
+
+def _pack(body: Optional[bytes]) -> Optional[bytes]:
+    # Level 1: the commands' names and contexts repeat; a higher level buys little for its CPU.
+    return None if body is None else zlib.compress(body, 1)
+
+
+def _unpack(packed: Optional[bytes]) -> Optional[bytes]:
+    if packed is None:
+        return None
+    try:
+        return zlib.decompress(packed)
+    except (zlib.error, TypeError):
+        return None  # a damaged body is rebuilt from the names, as for an older row
 
 
 def _is_corrupt(error: sqlite3.DatabaseError) -> bool:

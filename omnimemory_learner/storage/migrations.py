@@ -142,6 +142,16 @@ HISTORY_MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, _HISTORY_V1),  # 0.1.0's table as it is (or a new file)
     # The ledger's horizon (HistoryStore.ledger_horizon): unknown for a 0.1.0 file, kept from here on.
     Migration(2, ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",)),
+    # What teaches a forgetful API again (HistoryStore.sent_session): the body exactly as
+    # POSTed, zlib-compressed; how often and when it was taught again. NULL for older rows.
+    Migration(
+        3,
+        (
+            "ALTER TABLE history ADD COLUMN sent BLOB",
+            "ALTER TABLE history ADD COLUMN retaught INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE history ADD COLUMN retaught_at REAL",
+        ),
+    ),
 )
 
 

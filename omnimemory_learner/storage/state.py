@@ -60,6 +60,10 @@ _PENDING, _LOW_QUALITY, _TOO_SHORT, _ALREADY_DELIVERED = (
 )
 
 
+# The meta key of the last reconcile with the API (delivery/relearn.py writes it; status and doctor read it).
+RECONCILE_META = "reconcile"
+
+
 class Fingerprint(NamedTuple):
     """The events database's rows where it was read, each [rowid, repr of the row] (None: none read).
 
@@ -322,3 +326,8 @@ class StateStore:
 
     def meta_value(self, key: str) -> Optional[str]:
         return self._meta(key)
+
+    def note(self, key: str, value: str) -> None:  # key: RECONCILE_META, say
+        """A note for status and doctor (the last reconcile, say), kept in meta."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
