@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -70,6 +71,9 @@ class Engine:
         self._lock = threading.Lock()
         self._patterns: Dict[str, List[Any]] = {}  # pattern_id -> [commands, success, failure]
         self.accepted = 0  # POSTs that changed a count or made a pattern
+        # Not the original's: for tests of a slow API, and of one without GET /patterns (404).
+        self.answer_delay = 0.0
+        self.without_patterns = False
 
     def learn(self, commands: List[Any], outcome: str) -> Optional[str]:
         if len(commands) < 3:
@@ -146,7 +150,7 @@ def make_handler(engine: Engine) -> type:
             path = self.path.split("?", 1)[0]
             if path == "/health":
                 self._send(200, HEALTH)
-            elif path == "/patterns":
+            elif path == "/patterns" and not engine.without_patterns:
                 patterns = engine.summaries()
                 self._send(200, {"patterns": patterns, "total": len(patterns)})
             elif path == "/learn":
@@ -167,6 +171,8 @@ def make_handler(engine: Engine) -> type:
             try:
                 commands, outcome = read_learn_body(raw)
                 pattern_id = engine.learn(commands, outcome)
+                if engine.answer_delay:
+                    time.sleep(engine.answer_delay)  # learned at once, answered late: a slow API
             except Invalid as error:
                 self._send(422, {"detail": [{"msg": str(error)}]})
                 return

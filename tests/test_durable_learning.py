@@ -69,7 +69,10 @@ def history_rows(state_dir, sql):
 
 
 def learned_in_all(state_dir):
-    return history_rows(state_dir, "SELECT count(*) FROM history WHERE settled = 'learned'")[0][0]
+    try:
+        return history_rows(state_dir, "SELECT count(*) FROM history WHERE settled = 'learned'")[0][0]
+    except sqlite3.OperationalError:  # made, and its table not yet: the service is starting
+        return 0
 
 
 def all_learned(state, api, at_least, timeout=120):
@@ -138,6 +141,9 @@ def test_a_restarted_api_is_taught_again_within_seconds_and_one_that_did_not_res
         last = status["reconcile"]
         assert last["sessions_lost"] == learned_in_all(state) and last["taught"] == learned_in_all(state)
         assert last["forgotten_not_in_history"] == 0
+        human = run_learner(env, "status").stdout
+        assert f"the API had forgotten {learned_in_all(state)} sessions" in human
+        assert relearning(env) == [("ok", True)]
         time.sleep(2.0)
         assert counts(api.url) == before  # and nothing more after it
     finally:
@@ -214,6 +220,12 @@ def test_the_learner_killed_while_teaching_again_adds_at_most_one_a_kill(tmp_pat
     assert all(a >= b for p in before for a, b in zip(after[p], before[p]))
     assert extra <= kills, (extra, kills)
     print(f"{extra} counted twice over {kills} kills")
+
+
+def relearning(env):
+    """doctor's relearning checks: (level, whether it says something was taught again)."""
+    checks = json.loads(run_learner(env, "doctor", "--json").stdout)
+    return [(c["level"], "taught again" in c["message"]) for c in checks if c["name"] == "relearning"]
 
 
 def post(url, names, outcome):
@@ -360,6 +372,7 @@ def test_sessions_older_than_history_days_are_reported_as_not_repairable(tmp_pat
         report = json.loads(run_learner(env, "status", "--json").stdout)["reconcile"]
         assert report["forgotten_not_in_history"] == old and report["sessions_lost"] == 100 - old
         assert report["taught"] == 100 - old
+        assert relearning(env) == [("warning", False)]  # the forgotten beyond the history
     finally:
         code, output = stop(process)
     assert code == 0, output

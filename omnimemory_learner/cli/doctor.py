@@ -31,6 +31,7 @@ from ..storage.state import StateError, StateStore
 from ..watching import resolve, watch_problem
 from .exits import EX_FAILURE, EX_OK
 from .output import echo, print_json, shown
+from .reconcile import relearning_findings
 from .status import replaced_line
 
 UNIT_NAME = "omnimemory-learner.service"
@@ -72,6 +73,7 @@ def doctor(config: Config, as_json: bool) -> int:
     checks += check_service_manager()
     checks += check_paths(config)
     checks += check_outbox(config)
+    checks += check_relearning(config)
     _print(checks, as_json)
     return EX_FAILURE if any(check.level == PROBLEM for check in checks) else EX_OK
 
@@ -464,6 +466,12 @@ def check_paths(config: Config) -> List[Check]:
     else:
         checks.append(Check("log file", PROBLEM, f"{log_file} is not writable", f"check the permissions of {target}"))
     return checks
+
+
+def check_relearning(config: Config) -> List[Check]:
+    """The last reconcile with the API: what it found, what was taught again (cli/reconcile.py)."""
+    levels = {"ok": OK, "warning": WARNING}
+    return [Check("relearning", levels[level], what, fix) for level, what, fix in relearning_findings(config)]
 
 
 def check_outbox(config: Config) -> List[Check]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import Config
 from ..core.reconcile import Reconciliation
@@ -27,7 +27,7 @@ from ..storage.lock import AlreadyRunning, InstanceLock, lock_is_held, read_lock
 from ..storage.state import StateError, StateStore
 from .exits import EX_CANTCREAT, EX_FAILURE, EX_NO_STATE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .output import echo, error, print_json, shown
-from .status import last_reconcile
+from .status import last_reconcile, reconcile_line
 
 # How long to wait for the running service to reconcile and teach what this command asked of it.
 SERVICE_WAIT_SECONDS = 120.0
@@ -193,3 +193,29 @@ def _show(report: Dict[str, Any], as_json: bool) -> None:
             f"Taught again: {report['taught']} of {report['sessions_lost']} sessions, by {report['taught_by']}."
         )
     echo("\n".join(lines))
+
+
+def relearning_findings(config: Config) -> List[Tuple[str, str, Optional[str]]]:
+    """What doctor says of reconciling: (level "ok" | "warning", what, fix or None)."""
+    if not config.reconcile:
+        return [
+            ("ok", "reconcile = false: a restarted API is not taught again (run 'omnimemory-learner reconcile')", None)
+        ]
+    note = _note(config) if (config.state_dir / STATE_FILE).exists() else None
+    if not note:
+        return [("ok", "no reconcile with the API yet (the service reconciles at start)", None)]
+    line = reconcile_line(note)
+    if "sessions_lost" not in note:
+        return [("warning", line, "the API must answer GET /patterns for a restart of it to be repaired")]
+    findings: List[Tuple[str, str, Optional[str]]] = []
+    if not _repaired(note):
+        findings.append(("warning", line, "it goes on when the API answers; or run: omnimemory-learner reconcile"))
+    if note.get("forgotten_not_in_history"):
+        findings.append(
+            (
+                "warning",
+                f"{note['forgotten_not_in_history']} sessions the API forgot are no longer in the history",
+                "raise history_days or history_max_sessions to keep more of what can be taught again",
+            )
+        )
+    return findings or [("ok", line, None)]

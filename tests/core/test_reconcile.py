@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnimemory_learner.core.reconcile import Taught, parse_patterns, reconcile
+from omnimemory_learner.core.reconcile import Doubt, Taught, expected_pattern_id, landed, parse_patterns, reconcile
 
 OURS = "abcd"
 THEIRS = "xy"
@@ -318,3 +318,63 @@ def test_any_answer_is_read_without_raising_and_only_counts_come_out(answer):
     for pattern_id, (success, failure) in parsed.counts.items():
         assert isinstance(pattern_id, str) and pattern_id not in parsed.unknown
         assert type(success) is int and type(failure) is int and success >= 0 and failure >= 0
+
+
+# -- POSTs left unanswered: did they land? -------------------------------------------------
+
+
+@st.composite
+def doubtful_worlds(draw, others=True):
+    """Ours delivered and answered (the history), then doubtful POSTs that did or did not land."""
+    history, held, lost = draw(worlds(others=others))
+    doubts, landed_really = [], Counter()
+    for i in range(draw(st.integers(0, 8))):
+        doubt = Doubt(f"d{i}", draw(st.sampled_from(OURS)), draw(st.sampled_from(OUTCOMES)))
+        doubts.append(doubt)
+        if draw(st.booleans()):
+            add(held, doubt.pattern_id, doubt.outcome)
+            landed_really[(doubt.pattern_id, doubt.outcome)] += 1
+    return history, held, lost, doubts, landed_really
+
+
+def landed_reference(doubts, history, held):
+    """Per (pattern, outcome): the first max(0, held - ours) of its doubts, in the order given."""
+    chosen = set()
+    for group in {(d.pattern_id, d.outcome) for d in doubts}:
+        mine = len({s.key for s in history if (s.pattern_id, s.outcome) == group})
+        have = held.get(group[0], (0, 0))[0 if group[1] == "success" else 1]
+        chosen |= {d.key for d in [d for d in doubts if (d.pattern_id, d.outcome) == group][: max(0, have - mine)]}
+    return chosen
+
+
+@settings(max_examples=400, deadline=None)
+@given(doubtful_worlds())
+def test_landed_is_the_reference_and_every_doubt_is_judged_once(world):
+    history, held, _, doubts, _ = world
+    yes, no, undecided = landed(doubts, history, held, frozenset())
+    assert set(yes) == landed_reference(doubts, history, held)
+    assert sorted(yes + no) == sorted(d.key for d in doubts) and undecided == []
+
+
+@settings(max_examples=400, deadline=None)
+@given(doubtful_worlds(others=False))
+def test_without_other_clients_or_a_restart_landed_is_exactly_what_landed(world):
+    history, held, lost, doubts, landed_really = world
+    yes, _, _ = landed(doubts, history, held, frozenset())
+    by_group = Counter((d.pattern_id, d.outcome) for d in doubts if d.key in yes)
+    if not lost:
+        assert by_group == landed_really
+    else:
+        # A restart lost some of ours: what landed may be taken for their replacement, never more.
+        assert all(by_group[group] <= landed_really[group] for group in by_group)
+
+
+def test_a_doubt_of_a_pattern_whose_counts_are_unknown_is_undecided():
+    assert landed([Doubt("d", "a", "success")], [], {}, frozenset({"a"})) == ([], [], ["d"])
+
+
+def test_the_pattern_id_is_the_servers():
+    from original_api import pattern_id_of
+
+    for names in (["open_file", "edit_code", "save_file"], ["run http://x.org/a 12", "a.py", " b "], []):
+        assert expected_pattern_id(names) == pattern_id_of(names)
