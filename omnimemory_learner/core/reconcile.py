@@ -80,7 +80,7 @@ _COLUMN = {SUCCESS: 0, FAILURE: 1}  # the index into (success_count, failure_cou
 
 
 class Taught(NamedTuple):
-    """One session the history holds as learned by the API."""
+    """One session the history holds as learned by the API (a plain tuple in this order will do)."""
 
     pattern_id: Optional[str]
     outcome: str

@@ -47,10 +47,9 @@ log = logging.getLogger(__name__)
 
 # GET /patterns lists every pattern: it gets longer than a POST (and is never on the reading path).
 PATTERNS_TIMEOUT_FLOOR = 30.0
-# After a failed GET /patterns: the first wait, and the longest while the API is not reachable
-# (a restart is then caught within seconds of the API listening again).
+# After a failed GET /patterns: the first wait (doubled up to retry_max_seconds; while the API is
+# not reachable the watch, watch.py, says at once when it listens again).
 FIRST_WAIT_SECONDS = 0.5
-UNREACHABLE_WAIT_SECONDS = 5.0
 
 
 class Reasons:
@@ -138,11 +137,8 @@ class Relearner:
             return None
         return max(self.check_at - self._clock(), 0.0)
 
-    def _retry(self, unreachable: bool) -> None:
-        wait = self._backoff.next_delay()
-        if unreachable:
-            wait = min(wait, UNREACHABLE_WAIT_SECONDS)
-        self.check_at = self._clock() + wait
+    def _retry(self) -> None:
+        self.check_at = self._clock() + self._backoff.next_delay()
 
     def _periodic(self) -> None:
         self._backoff.reset()
@@ -209,7 +205,7 @@ class Relearner:
             self.check_at = None
             return steps
         self._asked = False
-        self.plan = deque(session.key for session in found.teach)
+        self.plan = deque(session[3] for session in found.teach)  # the key (the history's rows are plain tuples)
         self._note(store, found, len(read.counts.counts))
         if found.sessions_lost:
             log.warning(
@@ -240,7 +236,7 @@ class Relearner:
         if not read.supported and not self.enabled:
             self.check_at = None
         elif read.supported:
-            self._retry(unreachable=not read.connected)
+            self._retry()
         else:
             self.check_at = self._clock() + max(self.interval, 600.0)
         self._record(store, {"problem": read.problem})
@@ -285,7 +281,7 @@ class Relearner:
             log.warning("Teaching the procedural API again stopped: %s; reconciling again later", attempt.detail)
             self.plan.clear()
             self.why = Reasons.BACK
-            self._retry(unreachable=not attempt.connected)
+            self._retry()
         return Steps(taught=1)
 
     # -- what status shows --------------------------------------------------------------

@@ -5,9 +5,8 @@ learner has nothing to send it would not notice until the next periodic
 reconcile. A connection that sends no request costs nothing while idle (a
 thread blocked in recv, no timer, no wake-up); when the API's process exits
 or restarts, the kernel or the server closes it and recv returns. The
-watcher then connects again (every second while refused, every 5 s after
-two minutes) and,
-once the API listens again, says so: the delivery thread reconciles.
+watcher then connects again (after 0.5 s, doubling up to 8 s while refused)
+and, once the API listens again, says so: the delivery thread reconciles.
 
 The guarantee: it never sends a byte, never raises into its caller, and a
 server that closes idle connections itself (a proxy, a read timeout) is
@@ -27,10 +26,10 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
-CONNECT_EVERY_SECONDS = 1.0
-# Past this many refusals in a row (a minute or two), connections are tried less often.
-QUICK_TRIES = 120
-SLOW_CONNECT_EVERY_SECONDS = 5.0
+# While the API refuses: the first wait, doubled up to the longest (an outage costs a
+# connection attempt every 10 s; a restart is heard within about as long of it listening).
+FIRST_RETRY_SECONDS = 0.5
+LONGEST_RETRY_SECONDS = 8.0
 CONNECT_TIMEOUT_SECONDS = 2.0
 # A connection the server closed sooner than this after it was made, while the API
 # stayed reachable, was closed by the server's own rule rather than by a restart.
@@ -93,25 +92,23 @@ class ApiWatch:
             log.debug("Watching the procedural API's connection failed", exc_info=True)
 
     def _watch(self, address: Tuple[str, int], stop: threading.Event) -> None:
-        ever = False  # a connection was made once: a refusal after it means the API went away
-        dropped = False  # the connection was lost: the next one made means "back"
         refused = 0
         short_closes = 0
+        first = True
         while not stop.is_set():
             sock = self._connect(address)
             if sock is None:
-                dropped = dropped or ever
-                refused += 1
-                stop.wait(CONNECT_EVERY_SECONDS if refused <= QUICK_TRIES else SLOW_CONNECT_EVERY_SECONDS)
+                # Soon after a drop (a restart takes seconds), rarely in a long outage.
+                stop.wait(min(FIRST_RETRY_SECONDS * 2**refused, LONGEST_RETRY_SECONDS))
+                refused = min(refused + 1, 30)
                 continue
-            if dropped:
-                self._on_back()
-            ever, dropped, refused = True, False, 0
+            if not (first and not refused):
+                self._on_back()  # listening again (or for the first time since the learner started)
+            first, refused = False, 0
             opened = time.monotonic()
             self._hold(sock)
             if stop.is_set():
                 return
-            dropped = True
             if time.monotonic() - opened < SHORT_LIVED_SECONDS and self._reachable(address):
                 short_closes += 1
                 if short_closes >= CLOSES_TO_GIVE_UP:

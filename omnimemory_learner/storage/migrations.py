@@ -150,6 +150,8 @@ HISTORY_MIGRATIONS: Tuple[Migration, ...] = (
             "ALTER TABLE history ADD COLUMN sent BLOB",
             "ALTER TABLE history ADD COLUMN retaught INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE history ADD COLUMN retaught_at REAL",
+            # What a reconcile reads of every learned session, without the rows' commands and bodies.
+            "CREATE INDEX IF NOT EXISTS history_taught ON history (settled, pattern_id, outcome, last_time)",
         ),
     ),
 )
