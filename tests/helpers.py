@@ -102,6 +102,7 @@ class RecordingAPI:
         self.lock = threading.Lock()
         self._server = None
         self._thread = None
+        self._connections = set()  # open ones: a stop drops them, as a restarted server's process does
 
     def start(self):
         api = self
@@ -111,6 +112,16 @@ class RecordingAPI:
             # Headers and body go out in two writes: without this, Nagle and
             # the client's delayed ACK add 40 ms to every answer.
             disable_nagle_algorithm = True
+
+            def setup(self):
+                super().setup()
+                with api.lock:
+                    api._connections.add(self.connection)
+
+            def finish(self):
+                with api.lock:
+                    api._connections.discard(self.connection)
+                super().finish()
 
             def log_message(self, *args):
                 pass
@@ -292,6 +303,13 @@ class RecordingAPI:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self.lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # the client closed it meanwhile
 
     def sessions(self):
         with self.lock:

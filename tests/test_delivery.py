@@ -39,7 +39,7 @@ def fill(state_dir, sessions):
 
 def make_deliverer(state_dir, url, cap=0.2):
     deliverer = Deliverer(state_dir, url, timeout=1.0, retry_max_seconds=cap)
-    deliverer.backoff.first = 0.05
+    deliverer.health.backoff.first = 0.05
     return deliverer
 
 
@@ -323,7 +323,7 @@ def test_a_session_the_api_always_fails_backs_off_alone_then_is_parked(tmp_path,
     deliverer = Deliverer(
         tmp_path, api.url, timeout=1.0, retry_max_seconds=0.3, session_retry_limit=3, session_retry_seconds=0.5
     )
-    deliverer.backoff.first = 0.05
+    deliverer.health.backoff.first = 0.05
     started = time.monotonic()
     deliverer.start()
     with Feeder(tmp_path, deliverer) as feeder:
@@ -393,13 +393,13 @@ def test_api_failing_everything_backs_off_as_one_and_parks_nothing(tmp_path, api
     deliverer = Deliverer(
         tmp_path, api.url, timeout=1.0, retry_max_seconds=0.4, session_retry_limit=2, session_retry_seconds=0.001
     )
-    deliverer.backoff.first = 0.05
+    deliverer.health.backoff.first = 0.05
     deliverer.start()
     time.sleep(3.0)
     failing_attempts = api.attempts
     # API-wide backoff: about one probe per 0.2-0.4 s, not 50 sessions each backing off alone.
     assert 3 <= failing_attempts <= 25, failing_attempts
-    assert deliverer.api_down_since is not None
+    assert deliverer.health.down_since is not None
     api.default = 200
     try:
         assert settle(tmp_path) == {"learned": 50}
@@ -524,7 +524,7 @@ def test_retry_after_zero_from_an_api_failing_everything_still_backs_off(tmp_pat
     api.default = ("headers", 503, {"Retry-After": "0"}, "not ready")
     fill(tmp_path, [closed(f"s{i}", 1 + 10 * i) for i in range(20)])
     deliverer = Deliverer(tmp_path, api.url, timeout=1.0, retry_max_seconds=0.4)
-    deliverer.backoff.first = 0.05
+    deliverer.health.backoff.first = 0.05
     deliverer.start()
     time.sleep(2.5)
     deliverer.stop(2)
@@ -678,7 +678,7 @@ def test_a_lone_failing_session_backs_off_but_is_not_parked_without_evidence(tmp
     deliverer = Deliverer(
         tmp_path, api.url, timeout=1.0, retry_max_seconds=0.8, session_retry_limit=1, session_retry_seconds=0.001
     )
-    deliverer.backoff.first = 0.05
+    deliverer.health.backoff.first = 0.05
     deliverer.start()
     time.sleep(3.0)
     deliverer.stop(2)

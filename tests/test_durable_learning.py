@@ -264,9 +264,9 @@ def test_reconcile_command_dry_run_then_teach_then_nothing_left(tmp_path, api):
     assert dry.returncode == 1, dry.stderr
     report = json.loads(dry.stdout)
     assert report["sessions_lost"] == learned_in_all(state) and report["taught"] == 0 and report["taught_by"] is None
-    missing = [deficit["missing"] for deficit in report["deficits"]]
+    missing = [deficit["forgotten"] for deficit in report["deficits"]]
     assert missing == sorted(missing, reverse=True) and sum(missing) == report["sessions_lost"]
-    assert {(d["pattern_id"], d["outcome"]): d["missing"] for d in report["deficits"]} == ours(state)
+    assert {(d["pattern_id"], d["outcome"]): d["forgotten"] for d in report["deficits"]} == ours(state)
     assert counts(api.url) == {}  # nothing taught
     assert ((state / "state.db").read_bytes(), (state / "history.db").read_bytes()) == state_before
 

@@ -177,6 +177,9 @@ DELIVERY_MAY_IMPORT = {
     "delivery.health": ("core",),
     "delivery.learn_api": ("core", "storage", "delivery.http"),
     "delivery.settle": ("core", "storage", "logs", "delivery.health"),
+    "delivery.relearn": ("config", "core", "storage", "delivery.health", "delivery.learn_api"),
+    "delivery.run": ("core", "storage", "delivery.health", "delivery.learn_api", "delivery.relearn", "delivery.settle"),
+    "delivery.watch": (),
     "delivery.thread": ("config", "core", "storage", "delivery"),
 }
 

@@ -185,7 +185,7 @@ def test_hostile_ids_and_answers_never_forge_a_line_and_reach_the_api_unchanged(
     result = run_learner(env, "status")
     assert result.returncode == 3, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 12 and unsafe_characters(result.stdout) == []
+    assert len(lines) == 13 and unsafe_characters(result.stdout) == []
     assert lines[1] == "       Database: " + str(tmp_path) + "/odd\\n\\x1b[31mdir\\u202e/memory_data.db"
     assert lines[3] == "            API: " + api.url + "/\\u202eevil\\u2028x"
     assert lines[-1].startswith("     Last error: ") and "\\x1b[2J" in lines[-1]

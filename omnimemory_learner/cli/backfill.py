@@ -85,10 +85,11 @@ def _learn(config: Config, runner: Runner, until_delivered_timeout: Optional[flo
             break
         if deadline is not None and time.monotonic() >= deadline:
             progress.done()
+            last_error = (pipeline.state.meta_value("last_error") or " none").partition(" ")[2]  # "<time> <error>"
             error(
                 f"the procedural API at {config.api_url} did not take every session "
                 f"in {until_delivered_timeout:g} s; {pending} session(s) stay pending for the service "
-                f"(last error: {deliverer.last_error})"
+                f"(last error: {last_error})"
             )
             return EX_UNAVAILABLE
         if not deliverer.alive:

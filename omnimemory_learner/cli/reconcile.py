@@ -70,7 +70,7 @@ def reconcile_command(config: Config, dry_run: bool, as_json: bool) -> int:
 
 def _report(config: Config, found: Survey, plan: Reconciliation) -> Dict[str, Any]:
     assert found.read.counts is not None
-    deficits = sorted(plan.deficits, key=lambda deficit: (-deficit.missing, deficit.pattern_id, deficit.outcome))
+    deficits = sorted(plan.deficits, key=lambda deficit: (-deficit.forgotten, deficit.pattern_id, deficit.outcome))
     return {
         "api_url": config.api_url,
         "patterns_held": len(found.read.counts.counts),
@@ -160,7 +160,7 @@ def _note(config: Config) -> Optional[dict]:
 
 
 def _repaired(note: dict) -> bool:
-    return "sessions_lost" in note and note.get("taught", 0) + note.get("rejected", 0) >= note["sessions_lost"]
+    return "sessions_lost" in note and note.get("taught", 0) + note.get("refused", 0) >= note["sessions_lost"]
 
 
 def _show(report: Dict[str, Any], as_json: bool) -> None:
@@ -172,11 +172,11 @@ def _show(report: Dict[str, Any], as_json: bool) -> None:
         f"holds {report['sessions_in_history']} sessions it learned (within history_days {report['history_days']:g})."
     ]
     if report["deficits"]:
-        lines.append(f"{'PATTERN':<18} {'OUTCOME':<8} {'TAUGHT':>7} {'HELD':>7} {'MISSING':>7}")
+        lines.append(f"{'PATTERN':<18} {'OUTCOME':<8} {'TAUGHT':>7} {'HELD':>7} {'FORGOTTEN':>9}")
         for deficit in report["deficits"]:
             lines.append(
                 f"{shown(deficit['pattern_id']):<18} {deficit['outcome']:<8} {deficit['taught']:>7} "
-                f"{deficit['held']:>7} {deficit['missing']:>7}"
+                f"{deficit['held']:>7} {deficit['forgotten']:>9}"
             )
         lines.append(f"Forgotten: {report['sessions_lost']} sessions of {report['patterns_lost']} patterns.")
     else:

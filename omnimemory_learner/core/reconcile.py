@@ -93,7 +93,7 @@ class Deficit(NamedTuple):
     outcome: str
     taught: int
     held: int
-    missing: int
+    forgotten: int
 
 
 class PatternCounts(NamedTuple):
@@ -111,7 +111,7 @@ class PatternCounts(NamedTuple):
 
 
 class Reconciliation(NamedTuple):
-    deficits: Tuple[Deficit, ...]  # only missing > 0, by pattern id then outcome
+    deficits: Tuple[Deficit, ...]  # only forgotten > 0, by pattern id then outcome
     teach: Tuple[Taught, ...]  # most recent first; len(teach) == sessions_lost
     sessions_lost: int
     patterns_lost: int
@@ -120,10 +120,10 @@ class Reconciliation(NamedTuple):
     ignored: int  # history entries not counted (no pattern id, other outcome, repeated key)
     unknown_patterns: int  # patterns of ours left alone: their counts could not be read
 
-    def missing(self, pattern_id: str, outcome: str) -> int:
+    def forgotten(self, pattern_id: str, outcome: str) -> int:
         for deficit in self.deficits:
             if deficit.pattern_id == pattern_id and deficit.outcome == outcome:
-                return deficit.missing
+                return deficit.forgotten
         return 0
 
 

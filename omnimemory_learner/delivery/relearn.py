@@ -276,7 +276,7 @@ class Relearner:
             self._record(store, self.last)
         elif attempt.verdict == Verdict.REJECTED:
             log.error("Procedural API rejected session %s taught again: %s", sent.session_id, attempt.detail)
-            self.last["rejected"] = self.last.get("rejected", 0) + 1
+            self.last["refused"] = self.last.get("refused", 0) + 1
         else:
             log.warning("Teaching the procedural API again stopped: %s; reconciling again later", attempt.detail)
             self.plan.clear()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from pathlib import Path
-from typing import Callable, Deque, Iterable, List, Optional, Tuple
+from typing import Callable, Deque, Iterable, List, NamedTuple, Optional, Tuple
 
 from ..core.fates import TAKEN_BY_API, Fate
 from ..core.sessions import ClosedSession
@@ -38,6 +38,13 @@ UNSENT_QUEUE_CAP = 2_000
 UNSENT_BATCH = 1_000
 # History retention while idle: at most this many batches (of 500) before looking for work again.
 PRUNE_BATCHES_PER_IDLE = 20
+
+
+class Retention(NamedTuple):
+    """How much history is kept: history_days and history_max_sessions."""
+
+    days: float
+    max_sessions: int
 
 
 class Settler:
@@ -161,10 +168,10 @@ class Settler:
         if entries:
             self.history.record(entries)
 
-    def prune(self, days: float, max_sessions: int, interrupted: Callable[[], bool]) -> None:
+    def prune(self, retention: Retention, interrupted: Callable[[], bool]) -> None:
         """History retention, in small batches until `interrupted()` (reading never waits for it)."""
         for _ in range(PRUNE_BATCHES_PER_IDLE):
-            if interrupted() or not self.history.prune_some(days, max_sessions):
+            if interrupted() or not self.history.prune_some(retention.days, retention.max_sessions):
                 return
 
     def _remember(

@@ -76,8 +76,8 @@ def _entry(row: Sequence[Any]) -> Entry:
     return Entry(*values)
 
 
-class HistoryStore:
-    """One connection to history.db (each thread opens its own)."""
+class HistoryFile:
+    """One connection to history.db, opened again when the file is lost, replaced or corrupt."""
 
     def __init__(self, state_dir: Path, create: bool = True):
         self.path = Path(state_dir) / HISTORY_FILE
@@ -201,6 +201,10 @@ class HistoryStore:
             else:
                 self._fail(f"cannot use the history {self.path}: {error}")
             return default
+
+
+class HistoryStore(HistoryFile):
+    """What the history holds: settled sessions, the ledger, what the API was sent (each thread opens its own)."""
 
     # -- writing ---------------------------------------------------------------
 

@@ -80,9 +80,9 @@ def test_the_deficit_is_the_reference_and_never_above_what_was_lost(world):
         ((s.last_time, s.key) for s in result.teach), key=lambda p: (-p[0], p[1])
     )
     for deficit in result.deficits:
-        assert deficit.missing <= lost[(deficit.pattern_id, deficit.outcome)]  # others only add: never teach twice
-        assert deficit.missing == deficit.taught - deficit.held
-    assert result.sessions_lost == len(result.teach) == sum(d.missing for d in result.deficits)
+        assert deficit.forgotten <= lost[(deficit.pattern_id, deficit.outcome)]  # others only add: never teach twice
+        assert deficit.forgotten == deficit.taught - deficit.held
+    assert result.sessions_lost == len(result.teach) == sum(d.forgotten for d in result.deficits)
     assert result.patterns_lost == len({d.pattern_id for d in result.deficits})
     assert result.loss_seen == bool(result.teach)
 
@@ -92,7 +92,7 @@ def test_the_deficit_is_the_reference_and_never_above_what_was_lost(world):
 def test_without_other_clients_the_deficit_is_exactly_the_loss(world):
     history, held, lost = world
     result = reconcile(history, held)
-    assert {(d.pattern_id, d.outcome): d.missing for d in result.deficits} == {g: n for g, n in lost.items() if n}
+    assert {(d.pattern_id, d.outcome): d.forgotten for d in result.deficits} == {g: n for g, n in lost.items() if n}
 
 
 @settings(max_examples=300, deadline=None)
@@ -105,10 +105,10 @@ def test_a_partial_repair_leaves_only_the_rest_and_nothing_twice(world, data):
         add(held, s.pattern_id, s.outcome)
     second = reconcile(history, held)
     again = Counter((s.pattern_id, s.outcome) for s in taught_again)
-    assert {(d.pattern_id, d.outcome): d.missing for d in second.deficits} == {
-        (d.pattern_id, d.outcome): d.missing - again[(d.pattern_id, d.outcome)]
+    assert {(d.pattern_id, d.outcome): d.forgotten for d in second.deficits} == {
+        (d.pattern_id, d.outcome): d.forgotten - again[(d.pattern_id, d.outcome)]
         for d in first.deficits
-        if d.missing > again[(d.pattern_id, d.outcome)]
+        if d.forgotten > again[(d.pattern_id, d.outcome)]
     }
     assert {s.key for s in second.teach} <= {s.key for s in first.teach}
     assert second.sessions_lost == first.sessions_lost - len(taught_again)
@@ -170,7 +170,7 @@ def test_outcomes_are_counted_apart():
     history = [Taught("p", "success", 1.0, "s1"), Taught("p", "failure", 2.0, "f1"), Taught("p", "failure", 3.0, "f2")]
     # Three in all on the API, but the failures are short by one and the successes over.
     result = reconcile(history, {"p": (2, 1)})
-    assert [(d.outcome, d.taught, d.held, d.missing) for d in result.deficits] == [("failure", 2, 1, 1)]
+    assert [(d.outcome, d.taught, d.held, d.forgotten) for d in result.deficits] == [("failure", 2, 1, 1)]
     assert [s.key for s in result.teach] == ["f2"]
 
 
