@@ -5,16 +5,32 @@ two callbacks (a commit that filled the outbox wakes it; sessions settled
 without sending go to it for the history), and at shutdown no such session
 is lost: what the stopped thread had not recorded yet is recorded here, after
 the last commit and before the stores close.
+
+And when db_path changed since the last run, the sessions left open in the
+previous database (a session spanning the stop is rebuilt by reading its rows
+again, which a different database no longer holds) are read to its end and
+closed first, so that nothing read from it is lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Callable, List, Optional
 
 from .config import Config
+from .core.fates import CloseReason
+from .core.sessions import ClosedSession
 from .delivery import Deliverer
 from .pipeline import Pipeline
+from .storage.state import StateStore
+
+log = logging.getLogger(__name__)
+
+# state.db's meta key for the events database the position belongs to.
+DB_PATH_META = "db_path"
 
 
 class Runner:
@@ -28,6 +44,7 @@ class Runner:
     ):
         """Raises StateError (or OSError) when the state store cannot be opened."""
         self.deliverer = Deliverer.from_config(config, on_progress=on_delivered)
+        finish_previous_database(config, self.deliverer.hand_over)
         self.pipeline = Pipeline(config, clock=clock, on_outbox=self.deliverer.wake, on_unsent=self.deliverer.hand_over)
 
     def start(self) -> None:
@@ -51,3 +68,43 @@ class Runner:
     def close(self) -> None:
         self.pipeline.close()
         self.deliverer.close()
+
+
+def finish_previous_database(config: Config, on_unsent: Callable[[List[ClosedSession]], None]) -> None:
+    """db_path changed since the last run: read the previous database to its end and close what is open there.
+
+    Then state.db names the new one.  A previous database that cannot be read
+    any more is said, and what was open in it is lost (it is gone with it).
+    """
+    store = StateStore(config.state_dir)
+    try:
+        recorded = store.meta_value(DB_PATH_META)
+        if recorded is not None and Path(recorded) != config.db_path and store.position().replay_until > 0:
+            _finish(config, Path(recorded), on_unsent)
+        if recorded is None or Path(recorded) != config.db_path:
+            store.note(DB_PATH_META, str(config.db_path))
+    finally:
+        store.close()
+
+
+def _finish(config: Config, previous: Path, on_unsent: Callable[[List[ClosedSession]], None]) -> None:
+    pipeline = Pipeline(dataclasses.replace(config, db_path=previous), on_unsent=on_unsent)
+    try:
+        if not pipeline.drain():
+            log.warning(
+                "db_path changed from %s, which cannot be read now (%s): the sessions open there at the last "
+                "stop are lost",
+                previous,
+                pipeline.problem(),
+            )
+            return
+        open_sessions = pipeline.tracker.open_count
+        pipeline.close_all(CloseReason.END)
+        if pipeline.commit():
+            log.info(
+                "db_path changed from %s: read it to its end and closed the %d sessions open there",
+                previous,
+                open_sessions,
+            )
+    finally:
+        pipeline.close()
