@@ -403,7 +403,7 @@ def test_during_an_api_outage_the_reading_thread_records_what_it_would_hand_over
     deliverer = Deliverer.from_config(config)
     deliverer.start()
     try:
-        assert wait_until(lambda: deliverer.retry_at is not None, 20)
+        assert wait_until(lambda: deliverer.health.retry_at is not None, 20)
         short = ClosedSession.from_commands("short", [("open_file", 1e9 + 10, "file_open")], 4, 4, learnable=False)
         deliverer.hand_over([short])
         assert deliverer.handover.take_back() == []  # not queued: recorded at once

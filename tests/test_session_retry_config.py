@@ -55,11 +55,11 @@ def test_check_config_shows_them_and_exits_78_on_a_bad_one(tmp_path):
 
 def test_a_reload_takes_the_new_limits(tmp_path):
     deliverer = Deliverer.from_config(load_config(env={"HOME": str(tmp_path)}))
-    assert (deliverer.session_retry_limit, deliverer.session_retry_seconds) == (10, 3600.0)
+    assert (deliverer.health.limit, deliverer.health.limit_seconds) == (10, 3600.0)
     path = tmp_path / "learner.toml"
     path.write_text("session_retry_limit = 2\nsession_retry_seconds = 5\nrequest_timeout_seconds = 3\n")
     deliverer.apply_config(load_config(path, {"HOME": str(tmp_path)}))
-    assert (deliverer.session_retry_limit, deliverer.session_retry_seconds, deliverer.timeout) == (2, 5.0, 3.0)
+    assert (deliverer.health.limit, deliverer.health.limit_seconds, deliverer.timeout) == (2, 5.0, 3.0)
 
 
 def test_the_service_builds_its_deliverer_with_the_keys(tmp_path):
@@ -74,7 +74,7 @@ def test_the_service_builds_its_deliverer_with_the_keys(tmp_path):
     service = Service(load_config(path, {"HOME": str(tmp_path)}))
     assert service._open_state()
     try:
-        assert (service.deliverer.session_retry_limit, service.deliverer.session_retry_seconds) == (4, 90.5)
+        assert (service.deliverer.health.limit, service.deliverer.health.limit_seconds) == (4, 90.5)
     finally:
         service.pipeline.close()
         service.lock.release()

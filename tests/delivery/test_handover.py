@@ -43,7 +43,7 @@ def test_handed_over_while_the_api_is_waited_for_they_are_recorded_at_once(tmp_p
     deliverer = Deliverer(tmp_path, f"http://127.0.0.1:{free_port()}", timeout=1.0, retry_max_seconds=30)
     deliverer.start()
     try:
-        assert wait_until(lambda: deliverer.retry_at is not None, 20)
+        assert wait_until(lambda: deliverer.health.retry_at is not None, 20)
         deliverer.hand_over([short("during")])
         assert recorded(tmp_path) == {"during": "too_short"}  # at once, not after the outage
     finally:
