@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from .core import row_digest
 from .core.fates import Replacement
 from .core.sessions import ClosedSession
 from .events import EventReader, file_identity
@@ -34,6 +35,11 @@ from .storage.state import Fingerprint, Position, StateStore
 log = logging.getLogger(__name__)
 
 SAME, COPY, REWRITTEN = Replacement.SAME, Replacement.COPY, Replacement.REWRITTEN
+
+
+def _same(row: tuple, text: str) -> bool:
+    """Whether a row read now is the one fingerprinted as `text` (a digest, or the older form: the row's repr)."""
+    return row_digest.digest(row) == text if row_digest.is_digest(text) else repr(row) == text
 
 
 class Finding(NamedTuple):
@@ -53,7 +59,7 @@ class DatabaseIdentity:
         self._history = history  # the ledger
         self.file = position.db_identity
         fingerprint = position.fingerprint or Fingerprint(None, None)
-        # [rowid, repr of the row] of the table's first row and of the last row read.
+        # [rowid, digest of the row] of the table's first row and of the last row read (core/row_digest.py).
         self.first_row: Optional[list] = fingerprint.first
         self.last_row: Optional[list] = fingerprint.last
         self.rewrite_head = position.rewrite_head
@@ -91,33 +97,79 @@ class DatabaseIdentity:
         return Finding(COPY if moved else SAME, changed=changed)
 
     def check_head(self, reader: EventReader, read_after: int) -> Finding:
-        """After a read found nothing: a head below the position is a rewritten history."""
-        if read_after > 0 and reader.head() < read_after:
-            return self._rewritten(f"its newest rowid is below our position {read_after}")
-        return Finding(SAME)
+        """After a read found nothing: a head below the position is a rewritten history.
+
+        Unless its rowids cannot be given again (AUTOINCREMENT): then the
+        newest rows were deleted, and check() made sure at the drain's start
+        that the rows below are the ones read.
+        """
+        if read_after <= 0:
+            return Finding(SAME)
+        head = reader.head()
+        if head >= read_after or self._never_reused(reader.fingerprint_rows({}).sequence, read_after):
+            return Finding(SAME)
+        return self._rewritten(f"its newest rowid is below our position {read_after}")
+
+    @staticmethod
+    def _never_reused(sequence: Optional[int], rowid: int) -> bool:
+        """Whether SQLite will never give `rowid` again: AUTOINCREMENT has given it (or a later one) already."""
+        return sequence is not None and sequence >= rowid
 
     def _rows_differ(self, reader: EventReader) -> Tuple[Optional[str], bool]:
-        """(why the rows read before are not there any more or None, whether the first row was learned)."""
-        rowids = [entry[0] for entry in (self.first_row, self.last_row) if entry is not None]
-        first, found = reader.fingerprint_rows(rowids)
+        """(why the rows read before are not there any more or None, whether the identity to commit changed)."""
+        wanted: Dict[int, Optional[row_digest.Mask]] = {}
+        for entry in (self.first_row, self.last_row):
+            if entry is not None:
+                mask = row_digest.mask_of(entry[1])
+                # The same rowid kept in two forms (an upgrade): read whole, which either form compares.
+                wanted[entry[0]] = mask if wanted.get(entry[0], mask) == mask else None
+        first, found, sequence = reader.fingerprint_rows(wanted, learn_first=self.first_row is None)
+        changed = False
         if self.last_row is not None:
             rowid, text = self.last_row
             row = found.get(rowid)
-            if row is not None and repr(row) != text:
+            if row is not None and not _same(row, text):
                 return f"the row at rowid {rowid}, the last one read, is another event", False
             if row is None and reader.head() < rowid:
-                return f"its newest rowid {reader.head()} is below the last one read, {rowid}", False
+                if not self._never_reused(sequence, rowid):
+                    return f"its newest rowid {reader.head()} is below the last one read, {rowid}", False
+                changed = self._newest_deleted(reader, rowid)
+            elif row is not None and not row_digest.is_digest(text):
+                self.last_row = [rowid, row_digest.digest(row)]  # the older form, kept in the new one from now
+                changed = True
         if self.first_row is not None:
             rowid, text = self.first_row
             row = found.get(rowid)
-            if row is not None and repr(row) != text:
+            if row is not None and not _same(row, text):
                 return f"its first row, rowid {rowid}, is another event (rowids reused)", False
             if first is not None and first[0] < rowid:
                 return f"it has rows below its first one read before (rowid {first[0]} < {rowid})", False
-        if self.first_row is None and first is not None:
-            self.first_row = [first[0], repr(first)]
-            return None, True
-        return None, False
+            if row is not None and not row_digest.is_digest(text):
+                self.first_row = [rowid, row_digest.digest(row)]
+                changed = True
+        elif first is not None:
+            self.first_row = [first[0], row_digest.digest(first)]
+            changed = True
+        return None, changed
+
+    def _newest_deleted(self, reader: EventReader, rowid: int) -> bool:
+        """The newest rows, up to `rowid` the last one read, were deleted; AUTOINCREMENT never gives them again.
+
+        The same history without them: reading goes on above `rowid`, and the
+        fingerprint's last row is the newest row still there (read before:
+        the rows up to the position were all read).
+        """
+        head = reader.head()
+        log.info(
+            "The events database %s lost its newest rows (rowids %d to %d deleted; they are never given again): "
+            "the same history, read on",
+            self.db_path,
+            head + 1,
+            rowid,
+        )
+        row = reader.fingerprint_rows({head: row_digest.UNMASKED}).found.get(head) if head else None
+        self.last_row = [head, row_digest.digest(row)] if row is not None else None
+        return True
 
     def _rewritten(self, why: str) -> Finding:
         log.warning(
@@ -148,9 +200,9 @@ class DatabaseIdentity:
     def saw(self, rows: list, from_start: bool) -> None:
         """A batch was read: its last row (and, read from the start, the table's first) is the fingerprint."""
         if self.first_row is None and from_start:
-            self.first_row = [rows[0][0], repr(tuple(rows[0]))]
+            self.first_row = [rows[0][0], row_digest.digest(rows[0])]
         last = rows[-1]
-        self.last_row = [last[0], repr(tuple(last))]
+        self.last_row = [last[0], row_digest.digest(last)]
 
     # -- committing ------------------------------------------------------------------
 

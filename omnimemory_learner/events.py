@@ -14,9 +14,10 @@ import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
+from .core import row_digest
 from .core.fates import Unavailability
 
 log = logging.getLogger(__name__)
@@ -457,31 +458,45 @@ class EventReader:
             raise self._unavailable(error) from None
         return value or 0
 
-    def fingerprint_rows(self, rowids: Sequence[int]) -> Tuple[Optional[tuple], Dict[int, tuple]]:
-        """(the first row, {rowid: row} of these rowids), each row as (rowid, timestamp, event_type, session_id).
+    def fingerprint_rows(
+        self, wanted: Mapping[int, Optional[row_digest.Mask]], learn_first: bool = False
+    ) -> row_digest.Fingerprinted:
+        """The table's first row, the rows wanted by rowid, AUTOINCREMENT's sequence: what tells a copy from a rewrite.
 
-        Two point reads by rowid on the read-only connection: what tells a copy
-        of the database from a rewritten one (database_identity.DatabaseIdentity.check).
+        Point reads by rowid on the read-only connection, for
+        database_identity.DatabaseIdentity.check.  Each wanted rowid comes with
+        the mask of its stored digest (core/row_digest.py): the fields it
+        summarised are read as their type alone, the others whole unless over
+        SUMMARY_BYTES (then a Summary too), so a huge field is never fetched to
+        be compared.  A mask of None (a fingerprint of the older form, the
+        row's repr) reads the row whole, as that form was made.  The first row
+        is (rowid,) unless learn_first: then it is read UNMASKED.
         """
         connection = self._open()
         # As read_batch falls back to for text that is not UTF-8: the same for valid text.
         connection.text_factory = _decode_lossy
         try:
-            first = connection.execute(
-                "SELECT rowid, timestamp, event_type, session_id FROM events ORDER BY rowid LIMIT 1"
-            ).fetchone()
-            found = {}
-            for rowid in rowids:
-                row = connection.execute(
-                    "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid = ?", (rowid,)
-                ).fetchone()
+            first = connection.execute("SELECT rowid FROM events ORDER BY rowid LIMIT 1").fetchone()
+            found: Dict[int, tuple] = {}
+            for rowid, mask in wanted.items():
+                row = connection.execute(row_digest.select_sql(mask), (rowid,)).fetchone()
                 if row is not None:
-                    found[rowid] = tuple(row)
+                    found[rowid] = row_digest.as_row(row, mask)
+            if first is not None and learn_first:
+                row = connection.execute(row_digest.select_sql(row_digest.UNMASKED), (first[0],)).fetchone()
+                first = row_digest.as_row(row, row_digest.UNMASKED) if row is not None else None
+            sequence = None
+            # Without an AUTOINCREMENT table in the file there is no sqlite_sequence to ask.
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+                found_sequence = connection.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE lower(name) = 'events'"
+                ).fetchone()
+                sequence = found_sequence[0] if found_sequence and type(found_sequence[0]) is int else None
         except sqlite3.DatabaseError as error:
             raise self._unavailable(error) from None
         finally:
             connection.text_factory = str
-        return (tuple(first) if first else None), found
+        return row_digest.Fingerprinted(tuple(first) if first else None, found, sequence)
 
     def _unavailable(self, error: sqlite3.Error) -> Unavailable:
         message = str(error)
