@@ -110,7 +110,7 @@ _SCALARS: Dict[str, tuple] = {
     "history_days": ("float", 0.0),
     "history_max_sessions": ("int", 1),
     "reconcile": ("bool", None),
-    "reconcile_interval_minutes": ("float", 0.0),
+    "reconcile_interval_minutes": ("float_or_off", 0.0),  # 0: never periodically
 }
 KEYS = (*tuple(_SCALARS), "event_map")
 
@@ -234,10 +234,11 @@ def _number(kind: str, lower: Any, value: Any, from_text: bool, bad: _Bad) -> An
             raise bad("expected " + ("a whole number" if kind == "int" else "a number")) from None
     if kind == "int" and not isinstance(value, int):
         raise bad("expected a whole number")
-    if kind == "float":
+    if kind != "int":
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad("expected a finite number")
         value = float(value)
+    # "float": above `lower`; "float_or_off" and "int": at least `lower` (0 turns a period off).
     if value <= lower if kind == "float" else value < lower:
         raise bad(f"must be {'greater than' if kind == 'float' else 'at least'} {lower:g}")
     return value

@@ -37,7 +37,7 @@ from .pipeline import Pipeline
 from .runner import Runner
 from .storage.lock import AlreadyRunning, InstanceLock
 from .storage.snapshot import write_snapshot
-from .storage.state import StateError
+from .storage.state import LISTENER_META, StateError
 from .system import NONE, service_manager
 from .system.clock import processing_clock
 from .system.notify import Notifier
@@ -524,6 +524,10 @@ class Service:
     def _start(self) -> None:
         assert self._runner is not None, "the state store is opened before anything reads"
         self._runner.start()
+        try:
+            self._pipeline.state.note(LISTENER_META, str(os.getpid()))  # `reconcile` may send SIGUSR1 now
+        except StateError as problem:
+            log.warning("Cannot say in the state store that SIGUSR1 is heard: %s", problem)
         self._watching.start(self.config, first=True)
         # Ready once set up; a long backlog is progress, reported in STATUS=.
         self.notifier.ready(starting_line(self._watching.mode, self.config))

@@ -71,9 +71,13 @@ class Engine:
         self._lock = threading.Lock()
         self._patterns: Dict[str, List[Any]] = {}  # pattern_id -> [commands, success, failure]
         self.accepted = 0  # POSTs that changed a count or made a pattern
-        # Not the original's: for tests of a slow API, and of one without GET /patterns (404).
+        # Not the original's: for tests of a slow API, of one without GET /patterns (404), of a slow
+        # GET /patterns, and of one that lists only its first `list_limit` patterns (a paginated API
+        # whose total is the page's).
         self.answer_delay = 0.0
         self.without_patterns = False
+        self.patterns_delay = 0.0
+        self.list_limit: Optional[int] = None
 
     def learn(self, commands: List[Any], outcome: str) -> Optional[str]:
         if len(commands) < 3:
@@ -151,7 +155,9 @@ def make_handler(engine: Engine) -> type:
             if path == "/health":
                 self._send(200, HEALTH)
             elif path == "/patterns" and not engine.without_patterns:
-                patterns = engine.summaries()
+                if engine.patterns_delay:
+                    time.sleep(engine.patterns_delay)
+                patterns = engine.summaries()[: engine.list_limit]
                 self._send(200, {"patterns": patterns, "total": len(patterns)})
             elif path == "/learn":
                 self._send(405, {"detail": "Method Not Allowed"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,7 +25,7 @@ from ..logs import setup_logging
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.history import HistoryStore
 from ..storage.lock import AlreadyRunning, InstanceLock, lock_is_held, read_lock_pid
-from ..storage.state import StateError, StateStore
+from ..storage.state import LISTENER_META, StateError, StateStore
 from .exits import EX_CANTCREAT, EX_FAILURE, EX_NO_STATE, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from .output import echo, error, print_json, shown
 from .status import last_reconcile, reconcile_line
@@ -62,7 +63,7 @@ def reconcile_command(config: Config, dry_run: bool, as_json: bool) -> int:
     if lock_is_held(config.state_dir):
         code, taught = _ask_service(config)
     else:
-        code, taught = _teach_here(config)
+        code, taught = _teach_here(config, as_json)
     report.update(taught)
     _show(report, as_json)
     return code
@@ -87,9 +88,12 @@ def _report(config: Config, found: Survey, plan: Reconciliation) -> Dict[str, An
     }
 
 
-def _teach_here(config: Config) -> tuple:
-    """The service is not running: teach in this process, under the instance lock."""
-    setup_logging(config.log_level, config.log_file)
+def _teach_here(config: Config, as_json: bool) -> tuple:
+    """The service is not running: teach in this process, under the instance lock.
+
+    Its log lines go to standard error with --json: standard output is the JSON alone.
+    """
+    setup_logging(config.log_level, config.log_file, stdout=sys.stderr if as_json else None)
     lock = InstanceLock(config.state_dir)
     try:
         lock.acquire()
@@ -128,6 +132,13 @@ def _ask_service(config: Config) -> tuple:
     if not pid:
         error("the service holds the lock but its pid cannot be read; try again")
         return EX_TEMPFAIL, {}
+    if _listener(config) != pid:
+        # backfill, another `reconcile`, or a service of a version before this one: SIGUSR1 would kill it.
+        error(
+            f"another omnimemory-learner process (pid {pid}) holds the state directory and does not reconcile "
+            "when asked; try again when it is done (a service started before an upgrade: restart it)"
+        )
+        return EX_TEMPFAIL, {}
     asked_at = time.time()
     try:
         os.kill(pid, signal.SIGUSR1)
@@ -157,6 +168,19 @@ def _note(config: Config) -> Optional[dict]:
         return last_reconcile(store)
     finally:
         store.close()
+
+
+def _listener(config: Config) -> Optional[int]:
+    """The pid of the running service that hears SIGUSR1, as it said in state.db."""
+    try:
+        store = StateStore(config.state_dir, create=False)
+    except StateError:
+        return None
+    try:
+        value = store.meta_value(LISTENER_META)
+    finally:
+        store.close()
+    return int(value) if value and value.isdigit() else None
 
 
 def _repaired(note: dict) -> bool:

@@ -135,25 +135,29 @@ def _count(value: Any) -> Optional[int]:
 
 
 def parse_patterns(answer: Any) -> PatternCounts:
-    """The decoded JSON of GET /patterns -> pattern_id -> (success_count, failure_count)."""
-    problems: List[str] = []
+    """The decoded JSON of GET /patterns -> pattern_id -> (success_count, failure_count).
+
+    Usable only when it is whole: a `total` equal to the patterns listed (a
+    first page without one, or with the page's size, would make every pattern
+    of ours beyond it look lost), and every entry with a pattern id (an entry
+    of another shape may be one of ours). Counts that are not counts leave
+    that pattern alone; so does a pattern listed twice.
+    """
     if not isinstance(answer, dict) or not isinstance(answer.get("patterns"), list):
-        return PatternCounts({}, frozenset(), ("not a patterns answer",), False)
+        return _unusable("not a patterns answer")
     entries = answer["patterns"]
     total = answer.get("total")
     if type(total) is not int:
-        problems.append("total missing or not an integer")
-    elif total > len(entries):
-        return PatternCounts({}, frozenset(), (f"partial answer: {len(entries)} patterns of {total}",), False)
-    elif total < len(entries):
-        problems.append(f"total {total} below the {len(entries)} patterns listed")
+        return _unusable("no total: the answer cannot be told whole")
+    if total != len(entries):
+        return _unusable(f"partial answer: {len(entries)} patterns listed, total {total}")
+    problems: List[str] = []
     counts: Dict[str, Tuple[int, int]] = {}
     unknown: Set[str] = set()
     for entry in entries:
         pattern_id = entry.get("pattern_id") if isinstance(entry, dict) else None
         if not isinstance(pattern_id, str) or not pattern_id:
-            problems.append("an entry without a pattern id, not counted")
-            continue
+            return _unusable("an entry without a pattern id (it may be one of ours)")
         success, failure = _count(entry.get("success_count")), _count(entry.get("failure_count"))
         if success is None or failure is None:
             problems.append(f"{pattern_id}: counts not non-negative integers, left alone")
@@ -166,6 +170,10 @@ def parse_patterns(answer: Any) -> PatternCounts:
     for pattern_id in unknown:
         counts.pop(pattern_id, None)
     return PatternCounts(counts, frozenset(unknown), tuple(problems), True)
+
+
+def _unusable(problem: str) -> PatternCounts:
+    return PatternCounts({}, frozenset(), (problem,), False)
 
 
 _BY_KEY = itemgetter(3)

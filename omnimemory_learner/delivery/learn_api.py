@@ -142,6 +142,12 @@ def sent_names(body: bytes) -> Tuple[str, ...]:
         return ()
 
 
+def encoded_learn_body(session: PendingSession, fold_repeats: bool = False) -> Tuple[bytes, Tuple[str, ...]]:
+    """The bytes POSTed for a session, and the command names they send (what its pattern id is made of)."""
+    body = learn_body(session, fold_repeats)
+    return _encoded(body), tuple(command["command"] for command in body["session_commands"])
+
+
 def _encoded(body: Dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -160,14 +166,12 @@ class LearnAPI:
 
     def learn(self, session: PendingSession, fold_repeats: bool = False) -> Attempt:
         """POST /learn of one session, as one Attempt; raises nothing of httpx's."""
-        body = learn_body(session, fold_repeats)
-        commands = body["session_commands"]
+        body, names = encoded_learn_body(session, fold_repeats)
         if session.attempts == 0:
             log.info(
-                "Learning from session %s: %d commands, outcome=%s", session.session_id, len(commands), session.outcome
+                "Learning from session %s: %d commands, outcome=%s", session.session_id, len(names), session.outcome
             )
-        names = tuple(command["command"] for command in commands)
-        return self.post(_encoded(body), session.idempotency_key, session.session_id, names)
+        return self.post(body, session.idempotency_key, session.session_id, names)
 
     def post(self, body: bytes, idempotency_key: str, session_id: str, names: Tuple[str, ...]) -> Attempt:
         """POST /learn of a body made already (a session taught again sends the bytes first sent)."""

@@ -8,16 +8,21 @@ taught again from the history, one session per step, most recent first.
 The guarantees:
 
 * off the reading path and behind live sessions: the delivery thread takes
-  one step (one request) only when no outbox session is due, and looks at
-  the outbox again after each;
+  one step (one POST) only when no outbox session is due, and looks at the
+  outbox again after each; GET /patterns, which may take long, runs in a
+  thread of its own (`PatternsReads`), so no live POST waits behind it;
 * nothing taught twice: the plan is made from one answer of the API's own
   counts and the delivery thread is the only sender; any failure mid-way
   (not reachable, an error, no answer) drops the rest of the plan, and the
   next reconcile computes the deficit afresh after the usual backoff, so
   only a POST in flight that the API counted without answering can be
   counted again, and the next reconcile sees that too;
-* POSTs that were sent and never answered (`doubts`: a slow API) are not
-  sent again until GET /patterns shows whether they landed (core.reconcile.landed).
+* a listing that does not show what was taught again is not believed twice:
+  a pattern taught again since the last GET /patterns and still short in
+  the next is left alone for the life of the process (`Plan.unlisted`),
+  said once at WARNING: at most one extra teaching per pattern, never a loop;
+* POSTs that were sent and never answered (a slow API) are not sent again
+  until GET /patterns shows whether they landed (doubts.py).
 
 When: at the thread's start, whenever the API answers again after it could
 not be reached (and when its connection drops: see watch.py), after a POST
@@ -30,17 +35,20 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from collections import Counter, deque
+from typing import AbstractSet, Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from ..config import Config
 from ..core.fates import Verdict
-from ..core.reconcile import Doubt, Reconciliation, Taught, expected_pattern_id, landed, reconcile
+from ..core.reconcile import SUCCESS, Reconciliation, Taught, reconcile
 from ..storage.history import HistoryStore
 from ..storage.outbox import PendingSession
 from ..storage.state import RECONCILE_META, StateStore
+from .doubts import Doubts
 from .health import Backoff
+from .http import BoundedClient
 from .learn_api import Attempt, LearnAPI, PatternsRead, rebuilt_body, sent_names
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,94 @@ class Reasons:
     UNANSWERED = "a POST was left unanswered"
     PERIODIC = "periodic"
     ASKED = "asked by omnimemory-learner reconcile"
+
+
+def patterns_timeout(timeout: float) -> float:
+    return max(timeout * 3, PATTERNS_TIMEOUT_FLOOR)
+
+
+class PatternsReads:
+    """GET /patterns in a thread of its own when `wake` is set (the service); in the caller's when not (the CLI).
+
+    `wake()` is called when a read is done, for the delivery thread to take it.
+    """
+
+    def __init__(self) -> None:
+        self.wake: Optional[Callable[[], None]] = None
+        self._done: Optional[Tuple[PatternsRead, float]] = None
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, url: str, timeout: float) -> None:
+        wake = self.wake
+        if wake is None:
+            self._read(url, timeout, None)
+            return
+        self._thread = threading.Thread(target=self._read, args=(url, timeout, wake), name="patterns", daemon=True)
+        self._thread.start()
+
+    def take(self) -> Optional[Tuple[PatternsRead, float]]:
+        """(the answer, when it was asked: wall clock), once; None while none is done."""
+        if self.busy:
+            return None
+        done, self._done = self._done, None
+        return done
+
+    def _read(self, url: str, timeout: float, wake: Optional[Callable[[], None]]) -> None:
+        asked_at = time.time()
+        client = BoundedClient(timeout)
+        try:
+            read = LearnAPI(client, url).patterns(timeout)
+        except Exception as error:  # a read is a help; the next one is asked after the backoff
+            log.warning("GET /patterns failed", exc_info=True)
+            read = PatternsRead(None, f"GET /patterns failed: {type(error).__name__}: {error}", answered=False)
+        finally:
+            client.close()
+        self._done = (read, asked_at)
+        if wake is not None:
+            wake()
+
+
+class Plan:
+    """What is left to teach again, what was taught since the last GET /patterns, and what it does not list."""
+
+    def __init__(self) -> None:
+        self.keys: Deque[str] = deque()
+        self.taught: Counter[Tuple[str, str]] = Counter()  # (pattern id, outcome) taught again since the last read
+        self.before: Mapping[str, Tuple[int, int]] = {}  # the counts the last read answered
+        self.unlisted: Set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def clear(self) -> None:
+        self.keys.clear()
+
+    def not_shown(self, counts: Mapping[str, Tuple[int, int]]) -> Set[str]:
+        """Patterns this read shows with fewer than the last read's counts plus what was taught to them since.
+
+        Counts never go down while the API runs: if none did (no pattern of
+        the last read holds fewer now, so it did not forget meanwhile), the
+        listing misses what it was taught, and believing it again would teach
+        those sessions again.
+        """
+        before, taught = self.before, self.taught
+        self.before, self.taught = counts, Counter()
+        for pattern_id, (success, failure) in before.items():
+            now = counts.get(pattern_id)
+            if now is None or now[0] < success or now[1] < failure:
+                return set()  # it forgot meanwhile (a restart): its listing is not at fault
+        missed = set()
+        for (pattern_id, outcome), added in taught.items():
+            column = 0 if outcome == SUCCESS else 1
+            if counts.get(pattern_id, (0, 0))[column] < before.get(pattern_id, (0, 0))[column] + added:
+                missed.add(pattern_id)
+        missed -= self.unlisted
+        self.unlisted |= missed
+        return missed
 
 
 class Relearner:
@@ -81,10 +177,9 @@ class Relearner:
         self._backoff = Backoff(retry_max_seconds, FIRST_WAIT_SECONDS)
         self.check_at: Optional[float] = clock() if self.enabled else None
         self.why = Reasons.START
-        self.plan: Deque[str] = deque()
-        self.doubts: Dict[int, Tuple[PendingSession, Doubt, Attempt]] = {}
-        # An API whose pattern ids are not ours to work out: its unanswered POSTs are sent again.
-        self.ids_agree = True
+        self.plan = Plan()
+        self.doubts = Doubts()
+        self.reads = PatternsReads()
         self.patterns_supported = True  # False: GET /patterns answered that it has none
         self.last: Dict[str, Any] = {}
         self._said: Optional[str] = None  # the last problem said, said once
@@ -108,7 +203,7 @@ class Relearner:
         self._event_types = _reverse(config.event_map)
         self._backoff.cap = config.retry_max_seconds
         if not self.enabled:
-            self.plan = deque()
+            self.plan.clear()
             if not self.doubts:
                 self.check_at = None
         elif not was:
@@ -130,7 +225,9 @@ class Relearner:
             self.check_at, self.why = self._clock(), why
 
     def wait_left(self) -> Optional[float]:
-        """Seconds until a step has work (0: now), None: nothing to do until asked."""
+        """Seconds until a step has work (0: now), None: nothing to do until asked (or a read wakes it)."""
+        if self.reads.busy:
+            return None
         if self.plan:
             return 0.0
         if self.check_at is None:
@@ -150,63 +247,79 @@ class Relearner:
     # -- what the delivery thread tells it --------------------------------------------
 
     def answered(self, attempt: Attempt) -> None:
-        """A POST was answered: check that the API's pattern ids are the ones we work out."""
-        if (
-            attempt.verdict == Verdict.LEARNED
-            and attempt.names
-            and self.ids_agree
-            and expected_pattern_id(attempt.names) != attempt.detail
-        ):
-            self.ids_agree = False
-            log.info(
-                "The procedural API's pattern ids are not the MD5 of the command names; a POST left "
-                "unanswered is sent again once the API answers (it may then be counted twice)"
-            )
+        """A POST was answered (the doubts check its pattern id against the one we work out)."""
+        self.doubts.answered(attempt)
 
-    def doubt(self, session: PendingSession, attempt: Attempt) -> None:
+    def doubt(self, session: PendingSession, attempt: Attempt, store: StateStore) -> None:
         """Sent and never answered: held until GET /patterns tells whether it landed."""
-        doubt = Doubt(session.content_key, expected_pattern_id(attempt.names), session.outcome)
-        self.doubts[session.id] = (session, doubt, attempt)
+        self.doubts.add(session, attempt, store)
         self.ask(Reasons.UNANSWERED, even_if_off=True)
+
+    def resume(self, store: StateStore, fold_repeats: bool) -> None:
+        """At the thread's start: the doubts a previous run left are held again, and asked about."""
+        if self.doubts.load(store, fold_repeats):
+            self.ask(Reasons.UNANSWERED, even_if_off=True)
 
     @property
     def settles_doubts(self) -> bool:
         """GET /patterns can tell whether an unanswered POST landed."""
-        return self.ids_agree and self.patterns_supported
+        return self.doubts.ids_agree and self.patterns_supported
 
-    def release_doubts(self) -> List[int]:
+    def release_doubts(self, store: StateStore) -> List[int]:
         """An API without a usable GET /patterns answered something else: its unanswered POSTs go again."""
-        ids = list(self.doubts)
-        self.doubts.clear()
-        return ids
+        return self.doubts.release(store, "GET /patterns cannot tell whether they landed")
 
     # -- one step ------------------------------------------------------------------------
 
     def step(self, api: LearnAPI, history: HistoryStore, store: StateStore, timeout: float) -> Optional[Steps]:
-        """One request, if one is due: a GET /patterns or one session taught again; None when idle."""
+        """One step, if one is due: a GET /patterns asked or taken, or one session taught again; None when idle."""
+        done = self.reads.take()
+        if done is not None:
+            return self._check(done[0], done[1], history, store, timeout)
+        if self.reads.busy:
+            return None
         if self.check_at is not None and self.check_at <= self._clock():
-            return self._check(api, history, store, timeout)
+            self.check_at = None  # asked again (or retried) once this read is taken
+            self.reads.start(api.url, patterns_timeout(timeout))
+            done = self.reads.take()  # at once when the read runs here
+            return Steps() if done is None else self._check(done[0], done[1], history, store, timeout)
         if self.plan:
             return self._teach_one(api, history, store)
         return None
 
-    def _check(self, api: LearnAPI, history: HistoryStore, store: StateStore, timeout: float) -> Steps:
-        read, taught, found = survey(api, history, store, timeout, self.history_days)
+    def _check(
+        self, read: PatternsRead, read_at: float, history: HistoryStore, store: StateStore, timeout: float
+    ) -> Steps:
+        _, taught, found = compared(read, history, store, self.history_days, self.plan.unlisted)
         if read.counts is None or found is None:
             return self._no_counts(read, store)
         self.patterns_supported = True
         if self._said is not None:
             log.info("GET /patterns can be read again; reconciling")
             self._said = None
-        steps = Steps()
-        if self.doubts:
-            steps = self._settle_doubts(taught, read)
+        steps = self._settle_doubts(taught, read, read_at, timeout, store) if self.doubts else Steps()
+        missed = self.plan.not_shown(read.counts.counts)
+        if missed:
+            log.warning(
+                "GET /patterns does not show what was taught again to %d patterns (a partial listing, or ids "
+                "it lists otherwise than it answers): they are not reconciled again until the service restarts",
+                len(missed),
+            )
+            learned_ever = store.counters().get("patterns_learned")
+            found = reconcile(taught, read.counts.counts, read.counts.unknown | self.plan.unlisted, learned_ever)
         if not (self.enabled or self._asked):
-            self.check_at = None
+            # Off: only the doubts still held bring the next GET.
+            self.check_at = None if steps.wait is None else self._clock() + steps.wait
             return steps
         self._asked = False
-        self.plan = deque(session[3] for session in found.teach)  # the key (the history's rows are plain tuples)
-        self._note(store, found, len(read.counts.counts))
+        self.plan.keys = deque(session[3] for session in found.teach)  # the key (the history's rows are plain tuples)
+        self._say(found, self._note(store, found, len(read.counts.counts)))
+        self._periodic()
+        if self.doubts and steps.wait is not None:
+            self.check_at = min(self.check_at or float("inf"), self._clock() + steps.wait)
+        return steps
+
+    def _say(self, found: Reconciliation, before: Mapping[str, Any]) -> None:
         if found.sessions_lost:
             log.warning(
                 "The procedural API has forgotten %d sessions of %d patterns (restarted?); "
@@ -214,14 +327,13 @@ class Relearner:
                 found.sessions_lost,
                 found.patterns_lost,
             )
-        if found.forgotten_not_in_history:
+        if found.forgotten_not_in_history and found.forgotten_not_in_history != before.get("forgotten_not_in_history"):
+            # Said when the figure changes: it stays for good once the history cannot hold them.
             log.warning(
                 "The procedural API has forgotten %d sessions the history no longer holds "
                 "(older than history_days, pruned, or history.db lost): they cannot be taught again",
                 found.forgotten_not_in_history,
             )
-        self._periodic()
-        return steps
 
     def _no_counts(self, read: PatternsRead, store: StateStore) -> Steps:
         if read.problem != self._said and (read.connected or not self._said):
@@ -230,9 +342,11 @@ class Relearner:
             self._said = read.problem
         released: List[int] = []
         self.patterns_supported = read.supported
-        if read.answered and (not read.supported or not self.ids_agree):
+        if read.answered and (not read.supported or not self.doubts.ids_agree):
             # Without counts to ask, the API's answer is the best word that it is there again.
-            released = self.release_doubts()
+            released = self.release_doubts(store)
+        elif read.answered:
+            released = self.doubts.unreadable_answer(store)
         if not read.supported and not self.enabled:
             self.check_at = None
         elif read.supported:
@@ -242,38 +356,29 @@ class Relearner:
         self._record(store, {"problem": read.problem})
         return Steps(released=released)
 
-    def _settle_doubts(self, taught: List[Taught], read: PatternsRead) -> Steps:
-        assert read.counts is not None
-        held = self.doubts
-        if not self.ids_agree:
-            return Steps(released=self.release_doubts())
-        by_key = {doubt.key: outbox_id for outbox_id, (_, doubt, _) in held.items()}
-        yes, no, _ = landed([doubt for _, doubt, _ in held.values()], taught, read.counts.counts, read.counts.unknown)
-        steps = Steps(
-            landed=[(held[by_key[key]][0], held[by_key[key]][1].pattern_id, held[by_key[key]][2]) for key in yes],
-            released=[by_key[key] for key in no],
-        )
-        for key in yes + no:
-            del held[by_key[key]]
-        return steps
+    def _settle_doubts(
+        self, taught: List[Taught], read: PatternsRead, read_at: float, timeout: float, store: StateStore
+    ) -> Steps:
+        if not self.doubts.ids_agree:
+            return Steps(released=self.release_doubts(store))
+        settled = self.doubts.settle(taught, read, read_at, timeout)
+        if settled.landed or settled.released:
+            self.doubts.save(store)
+        return Steps(landed=settled.landed, released=settled.released, wait=settled.wait)
 
     def _teach_one(self, api: LearnAPI, history: HistoryStore, store: StateStore) -> Steps:
-        key = self.plan.popleft()
+        key = self.plan.keys.popleft()
         sent = history.sent_session(key)
         if sent is None:
             return Steps()  # pruned since the plan was made: the next reconcile counts it
         body = sent.body if sent.body is not None else rebuilt_body(sent, self._event_types)
         attempt = api.post(body, key, sent.session_id, sent_names(body))
         if attempt.verdict in (Verdict.LEARNED, Verdict.NOT_LEARNED):
-            history.mark_retaught(key, time.time())
+            answered_id = attempt.detail if attempt.verdict == Verdict.LEARNED else None
+            history.mark_retaught(key, time.time(), answered_id)
+            if answered_id and sent.outcome is not None:
+                self.plan.taught[(answered_id, sent.outcome)] += 1
             self.last["taught"] = self.last.get("taught", 0) + 1
-            if not self.plan:
-                log.info(
-                    "The procedural API has been taught again the %d sessions it had forgotten",
-                    self.last["taught"],
-                )
-                self.last["repaired_at"] = time.time()
-            self._record(store, self.last)
         elif attempt.verdict == Verdict.REJECTED:
             log.error("Procedural API rejected session %s taught again: %s", sent.session_id, attempt.detail)
             self.last["refused"] = self.last.get("refused", 0) + 1
@@ -282,6 +387,16 @@ class Relearner:
             self.plan.clear()
             self.why = Reasons.BACK
             self._retry()
+            return Steps(taught=1)
+        if not self.plan:
+            log.info(
+                "The procedural API has been taught again %d of the %d sessions it had forgotten%s",
+                self.last.get("taught", 0),
+                self.last.get("sessions_lost", 0),
+                f" ({self.last['refused']} refused)" if self.last.get("refused") else "",
+            )
+            self.last["repaired_at"] = time.time()
+        self._record(store, self.last)
         return Steps(taught=1)
 
     # -- what status shows --------------------------------------------------------------
@@ -292,7 +407,9 @@ class Relearner:
             return None
         return {"taught": int(self.last.get("taught", 0)), "lost": int(self.last.get("sessions_lost", 0))}
 
-    def _note(self, store: StateStore, found: Reconciliation, patterns: int) -> None:
+    def _note(self, store: StateStore, found: Reconciliation, patterns: int) -> Dict[str, Any]:
+        """A new reconcile's note; the one before it."""
+        before = self.last
         self.last = {
             "at": time.time(),
             "why": self.why,
@@ -304,6 +421,7 @@ class Relearner:
             "taught": 0,
         }
         self._record(store, self.last)
+        return before
 
     def _record(self, store: StateStore, note: Mapping[str, Any]) -> None:
         try:
@@ -320,30 +438,49 @@ class Survey(NamedTuple):
     found: Optional[Reconciliation]  # None: the API's counts could not be had (read.problem says why)
 
 
-def survey(api: LearnAPI, history: HistoryStore, store: StateStore, timeout: float, history_days: float) -> Survey:
-    """What the API holds against what the history says it was taught (within history_days); writes nothing."""
-    read = api.patterns(max(timeout * 3, PATTERNS_TIMEOUT_FLOOR))
+def survey(
+    api: LearnAPI,
+    history: HistoryStore,
+    store: StateStore,
+    timeout: float,
+    history_days: float,
+    unlisted: AbstractSet[str] = frozenset(),
+) -> Survey:
+    """What the API holds against what the history says it was taught (within history_days); writes nothing.
+
+    `unlisted`: patterns whose listing cannot be believed (Plan.unlisted), left alone like unreadable ones.
+    """
+    return compared(api.patterns(patterns_timeout(timeout)), history, store, history_days, unlisted)
+
+
+def compared(
+    read: PatternsRead, history: HistoryStore, store: StateStore, history_days: float, unlisted: AbstractSet[str]
+) -> Survey:
+    """One answer of GET /patterns against the history."""
     if read.counts is None:
         return Survey(read, [], None)
     taught = history.taught(time.time() - history_days * 86400.0)
     learned_ever = store.counters().get("patterns_learned")
-    return Survey(read, taught, reconcile(taught, read.counts.counts, read.counts.unknown, learned_ever))
+    unknown = read.counts.unknown | unlisted
+    return Survey(read, taught, reconcile(taught, read.counts.counts, unknown, learned_ever))
 
 
 class Steps:
     """What a step leaves the delivery thread to do with outbox sessions."""
 
-    __slots__ = ("landed", "released", "taught")
+    __slots__ = ("landed", "released", "taught", "wait")
 
     def __init__(
         self,
         landed: Optional[List[Tuple[PendingSession, str, Attempt]]] = None,
         released: Optional[List[int]] = None,
         taught: int = 0,
+        wait: Optional[float] = None,
     ):
         self.landed = landed or []  # unanswered POSTs the API counted: (session, its pattern id, the attempt)
         self.released = released or []  # outbox ids of unanswered POSTs to send again
         self.taught = taught
+        self.wait = wait  # seconds until held doubts can be decided
 
 
 def _reverse(event_map: Mapping[str, str]) -> Dict[str, str]:

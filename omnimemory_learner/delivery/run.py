@@ -114,7 +114,7 @@ class Run:
             record(self._stop, self.store.outbox.note_failure, session.id, detail, None)
             return self.health.unreachable(now)
         if attempt.unanswered:
-            self.relearner.doubt(session, attempt)
+            self.relearner.doubt(session, attempt, self.store)
         failed = self.health.failed(session, detail, now, attempt.asked_wait)
         record(self._stop, self.store.outbox.note_failure, session.id, detail, failed.retry_at)
         return failed.wait
@@ -130,7 +130,7 @@ class Run:
         if settled.down_for is not None:
             log.info("Procedural API is answering again after %.0f s", settled.down_for)
             self.relearner.ask(Reasons.BACK)
-        released = [] if self.relearner.settles_doubts else self.relearner.release_doubts()
+        released = [] if self.relearner.settles_doubts else self.relearner.release_doubts(self.store)
         if released:
             # Without GET /patterns to ask, the API answering another session is the best sign it is
             # there again: what it left unanswered goes again (counted twice if it had landed).

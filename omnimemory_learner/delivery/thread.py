@@ -68,6 +68,7 @@ class Deliverer:
         self._settler = Settler(state_dir)
         # Reconciling with a forgetful API, and the POSTs it left unanswered (kept across thread restarts).
         self.relearner = relearner or Relearner()
+        self.relearner.reads.wake = self.wake  # GET /patterns in its own thread wakes this one when done
         self._watch = ApiWatch(self._heard_back)
         self._on_progress = on_progress
         self._wake = threading.Event()
@@ -190,6 +191,7 @@ class Deliverer:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             settler = self._settler
             settler.judge_from_history()
+            self.relearner.resume(store, self.fold_repeats)  # the unanswered POSTs a previous run left
             client = BoundedClient(self.timeout)
             api = LearnAPI(client, self.api_url)
             run = Run(store, api, settler, self.health, self.relearner, self._stop, self._on_progress)

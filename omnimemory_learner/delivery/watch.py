@@ -35,6 +35,8 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 # stayed reachable, was closed by the server's own rule rather than by a restart.
 SHORT_LIVED_SECONDS = 120.0
 CLOSES_TO_GIVE_UP = 3
+# Then the watch rests this long before it tries again (the server's rule may change, or the server).
+REST_SECONDS = 1800.0
 
 
 def address_of(url: str) -> Optional[Tuple[str, int]]:
@@ -63,7 +65,7 @@ class ApiWatch:
 
     def start(self, url: str) -> None:
         address = address_of(url)
-        if address is None or self.gave_up:
+        if address is None:
             return
         if self._thread is not None and self._thread.is_alive() and address == self._address:
             return
@@ -112,12 +114,18 @@ class ApiWatch:
             if time.monotonic() - opened < SHORT_LIVED_SECONDS and self._reachable(address):
                 short_closes += 1
                 if short_closes >= CLOSES_TO_GIVE_UP:
-                    self.gave_up = True
-                    log.info(
-                        "The procedural API closes idle connections; its restarts are noticed by the periodic "
-                        "reconcile (reconcile_interval_minutes) or when it next answers"
-                    )
-                    return
+                    self._on_back()  # this close may have been a restart all the same
+                    if not self.gave_up:
+                        log.info(
+                            "The procedural API closes idle connections; its restarts are noticed by the periodic "
+                            "reconcile (reconcile_interval_minutes) or when it next answers; watching again in "
+                            "%.0f minutes",
+                            REST_SECONDS / 60,
+                        )
+                    self.gave_up = True  # said once
+                    if stop.wait(REST_SECONDS):
+                        return
+                    short_closes, first = 0, True
             else:
                 short_closes = 0
 

@@ -305,12 +305,21 @@ class HistoryStore(HistoryFile):
 
         return self._run(read, None)
 
-    def mark_retaught(self, key: str, at: float) -> bool:
-        """One more time the API was taught this session again (after its 2xx)."""
+    def mark_retaught(self, key: str, at: float, pattern_id: Optional[str] = None) -> bool:
+        """One more time the API was taught this session again (after its 2xx), with the pattern id it answered.
+
+        The id answered now is the one the next reconcile looks for (an API
+        that changed how it makes ids would otherwise look as if it forgot
+        the session again at every reconcile).
+        """
 
         def write(db: sqlite3.Connection) -> bool:
             with db:
-                db.execute("UPDATE history SET retaught = retaught + 1, retaught_at = ? WHERE key = ?", (at, key))
+                db.execute(
+                    "UPDATE history SET retaught = retaught + 1, retaught_at = ?, pattern_id = coalesce(?, pattern_id)"
+                    " WHERE key = ?",
+                    (at, pattern_id, key),
+                )
             return True
 
         return bool(self._run(write, False))

@@ -62,6 +62,8 @@ _PENDING, _LOW_QUALITY, _TOO_SHORT, _ALREADY_DELIVERED = (
 
 # The meta key of the last reconcile with the API (delivery/relearn.py writes it; status and doctor read it).
 RECONCILE_META = "reconcile"
+# The pid of the running service that reconciles when sent SIGUSR1 (other holders of the lock would die of it).
+LISTENER_META = "reconcile_listener"
 
 
 class Fingerprint(NamedTuple):
