@@ -7,7 +7,8 @@ transaction stays open between batches to hold back the writer's checkpoints.
 Nothing is created beside it either.  A read-only connection to a WAL database
 creates its -wal and -shm when they are absent (the writer is not running) and
 leaves them, owned by us.  Absent, the whole content is in the main file, so it
-is then read with `immutable=1` (no locks, no WAL): every statement's rows are
+is then read with `immutable=1` (no locks, no WAL; DatabaseFiles.whole_in_main
+says when, the -wal or -shm alone included): every statement's rows are
 checked against the files as they were at the open, and a writer that started
 meanwhile (its -wal, -shm, or a write to the main file) makes them read again
 through a connection that sees its WAL (_Unlocked).
@@ -42,9 +43,10 @@ MAX_TIMESTAMP = 253402300799.0
 MAX_SESSION_ID_LENGTH = 512
 DEFAULT_SESSION_ID = "default"
 
-# No event's time or type is this long: a longer one makes its row malformed,
-# and is never fetched (a batch of such rows would cost the batch times the field).
-MAX_FIELD_BYTES = 4096
+# No event's time or type is this long (characters, or bytes of a blob): a
+# longer one makes its row malformed, and is never fetched whole (a batch of
+# such rows would cost the batch times the field).
+MAX_FIELD_LENGTH = 4096
 # An id longer than this in UTF-8 is surely longer than MAX_SESSION_ID_LENGTH characters.
 _MAX_SESSION_ID_BYTES = 4 * MAX_SESSION_ID_LENGTH
 # What an id too long to fetch is read as: too long to be an id (_session_id: malformed).
@@ -54,8 +56,8 @@ _TOO_LONG_ID = "\x00" * (MAX_SESSION_ID_LENGTH + 1)
 # an event's is fetched: memory per row is bounded, whatever the rows hold.
 _BATCH_SQL = (
     "SELECT rowid,"
-    f" CASE WHEN length(CAST(timestamp AS BLOB)) > {MAX_FIELD_BYTES} THEN NULL ELSE timestamp END,"
-    f" CASE WHEN length(CAST(event_type AS BLOB)) > {MAX_FIELD_BYTES} THEN NULL ELSE event_type END,"
+    f" CASE WHEN length(timestamp) > {MAX_FIELD_LENGTH} THEN NULL ELSE timestamp END,"
+    f" CASE WHEN length(event_type) > {MAX_FIELD_LENGTH} THEN NULL ELSE event_type END,"
     f" CASE WHEN length(CAST(session_id AS BLOB)) > {_MAX_SESSION_ID_BYTES} THEN ? ELSE session_id END"
     " FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
 )
@@ -103,9 +105,18 @@ class DatabaseFiles(NamedTuple):
     journal: Optional[Tuple[int, ...]]
 
     def whole_in_main(self) -> bool:
-        """A WAL database with no -wal, -shm or -journal: its writer is not running, its content is the main file."""
+        """A WAL database without its -wal and -shm both there, and no -journal: read the main file alone.
+
+        A WAL writer has both open.  Neither: it is not running.  The -wal
+        alone: one is starting (it makes the -wal first) or has closed (it
+        removes the -shm first, once all is checkpointed), or it holds the file
+        in exclusive locking mode (no one else can read then).  The -shm alone:
+        someone is deleting them.  A connection with locks would create the
+        one missing (and leave it, ours); a writer's later work changes the files.
+        """
         wal_mode = self.header[:16] == _SQLITE_HEADER and 2 in self.header[18:20]
-        return self.main is not None and wal_mode and self.wal is None and self.shm is None and self.journal is None
+        writer_side = self.wal is not None and self.shm is not None
+        return self.main is not None and wal_mode and not writer_side and self.journal is None
 
 
 def _stat(path: str) -> Optional[Tuple[int, ...]]:
@@ -261,6 +272,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 def parse_timestamp(value) -> Optional[float]:
     """Unix seconds from the forms the writer uses, or None when it is not one."""
     if isinstance(value, str):
+        if len(value) > MAX_FIELD_LENGTH:
+            return None  # as read_batch reads it: never fetched
         text = value.strip()
         if not text:
             return None
@@ -485,7 +498,8 @@ def validate_rows(
             sid = _session_id(session_id)
         pair = lookup(event_type)
         if pair is None:
-            if type(event_type) is str and event_type:
+            # Longer than any type: malformed, as read_batch reads it where it does not fetch it.
+            if type(event_type) is str and 0 < len(event_type) <= MAX_FIELD_LENGTH:
                 ignored += 1
                 if unmapped_by_id is not None and sid is not None:
                     unmapped_by_id[sid] = unmapped_by_id.get(sid, 0) + 1
@@ -560,9 +574,11 @@ class EventReader:
     def _open(self, unlocked: bool = True) -> sqlite3.Connection:
         connection = self._connection
         if connection is not None:
-            if not (isinstance(connection, _Unlocked) and (not unlocked or connection.stale())):
+            # A stale one (its files changed since its open) is found out by its
+            # next statement (_Unlocked.execute), and _query opens another.
+            if unlocked or not isinstance(connection, _Unlocked):
                 return connection
-            self.close()  # its files changed since it was opened: its cache is stale
+            self.close()
         identity = file_identity(self.db_path)
         # Before connecting: whatever is committed after this is news to changed().
         files = database_files(self.db_path)
@@ -650,7 +666,7 @@ class EventReader:
     def read_batch(self, after_rowid: int, limit: int) -> list:
         """Raw rows with rowid > after_rowid, at most `limit`, in rowid order.
 
-        A field too long to be an event's (MAX_FIELD_BYTES) is read as what
+        A field too long to be an event's (MAX_FIELD_LENGTH) is read as what
         makes the row malformed (NULL, or an id too long), never fetched,
         except in the rows a fingerprint is taken of (database_identity.saw:
         the batch's last, and from the start its first): those are as stored,
