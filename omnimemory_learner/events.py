@@ -3,6 +3,21 @@
 The database belongs to another program: it is opened with `mode=ro`, never
 created, and every batch is one complete SELECT in autocommit mode, so no read
 transaction stays open between batches to hold back the writer's checkpoints.
+
+Nothing is created beside it either.  A read-only connection to a WAL database
+creates its -wal and -shm when they are absent (the writer is not running) and
+leaves them, owned by us.  Absent, the whole content is in the main file, so it
+is then read with `immutable=1` (no locks, no WAL; DatabaseFiles.whole_in_main
+says when, the -wal or -shm alone included): every statement's rows are
+checked against the files as they were at the open, and a writer that started
+meanwhile (its -wal, -shm, or a write to the main file) makes them read again
+through a connection that sees its WAL (_Unlocked).
+
+And the connection is not kept between reads (EventReader.rest): an open one,
+even idle, holds a shared lock that makes the writer's
+`PRAGMA journal_mode=DELETE` fail with "database is locked".  Between reads,
+`changed()` compares the files' state (DatabaseFiles) with the one before the
+last read.
 """
 
 from __future__ import annotations
@@ -14,7 +29,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, TypeVar
 from urllib.parse import quote
 
 from .core import row_digest
@@ -29,7 +44,25 @@ MAX_TIMESTAMP = 253402300799.0
 MAX_SESSION_ID_LENGTH = 512
 DEFAULT_SESSION_ID = "default"
 
-_BATCH_SQL = "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
+# No event's time or type is this long (characters, or bytes of a blob): a
+# longer one makes its row malformed, and is never fetched whole (a batch of
+# such rows would cost the batch times the field).
+MAX_FIELD_LENGTH = 4096
+# An id longer than this in UTF-8 is surely longer than MAX_SESSION_ID_LENGTH characters.
+_MAX_SESSION_ID_BYTES = 4 * MAX_SESSION_ID_LENGTH
+# What an id too long to fetch is read as: too long to be an id (_session_id: malformed).
+_TOO_LONG_ID = "\x00" * (MAX_SESSION_ID_LENGTH + 1)
+
+# Each field too long to be one is replaced in SQL, so that only what can be
+# an event's is fetched: memory per row is bounded, whatever the rows hold.
+_BATCH_SQL = (
+    "SELECT rowid,"
+    f" CASE WHEN length(timestamp) > {MAX_FIELD_LENGTH} THEN NULL ELSE timestamp END,"
+    f" CASE WHEN length(event_type) > {MAX_FIELD_LENGTH} THEN NULL ELSE event_type END,"
+    f" CASE WHEN length(CAST(session_id AS BLOB)) > {_MAX_SESSION_ID_BYTES} THEN ? ELSE session_id END"
+    " FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?"
+)
+_ROW_SQL = "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid = ?"
 
 # (rowid, session_id, (command, event_type), timestamp): the pair is shared per type.
 Event = Tuple[int, str, Tuple[str, str], float]
@@ -53,15 +86,156 @@ def read_only_uri(path: Path) -> str:
     return "file:" + quote(os.path.abspath(os.fspath(path)), safe="/") + "?mode=ro"
 
 
-def open_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class DatabaseFiles(NamedTuple):
+    """The state of the database's files: any commit, checkpoint or replacement changes it.
+
+    Stats (device, inode, size, mtime in ns) of the main file, its -wal and
+    -journal; the main file's header (its change counter, bytes 24-27, moves
+    at every commit in rollback-journal mode); the -shm's identity and its two
+    copies of the wal-index header (which every WAL commit changes; the -shm's
+    times are left out: our own reads write to it).  None: the file is absent.
+    """
+
+    main: Optional[Tuple[int, ...]]
+    header: bytes
+    wal: Optional[Tuple[int, ...]]
+    shm: Optional[Tuple[object, ...]]
+    journal: Optional[Tuple[int, ...]]
+
+    def whole_in_main(self) -> bool:
+        """A WAL database without its -wal and -shm both there, and no -journal: read the main file alone.
+
+        A WAL writer has both open.  Neither: it is not running.  The -wal
+        alone: one is starting (it makes the -wal first) or has closed (it
+        removes the -shm first, once all is checkpointed), or it holds the file
+        in exclusive locking mode (no one else can read then).  The -shm alone:
+        someone is deleting them.  A connection with locks would create the
+        one missing (and leave it, ours); a writer's later work changes the files.
+        """
+        wal_mode = self.header[:16] == _SQLITE_HEADER and 2 in self.header[18:20]
+        writer_side = self.wal is not None and self.shm is not None
+        return self.main is not None and wal_mode and not writer_side and self.journal is None
+
+
+def _stat(path: str) -> Optional[Tuple[int, ...]]:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    # Not ctime: opening the -wal, even read-only, changes it (as root SQLite
+    # gives the file the database's owner again, with fchown).
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _head_bytes(path: str, count: int) -> bytes:
+    # O_NONBLOCK: a FIFO at the path is not waited on.
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return b""
+    try:
+        return os.read(descriptor, count)
+    except OSError:
+        return b""
+    finally:
+        os.close(descriptor)
+
+
+def database_files(path: Path) -> DatabaseFiles:
+    """The files' state now: four stats and two small reads, no SQLite.
+
+    Only while this process has no SQLite connection to the database open
+    with locks: closing any descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's included.
+    """
+    real = os.path.realpath(os.path.abspath(os.fspath(path)))
+    main = _stat(real)
+    shm_status = _stat(real + "-shm")
+    shm = None if shm_status is None else (*shm_status[:2], _head_bytes(real + "-shm", 96))
+    header = _head_bytes(real, 100) if main is not None else b""
+    return DatabaseFiles(main, header, _stat(real + "-wal"), shm, _stat(real + "-journal"))
+
+
+class _Stale(sqlite3.OperationalError):
+    """The files changed while a connection without locks read them: what it read may be torn."""
+
+
+class _Fetched:
+    """A statement's rows, all fetched (what _Unlocked.execute returns in place of a cursor)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list):
+        self._rows = rows
+
+    def fetchall(self) -> list:
+        return self._rows
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+class _Unlocked(sqlite3.Connection):
+    """A connection opened with immutable=1, its every statement checked against the files at the open.
+
+    SQLite takes no lock and opens no WAL for it, and keeps its page cache
+    for good: rows read while the files changed may be torn, and rows read
+    after a change stale.  So each statement is fetched whole, then the files
+    are compared with `files_at_open`; any change raises _Stale (read again
+    on a new connection, which sees the writer's WAL).
+    """
+
+    path: Path
+    files_at_open: DatabaseFiles
+
+    def stale(self) -> bool:
+        return database_files(self.path) != self.files_at_open
+
+    def execute(self, sql, parameters=(), /):
+        try:
+            rows = super().execute(sql, parameters).fetchall()
+        except sqlite3.DatabaseError as error:
+            if self.stale():
+                raise _Stale(f"the database changed while it was read: {error}") from None
+            raise
+        if self.stale():
+            raise _Stale("the database changed while it was read (its writer started)")
+        return _Fetched(rows)
+
+
+def open_read_only(
+    path: Path, timeout: float, files: Optional[DatabaseFiles] = None, unlocked: bool = True
+) -> sqlite3.Connection:
     """A connection to the daemon's database, read-only, in autocommit mode.
 
     The one way anything here opens that database (the service, `status`,
-    `doctor`): `mode=ro` through an escaped URI, so nothing is ever created
-    or written beside it, and autocommit so that each SELECT is its own short
-    read transaction that never holds back the writer's checkpoints.
+    `doctor`): `mode=ro` through an escaped URI, so nothing is ever written
+    beside it, and autocommit so that each SELECT is its own short read
+    transaction that never holds back the writer's checkpoints.  When the
+    content is whole in the main file (`files`, taken now when not given), an
+    _Unlocked connection (unless `unlocked` is False), so that no -wal or
+    -shm is created either.  Call it with no other connection to the
+    database open in this process (database_files says why).
     """
-    connection = sqlite3.connect(read_only_uri(path), uri=True, timeout=timeout, check_same_thread=False)
+    if files is None:
+        files = database_files(path)
+    if not (unlocked and files.whole_in_main()):
+        connection = sqlite3.connect(read_only_uri(path), uri=True, timeout=timeout, check_same_thread=False)
+    else:
+        connection = sqlite3.connect(
+            read_only_uri(path) + "&immutable=1",
+            uri=True,
+            timeout=timeout,
+            check_same_thread=False,
+            factory=_Unlocked,
+        )
+        connection.path, connection.files_at_open = Path(path), files
     connection.isolation_level = None
     return connection
 
@@ -99,6 +273,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 def parse_timestamp(value) -> Optional[float]:
     """Unix seconds from the forms the writer uses, or None when it is not one."""
     if isinstance(value, str):
+        if len(value) > MAX_FIELD_LENGTH:
+            return None  # as read_batch reads it: never fetched
         text = value.strip()
         if not text:
             return None
@@ -323,7 +499,8 @@ def validate_rows(
             sid = _session_id(session_id)
         pair = lookup(event_type)
         if pair is None:
-            if type(event_type) is str and event_type:
+            # Longer than any type: malformed, as read_batch reads it where it does not fetch it.
+            if type(event_type) is str and 0 < len(event_type) <= MAX_FIELD_LENGTH:
                 ignored += 1
                 if unmapped_by_id is not None and sid is not None:
                     unmapped_by_id[sid] = unmapped_by_id.get(sid, 0) + 1
@@ -360,6 +537,11 @@ def _decode_lossy(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def _bounded(row) -> bool:
+    """Whether a field of `row` may have been replaced in SQL for its length (it may be NULL as stored too)."""
+    return row[1] is None or row[2] is None or row[3] == _TOO_LONG_ID
+
+
 def file_identity(path: Path) -> Optional[Tuple[int, int]]:
     try:
         status = os.stat(path)
@@ -368,8 +550,14 @@ def file_identity(path: Path) -> Optional[Tuple[int, int]]:
     return (status.st_dev, status.st_ino)
 
 
+_Result = TypeVar("_Result")
+# Reads of one call on connections without locks, the files changing under each,
+# before the last one is made through a connection with them.
+_UNLOCKED_ATTEMPTS = 2
+
+
 class EventReader:
-    """One long-lived read-only connection to the events database."""
+    """Read-only connections to the events database: opened for a read, closed between reads (rest)."""
 
     def __init__(self, db_path: Path, busy_timeout: float = 0.2):
         self.db_path = Path(db_path)
@@ -377,17 +565,30 @@ class EventReader:
         self._connection: Optional[sqlite3.Connection] = None
         self.identity: Optional[Tuple[int, int]] = None
         self._data_version: Optional[int] = None
+        # The files before the first open since the last rest, and (between
+        # reads) the state changed() compares with.
+        self._opened_files: Optional[DatabaseFiles] = None
+        self._baseline: Optional[DatabaseFiles] = None
 
     # -- connection ------------------------------------------------------------
 
-    def _open(self) -> sqlite3.Connection:
-        if self._connection is not None:
-            return self._connection
+    def _open(self, unlocked: bool = True) -> sqlite3.Connection:
+        connection = self._connection
+        if connection is not None:
+            # A stale one (its files changed since its open) is found out by its
+            # next statement (_Unlocked.execute), and _query opens another.
+            if unlocked or not isinstance(connection, _Unlocked):
+                return connection
+            self.close()
         identity = file_identity(self.db_path)
+        # Before connecting: whatever is committed after this is news to changed().
+        files = database_files(self.db_path)
+        if self._opened_files is None:
+            self._opened_files = files
         if identity is None:
             raise Unavailable(Unavailability.MISSING, f"database {self.db_path} does not exist")
         try:
-            connection = open_read_only(self.db_path, self.busy_timeout)
+            connection = open_read_only(self.db_path, self.busy_timeout, files, unlocked)
         except sqlite3.Error as error:
             raise Unavailable(Unavailability.UNREADABLE, f"cannot open {self.db_path}: {error}") from None
         try:
@@ -408,18 +609,39 @@ class EventReader:
             self._connection.close()
             self._connection = None
 
+    def rest(self) -> None:
+        """Between reads: close the connection (an open one, even idle, keeps the writer in WAL mode).
+
+        changed() then compares the files with their state before the first
+        open since the last rest: older than anything read since, so a commit
+        after it, read or not, is news (at worst one read that finds nothing).
+        """
+        self.close()
+        if self._opened_files is not None:
+            self._baseline, self._opened_files = self._opened_files, None
+
     def replaced(self) -> bool:
-        """Whether the path now names another file than the open connection."""
-        if self._connection is None:
+        """Whether the path now names another file than the one last opened."""
+        if self.identity is None:
             return False
         return file_identity(self.db_path) != self.identity
 
     def changed(self) -> bool:
         """Cheaply: did anyone commit (or replace the file) since the last check?"""
-        if self._connection is None or self.replaced():
+        connection = self._connection
+        if isinstance(connection, _Unlocked):
+            self.rest()  # it holds no lock and no data a new one would not read
+            connection = None
+        if connection is None:
+            files = database_files(self.db_path)
+            if files == self._baseline:
+                return False
+            self._baseline = files
+            return True
+        if self.replaced():
             return True
         try:
-            version = self._connection.execute("PRAGMA data_version").fetchone()[0]
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
             return True
         if version != self._data_version:
@@ -429,33 +651,55 @@ class EventReader:
 
     # -- reading ---------------------------------------------------------------
 
-    def read_batch(self, after_rowid: int, limit: int) -> list:
-        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order."""
-        connection = self._open()
-        try:
-            rows = connection.execute(_BATCH_SQL, (after_rowid, limit)).fetchall()
-        except sqlite3.OperationalError as error:
-            if "decode" in str(error).lower():
-                # Text that is not UTF-8 in some row: read this batch losslessly
-                # enough to validate it, and go back to the fast decoder after.
-                connection.text_factory = _decode_lossy
-                try:
-                    rows = connection.execute(_BATCH_SQL, (after_rowid, limit)).fetchall()
-                finally:
-                    connection.text_factory = str
-            else:
+    def _query(self, work: Callable[[sqlite3.Connection], _Result]) -> _Result:
+        """`work` on the connection, read again while a connection without locks saw its files change."""
+        attempt = 0
+        while True:
+            connection = self._open(unlocked=attempt < _UNLOCKED_ATTEMPTS)
+            try:
+                return work(connection)
+            except _Stale:
+                self.close()
+                attempt += 1
+            except sqlite3.DatabaseError as error:
                 raise self._unavailable(error) from None
-        except sqlite3.DatabaseError as error:
-            raise self._unavailable(error) from None
+
+    def read_batch(self, after_rowid: int, limit: int) -> list:
+        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order.
+
+        A field too long to be an event's (MAX_FIELD_LENGTH) is read as what
+        makes the row malformed (NULL, or an id too long), never fetched,
+        except in the rows a fingerprint is taken of (database_identity.saw:
+        the batch's last, and from the start its first): those are as stored,
+        as fingerprint_rows reads them, each costing its size once.
+        """
+        return self._query(lambda connection: self._batch(connection, after_rowid, limit))
+
+    def _batch(self, connection: sqlite3.Connection, after_rowid: int, limit: int) -> list:
+        try:
+            return self._select(connection, after_rowid, limit)
+        except sqlite3.OperationalError as error:
+            if "decode" not in str(error).lower():
+                raise
+        # Text that is not UTF-8 in some row: read this batch losslessly
+        # enough to validate it, and go back to the fast decoder after.
+        connection.text_factory = _decode_lossy
+        try:
+            return self._select(connection, after_rowid, limit)
+        finally:
+            connection.text_factory = str
+
+    @staticmethod
+    def _select(connection: sqlite3.Connection, after_rowid: int, limit: int) -> list:
+        rows = connection.execute(_BATCH_SQL, (_TOO_LONG_ID, after_rowid, limit)).fetchall()
+        for index in {0, len(rows) - 1} if after_rowid == 0 else {len(rows) - 1}:
+            if 0 <= index < len(rows) and _bounded(rows[index]):
+                rows[index] = connection.execute(_ROW_SQL, (rows[index][0],)).fetchone() or rows[index]
         return rows
 
     def head(self) -> int:
         """The largest rowid in the table (0 when empty)."""
-        connection = self._open()
-        try:
-            value = connection.execute("SELECT max(rowid) FROM events").fetchone()[0]
-        except sqlite3.DatabaseError as error:
-            raise self._unavailable(error) from None
+        value = self._query(lambda connection: connection.execute("SELECT max(rowid) FROM events").fetchone()[0])
         return value or 0
 
     def fingerprint_rows(
@@ -501,6 +745,10 @@ class EventReader:
     def _unavailable(self, error: sqlite3.Error) -> Unavailable:
         message = str(error)
         lowered = message.lower()
+        if isinstance(error, _Stale):
+            # The writer started while we read without locks: the next read goes through its WAL.
+            self.close()
+            return Unavailable(Unavailability.LOCKED, f"database {self.db_path} changed while being read: {message}")
         if "no such table" in lowered:
             # The writer may create the table later; a new connection sees it.
             self.close()

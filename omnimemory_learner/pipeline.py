@@ -327,7 +327,18 @@ class Pipeline:
 
         Sessions are cut the same way however the rows come (sessions.py);
         closing by processing time waits until everything is read (close_idle).
+        The connection is closed after (EventReader.rest): none stays open
+        between drains to keep the writer from leaving WAL mode.
         """
+        try:
+            read = self._read_batches(should_stop, between_batches)
+        finally:
+            self.reader.rest()
+        if read:
+            self.commit_due()
+        return read
+
+    def _read_batches(self, should_stop, between_batches) -> bool:
         batch_size = self.config.batch_size
         cursor = self._cursor
         self._commit.read_on = False
@@ -359,7 +370,6 @@ class Pipeline:
                 or len(self._closed) >= COMMIT_EVERY_SESSIONS
             ):
                 self.commit()
-        self.commit_due()
         return True
 
     def _process(self, rows: list) -> None:

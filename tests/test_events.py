@@ -153,7 +153,7 @@ def test_data_version_and_replacement_are_noticed(tmp_path):
     db = create_db(tmp_path / "m.db")
     reader = EventReader(db)
     reader.read_batch(0, 10)
-    assert reader.changed() is True  # first look
+    assert reader.changed() is False  # nothing committed since the read
     assert reader.changed() is False
     insert_events(db, [("2025-11-08T05:00:00", "file_open", "s")])
     assert reader.changed() is True
