@@ -37,8 +37,8 @@ def test_the_reader_creates_nothing_beside_a_wal_database_whose_writer_is_not_ru
     reader = EventReader(db)
     assert len(reader.read_batch(0, 10)) == 2
     assert reader.head() == 2
-    first, found = reader.fingerprint_rows([2])
-    assert first[0] == 1 and 2 in found
+    fingerprinted = reader.fingerprint_rows({2: None})
+    assert fingerprinted.first[0] == 1 and 2 in fingerprinted.found
     reader.changed()
     reader.rest()
     assert reader.changed() is False

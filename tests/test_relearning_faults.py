@@ -112,7 +112,9 @@ def test_reconcile_never_signals_a_lock_holder_that_does_not_listen(tmp_path, ap
     # backfill, another reconcile, or a service of an earlier version: SIGUSR1 would kill it.
     db = create_db(tmp_path / "events.db")
     env = env_for(tmp_path, api, db)
-    (tmp_path / "state").mkdir(mode=0o700)
+    insert_events(db, sessions(5, seed=5))
+    assert run_learner(env, "backfill").returncode == 0 and total(api) > 0
+    api.restart()  # forgotten: there is something to teach
     holder = subprocess.Popen(
         [
             sys.executable,
