@@ -1,11 +1,13 @@
-"""`history`: the sessions the learner settled, newest first."""
+"""`history`: the sessions the learner settled, newest first, read and shown one at a time."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import re
+import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Any, Iterable, List, Optional, Sequence
 
 from ..config import Config
 from ..storage.files import HISTORY_FILE
@@ -58,6 +60,9 @@ def sequence_text(names: Sequence[str], limit: int = 8) -> str:
     return " > ".join(parts)
 
 
+HEADER = f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'QUALITY':<6}  {'':>9}  {'SESSION':<40}  COMMANDS"
+
+
 def entry_line(entry: Entry) -> str:
     quality = f"q={entry.quality:.2f}" if entry.quality is not None else "q=-"
     flag = "  UNUSUAL" if entry.unusual else ""
@@ -105,16 +110,27 @@ def history(
             )
         return EX_NO_STATE
     try:
-        entries = store.sessions(since=start, until=end, session_id=session, limit=limit)
+        if as_json:
+            _print_json_list(entry.as_json() for entry in store.entries(start, end, session, limit))
+            return EX_OK
+        shown_any = False
+        for entry in store.entries(start, end, session, limit):
+            if not shown_any:
+                echo(HEADER)
+                shown_any = True
+            echo(entry_line(entry))
+        if not shown_any:
+            echo("No session matches.")
+        return EX_OK
     finally:
         store.close()
-    if as_json:
-        print_json([entry.as_json() for entry in entries])
-        return EX_OK
-    if not entries:
-        echo("No session matches.")
-        return EX_OK
-    echo(f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'QUALITY':<6}  {'':>9}  {'SESSION':<40}  COMMANDS")
-    for entry in entries:
-        echo(entry_line(entry))
-    return EX_OK
+
+
+def _print_json_list(items: Iterable[Any]) -> None:
+    """print_json(list(items)), byte for byte, one item at a time: the history is never held whole."""
+    first = True
+    for item in items:
+        text = json.dumps(item, indent=2, sort_keys=False, default=str)
+        sys.stdout.write(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "))
+        first = False
+    sys.stdout.write("[]\n" if first else "\n]\n")

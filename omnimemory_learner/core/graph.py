@@ -9,13 +9,20 @@
   with and without folding (what the procedural API, which keys patterns by
   their exact sequence, gets to count more than once);
 * the graph of those transitions as Graphviz DOT.
+
+WorkflowCounter gives the first three over a history read one row at a time
+(the report's 10^5 sessions), with the functions' results.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
+from array import array
 from collections import Counter
-from itertools import groupby
+from hashlib import blake2b
+from itertools import compress, groupby
+from operator import ne
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .folding import folded_length
@@ -134,3 +141,129 @@ def folded_share(sessions: Iterable[SessionSummary]) -> float:
         total += len(session.names)
         folded += folded_length(session.names)
     return folded / total if total else 1.0
+
+
+# -- the report's counts, one session at a time ----------------------------------------------
+
+
+def name_tokens(text: bytes) -> Optional[Tuple[bytes, List[bytes]]]:
+    """A history row's commands (its JSON text) as (the exact sequence's canonical text, one token per name).
+
+    A token is the name as JSON writes it between its quotes (ASCII, escaped),
+    so equal tokens are equal names.  What the store writes (compact, ASCII,
+    usually without a backslash) is split as it is; anything else goes through
+    json.  None: not a JSON list of strings.
+    """
+    if text[:2] == b'["' and text[-2:] == b'"]' and text.isascii() and b"\\" not in text:
+        tokens = text[2:-2].split(b'","')
+        if text.count(b'"') == 2 * len(tokens):
+            return text, tokens
+    try:
+        names = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    tokens = [json.dumps(name)[1:-1].encode("ascii") for name in names]
+    return b'["' + b'","'.join(tokens) + b'"]', tokens
+
+
+class WorkflowCounter:
+    """workflows(), directly_follows() and recurrence() over sessions given one at a time.
+
+    Memory is per distinct name and per distinct folded sequence (a byte per
+    name, or 4 for a user of more than 254 names), plus a 16-byte digest per
+    distinct exact sequence: never a session's command list.  Transitions are
+    counted once per distinct folded sequence, weighted by its count.
+    """
+
+    def __init__(self) -> None:
+        self.sessions = 0  # with at least one command
+        self._ids: Dict[bytes, int] = {}
+        self._exact: Set[bytes] = set()
+        self._counts: Dict[bytes, int] = {}
+        self._successes: Dict[bytes, int] = {}
+
+    def add(self, text: bytes, success: bool) -> None:
+        parsed = name_tokens(text)
+        if parsed is None or not parsed[1]:
+            return
+        exact, tokens = parsed
+        self.sessions += 1
+        self._exact.add(blake2b(exact, digest_size=16).digest())
+        folded = list(compress(tokens, map(ne, tokens, tokens[1:])))
+        folded.append(tokens[-1])
+        key = self._key(folded)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        if success:
+            self._successes[key] = self._successes.get(key, 0) + 1
+
+    def _key(self, folded: List[bytes]) -> bytes:
+        ids = self._ids
+        try:
+            key = bytes(map(ids.__getitem__, folded))
+        except KeyError:
+            for token in folded:
+                ids.setdefault(token, len(ids))
+            return self._key(folded)
+        except ValueError:  # an id past 255
+            key = b"\xff"
+        if key[:1] == b"\xff":  # wide: 4 bytes a name (the names past the one bytes() stopped at may be new)
+            key = b"\xff" + array("I", (ids.setdefault(token, len(ids)) for token in folded)).tobytes()
+        return key
+
+    @staticmethod
+    def _id_list(key: bytes) -> Sequence[int]:
+        return array("I", key[1:]) if key[:1] == b"\xff" else key
+
+    def _names(self) -> List[str]:
+        names = [""] * len(self._ids)
+        for token, number in self._ids.items():
+            names[number] = json.loads(b'"' + token + b'"', strict=False)
+        return names
+
+    def workflows(self, top: int) -> List[Tuple[Tuple[str, ...], Tally]]:
+        """As workflows(sessions, top): the `top` most frequent folded sequences, ties by the sequence."""
+        if top <= 0 or not self._counts:
+            return []
+        names = self._names()
+        floor = heapq.nlargest(top, self._counts.values())[-1]
+        candidates = [
+            (-count, tuple(names[number] for number in self._id_list(key)), key)
+            for key, count in self._counts.items()
+            if count >= floor
+        ]
+        ranked = heapq.nsmallest(top, candidates)
+        return [(sequence, Tally(-negative, self._successes.get(key, 0))) for negative, sequence, key in ranked]
+
+    def directly_follows(self) -> Dict[Tuple[str, str], Tally]:
+        """As directly_follows(sessions)."""
+        counts = self._weighted_pairs(self._counts)
+        successes = self._weighted_pairs(self._successes)
+        names = self._names()
+        edges: Dict[Tuple[str, str], Tally] = {}
+        for (a, b), count in counts.items():
+            pair = (names[a], names[b])
+            before = edges.get(pair, Tally(0, 0))  # two spellings of one name add up
+            edges[pair] = Tally(before.occurrences + count, before.successes + successes.get((a, b), 0))
+        return edges
+
+    def _weighted_pairs(self, weights: Dict[bytes, int]) -> Counter:
+        # Sequences of one weight are counted together in C (Counter.update), then scaled once.
+        by_weight: Dict[int, List[bytes]] = {}
+        for key, weight in weights.items():
+            by_weight.setdefault(weight, []).append(key)
+        total: Counter = Counter()
+        for weight, keys in by_weight.items():
+            once: Counter = Counter()
+            for key in keys:
+                numbers = self._id_list(key)
+                once.update(zip(numbers, numbers[1:]))
+            for pair, count in once.items():
+                total[pair] += count * weight
+        return total
+
+    def recurrence(self) -> Tuple[int, int]:
+        """As recurrence(sessions): sessions whose exact, and folded, sequence an earlier one had."""
+        return self.sessions - len(self._exact), self.sessions - len(self._counts)

@@ -133,10 +133,17 @@ class UnusualDetector:
         self.min_history = min_history
         self.flag_percentile = flag_percentile
         self.max_scores = max_scores
-        sessions = [list(names) for names in history if names]
+        # Two passes, the model first, then the history's scores against it.  A
+        # collection (or CommandLists, which reads history.db again) is walked
+        # twice rather than held: 20,000 sessions of 1,000 commands held whole
+        # were 1.6 GB.  A one-shot iterator is held, having no second pass.
+        sessions: Iterable[Sequence[str]] = list(history) if iter(history) is history else history
         for names in sessions:
-            self.model.add(names)
-        self._scores: List[float] = [score.value for score in map(self.model.score, sessions) if score is not None]
+            if names:
+                self.model.add(names)
+        self._scores: List[float] = [
+            score.value for score in map(self.model.score, (names for names in sessions if names)) if score is not None
+        ]
         self._learned_since = 0
         self.threshold: Optional[float] = None
         self._draw_threshold()

@@ -73,8 +73,8 @@ class Settler:
 
     def judge_from_history(self) -> None:
         """Judge the sessions the API takes from here on, against a model of the recent history."""
-        recent = self.history.sessions(limit=UNUSUAL_MODEL_SESSIONS, settled=TAKEN_BY_API)
-        self._unusual = UnusualDetector(entry.commands for entry in recent)
+        # Read twice from history.db (model, then scores), never held: see UnusualDetector.
+        self._unusual = UnusualDetector(self.history.command_lists(UNUSUAL_MODEL_SESSIONS, TAKEN_BY_API))
 
     # -- sessions of the outbox ------------------------------------------------------
 

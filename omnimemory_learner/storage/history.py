@@ -29,7 +29,7 @@ import sqlite3
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, cast
 
 from ..core.fates import Fate
 from ..core.reconcile import Taught
@@ -382,21 +382,7 @@ class HistoryStore(HistoryFile):
         oldest_first: bool = False,
         settled: Optional[Sequence[str]] = None,
     ) -> List[Entry]:
-        clauses: List[str] = []
-        values: List[Any] = []
-        if settled is not None:
-            clauses.append(f"settled IN ({','.join('?' * len(settled))})")
-            values.extend(settled)
-        if since is not None:
-            clauses.append("last_time >= ?")
-            values.append(since)
-        if until is not None:
-            clauses.append("last_time < ?")
-            values.append(until)
-        if session_id is not None:
-            clauses.append("session_id = ?")
-            values.append(session_id)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, values = _where(settled, since, until, session_id)
         order = "ASC" if oldest_first else "DESC"
         tail = " LIMIT ?" if limit is not None else ""
         if limit is not None:
@@ -406,6 +392,100 @@ class HistoryStore(HistoryFile):
 
     def count(self) -> int:
         return int(self._run(lambda db: db.execute("SELECT count(*) FROM history").fetchone()[0], 0))
+
+    # -- reading one row at a time (report, history, the unusual-session model) ----------
+
+    def _rows(self, sql: str, values: Sequence[Any] = ()) -> Iterator[Tuple[Any, ...]]:
+        """The rows of one query as SQLite steps through them; a failure ends them and is said as _run says it."""
+        if not self._usable():
+            return
+        assert self._db is not None
+        cursor: Optional[sqlite3.Cursor] = None
+        try:
+            cursor = self._db.execute(sql, values)
+            yield from cursor
+        except sqlite3.DatabaseError as error:
+            if self._create and _is_corrupt(error):
+                self.close()
+                self._start_again(f"{self.path} is corrupt ({error})")
+            else:
+                self._fail(f"cannot use the history {self.path}: {error}")
+        finally:
+            if cursor is not None:
+                cursor.close()
+
+    def entries(
+        self,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        session_id: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[Entry]:
+        """sessions(), newest first, one entry at a time."""
+        where, values = _where(None, since, until, session_id)
+        tail = " LIMIT ?" if limit is not None else ""
+        sql = f"SELECT {_COLUMNS} FROM history{where} ORDER BY last_time DESC, key{tail}"
+        return map(_entry, self._rows(sql, [*values, *([limit] if limit is not None else [])]))
+
+    def report_rows(self, since: Optional[float] = None) -> Iterator[Tuple[str, float, Optional[str], str, bytes, int]]:
+        """(key, last_time, outcome, settled, commands as JSON bytes, unusual) of every session, in no order.
+
+        In the table's order: through the index by time, each row is a look-up
+        of its own (2.2 s per 10^5 sessions against 0.4 s for the whole table).
+        """
+        where = " WHERE +last_time >= ?" if since is not None else ""
+        sql = f"SELECT key, last_time, outcome, settled, CAST(commands AS BLOB), unusual FROM history{where}"
+        return self._rows(sql, [since] if since is not None else [])
+
+    def by_keys(self, keys: Iterable[str]) -> Iterator[Entry]:
+        """The entries of these content keys, in the order given (a key not there is left out)."""
+        sql = f"SELECT {_COLUMNS} FROM history WHERE key = ?"
+        for key in keys:
+            yield from map(_entry, self._rows(sql, (key,)))
+
+    def command_lists(self, limit: int, settled: Sequence[str]) -> CommandLists:
+        """The command names of the newest `limit` sessions settled so, read again at each iteration."""
+        return CommandLists(self, limit, settled)
+
+
+class CommandLists:
+    """What sessions(limit=, settled=) gives of the commands, without holding them: each pass reads history.db.
+
+    The time index is walked newest first (`+settled`: not the index on
+    settled, whose order would have SQLite sort every command list it holds).
+    """
+
+    def __init__(self, store: HistoryStore, limit: int, settled: Sequence[str]):
+        self._store = store
+        self._sql = (
+            f"SELECT commands FROM history WHERE +settled IN ({','.join('?' * len(settled))}) "
+            "ORDER BY last_time DESC, key LIMIT ?"
+        )
+        self._values = [*settled, limit]
+
+    def __iter__(self) -> Iterator[List[str]]:
+        for (commands,) in self._store._rows(self._sql, self._values):
+            yield json.loads(commands)
+
+
+def _where(
+    settled: Optional[Sequence[str]], since: Optional[float], until: Optional[float], session_id: Optional[str]
+) -> Tuple[str, List[Any]]:
+    clauses: List[str] = []
+    values: List[Any] = []
+    if settled is not None:
+        clauses.append(f"settled IN ({','.join('?' * len(settled))})")
+        values.extend(settled)
+    if since is not None:
+        clauses.append("last_time >= ?")
+        values.append(since)
+    if until is not None:
+        clauses.append("last_time < ?")
+        values.append(until)
+    if session_id is not None:
+        clauses.append("session_id = ?")
+        values.append(session_id)
+    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), values
 
 
 class SentSession(NamedTuple):
