@@ -105,6 +105,11 @@ class DatabaseFiles(NamedTuple):
     shm: Optional[Tuple[object, ...]]
     journal: Optional[Tuple[int, ...]]
 
+    @property
+    def wal_mode(self) -> bool:
+        """The main file's header says WAL (bytes 18-19): what PRAGMA journal_mode does not say through immutable=1."""
+        return self.header[:16] == _SQLITE_HEADER and 2 in self.header[18:20]
+
     def whole_in_main(self) -> bool:
         """A WAL database without its -wal and -shm both there, and no -journal: read the main file alone.
 
@@ -115,9 +120,8 @@ class DatabaseFiles(NamedTuple):
         someone is deleting them.  A connection with locks would create the
         one missing (and leave it, ours); a writer's later work changes the files.
         """
-        wal_mode = self.header[:16] == _SQLITE_HEADER and 2 in self.header[18:20]
         writer_side = self.wal is not None and self.shm is not None
-        return self.main is not None and wal_mode and not writer_side and self.journal is None
+        return self.main is not None and self.wal_mode and not writer_side and self.journal is None
 
 
 def _stat(path: str) -> Optional[Tuple[int, ...]]:

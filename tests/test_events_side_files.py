@@ -67,6 +67,7 @@ def test_status_doctor_and_the_service_create_nothing_beside_it(tmp_path, api):
     created["status"] = files_beside(db)
     doctor = run_learner(env, "doctor")
     assert "2 events, newest rowid 2" in doctor.stdout, doctor.stdout
+    assert "journal mode wal" in doctor.stdout  # read from the header: through immutable=1 SQLite says "delete"
     created["doctor"] = files_beside(db)
     print(f"FIGURE files beside the database: {created}")
     assert all(names == ["memory_data.db"] for names in created.values()), created

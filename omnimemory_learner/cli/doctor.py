@@ -23,7 +23,7 @@ from ..config import Config, ConfigError
 from ..core.fates import Fate, Replacement
 from ..delivery.http import ANSWER_CAP, BoundedClient
 from ..delivery.learn_api import redirect_target
-from ..events import events_table_problem, file_identity, open_read_only, parse_timestamp
+from ..events import database_files, events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
 from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot
@@ -97,11 +97,14 @@ def check_database(config: Config) -> List[Check]:
         return [Check("database", PROBLEM, f"{path} does not exist", start_daemon)]
     if not os.access(path, os.R_OK):
         return [Check("database", PROBLEM, f"{path} is not readable by this user", f"chmod u+r {path}")]
+    # Read before the connection opens (closing a descriptor of the file would drop its locks): a WAL
+    # file opened without locks (immutable) while its writer is away answers "delete".
+    wal = database_files(path).wal_mode
     try:
         db = open_read_only(path, timeout=2)
         try:
             columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
-            journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+            journal = "wal" if wal else db.execute("PRAGMA journal_mode").fetchone()[0]
             if not columns:
                 return [Check("database", PROBLEM, f"{path} has no events table", start_daemon)]
             unusable = events_table_problem(db)
