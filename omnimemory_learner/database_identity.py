@@ -28,7 +28,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from .core import row_digest
 from .core.fates import Replacement
 from .core.sessions import ClosedSession
-from .events import EventReader, file_identity
+from .events import LARGEST_ROWID, EventReader, file_identity
 from .storage.history import HistoryStore
 from .storage.state import Fingerprint, Position, StateStore
 
@@ -105,6 +105,7 @@ class DatabaseIdentity:
         """
         if read_after <= 0:
             return Finding(SAME)
+        self._at_largest(read_after)
         head = reader.head()
         if head >= read_after or self._never_reused(reader.fingerprint_rows({}).sequence, read_after):
             return Finding(SAME)
@@ -203,6 +204,20 @@ class DatabaseIdentity:
             self.first_row = [rows[0][0], row_digest.digest(rows[0])]
         last = rows[-1]
         self.last_row = [last[0], row_digest.digest(last)]
+        self._at_largest(last[0])
+
+    def _at_largest(self, rowid: int) -> None:
+        """Said once a run, when the position reaches SQLite's largest rowid."""
+        if rowid == LARGEST_ROWID and "largest rowid" not in self._said:
+            self._said.add("largest rowid")
+            log.warning(
+                "The events table of %s holds a row at the largest rowid (%d): SQLite gives the rows written "
+                "after it random rowids, below the position, which reading by position cannot find; delete that "
+                "row (it was read) and the table is read again from its start (the ledger keeps what was sent "
+                "from being sent again): see omnimemory-learner(1), ROWIDS",
+                self.db_path,
+                LARGEST_ROWID,
+            )
 
     # -- committing ------------------------------------------------------------------
 

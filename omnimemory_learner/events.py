@@ -43,6 +43,8 @@ MILLISECONDS_ABOVE = 1e11
 MAX_TIMESTAMP = 253402300799.0
 MAX_SESSION_ID_LENGTH = 512
 DEFAULT_SESSION_ID = "default"
+# SQLite's largest rowid: past it, new rows get random unused rowids (a table without AUTOINCREMENT).
+LARGEST_ROWID = 2**63 - 1
 
 # No event's time or type is this long (characters, or bytes of a blob): a
 # longer one makes its row malformed, and is never fetched whole (a batch of

@@ -23,7 +23,7 @@ from ..config import Config, ConfigError
 from ..core.fates import Fate, Replacement
 from ..delivery.http import ANSWER_CAP, BoundedClient
 from ..delivery.learn_api import redirect_target
-from ..events import database_files, events_table_problem, file_identity, open_read_only, parse_timestamp
+from ..events import LARGEST_ROWID, database_files, events_table_problem, file_identity, open_read_only, parse_timestamp
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
 from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot
@@ -143,13 +143,17 @@ def check_database(config: Config) -> List[Check]:
         ]
     newest_time = parse_timestamp(newest[0]) if newest else None
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest_time)) if newest_time else "none"
-    return [
-        Check(
-            "database",
-            OK,
-            f"{path}: {count} events, newest rowid {head or 0}, newest event {when}, journal mode {journal}",
-        )
-    ]
+    found = f"{path}: {count} events, newest rowid {head or 0}, newest event {when}, journal mode {journal}"
+    return [_at_largest_rowid(path, found) if head == LARGEST_ROWID else Check("database", OK, found)]
+
+
+def _at_largest_rowid(path: Path, found: str) -> Check:
+    return Check(
+        "database",
+        WARNING,
+        f"{found}: a row at the largest rowid; rows written after it are not found (see ROWIDS in the man page)",
+        f'stop the memory daemon, then: sqlite3 {path} "DELETE FROM events WHERE rowid = {LARGEST_ROWID}"',
+    )
 
 
 def check_position(config: Config) -> List[Check]:
