@@ -28,7 +28,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from .core import row_digest
 from .core.fates import Replacement
 from .core.sessions import ClosedSession
-from .events import LARGEST_ROWID, EventReader, file_identity
+from .events import LARGEST_ROWID, EventReader, Unavailable, file_identity
 from .storage.history import HistoryStore
 from .storage.state import Fingerprint, Position, StateStore
 
@@ -40,6 +40,26 @@ SAME, COPY, REWRITTEN = Replacement.SAME, Replacement.COPY, Replacement.REWRITTE
 def _same(row: tuple, text: str) -> bool:
     """Whether a row read now is the one fingerprinted as `text` (a digest, or the older form: the row's repr)."""
     return row_digest.digest(row) == text if row_digest.is_digest(text) else repr(row) == text
+
+
+def holds_rows_read(db_path: Path, position: Position) -> bool:
+    """Whether the file at `db_path` holds the last row read at `position`: the same history (or a copy of it).
+
+    For a db_path that changed between runs: another name of the same file, or
+    a copy of it, is read on; only another history has the previous one finished.
+    """
+    last = position.fingerprint.last if position.fingerprint is not None else None
+    if last is None:
+        return False
+    reader = EventReader(db_path)
+    try:
+        rowid, text = last
+        row = reader.fingerprint_rows({rowid: row_digest.mask_of(text)}).found.get(rowid)
+        return row is not None and _same(row, text)
+    except Unavailable:
+        return False
+    finally:
+        reader.close()
 
 
 class Finding(NamedTuple):

@@ -667,6 +667,12 @@ class EventReader:
             except _Stale:
                 self.close()
                 attempt += 1
+                if self.identity is not None and file_identity(self.db_path) != self.identity:
+                    # Replaced while it was read: the next drain checks what the new file is
+                    # before a row of it is taken for the continuation of the old one.
+                    raise Unavailable(
+                        Unavailability.LOCKED, f"{self.db_path} was replaced while it was read; reading it again"
+                    ) from None
             except sqlite3.DatabaseError as error:
                 raise self._unavailable(error) from None
 

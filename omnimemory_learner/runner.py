@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from .config import Config
-from .core.fates import CloseReason
+from .core.fates import CloseReason, Unavailability
 from .core.sessions import ClosedSession
+from .database_identity import holds_rows_read
 from .delivery import Deliverer
 from .pipeline import Pipeline
 from .storage.state import StateStore
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # state.db's meta key for the events database the position belongs to.
 DB_PATH_META = "db_path"
+# A previous database that is locked is tried this often, a second apart, before it is given up.
+FINISH_TRIES = 10
+FINISH_WAIT_SECONDS = 1.0
 
 
 class Runner:
@@ -73,31 +78,52 @@ class Runner:
 def finish_previous_database(config: Config, on_unsent: Callable[[List[ClosedSession]], None]) -> None:
     """db_path changed since the last run: read the previous database to its end and close what is open there.
 
-    Then state.db names the new one.  A previous database that cannot be read
-    any more is said, and what was open in it is lost (it is gone with it).
+    Not when the new path names the same history (another name of the file,
+    or a copy of it holding the rows read): that is read on, and its open
+    sessions go on.  Then state.db names the new path.  A previous database
+    that cannot be read (gone; still locked after FINISH_TRIES) is said, and
+    what was open in it is lost with it.
     """
     store = StateStore(config.state_dir)
     try:
         recorded = store.meta_value(DB_PATH_META)
-        if recorded is not None and Path(recorded) != config.db_path and store.position().replay_until > 0:
-            _finish(config, Path(recorded), on_unsent)
+        position = store.position()
+        if recorded is not None and Path(recorded) != config.db_path and position.replay_until > 0:
+            if _same_file(Path(recorded), config.db_path) or holds_rows_read(config.db_path, position):
+                log.info(
+                    "db_path changed from %s to %s, which holds the history read: read on", recorded, config.db_path
+                )
+            else:
+                _finish(config, Path(recorded), on_unsent)
         if recorded is None or Path(recorded) != config.db_path:
             store.note(DB_PATH_META, str(config.db_path))
     finally:
         store.close()
 
 
+def _same_file(previous: Path, path: Path) -> bool:
+    try:
+        return os.path.samefile(previous, path)
+    except OSError:
+        return False
+
+
 def _finish(config: Config, previous: Path, on_unsent: Callable[[List[ClosedSession]], None]) -> None:
     pipeline = Pipeline(dataclasses.replace(config, db_path=previous), on_unsent=on_unsent)
     try:
-        if not pipeline.drain():
-            log.warning(
-                "db_path changed from %s, which cannot be read now (%s): the sessions open there at the last "
-                "stop are lost",
-                previous,
-                pipeline.problem(),
-            )
-            return
+        for attempt in range(FINISH_TRIES):
+            if pipeline.drain():
+                break
+            unavailable = pipeline.unavailable
+            if unavailable is None or unavailable.kind != Unavailability.LOCKED or attempt == FINISH_TRIES - 1:
+                log.warning(
+                    "db_path changed from %s, which cannot be read now (%s): the sessions open there at the last "
+                    "stop are lost",
+                    previous,
+                    pipeline.problem(),
+                )
+                return
+            time.sleep(FINISH_WAIT_SECONDS)  # its writer holds it a moment: a transaction, a checkpoint
         open_sessions = pipeline.tracker.open_count
         pipeline.close_all(CloseReason.END)
         if pipeline.commit():

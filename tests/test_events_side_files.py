@@ -9,6 +9,7 @@ goes between two reads, is still seen, and nothing is read torn.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -168,3 +169,21 @@ def test_rows_read_while_a_writer_comes_and_goes_are_never_torn(tmp_path):
     reader.rest()
     print(f"FIGURE {reads} reads while a writer came and went, {problems} said locked, {len(final)} rows")
     assert [row[0] for row in final] == list(range(1, len(final) + 1)) and reads > 10
+
+
+def test_a_file_replaced_between_two_batches_of_a_read_is_not_taken_for_its_continuation(tmp_path):
+    # A restore or a sync tool replaces the file mid-drain: the next batch must not read the new file on
+    # from the old position (the drain's identity check, at its start, decides what the new file is).
+    db = wal_database(tmp_path, rows=[("2026-01-01T00:00:00", "file_open", "history-a")] * 20)
+    other = create_db(tmp_path / "other" / "memory_data.db")
+    insert_events(other, [("2026-01-02T00:00:00", "file_open", "history-b")] * 40)
+    reader = EventReader(db)
+    assert {row[3] for row in reader.read_batch(0, 10)} == {"history-a"}
+    os.replace(other, db)
+    try:
+        second = reader.read_batch(10, 10)
+    except Unavailable as problem:
+        assert "replaced while it was read" in str(problem)
+    else:
+        assert {row[3] for row in second} == {"history-a"}, second  # the old file, kept open, is fine too
+    reader.close()
