@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..config import Config
 from ..core.reconcile import Reconciliation
@@ -159,27 +159,25 @@ def _ask_service(config: Config) -> tuple:
     return (EX_OK if _repaired(note) else EX_UNAVAILABLE), taught
 
 
-def _note(config: Config) -> Optional[dict]:
+def _from_state(config: Config, read: Callable[[StateStore], Any]) -> Any:
+    """What `read` finds in state.db, opened read-only for it; None without one."""
     try:
         store = StateStore(config.state_dir, create=False)
     except StateError:
         return None
     try:
-        return last_reconcile(store)
+        return read(store)
     finally:
         store.close()
+
+
+def _note(config: Config) -> Optional[dict]:
+    return _from_state(config, last_reconcile)
 
 
 def _listener(config: Config) -> Optional[int]:
     """The pid of the running service that hears SIGUSR1, as it said in state.db."""
-    try:
-        store = StateStore(config.state_dir, create=False)
-    except StateError:
-        return None
-    try:
-        value = store.meta_value(LISTENER_META)
-    finally:
-        store.close()
+    value = _from_state(config, lambda store: store.meta_value(LISTENER_META))
     return int(value) if value and value.isdigit() else None
 
 

@@ -195,12 +195,16 @@ class HistoryFile:
         try:
             return action(self._db)
         except sqlite3.DatabaseError as error:
-            if self._create and _is_corrupt(error):
-                self.close()
-                self._start_again(f"{self.path} is corrupt ({error})")
-            else:
-                self._fail(f"cannot use the history {self.path}: {error}")
+            self._failed(error)
             return default
+
+    def _failed(self, error: sqlite3.DatabaseError) -> None:
+        """A query failed: a corrupt file is moved aside and started again (by the service), else said."""
+        if self._create and _is_corrupt(error):
+            self.close()
+            self._start_again(f"{self.path} is corrupt ({error})")
+        else:
+            self._fail(f"cannot use the history {self.path}: {error}")
 
 
 class HistoryStore(HistoryFile):
@@ -405,11 +409,7 @@ class HistoryStore(HistoryFile):
             cursor = self._db.execute(sql, values)
             yield from cursor
         except sqlite3.DatabaseError as error:
-            if self._create and _is_corrupt(error):
-                self.close()
-                self._start_again(f"{self.path} is corrupt ({error})")
-            else:
-                self._fail(f"cannot use the history {self.path}: {error}")
+            self._failed(error)
         finally:
             if cursor is not None:
                 cursor.close()
