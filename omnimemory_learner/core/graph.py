@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import sys
 from array import array
 from collections import Counter
 from hashlib import blake2b
@@ -168,6 +169,12 @@ def name_tokens(text: bytes) -> Optional[Tuple[bytes, List[bytes]]]:
     return b'["' + b'","'.join(tokens) + b'"]', tokens
 
 
+def _pair_of(window: int) -> Tuple[int, int]:
+    """Two one-byte name ids read together as one 16-bit number (the machine's byte order)."""
+    first, second = window.to_bytes(2, sys.byteorder)
+    return first, second
+
+
 class WorkflowCounter:
     """workflows(), directly_follows() and recurrence() over sessions given one at a time.
 
@@ -239,8 +246,7 @@ class WorkflowCounter:
 
     def directly_follows(self) -> Dict[Tuple[str, str], Tally]:
         """As directly_follows(sessions)."""
-        counts = self._weighted_pairs(self._counts)
-        successes = self._weighted_pairs(self._successes)
+        counts, successes = self._weighted_pairs()
         names = self._names()
         edges: Dict[Tuple[str, str], Tally] = {}
         for (a, b), count in counts.items():
@@ -249,20 +255,36 @@ class WorkflowCounter:
             edges[pair] = Tally(before.occurrences + count, before.successes + successes.get((a, b), 0))
         return edges
 
-    def _weighted_pairs(self, weights: Dict[bytes, int]) -> Counter:
-        # Sequences of one weight are counted together in C (Counter.update), then scaled once.
-        by_weight: Dict[int, List[bytes]] = {}
-        for key, weight in weights.items():
-            by_weight.setdefault(weight, []).append(key)
+    def _weighted_pairs(self) -> Tuple[Counter, Counter]:
+        """(pair -> sessions, pair -> successful sessions), over the distinct folded sequences once.
+
+        Sequences of one (count, successes) weight are counted together in C,
+        then scaled; a one-byte-a-name sequence's pairs are its overlapping
+        two-byte windows, read as 16-bit numbers (array does it in C), not tuples.
+        """
+        by_weight: Dict[Tuple[int, int], List[bytes]] = {}
+        successes = self._successes
+        for key, weight in self._counts.items():
+            by_weight.setdefault((weight, successes.get(key, 0)), []).append(key)
         total: Counter = Counter()
-        for weight, keys in by_weight.items():
-            once: Counter = Counter()
+        good: Counter = Counter()
+        for (weight, succeeded), keys in by_weight.items():
+            windows: Counter = Counter()
+            pairs: Counter = Counter()
             for key in keys:
-                numbers = self._id_list(key)
-                once.update(zip(numbers, numbers[1:]))
-            for pair, count in once.items():
+                if key[:1] == b"\xff":
+                    numbers = self._id_list(key)
+                    pairs.update(zip(numbers, numbers[1:]))
+                else:
+                    windows.update(array("H", key[: len(key) & ~1]))
+                    windows.update(array("H", key[1 : 1 + ((len(key) - 1) & ~1)]))
+            for window, count in windows.items():
+                pairs[_pair_of(window)] += count
+            for pair, count in pairs.items():
                 total[pair] += count * weight
-        return total
+                if succeeded:
+                    good[pair] += count * succeeded
+        return total, good
 
     def recurrence(self) -> Tuple[int, int]:
         """As recurrence(sessions): sessions whose exact, and folded, sequence an earlier one had."""
