@@ -35,8 +35,6 @@ from .storage.state import Fingerprint, Position, StateStore
 log = logging.getLogger(__name__)
 
 SAME, COPY, REWRITTEN = Replacement.SAME, Replacement.COPY, Replacement.REWRITTEN
-# How many rows below the last one read are looked at for it after a renumbering (about 0.3 s a 10^5).
-RENUMBER_SCAN = 200_000
 
 
 def _same(row: tuple, text: str) -> bool:
@@ -193,27 +191,6 @@ class DatabaseIdentity:
         row = reader.fingerprint_rows({head: row_digest.UNMASKED}).found.get(head) if head else None
         self.last_row = [head, row_digest.digest(row)] if row is not None else None
         return True
-
-    def renumbered(self, reader: EventReader) -> bool:
-        """After a rewrite verdict: whether the last row read is there at a lower rowid (VACUUM renumbers
-        a table without INTEGER PRIMARY KEY after a retention delete); looked for among RENUMBER_SCAN rows."""
-        if self.last_row is None or not row_digest.is_digest(self.last_row[1]):
-            return False
-        rowid, text = self.last_row
-        try:
-            found = reader.rowid_of_digest(rowid, text, RENUMBER_SCAN)
-        except Unavailable:
-            return False
-        if found is not None:
-            log.info(
-                "The last row read of %s, rowid %d, is now at rowid %d (renumbered, as VACUUM does after a "
-                "delete): the sessions open are held until the database is read again, and sent only if "
-                "their events are not found in it",
-                self.db_path,
-                rowid,
-                found,
-            )
-        return found is not None
 
     def _rewritten(self, why: str) -> Finding:
         log.warning(

@@ -714,23 +714,6 @@ class EventReader:
         value = self._query(lambda connection: connection.execute("SELECT max(rowid) FROM events").fetchone()[0])
         return value or 0
 
-    def rowid_of_digest(self, below: int, digest: str, scan: int) -> Optional[int]:
-        """The rowid of the row whose digest is `digest` among the `scan` rows below `below`, newest first; None."""
-
-        def look(connection: sqlite3.Connection) -> Optional[int]:
-            connection.text_factory = _decode_lossy  # as fingerprint_rows reads, for text that is not UTF-8
-            try:
-                rows = connection.execute(
-                    "SELECT rowid, timestamp, event_type, session_id FROM events WHERE rowid < ? "
-                    "ORDER BY rowid DESC LIMIT ?",
-                    (below, scan),
-                )
-                return next((row[0] for row in rows if row_digest.digest(row) == digest), None)
-            finally:
-                connection.text_factory = str
-
-        return self._query(look)
-
     def fingerprint_rows(
         self, wanted: Mapping[int, Optional[row_digest.Mask]], learn_first: bool = False
     ) -> row_digest.Fingerprinted:

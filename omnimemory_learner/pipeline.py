@@ -21,15 +21,14 @@ import bisect
 import dataclasses
 import logging
 import time
-from collections import Counter
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 from .config import Config
 from .core.fates import CloseReason, Unavailability
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
 from .database_identity import REWRITTEN, DatabaseIdentity, Finding
-from .events import Event, EventReader, LocalTimeContext, Unavailable, validate_rows
+from .events import EventReader, LocalTimeContext, Unavailable, validate_rows
 from .storage.history import HistoryStore
 from .storage.snapshot import statistics
 from .storage.state import StateError, StateStore
@@ -104,45 +103,6 @@ class CommitState:
         return None
 
 
-class _HeldBack:
-    """Sessions open when a renumbered history is read again: sent only if reading it again does not find them.
-
-    Their rows are in the file at other rowids (the last one read was found
-    lower down); read again, they make the same sessions, whole, with the rows
-    written since, and the held ones would be sent cut, then again.  A held
-    session some of whose events the reading again did not find is sent as it
-    was.  Dropped at a stop: what was not read again yet is above the position.
-    """
-
-    def __init__(self, sessions: List[ClosedSession]):
-        self.sessions = sessions
-        self.wanted: Counter[Tuple[str, str, float]] = Counter(_keys(sessions))
-
-    def saw(self, events: List[Event]) -> None:
-        wanted = self.wanted
-        for _, session_id, (command, _), timestamp in events:
-            key = (session_id, command, timestamp)
-            if wanted.get(key):
-                wanted[key] -= 1
-
-    def unseen(self) -> List[ClosedSession]:
-        left = [session for session in self.sessions if any(self.wanted.get(key) for key in _keys([session]))]
-        found = len(self.sessions) - len(left)
-        log.info(
-            "The renumbered database read again: %d held sessions found in it (not sent cut), %d not found "
-            "(sent as they were)",
-            found,
-            len(left),
-        )
-        return left
-
-
-def _keys(sessions: List[ClosedSession]) -> Iterator[Tuple[str, str, float]]:
-    for session in sessions:
-        for (command, _), timestamp in zip(session.pairs, session.times):
-            yield session.session_id, command, timestamp
-
-
 class _Cursor:
     """Where reading is: the position, the replay of rows read before a restart, what the reads found."""
 
@@ -151,7 +111,6 @@ class _Cursor:
         "caught_up",
         "closed_ranges",
         "head",
-        "held",
         "last_event_time",
         "replay_until",
         "time_context",
@@ -170,7 +129,6 @@ class _Cursor:
         self.last_event_time: Optional[float] = None
         self.caught_up = False
         self.unavailable: Optional[Unavailable] = None
-        self.held: Optional[_HeldBack] = None
 
     def restart(self) -> None:
         """A rewritten history: read from its start."""
@@ -403,9 +361,6 @@ class Pipeline:
                 self._process(rows)
             if len(rows) < batch_size:
                 cursor.caught_up = True
-                if cursor.held is not None:
-                    self._closed.extend(cursor.held.unseen())
-                    cursor.held = None
                 break
             cursor.caught_up = False
             if between_batches is not None:
@@ -439,8 +394,6 @@ class Pipeline:
         if rows:
             unmapped = {}
             mapped, ignored, bad = validate_rows(rows, self.pairs, cursor.time_context, unmapped)
-            if cursor.held is not None:
-                cursor.held.saw(mapped)
             self._closed.extend(tracker.feed(mapped, now))
             if unmapped:
                 tracker.note_unmapped(unmapped)
@@ -483,12 +436,8 @@ class Pipeline:
             self._commit.moved()
         if finding.verdict != REWRITTEN:
             return False
-        if self.identity.renumbered(self.reader):
-            held = self.tracker.close_all(CloseReason.REPLACED)
-            self._cursor.held = _HeldBack(held) if held else None
-        else:
-            # Open sessions had real events: they close now, as they are.
-            self.close_all(CloseReason.REPLACED)
+        # Open sessions had real events: they close now, as they are.
+        self.close_all(CloseReason.REPLACED)
         self.commit()
         if self._commit.failing:
             raise Unavailable(Unavailability.STATE, str(self._commit.error))
