@@ -1,6 +1,11 @@
 """Where a catch-up's CPU time goes, stage by stage, best of N runs in one process.
 
-    PYTHONPATH=$PWD python3 bench/catch_up_stages.py [--runs 8] [--events 200000] [--profile]
+    PYTHONPATH=$PWD python3 bench/catch_up_stages.py [--runs 8] [--events 200000] [--shape S] [--profile]
+
+--shape: `default` (bench/run.py's: bursts of 1-23 events over 1,000 ids),
+`short` (1-40 events over 5,000 ids, as desktops make them), `one-per-id`
+(every session an id of its own) or `long` (bursts of up to 1,000 events):
+per-session costs show in CPU per session, which long sessions hide.
 
 CPU time (time.process_time), not wall time: on a shared machine the wall-clock
 ratio to the bare loop (bench/run.py) swings by a third between runs, while
@@ -24,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # bench/run.py: the generator, and the catch-up as the benchmark runs it
 
 from omnimemory_learner import pipeline as pipeline_module
+from omnimemory_learner.storage.state import StateStore
+
+# shape: (ids, longest burst); one-per-id has as many ids as sessions can be (a session each).
+SHAPES = {"default": (1000, 23), "short": (5000, 40), "one-per-id": (None, 40), "long": (100, 1000)}
 
 STAGES = {  # label: (owner, attribute)
     "read": (pipeline_module.EventReader, "read_batch"),
@@ -49,12 +58,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="default")
     parser.add_argument("--profile", action="store_true")
     options = parser.parse_args()
+    ids, longest = SHAPES[options.shape]
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
         db = work / "catchup.db"
-        run.generate(db, options.events, 1000)
+        run.generate(db, options.events, ids or options.events, longest=longest)
         totals: collections.Counter = collections.Counter()
         for label, (owner, name) in STAGES.items():
             setattr(owner, name, timed(totals, label, getattr(owner, name)))
@@ -67,6 +78,14 @@ def main() -> None:
             if best is None or figures["total"] < best["total"]:
                 best = figures
         print("CPU seconds, best of", options.runs, {label: round(value, 3) for label, value in sorted(best.items())})
+        store = StateStore(work / "state")
+        sessions = store.counters().get("sessions_created", 0)
+        store.close()
+        assert best is not None
+        per = {label: round(value / options.events * 1e6, 2) for label, value in sorted(best.items())}
+        print(f"{options.shape}: {options.events} events, {sessions} sessions; CPU per event (us): {per}")
+        if sessions:
+            print(f"CPU per session (us): {round(best['total'] / sessions * 1e6, 1)}")
         if options.profile:
             profile = cProfile.Profile()
             profile.enable()

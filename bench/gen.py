@@ -46,6 +46,7 @@ def generate(
     start=None,
     open_at_end=False,
     idle_seconds=300.0,
+    longest=23,
 ):
     """Write the database; returns the number of rows.
 
@@ -77,7 +78,7 @@ def generate(
             t += rng.uniform(0.0005, 0.002)
         else:
             while len(active) < concurrency:
-                active[ids[next_id % sessions]] = rng.randint(1, 23)
+                active[ids[next_id % sessions]] = rng.randint(1, longest)
                 next_id += 1
             sid = rng.choice(list(active))
             active[sid] -= 1
