@@ -77,45 +77,50 @@ class PatternsReads:
     """GET /patterns in a thread of its own when `wake` is set (the service); in the caller's when not (the CLI).
 
     `wake()` is called when a read is done, for the delivery thread to take it.
+    A read is done when its answer is there, not when its thread has ended:
+    the delivery thread woken by `wake()` may look before the thread is gone.
     """
 
     def __init__(self) -> None:
         self.wake: Optional[Callable[[], None]] = None
         self._done: Optional[Tuple[PatternsRead, float]] = None
-        self._thread: Optional[threading.Thread] = None
+        self._reading = False
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._reading and self._done is None
 
     def start(self, url: str, timeout: float) -> None:
         wake = self.wake
+        self._reading = True
         if wake is None:
             self._read(url, timeout, None)
             return
-        self._thread = threading.Thread(target=self._read, args=(url, timeout, wake), name="patterns", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._read, args=(url, timeout, wake), name="patterns", daemon=True).start()
 
     def take(self) -> Optional[Tuple[PatternsRead, float]]:
         """(the answer, when it was asked: wall clock), once; None while none is done."""
-        if self.busy:
-            return None
         done, self._done = self._done, None
+        if done is not None:
+            self._reading = False
         return done
 
     def _read(self, url: str, timeout: float, wake: Optional[Callable[[], None]]) -> None:
         asked_at = time.time()
-        client = BoundedClient(timeout)
+        read = PatternsRead(None, "GET /patterns failed", answered=False)
         try:
-            read = LearnAPI(client, url).patterns(timeout)
+            client = BoundedClient(timeout)
+            try:
+                read = LearnAPI(client, url).patterns(timeout)
+            finally:
+                client.close()
         except Exception as error:  # a read is a help; the next one is asked after the backoff
             log.warning("GET /patterns failed", exc_info=True)
             read = PatternsRead(None, f"GET /patterns failed: {type(error).__name__}: {error}", answered=False)
         finally:
-            client.close()
-        self._done = (read, asked_at)
-        if wake is not None:
-            wake()
+            self._done = (read, asked_at)  # always: a read that never ends would stop reconciling for good
+            if wake is not None:
+                wake()
 
 
 class Plan:

@@ -17,7 +17,7 @@ from omnimemory_learner.core.folding import fold_runs
 from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP
 from omnimemory_learner.delivery.http import BoundedClient
 from omnimemory_learner.delivery.learn_api import PATTERNS_CAP, LearnAPI, learn_body, rebuilt_body, sent_names
-from omnimemory_learner.delivery.relearn import Reasons, Relearner
+from omnimemory_learner.delivery.relearn import PatternsReads, Reasons, Relearner
 from omnimemory_learner.delivery.watch import ApiWatch
 from omnimemory_learner.storage.history import Entry, HistoryStore
 from omnimemory_learner.storage.outbox import PendingSession
@@ -227,3 +227,38 @@ def test_a_stored_body_is_compressed(tmp_path):
     stored = history._db.execute("SELECT sent FROM history").fetchone()[0]
     assert zlib.decompress(stored) == body and len(stored) < len(body) / 3
     history.close()
+
+
+def test_a_read_is_taken_when_its_wake_comes_though_its_thread_has_not_ended(patterns):
+    # The delivery thread, woken by wake(), may look before the reading thread is gone: the answer
+    # must be there then (it waited up to a minute for the next wake before).
+    patterns.answer = (200, b'{"patterns": [{"pattern_id": "a", "success_count": 1, "failure_count": 0}], "total": 1}')
+    reads = PatternsReads()
+    taken = []
+    woken = threading.Event()
+
+    def wake():
+        taken.append((reads.busy, reads.take()))  # in the reading thread, still alive
+        woken.set()
+
+    reads.wake = wake
+    reads.start(patterns.url, 5.0)
+    assert woken.wait(10)
+    busy, done = taken[0]
+    assert not busy and done is not None and done[0].counts.counts == {"a": (1, 0)}
+    assert reads.take() is None and not reads.busy  # taken once
+
+
+def test_a_read_that_fails_unexpectedly_still_ends_and_is_taken(monkeypatch):
+    # An exception in the read (not an HTTP error) must not leave reconciling waiting for good.
+    reads = PatternsReads()
+    reads.wake = lambda: None
+
+    def broken(self, timeout):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(LearnAPI, "patterns", broken)
+    reads.start("http://127.0.0.1:9", 1.0)
+    assert wait_until(lambda: not reads.busy, 10)
+    read, _ = reads.take()
+    assert read.counts is None and "boom" in read.problem and not read.answered
