@@ -4,9 +4,12 @@ Its identity is its rows, not its inode: a copy (a sync tool, an editor, a
 restore of the newest backup) has the same rows at the same rowids and is read
 on from the position; rows that differ there, a head below the position or a
 first row that differs (rowids reused after a wipe) make a rewritten history,
-read again from its start.  A rewritten history's sessions may have been
-delivered before: up to the rewrite head, the ledger (the history's content
-keys, and the outbox's) decides which are new.
+read again from its start.  Rows found lower down, as one block, were
+renumbered (a delete, then VACUUM, in a table whose rowid is no INTEGER
+PRIMARY KEY): the same history, read on in the new numbering.  A rewritten
+history's sessions may have been delivered before: up to the rewrite head,
+the ledger (the history's content keys, and the outbox's: rewrite_ledger.py)
+decides which are new.
 
 The guarantee: a session of a rewritten history that was sent before, or that
 ends before the history's horizon (history_days, past which the ledger may
@@ -20,21 +23,18 @@ head) goes to the state store with the read position, in one value
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from .core import row_digest
 from .core.fates import Replacement
-from .core.sessions import ClosedSession
 from .events import LARGEST_ROWID, EventReader, Unavailable, file_identity
-from .storage.history import HistoryStore
 from .storage.state import Fingerprint, Position, StateStore
 
 log = logging.getLogger(__name__)
 
 SAME, COPY, REWRITTEN = Replacement.SAME, Replacement.COPY, Replacement.REWRITTEN
+RENUMBERED = Replacement.RENUMBERED
 
 
 def _same(row: tuple, text: str) -> bool:
@@ -66,29 +66,33 @@ class Finding(NamedTuple):
     """check()'s verdict, and whether the identity to commit changed (a new file, a first row learned)."""
 
     verdict: Replacement
-    why: str = ""  # REWRITTEN: what differs
+    why: str = ""  # REWRITTEN, RENUMBERED: what differs
     changed: bool = False
+    shift: int = 0  # RENUMBERED: how many rowids down the last row read moved
+    deleted_above: Optional[int] = None  # the rows above this rowid, read before, were deleted (never given again)
 
 
 class DatabaseIdentity:
     """The events database as last read, and the questions asked of it before and after reading."""
 
-    def __init__(self, db_path: Path, state: StateStore, history: HistoryStore, position: Position):
+    def __init__(self, db_path: Path, state: StateStore, position: Position):
         self.db_path = db_path
         self._state = state
-        self._history = history  # the ledger
         self.file = position.db_identity
         fingerprint = position.fingerprint or Fingerprint(None, None)
         # [rowid, digest of the row] of the table's first row and of the last row read (core/row_digest.py).
         self.first_row: Optional[list] = fingerprint.first
         self.last_row: Optional[list] = fingerprint.last
+        # [rowid, digest] of a row at or below the first one the pipeline still needs (see low_anchor).
+        self.low_row: Optional[list] = fingerprint.low
         self.rewrite_head = position.rewrite_head
-        self._said: set = set()  # what the ledger said once this run
+        self._said: set = set()  # what was said once this run
+        self._deleted_above: Optional[int] = None  # what _newest_deleted found at this check
 
     # -- before reading -----------------------------------------------------------
 
     def check(self, reader: EventReader, read_after: int) -> Finding:
-        """At each drain's start: the same history (perhaps a copy of it), or a rewritten one."""
+        """At each drain's start: the same history (perhaps a copy of it), renumbered, or a rewritten one."""
         identity = file_identity(self.db_path)
         if identity is None:
             return Finding(SAME)
@@ -96,13 +100,14 @@ class DatabaseIdentity:
         if reader.replaced():
             reader.close()  # read the file now at the path
         changed = False
+        self._deleted_above = None
         if self.first_row is None and self.last_row is None:
             if moved:  # no row was fingerprinted: nothing tells a copy from another history
                 return self._rewritten("it is a different file (new inode) and no fingerprint of its rows was kept")
         else:
-            why, changed = self._rows_differ(reader)
-            if why is not None:
-                return self._rewritten(why)
+            differs, changed = self._rows_differ(reader)
+            if differs is not None:
+                return differs
         if moved:
             log.info(
                 "The events database %s was replaced by a copy (a new file with the same rows where it was "
@@ -114,7 +119,25 @@ class DatabaseIdentity:
         if self.file != identity:
             self.file = identity
             changed = True
-        return Finding(COPY if moved else SAME, changed=changed)
+        return Finding(COPY if moved else SAME, changed=changed, deleted_above=self._deleted_above)
+
+    def low_anchor(self, reader: EventReader, needed_from: int) -> bool:
+        """Take the digest of the row at `needed_from` (unless the last row read is below it); whether it changed.
+
+        Taken after each drain and before each commit in one (the pipeline);
+        a renumbered table is verified from it (moved_as_one_block).  The low-
+        water mark only rises while the numbering stays, so a row taken
+        earlier is at or below the mark of every later commit.
+        """
+        if self.last_row is None or needed_from > self.last_row[0]:
+            wanted = None  # nothing read is needed: the last row read is the anchor
+        elif self.low_row is not None and self.low_row[0] == needed_from:
+            return False
+        else:
+            row = reader.fingerprint_rows({needed_from: row_digest.UNMASKED}).found.get(needed_from)
+            wanted = [needed_from, row_digest.digest(row)] if row is not None else None
+        changed, self.low_row = wanted != self.low_row, wanted
+        return changed
 
     def check_head(self, reader: EventReader, read_after: int) -> Finding:
         """After a read found nothing: a head below the position is a rewritten history.
@@ -129,15 +152,15 @@ class DatabaseIdentity:
         head = reader.head()
         if head >= read_after or self._never_reused(reader.fingerprint_rows({}).sequence, read_after):
             return Finding(SAME)
-        return self._rewritten(f"its newest rowid is below our position {read_after}")
+        return self._last_row_moved(reader, f"its newest rowid is below our position {read_after}")
 
     @staticmethod
     def _never_reused(sequence: Optional[int], rowid: int) -> bool:
         """Whether SQLite will never give `rowid` again: AUTOINCREMENT has given it (or a later one) already."""
         return sequence is not None and sequence >= rowid
 
-    def _rows_differ(self, reader: EventReader) -> Tuple[Optional[str], bool]:
-        """(why the rows read before are not there any more or None, whether the identity to commit changed)."""
+    def _rows_differ(self, reader: EventReader) -> Tuple[Optional[Finding], bool]:
+        """(the finding if the rows read before are not there any more, whether the identity to commit changed)."""
         wanted: Dict[int, Optional[row_digest.Mask]] = {}
         for entry in (self.first_row, self.last_row):
             if entry is not None:
@@ -150,10 +173,13 @@ class DatabaseIdentity:
             rowid, text = self.last_row
             row = found.get(rowid)
             if row is not None and not _same(row, text):
-                return f"the row at rowid {rowid}, the last one read, is another event", False
+                return self._last_row_moved(
+                    reader, f"the row at rowid {rowid}, the last one read, is another event"
+                ), False
             if row is None and reader.head() < rowid:
                 if not self._never_reused(sequence, rowid):
-                    return f"its newest rowid {reader.head()} is below the last one read, {rowid}", False
+                    why = f"its newest rowid {reader.head()} is below the last one read, {rowid}"
+                    return self._last_row_moved(reader, why), False
                 changed = self._newest_deleted(reader, rowid)
             elif row is not None and not row_digest.is_digest(text):
                 self.last_row = [rowid, row_digest.digest(row)]  # the older form, kept in the new one from now
@@ -162,9 +188,10 @@ class DatabaseIdentity:
             rowid, text = self.first_row
             row = found.get(rowid)
             if row is not None and not _same(row, text):
-                return f"its first row, rowid {rowid}, is another event (rowids reused)", False
+                return self._rewritten(f"its first row, rowid {rowid}, is another event (rowids reused)"), False
             if first is not None and first[0] < rowid:
-                return f"it has rows below its first one read before (rowid {first[0]} < {rowid})", False
+                why = f"it has rows below its first one read before (rowid {first[0]} < {rowid})"
+                return self._rewritten(why), False
             if row is not None and not row_digest.is_digest(text):
                 self.first_row = [rowid, row_digest.digest(row)]
                 changed = True
@@ -190,7 +217,77 @@ class DatabaseIdentity:
         )
         row = reader.fingerprint_rows({head: row_digest.UNMASKED}).found.get(head) if head else None
         self.last_row = [head, row_digest.digest(row)] if row is not None else None
+        self._deleted_above = head
         return True
+
+    def _last_row_moved(self, reader: EventReader, why: str) -> Finding:
+        """The last row read is not at its rowid: found lower down, the rows were renumbered; else a rewrite.
+
+        VACUUM renumbers the rows of a table whose rowid is no INTEGER
+        PRIMARY KEY, 1 to n in order, so after a retention delete every row
+        moves down by the number deleted below it.  Whether the rows the
+        pipeline still needs moved as one block is for it to verify
+        (Pipeline._moved_as_one_block); until then nothing is changed here.
+        """
+        if self.last_row is not None and reader.rowids_renumbered_by_vacuum():
+            rowid, text = self.last_row
+            found = reader.rowid_of_digest(rowid, text)
+            if found is not None:
+                log.info(
+                    "The last row read of the events database %s, rowid %d, is now at rowid %d (%s): renumbered, "
+                    "as VACUUM does after a delete?",
+                    self.db_path,
+                    rowid,
+                    found,
+                    why,
+                )
+                return Finding(RENUMBERED, why, shift=rowid - found)
+        return self._rewritten(why)
+
+    def not_renumbered(self, finding: Finding) -> Finding:
+        """A renumbering the pipeline could not verify: the rows it needs did not move as one block."""
+        return self._rewritten(
+            f"{finding.why}; the last row read is {finding.shift} rowids lower, but rows still needed were "
+            "deleted or moved otherwise"
+        )
+
+    def moved_as_one_block(self, reader: EventReader, needed_from: int, shift: int) -> bool:
+        """Whether every row from `needed_from` to the last one read is now `shift` rowids lower.
+
+        VACUUM keeps the rows in order and numbers them 1 to n: with the
+        anchor (a row at or below `needed_from`) and the last row read both
+        found `shift` lower and no rowid between them free, no row between
+        was deleted and each moved by `shift`.
+        """
+        last = self.last_row
+        if last is None:
+            return False
+        anchor = self.low_row if needed_from <= last[0] else last
+        if anchor is None or anchor[0] > needed_from or anchor[0] - shift < 1:
+            return False
+        if anchor is not last:
+            mask = row_digest.mask_of(anchor[1])
+            row = reader.fingerprint_rows({anchor[0] - shift: mask}).found.get(anchor[0] - shift)
+            if row is None or not _same(row, anchor[1]):
+                return False
+        return reader.count_between(anchor[0] - shift, last[0] - shift) == last[0] - anchor[0] + 1
+
+    def renumbered(self, resume_after: int, read_after: int, shift: int) -> Position:
+        """The position to commit once the rows moved `shift` down, the last row read with them (see moved_down)."""
+        assert self.last_row is not None
+        last = [self.last_row[0] - shift, self.last_row[1]]
+        low = [self.low_row[0] - shift, self.low_row[1]] if self.low_row is not None else None
+        # The table's first row is learned again at the next check: it was deleted.
+        fingerprint = Fingerprint(None, last, low)
+        return Position(resume_after, read_after, file_identity(self.db_path), fingerprint, self.rewrite_head)
+
+    def moved_down(self, position: Position, why: str) -> None:
+        """renumbered()'s position was committed: the identity is the renumbered table's from now."""
+        assert position.fingerprint is not None
+        self.first_row = None
+        self.last_row, self.low_row = position.fingerprint.last, position.fingerprint.low
+        self.file = position.db_identity
+        self._state.note_replaced(RENUMBERED, why)
 
     def _rewritten(self, why: str) -> Finding:
         log.warning(
@@ -213,7 +310,7 @@ class DatabaseIdentity:
         self._state.forget_database(rewrite_head)
         self._state.note_replaced(REWRITTEN, why)
         self.rewrite_head = rewrite_head
-        self.first_row = self.last_row = None
+        self.first_row = self.last_row = self.low_row = None
         self.file = file_identity(self.db_path)
 
     # -- while reading ----------------------------------------------------------------
@@ -246,74 +343,9 @@ class DatabaseIdentity:
         rewrite_head = self.rewrite_head
         if rewrite_head is not None and resume_after >= rewrite_head:
             rewrite_head = None
-        fingerprint = Fingerprint(self.first_row, self.last_row) if self.first_row or self.last_row else None
+        low = self.low_row if self.low_row is not None and self.low_row[0] <= resume_after + 1 else None
+        fingerprint = Fingerprint(self.first_row, self.last_row, low) if self.first_row or self.last_row else None
         return Position(resume_after, replay_until, self.file, fingerprint, rewrite_head)
 
     def committed(self, position: Position) -> None:
         self.rewrite_head = position.rewrite_head
-
-    def against_ledger(
-        self, closed: List[ClosedSession], counters: Dict[str, int], history_days: float
-    ) -> Tuple[List[ClosedSession], List[ClosedSession]]:
-        """(fresh, known): after a rewrite, leave out what was sent before; counted in `counters`.
-
-        A session read again from a rewritten database (a restored backup, a
-        history edited) whose content key the ledger (the history) or the
-        outbox has is not committed again; nor one whose last event is older
-        than the history's horizon (history_days), or no newer than the
-        newest session the ledger ever pruned (by count too, and before
-        history_days was raised): the ledger cannot say whether it was sent,
-        and re-sending it could teach it twice.  Both are counted and said
-        once a run.
-        """
-        rewrite_head = self.rewrite_head
-        if rewrite_head is None:
-            return closed, []
-        candidates = [session for session in closed if session.first_rowid <= rewrite_head]
-        if not candidates:
-            return closed, []
-        keys = {id(session): session.key for session in candidates}
-        seen = self._history.delivered(list(keys.values())) | self._state.outbox_keys()
-        horizon = time.time() - history_days * 86400.0
-        pruned = self._history.ledger_horizon()
-        if pruned is not None:
-            horizon = max(horizon, math.nextafter(pruned, math.inf))  # the newest pruned is past it too
-        fresh: List[ClosedSession] = []
-        known: List[ClosedSession] = []
-        already = past = 0
-        for session in closed:
-            key = keys.get(id(session))
-            if key is None:
-                fresh.append(session)
-            elif key in seen:
-                known.append(session)
-                already += 1
-            elif len(session.times) and max(session.times) < horizon:
-                known.append(session)  # kept as a replay marker like the others
-                past += 1
-            else:
-                fresh.append(session)
-        if already:
-            counters["sessions_already_delivered"] = counters.get("sessions_already_delivered", 0) + already
-            self._say_once(
-                "already",
-                "%d session(s) read again from the rewritten database were delivered before (the "
-                "history has their content keys): not sent again; counted as sessions_already_delivered",
-                already,
-            )
-        if past:
-            counters["sessions_past_horizon"] = counters.get("sessions_past_horizon", 0) + past
-            self._say_once(
-                "past",
-                "%d session(s) read again from the rewritten database end before the history's horizon "
-                "(history_days = %g), past which delivered sessions are forgotten: not sent, to be sure "
-                "none goes twice; counted as sessions_past_horizon",
-                past,
-                history_days,
-            )
-        return fresh, known
-
-    def _say_once(self, what: str, message: str, *args: object) -> None:
-        if what not in self._said:
-            self._said.add(what)
-            log.info(message, *args)

@@ -23,6 +23,7 @@ last read.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import math
 import os
@@ -713,6 +714,52 @@ class EventReader:
         """The largest rowid in the table (0 when empty)."""
         value = self._query(lambda connection: connection.execute("SELECT max(rowid) FROM events").fetchone()[0])
         return value or 0
+
+    def rowids_renumbered_by_vacuum(self) -> bool:
+        """Whether VACUUM may renumber the rows: the rowid is no INTEGER PRIMARY KEY (SQLite's own rule)."""
+
+        def ask(connection: sqlite3.Connection) -> bool:
+            keys = [row for row in connection.execute("PRAGMA table_info(events)") if row[5]]
+            return not (len(keys) == 1 and str(keys[0][2]).upper() == "INTEGER")
+
+        return self._query(ask)
+
+    def count_between(self, low: int, high: int) -> int:
+        """How many rows have rowids from `low` to `high` (a walk of the rowid b-tree, no row read)."""
+        return self._query(
+            lambda connection: connection.execute(
+                "SELECT count(*) FROM events WHERE rowid BETWEEN ? AND ?", (low, high)
+            ).fetchone()[0]
+        )
+
+    def rowid_of_digest(self, below: int, text: str, chunk: int = 10_000) -> Optional[int]:
+        """The largest rowid below `below` whose row has the digest `text` (core/row_digest.py), or None.
+
+        Read newest first, `chunk` rows a query, each field as the digest's
+        mask reads it: memory bounded by the chunk, no huge field fetched.
+        """
+        mask = row_digest.mask_of(text)
+        if mask is None:
+            return None  # the older form of fingerprint: no digest to look for
+        sql = row_digest.select_sql(mask, "rowid < ? ORDER BY rowid DESC LIMIT ?")
+
+        def look(connection: sqlite3.Connection, before: int) -> Tuple[Optional[int], int]:
+            connection.text_factory = _decode_lossy  # as fingerprint_rows reads
+            try:
+                rows = connection.execute(sql, (before, chunk)).fetchall()
+            finally:
+                connection.text_factory = str
+            for found in rows:
+                if row_digest.digest(row_digest.as_row(found, mask)) == text:
+                    return found[0], 0
+            return None, rows[-1][0] if len(rows) == chunk else 0
+
+        before = below
+        while before > 0:
+            rowid, before = self._query(functools.partial(look, before=before))
+            if rowid is not None:
+                return rowid
+        return None
 
     def fingerprint_rows(
         self, wanted: Mapping[int, Optional[row_digest.Mask]], learn_first: bool = False

@@ -27,9 +27,9 @@ from .config import Config
 from .core.fates import CloseReason, Unavailability
 from .core.mapping import command_pairs
 from .core.sessions import ClosedSession, SessionTracker, drop_replayed
-from .database_identity import REWRITTEN, DatabaseIdentity, Finding
+from .database_identity import RENUMBERED, REWRITTEN, DatabaseIdentity, Finding
 from .events import EventReader, LocalTimeContext, Unavailable, validate_rows
-from .storage.history import HistoryStore
+from .rewrite_ledger import RewriteLedger
 from .storage.snapshot import statistics
 from .storage.state import StateError, StateStore
 
@@ -113,12 +113,14 @@ class _Cursor:
         "head",
         "last_event_time",
         "replay_until",
+        "resumed_after",
         "time_context",
         "unavailable",
     )
 
     def __init__(self, after: int, replay_until: int, closed_ranges: dict):
         self.after = after
+        self.resumed_after = after  # the position read from the state at start
         self.replay_until = replay_until
         self.closed_ranges = closed_ranges  # closed sessions among the rows replayed: skipped
         self.head = 0
@@ -132,9 +134,17 @@ class _Cursor:
 
     def restart(self) -> None:
         """A rewritten history: read from its start."""
-        self.after = self.replay_until = self.head = 0
+        self.after = self.replay_until = self.head = self.resumed_after = 0
         self.closed_ranges = {}
         self.time_context = LocalTimeContext()
+
+    def renumber(self, shift: int, closed_ranges: dict) -> None:
+        """The rows moved `shift` down; `closed_ranges`: the outbox's, renumbered, for what is still replayed."""
+        self.after -= shift
+        self.resumed_after -= shift
+        self.replay_until = max(self.replay_until - shift, self.after)
+        self.closed_ranges = closed_ranges if self.replay_until > self.after else {}
+        self.head = max(self.after, self.replay_until)
 
     def note_unavailable(self, problem: Unavailable) -> None:
         previous = self.unavailable
@@ -253,8 +263,8 @@ class Pipeline:
         self._commit = CommitState(clock())
         self._evictions = _EvictionLog()
         # The ledger a rewritten database is checked against.
-        self.history = HistoryStore(config.state_dir)
-        self.identity = DatabaseIdentity(config.db_path, self.state, self.history, position)
+        self.identity = DatabaseIdentity(config.db_path, self.state, position)
+        self.ledger = RewriteLedger(config.state_dir, self.state)
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration.  Open sessions keep their events."""
@@ -332,6 +342,8 @@ class Pipeline:
         """
         try:
             read = self._read_batches(should_stop, between_batches)
+            if read:
+                self._take_low_anchor()
         finally:
             self.reader.rest()
         if read:
@@ -369,8 +381,17 @@ class Pipeline:
                 self.clock() - self._commit.committed_at >= COMMIT_EVERY_SECONDS
                 or len(self._closed) >= COMMIT_EVERY_SESSIONS
             ):
+                self._take_low_anchor()
                 self.commit()
         return True
+
+    def _take_low_anchor(self) -> None:
+        """The digest of the first row still needed, for the commit (DatabaseIdentity.low_anchor)."""
+        try:
+            if self.identity.low_anchor(self.reader, self._needed_from()):
+                self._commit.moved()
+        except Unavailable:
+            pass  # the anchor taken before is still at or below the mark; the next drain takes it
 
     def _process(self, rows: list) -> None:
         now = self.clock()
@@ -434,6 +455,12 @@ class Pipeline:
         """On a rewritten history: commit what was read of the old one, then read the new one from its start."""
         if finding.changed:
             self._commit.moved()
+        if finding.deleted_above is not None:
+            _close_deleted(self, finding.deleted_above)
+        if finding.verdict == RENUMBERED:
+            if _read_on_renumbered(self, finding):
+                return True
+            finding = self.identity.not_renumbered(finding)
         if finding.verdict != REWRITTEN:
             return False
         # Open sessions had real events: they close now, as they are.
@@ -445,6 +472,11 @@ class Pipeline:
         self._cursor.restart()
         self._commit.moved()
         return True
+
+    def _needed_from(self) -> int:
+        """The first rowid the pipeline still needs: the oldest open session's first, or the next to read."""
+        low_water = self.tracker.low_water()
+        return self._cursor.after + 1 if low_water is None else low_water
 
     # -- committing --------------------------------------------------------------
 
@@ -467,7 +499,9 @@ class Pipeline:
         cursor = self._cursor
         resume_after = cursor.after if low_water is None else low_water - 1
         counters = dict(self._counters)
-        closed, known = self.identity.against_ledger(self._closed, counters, self.config.history_days)
+        closed, known = self.ledger.against(
+            self._closed, counters, self.config.history_days, self.identity.rewrite_head
+        )
         _assess(closed, self.config.min_quality)
         counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
         counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
@@ -493,4 +527,68 @@ class Pipeline:
         self.commit()
         self.reader.close()
         self.state.close()
-        self.history.close()
+        self.ledger.close()
+
+
+def _move_down(pipeline: Pipeline, finding: Finding, needed_from: int) -> bool:
+    """Renumber what the pipeline holds by `finding.shift`, if every row from `needed_from` on moved by it.
+
+    The outbox's rows and the position move in one transaction, then the
+    open sessions and the cursor: a failure (StateError) or a crash before
+    leaves the old numbering whole, to be found renumbered again.
+    """
+    identity, cursor, shift = pipeline.identity, pipeline._cursor, finding.shift
+    if not identity.moved_as_one_block(pipeline.reader, needed_from, shift):
+        return False
+    assert identity.last_row is not None
+    position = identity.renumbered(needed_from - 1 - shift, identity.last_row[0] - shift, shift)
+    pipeline.state.renumber(position, shift)
+    identity.moved_down(position, f"{finding.why}; its rows now {shift} rowids lower")
+    pipeline.tracker.renumber(shift)
+    cursor.renumber(shift, pipeline.state.closed_ranges(cursor.after - shift))
+    log.info(
+        "The events database %s was renumbered (its rows now %d rowids lower, as VACUUM does after a delete): "
+        "the same history, read on from rowid %d; the %d open session(s) keep their events",
+        pipeline.config.db_path,
+        shift,
+        cursor.after,
+        pipeline.tracker.open_count,
+    )
+    return True
+
+
+def _read_on_renumbered(pipeline: Pipeline, finding: Finding) -> bool:
+    """Rows moved down (a delete, then VACUUM): go on in the new numbering, the open sessions whole (_move_down).
+
+    False (a rewrite) half-way through the replay after a start: what the
+    open sessions hold and what the outbox says of the rows ahead are not
+    one block then.
+    """
+    cursor = pipeline._cursor
+    last_row = pipeline.identity.last_row
+    if last_row is None or last_row[0] != max(cursor.after, cursor.replay_until):
+        return False
+    if cursor.resumed_after < cursor.after < cursor.replay_until:
+        return False
+    pipeline.commit()  # what was read and closed, in the old numbering
+    if pipeline._commit.failing:
+        raise Unavailable(Unavailability.STATE, str(pipeline._commit.error))
+    try:
+        return _move_down(pipeline, finding, pipeline._needed_from())
+    except StateError as error:
+        pipeline._commit.failed(error, pipeline.clock())
+        raise Unavailable(Unavailability.STATE, str(error)) from None
+
+
+def _close_deleted(pipeline: Pipeline, head: int) -> None:
+    """The newest rows were deleted: the open sessions none of whose rows is left are committed now, as read.
+
+    Kept open, a restart before they end would replay rows that are no
+    longer there and lose them; those with rows left are rebuilt from
+    those, once.
+    """
+    closed = pipeline.tracker.close_above(head, CloseReason.DELETED)
+    if closed:
+        log.info("%d open session(s) lost every row to the delete: committed as read", len(closed))
+        pipeline._closed.extend(closed)
+        pipeline._commit.moved()

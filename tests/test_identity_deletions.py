@@ -82,3 +82,33 @@ def test_without_autoincrement_a_deleted_newest_row_is_still_a_rewrite(tmp_path,
     finally:
         code, out = stop(learner)
     assert code == 0 and "different history" in out
+
+
+def test_every_row_of_an_open_session_deleted_then_a_restart_still_commits_it_once(tmp_path):
+    """Kept open, its replay after the restart would find no row of it: it is committed when the delete is seen."""
+    import sqlite3
+
+    from omnimemory_learner.config import load_config
+    from omnimemory_learner.pipeline import Pipeline
+
+    db = create_db(tmp_path / "memory_data.db", schema=SCHEMA_ID)
+    env = {"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_DB_PATH": str(db)}
+    config = load_config(env={**env, "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path / "state")})
+    start = time.time() - 3600
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    rows = [(repr(start + i), kind, "s0") for i, kind in enumerate(("file_open", "code_edit", "file_save"))]
+    conn.executemany("INSERT INTO events (timestamp, event_type, session_id) VALUES (?, ?, ?)", rows)
+    pipeline = Pipeline(config)
+    assert pipeline.drain() and pipeline.tracker.open_count == 1
+    conn.execute("DELETE FROM events")  # the newest rows, every one of s0's (AUTOINCREMENT: never given again)
+    conn.execute("VACUUM")
+    assert pipeline.drain() and pipeline.tracker.open_count == 0
+    pipeline.close()
+    pipeline = Pipeline(config)  # before: the replay found none of s0's rows and it was never sent
+    assert pipeline.drain()
+    pipeline.close_all()
+    assert pipeline.commit()
+    found = pipeline.state._db.execute("SELECT session_id, n_commands, reason FROM sessions").fetchall()
+    pipeline.close()
+    conn.close()
+    assert found == [("s0", 3, "rows_deleted")]

@@ -232,6 +232,7 @@ def test_the_layout_has_its_layers():
         "core.mapping",
         "core.outcome",
         "database_identity",
+        "rewrite_ledger",
         "runner",
         "storage.state",
         "storage.lock",

@@ -82,7 +82,15 @@ def test_the_values_on_disk_do_not_change():
         "already_delivered",
         "dropped",
     }
-    assert {str(reason) for reason in CloseReason} == {"idle", "close_on", "chunk", "evicted", "end", "replaced"}
+    assert {str(reason) for reason in CloseReason} == {
+        "idle",
+        "close_on",
+        "chunk",
+        "evicted",
+        "end",
+        "replaced",
+        "rows_deleted",
+    }
     assert {str(verdict) for verdict in Verdict} == {"learned", "not_learned", "rejected", "retry"}
-    assert {str(found) for found in Replacement} == {"same", "copy", "rewritten"}
+    assert {str(found) for found in Replacement} == {"same", "copy", "renumbered", "rewritten"}
     assert all(str(verdict) == str(fates.FATE_OF_VERDICT[verdict]) for verdict in fates.FATE_OF_VERDICT)

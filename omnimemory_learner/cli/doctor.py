@@ -188,7 +188,7 @@ def check_position(config: Config) -> List[Check]:
         return [Check("position", WARNING, f"read to rowid {position.replay_until}; the database is unreadable")]
     last = []
     if replaced:
-        verdict = OK if replaced.get("verdict") == Replacement.COPY else WARNING
+        verdict = OK if replaced.get("verdict") in (Replacement.COPY, Replacement.RENUMBERED) else WARNING
         last = [Check("database replaced", verdict, replaced_line(replaced))]
     if (position.db_identity is not None and tuple(position.db_identity) != identity) or head < position.replay_until:
         return [

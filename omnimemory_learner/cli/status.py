@@ -203,6 +203,11 @@ def replaced_line(replaced: dict) -> str:
             f"by a copy with the same rows, {_when(replaced.get('at'))}: the same history, "
             f"{shown(str(replaced.get('why')))}"
         )
+    if replaced.get("verdict") == Replacement.RENUMBERED:
+        return (
+            f"renumbered, {_when(replaced.get('at'))} ({shown(str(replaced.get('why')))}): the same history, "
+            "read on; the open sessions kept their events"
+        )
     return (
         f"by a different history, {_when(replaced.get('at'))} ({shown(str(replaced.get('why')))}): read again "
         "from its start; sessions delivered before were not sent again"

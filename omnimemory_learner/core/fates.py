@@ -87,6 +87,7 @@ class CloseReason(_Word):
     EVICTED = "evicted"
     END = "end"
     REPLACED = "replaced"
+    DELETED = "rows_deleted"  # every row of it deleted while it was open (the newest rows of the table)
 
 
 class Unavailability(_Word):
@@ -102,6 +103,7 @@ class Unavailability(_Word):
 class Replacement(_Word):
     SAME = "same"
     COPY = "copy"
+    RENUMBERED = "renumbered"  # the same rows, moved down (a delete, then VACUUM)
     REWRITTEN = "rewritten"
 
 

@@ -108,8 +108,10 @@ def mask_of(text: str) -> Optional[Mask]:
 _COLUMNS = ("timestamp", "event_type", "session_id")
 
 
-def select_sql(mask: Optional[Mask]) -> str:
+def select_sql(mask: Optional[Mask], where: str = "rowid = ?") -> str:
     """The reader's query for one row by rowid (its one parameter), as a digest of `mask` compares it.
+
+    `where`: another condition (and order), for rows looked for by digest.
 
     None: the row whole, as the older form was made.  Otherwise each field as
     (typeof, value): the value NULL where the mask summarised it or it is over
@@ -117,7 +119,7 @@ def select_sql(mask: Optional[Mask]) -> str:
     SQLite, so no huge field leaves it.
     """
     if mask is None:
-        return f"SELECT rowid, {', '.join(_COLUMNS)} FROM events WHERE rowid = ?"
+        return f"SELECT rowid, {', '.join(_COLUMNS)} FROM events WHERE {where}"
     fields = [
         f"typeof({column}), NULL"
         if summarised
@@ -125,7 +127,7 @@ def select_sql(mask: Optional[Mask]) -> str:
         f" length(CAST({column} AS BLOB)) > {SUMMARY_BYTES} THEN NULL ELSE {column} END"
         for column, summarised in zip(_COLUMNS, mask)
     ]
-    return f"SELECT rowid, {', '.join(fields)} FROM events WHERE rowid = ?"
+    return f"SELECT rowid, {', '.join(fields)} FROM events WHERE {where}"
 
 
 def as_row(found: Sequence[object], mask: Optional[Mask]) -> tuple:

@@ -279,6 +279,26 @@ class SessionTracker:
             session.unmapped,
         )
 
+    def close_above(self, rowid: int, reason: str) -> List[ClosedSession]:
+        """Close the open sessions whose every row is above `rowid` (those rows were deleted): as they are."""
+        gone = [session for session in self._open.values() if session.first_rowid > rowid]
+        for session in gone:
+            del self._open[session.session_id]
+        return [self._finish(session, reason) for session in gone]
+
+    def renumber(self, shift: int) -> None:
+        """The rows moved `shift` rowids down (a delete, then VACUUM): the open sessions' rowids with them."""
+        for session in self._open.values():
+            session.first_rowid -= shift
+            session.last_rowid -= shift
+
+    def holding(self) -> List[tuple]:
+        """What the open sessions hold, by id: (id, first and last rowid, commands, times), to compare two trackers."""
+        return sorted(
+            (session.session_id, session.first_rowid, session.last_rowid, tuple(session.pairs), session.times.tobytes())
+            for session in self._open.values()
+        )
+
     # -- questions the service loop asks ---------------------------------------
 
     def next_deadline(self) -> Optional[float]:

@@ -75,16 +75,20 @@ class Fingerprint(NamedTuple):
 
     first: Optional[list]  # the table's first row
     last: Optional[list]  # the last row read
+    # A row read at or below the first one still needed (the low-water mark):
+    # where a renumbered table's rows are verified from (database_identity.py).
+    low: Optional[list] = None
 
 
 def _position_meta(position: Position, now: float) -> List[Tuple[str, Optional[str]]]:
     """The meta rows a commit writes for its position."""
     rows_read = position.fingerprint
-    fingerprint = (
-        _compact_json({"first": rows_read.first, "last": rows_read.last})
-        if rows_read is not None and (rows_read.first or rows_read.last)
-        else None
-    )
+    fingerprint = None
+    if rows_read is not None and (rows_read.first or rows_read.last):
+        found = {"first": rows_read.first, "last": rows_read.last}
+        if rows_read.low is not None:
+            found["low"] = rows_read.low
+        fingerprint = _compact_json(found)
     return [
         ("resume_after", str(position.resume_after)),
         ("replay_until", str(position.replay_until)),
@@ -164,7 +168,7 @@ class StateStore:
             int(self._meta("resume_after") or 0),
             int(self._meta("replay_until") or 0),
             tuple(json.loads(identity)) if identity else None,
-            Fingerprint(rows.get("first"), rows.get("last")) if rows else None,
+            Fingerprint(rows.get("first"), rows.get("last"), rows.get("low")) if rows else None,
             int(rewrite_head) if rewrite_head else None,
         )
 
@@ -313,6 +317,24 @@ class StateStore:
                     ("db_fingerprint", None),
                     ("rewrite_head", None if rewrite_head is None else str(rewrite_head)),
                 ],
+            )
+
+    def renumber(self, position: Position, shift: int) -> None:
+        """The events' rows moved `shift` rowids down (a delete, then VACUUM): the outbox's rows and position too.
+
+        One transaction.  Only the rows from the low-water mark on moved by
+        exactly `shift` (the pipeline verified it); a session's rows below it
+        moved by less, so its range ends below the new mark and no replay
+        meets it.
+        """
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET first_rowid = max(first_rowid - ?, 0), last_rowid = max(last_rowid - ?, 0)"
+                " WHERE last_rowid > 0",
+                (shift, shift),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, time.time())
             )
 
     # -- figures ---------------------------------------------------------------
