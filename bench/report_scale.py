@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from omnimemory_learner.core.fates import Fate
+from omnimemory_learner.core.graph import workflow_of
 from omnimemory_learner.storage.history import HistoryStore
 
 WORKFLOWS = [  # (weight, command names): a run of edit_code is drawn longer
@@ -60,8 +61,15 @@ def session_names(rng: random.Random, length: int) -> List[str]:
     return names[:length]
 
 
-def write_history(state_dir: Path, sessions: int, commands: int, seed: int = 5) -> Tuple[float, int]:
-    """history.db with `sessions` rows; (seconds taken, bytes)."""
+def write_history(
+    state_dir: Path, sessions: int, commands: int, seed: int = 5, workflows: bool = True
+) -> Tuple[float, int]:
+    """history.db with `sessions` rows; (seconds taken, bytes).
+
+    `workflows`: each row with the folded workflow and exact digest the store
+    computes when it records a session (core/graph.py workflow_of); without,
+    rows as an older version wrote them (the report folds them itself).
+    """
     started = time.perf_counter()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     HistoryStore(state_dir).close()  # the schema, as the service makes it
@@ -71,6 +79,11 @@ def write_history(state_dir: Path, sessions: int, commands: int, seed: int = 5) 
     start = now - 30 * 86400
     step = (now - start) / sessions
     rows = []
+    name_ids: dict = {}  # the names table, as HistoryStore.record fills it
+
+    def id_of(token: bytes) -> int:
+        return name_ids.setdefault(token, len(name_ids) + 1)
+
     for number in range(sessions):
         names = session_names(rng, commands)
         last = start + number * step
@@ -96,14 +109,18 @@ def write_history(state_dir: Path, sessions: int, commands: int, seed: int = 5) 
                 rng.randbytes(3072) if learned else None,  # a compressed body does not compress again
             )
         )
+        if workflows:
+            rows[-1] += workflow_of(rows[-1][4].encode(), id_of) or (None, None)
     db = sqlite3.connect(str(state_dir / "history.db"), isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")
     db.execute("BEGIN")
     columns = (
         "key, session_id, first_time, last_time, commands, outcome, pattern_id, closed_reason, settled, "
-        "quality, unusual_score, unusual, rarest, settled_at, sent"
+        "quality, unusual_score, unusual, rarest, settled_at, sent" + (", workflow, exact" if workflows else "")
     )
-    db.executemany(f"INSERT INTO history ({columns}) VALUES ({','.join('?' * 15)})", rows)
+    db.executemany(f"INSERT INTO history ({columns}) VALUES ({','.join('?' * len(rows[0]))})", rows)
+    if workflows:
+        db.executemany("INSERT INTO names (id, token) VALUES (?, ?)", [(i, token) for token, i in name_ids.items()])
     db.execute("COMMIT")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()

@@ -143,3 +143,73 @@ def test_the_streaming_counter_equals_the_plain_functions(sessions, many):
     assert counter.workflows(10) == workflows(summaries, 10)
     assert counter.directly_follows() == directly_follows(summaries)
     assert counter.recurrence() == recurrence(summaries)
+
+
+def _entries(sessions):
+    from omnimemory_learner.storage.history import Entry
+
+    return [
+        Entry(
+            f"{n:032x}",
+            f"s{n}",
+            1.7e9 + n,
+            1.7e9 + n + 1,
+            names,
+            "success" if ok else "failure",
+            "p",
+            "idle",
+            "learned",
+        )
+        for n, (names, ok) in enumerate(sessions)
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(SESSION, st.booleans()), max_size=30), st.integers(0, 300), st.randoms())
+def test_the_report_of_recorded_workflows_equals_the_plain_functions_older_rows_mixed_in(
+    tmp_path_factory, sessions, many, rng
+):
+    """Rows recorded with their workflow keys (names table, wide past 254 ids) and rows of an older version alike."""
+    from omnimemory_learner.cli.report import gather
+
+    sessions = sessions + [([f"n{i}", f"n{i + 1}", f"n{i + 1}"], rng.random() < 0.5) for i in range(many)]
+    state_dir = tmp_path_factory.mktemp("recorded")
+    store = HistoryStore(state_dir)
+    entries = _entries(sessions)
+    cut = rng.randint(0, len(entries))
+    assert store.record(entries[:cut]) and store.record(entries[cut:])  # two transactions: ids carried over
+    store.close()
+    db = sqlite3.connect(str(state_dir / "history.db"))
+    older = [(entry.key,) for entry in entries if rng.random() < 0.3]
+    db.executemany("UPDATE history SET workflow = NULL, exact = NULL WHERE key = ?", older)  # as 0.x wrote them
+    db.commit()
+    stored = db.execute("SELECT count(*) FROM history WHERE workflow IS NOT NULL").fetchone()[0]
+    db.close()
+    assert stored == len(entries) - len(older) or not entries
+    store = HistoryStore(state_dir, create=False)
+    data, edges = gather(store, None)
+    store.close()
+    summaries = [summarize(names, "success" if ok else "failure") for names, ok in sessions]
+    plain = workflows(summaries, 10)
+    assert [(tuple(w["commands"]), w["count"]) for w in data["workflows"]] == [(s, t.occurrences) for s, t in plain]
+    assert edges == directly_follows(summaries)
+    exact, folded = recurrence(summaries)
+    assert data["repeated_patterns"] == {"exact": exact, "folded": folded, "sessions": len(summaries)}
+
+
+def test_a_workflow_key_edited_by_hand_is_left_out_not_a_crash(tmp_path):
+    from omnimemory_learner.cli.report import gather
+
+    store = HistoryStore(tmp_path)
+    assert store.record(_entries([(["open_file", "edit_code"], True), (["save_file", "run_tests"], True)]))
+    store.close()
+    db = sqlite3.connect(str(tmp_path / "history.db"))
+    first, second = (key for (key,) in db.execute("SELECT key FROM history ORDER BY key"))
+    db.execute("UPDATE history SET workflow = x'fe01' WHERE key = ?", (first,))  # an id the names table lacks
+    db.execute("UPDATE history SET workflow = 'text', exact = 5 WHERE key = ?", (second,))
+    db.commit()
+    db.close()
+    store = HistoryStore(tmp_path, create=False)
+    data, edges = gather(store, None)
+    store.close()
+    assert data["sessions"] == 2 and data["repeated_patterns"]["sessions"] == 0 and edges == {}

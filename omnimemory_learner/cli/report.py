@@ -74,11 +74,14 @@ class DayCounts:
 def gather(store: HistoryStore, since: Optional[float]) -> Tuple[Dict[str, Any], Dict[Tuple[str, str], Tally]]:
     """The report as data (what --json prints) and the directly-follows edges, in one pass over history.db."""
     days = DayCounts()
-    counter = WorkflowCounter()
+    counter = WorkflowCounter(store.name_ids())
     unusual: List[Tuple[float, str]] = []
-    for key, last_time, outcome, settled, commands, flagged in store.report_rows(since):
+    for key, last_time, outcome, settled, commands, workflow, sequence, flagged in store.report_rows(since):
         days.add(last_time, key, outcome or "none", settled)
-        counter.add(commands, (outcome or SUCCESS) == SUCCESS)
+        if commands is None:
+            counter.add_workflow(workflow, sequence, (outcome or SUCCESS) == SUCCESS)
+        else:
+            counter.add(commands, (outcome or SUCCESS) == SUCCESS)
         if flagged:
             unusual.append((last_time, key))
     edges = counter.directly_follows()

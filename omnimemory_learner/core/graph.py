@@ -24,7 +24,7 @@ from collections import Counter
 from hashlib import blake2b
 from itertools import compress, groupby
 from operator import ne
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .folding import folded_length
 
@@ -169,6 +169,34 @@ def name_tokens(text: bytes) -> Optional[Tuple[bytes, List[bytes]]]:
     return b'["' + b'","'.join(tokens) + b'"]', tokens
 
 
+def _folded(tokens: List[bytes]) -> List[bytes]:
+    folded = list(compress(tokens, map(ne, tokens, tokens[1:])))
+    folded.append(tokens[-1])
+    return folded
+
+
+def workflow_key(ids: Sequence[int]) -> bytes:
+    """A folded workflow's name ids as one key: a byte a name, or b"\\xff" and 4 bytes a name once an id is past 254."""
+    if max(ids, default=0) < 255:
+        return bytes(ids)
+    return b"\xff" + array("I", ids).tobytes()
+
+
+def workflow_of(text: bytes, id_of: Callable[[bytes], int]) -> Optional[Tuple[bytes, bytes]]:
+    """A history row's commands (JSON) as (its folded workflow's key, a 16-byte digest of its exact sequence).
+
+    What the history keeps beside the commands when it records a session
+    (storage/history.py: `id_of` gives a name's token its id there), so
+    that the report folds and digests nothing.  None: not a JSON list of
+    names, or an empty one.
+    """
+    parsed = name_tokens(text)
+    if parsed is None or not parsed[1]:
+        return None
+    exact, tokens = parsed
+    return workflow_key([id_of(token) for token in _folded(tokens)]), blake2b(exact, digest_size=16).digest()
+
+
 def _pair_of(window: int) -> Tuple[int, int]:
     """Two one-byte name ids read together as one 16-bit number (the machine's byte order)."""
     first, second = window.to_bytes(2, sys.byteorder)
@@ -184,40 +212,56 @@ class WorkflowCounter:
     counted once per distinct folded sequence, weighted by its count.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ids: Optional[Mapping[bytes, int]] = None) -> None:
+        """`ids`: the history's names (token -> id), the ids its workflow keys are made of."""
         self.sessions = 0  # with at least one command
-        self._ids: Dict[bytes, int] = {}
+        self._ids: Dict[bytes, int] = dict(ids or {})
+        self._next_id = max(self._ids.values(), default=-1) + 1
         self._exact: Set[bytes] = set()
         self._counts: Dict[bytes, int] = {}
         self._successes: Dict[bytes, int] = {}
 
     def add(self, text: bytes, success: bool) -> None:
+        """A session by its commands (JSON)."""
         parsed = name_tokens(text)
         if parsed is None or not parsed[1]:
             return
         exact, tokens = parsed
+        self._count(_folded(tokens), blake2b(exact, digest_size=16).digest(), success)
+
+    def add_workflow(self, key: Optional[bytes], exact: Optional[bytes], success: bool) -> None:
+        """A session by what workflow_of made of its commands (the history keeps it): nothing to fold."""
+        if not isinstance(key, bytes) or not isinstance(exact, bytes) or not key:
+            return  # not as workflow_of makes them: a history edited by hand
+        wide = key[:1] == b"\xff"
+        if (wide and len(key) % 4 != 1) or max(self._id_list(key)) >= self._next_id:
+            return  # an id the names table does not have: the same
+        self._count_key(key, exact, success)
+
+    def _count(self, folded: List[bytes], exact: bytes, success: bool) -> None:
+        self._count_key(self._key(folded), exact, success)
+
+    def _count_key(self, key: bytes, exact: bytes, success: bool) -> None:
         self.sessions += 1
-        self._exact.add(blake2b(exact, digest_size=16).digest())
-        folded = list(compress(tokens, map(ne, tokens, tokens[1:])))
-        folded.append(tokens[-1])
-        key = self._key(folded)
+        self._exact.add(exact)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
         if success:
             self._successes[key] = self._successes.get(key, 0) + 1
 
     def _key(self, folded: List[bytes]) -> bytes:
+        """workflow_key() of the tokens' ids, a name not seen before given the next id."""
         ids = self._ids
         try:
             key = bytes(map(ids.__getitem__, folded))
-        except KeyError:
+        except (KeyError, ValueError):  # a new name, or an id past 255 (bytes() stops at either)
             for token in folded:
-                ids.setdefault(token, len(ids))
-            return self._key(folded)
-        except ValueError:  # an id past 255
-            key = b"\xff"
-        if key[:1] == b"\xff":  # wide: 4 bytes a name (the names past the one bytes() stopped at may be new)
-            key = b"\xff" + array("I", (ids.setdefault(token, len(ids)) for token in folded)).tobytes()
+                if token not in ids:
+                    ids[token] = self._next_id
+                    self._next_id += 1
+            return workflow_key([ids[token] for token in folded])
+        if b"\xff" in key:  # an id of 255: wide, as workflow_key makes it
+            key = workflow_key(list(key))
         return key
 
     @staticmethod
@@ -225,7 +269,7 @@ class WorkflowCounter:
         return array("I", key[1:]) if key[:1] == b"\xff" else key
 
     def _names(self) -> List[str]:
-        names = [""] * len(self._ids)
+        names = [""] * self._next_id
         for token, number in self._ids.items():
             names[number] = json.loads(b'"' + token + b'"', strict=False)
         return names

@@ -154,6 +154,17 @@ HISTORY_MIGRATIONS: Tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS history_taught ON history (settled, pattern_id, outcome, last_time)",
         ),
     ),
+    # What the report counts of a session, made once when it is recorded (core/graph.py workflow_of):
+    # its folded workflow as a key of name ids (the names table: each command name's JSON token, an
+    # id) and a digest of its exact sequence. NULL for older rows (the report folds their commands).
+    Migration(
+        4,
+        (
+            "CREATE TABLE IF NOT EXISTS names (id INTEGER PRIMARY KEY, token BLOB UNIQUE NOT NULL)",
+            "ALTER TABLE history ADD COLUMN workflow BLOB",
+            "ALTER TABLE history ADD COLUMN exact BLOB",
+        ),
+    ),
 )
 
 
