@@ -281,13 +281,12 @@ class DatabaseIdentity:
         fingerprint = Fingerprint(None, last, low)
         return Position(resume_after, read_after, file_identity(self.db_path), fingerprint, self.rewrite_head)
 
-    def moved_down(self, position: Position, why: str) -> None:
-        """renumbered()'s position was committed: the identity is the renumbered table's from now."""
+    def moved_down(self, position: Position) -> None:
+        """renumbered()'s position was committed (with its note): the identity is the renumbered table's from now."""
         assert position.fingerprint is not None
         self.first_row = None
         self.last_row, self.low_row = position.fingerprint.last, position.fingerprint.low
         self.file = position.db_identity
-        self._state.note_replaced(RENUMBERED, why)
 
     def _rewritten(self, why: str) -> Finding:
         log.warning(

@@ -444,7 +444,14 @@ class Pipeline:
         if not self._cursor.caught_up:
             return 0
         closed = self.tracker.close_idle(self.clock())
-        self._closed.extend(closed)
+        if closed:
+            self._closed.extend(closed)
+            # The low-water mark rose: the row it is verified from after a renumbering with it
+            # (a retention of the closed sessions' rows must not lose the anchor before the next drain).
+            try:
+                self._take_low_anchor()
+            finally:
+                self.reader.rest()
         return len(closed)
 
     def close_all(self, reason: str = CloseReason.END) -> None:
@@ -533,17 +540,18 @@ class Pipeline:
 def _move_down(pipeline: Pipeline, finding: Finding, needed_from: int) -> bool:
     """Renumber what the pipeline holds by `finding.shift`, if every row from `needed_from` on moved by it.
 
-    The outbox's rows and the position move in one transaction, then the
-    open sessions and the cursor: a failure (StateError) or a crash before
-    leaves the old numbering whole, to be found renumbered again.
+    The outbox's rows, the position and the note for status move in one
+    transaction, then the identity, the open sessions and the cursor: a
+    failure (StateError) or a crash before leaves the old numbering whole,
+    to be found renumbered again.
     """
     identity, cursor, shift = pipeline.identity, pipeline._cursor, finding.shift
     if not identity.moved_as_one_block(pipeline.reader, needed_from, shift):
         return False
     assert identity.last_row is not None
     position = identity.renumbered(needed_from - 1 - shift, identity.last_row[0] - shift, shift)
-    pipeline.state.renumber(position, shift)
-    identity.moved_down(position, f"{finding.why}; its rows now {shift} rowids lower")
+    pipeline.state.renumber(position, shift, f"{finding.why}; its rows now {shift} rowids lower")
+    identity.moved_down(position)
     pipeline.tracker.renumber(shift)
     cursor.renumber(shift, pipeline.state.closed_ranges(cursor.after - shift))
     log.info(

@@ -89,10 +89,11 @@ def delete_oldest(db, count):
 class Run:
     """The stream written so far, the pipeline reading it, and how many rows retention may take."""
 
-    def __init__(self, work, schema):
+    def __init__(self, work, schema, clock=lambda: 0.0):  # by default no cut by processing time
         self.db = create_db(work / "memory_data.db", schema=schema)
         self.config = configure(work, self.db)
-        self.pipeline = Pipeline(self.config, clock=lambda: 0.0)  # no cut by processing time
+        self.processing_clock = clock
+        self.pipeline = Pipeline(self.config, clock=clock)
         self.written = []
         self.clock = {session_id: time.time() - 3600 for session_id in IDS}
         self.kind = 0
@@ -122,7 +123,7 @@ class Run:
 
     def restart(self):
         self.pipeline.close()
-        self.pipeline = Pipeline(self.config, clock=lambda: 0.0)
+        self.pipeline = Pipeline(self.config, clock=self.processing_clock)
 
 
 def play(run, plan):
@@ -131,13 +132,15 @@ def play(run, plan):
             run.add(argument)
         elif action == "restart":
             run.restart()
+        elif action == "cut":
+            delete_oldest(run.db, run.rows_not_needed() + argument)  # into rows still needed
         else:
             count = int(argument * run.rows_not_needed())
             if action == "retain_stopped":
                 run.pipeline.close()
             delete_oldest(run.db, count)
             if action == "retain_stopped":
-                run.pipeline = Pipeline(run.config, clock=lambda: 0.0)
+                run.pipeline = Pipeline(run.config, clock=run.processing_clock)
         assert run.pipeline.drain()
     run.pipeline.close_all()
     assert run.pipeline.commit()
@@ -170,17 +173,7 @@ cuts = st.lists(
 @given(plan=cuts)
 def test_retention_that_cuts_into_open_sessions_loses_no_event_left_and_commits_nothing_twice(tmp_path_factory, plan):
     run = Run(tmp_path_factory.mktemp("cut"), SCHEMA_ROWID)
-    for action, argument in plan:
-        if action == "add":
-            run.add(argument)
-        elif action == "restart":
-            run.restart()
-        else:
-            delete_oldest(run.db, run.rows_not_needed() + argument)  # into rows still needed
-        assert run.pipeline.drain()
-    run.pipeline.close_all()
-    assert run.pipeline.commit()
-    run.pipeline.close()
+    play(run, plan)
     conn = sqlite3.connect(str(run.db))
     left = conn.execute("SELECT session_id, CAST(timestamp AS REAL), event_type FROM events").fetchall()
     conn.close()
@@ -188,3 +181,31 @@ def test_retention_that_cuts_into_open_sessions_loses_no_event_left_and_commits_
     sent = {(sid, t, kind) for sid, commands in found for t, kind in commands}
     assert all(event in sent for event in left), plan
     assert len(set(found)) == len(found), plan
+
+
+def test_a_retention_of_the_rows_of_sessions_closed_by_processing_time_keeps_the_open_one_whole(tmp_path):
+    """close_idle raises the low-water mark: the row a renumbering is verified from moves with it.
+
+    Before: the anchor stayed at the closed session's first row; the retention
+    deleted it, the renumbering was taken for a rewrite, and b was sent cut and
+    then whole (found by the hostile review).
+    """
+    now = [0.0]
+    run = Run(tmp_path, SCHEMA_ROWID, clock=lambda: now[0])
+    db, config, pipeline = run.db, run.config, run.pipeline
+    run.add([("a", 1.0), ("a", 1.0)])
+    assert pipeline.drain()
+    now[0] = 100.0
+    run.add([("b", 1.0), ("b", 1.0)])
+    assert pipeline.drain()
+    now[0] = IDLE + 50.0  # a idle by processing time, b not yet
+    assert pipeline.close_idle() == 1 and pipeline.commit()
+    delete_oldest(db, 2)  # a's rows, no longer needed; b's move from 3-4 to 1-2
+    run.add([("b", 1.0)])
+    assert pipeline.drain()
+    pipeline.close_all()
+    assert pipeline.commit()
+    pipeline.close()
+    found, replaced = committed(config.state_dir)
+    assert [(sid, len(commands)) for sid, commands in found] == [("a", 2), ("b", 3)], found
+    assert replaced["verdict"] == "renumbered", replaced

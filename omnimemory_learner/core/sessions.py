@@ -292,13 +292,6 @@ class SessionTracker:
             session.first_rowid -= shift
             session.last_rowid -= shift
 
-    def holding(self) -> List[tuple]:
-        """What the open sessions hold, by id: (id, first and last rowid, commands, times), to compare two trackers."""
-        return sorted(
-            (session.session_id, session.first_rowid, session.last_rowid, tuple(session.pairs), session.times.tobytes())
-            for session in self._open.values()
-        )
-
     # -- questions the service loop asks ---------------------------------------
 
     def next_deadline(self) -> Optional[float]:

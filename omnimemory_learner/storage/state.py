@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from ..core.fates import DONE, UNDELIVERED, CloseReason, Fate
+from ..core.fates import DONE, UNDELIVERED, CloseReason, Fate, Replacement
 from ..core.sessions import ClosedSession
 from .files import STATE_FILE
 from .migrations import COUNTERS as COUNTERS  # the counters state.db keeps
@@ -114,6 +114,13 @@ def _marker_row(session: ClosedSession, status: str, now: float) -> tuple:
         now,
         session.quality,
         session.unmapped,
+    )
+
+
+def _note_replaced(db: sqlite3.Connection, verdict: str, why: str) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
+        (_compact_json({"verdict": verdict, "why": why, "at": time.time()}),),
     )
 
 
@@ -261,10 +268,7 @@ class StateStore:
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict (a core.fates.Replacement), for status and doctor."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('db_replaced', ?)",
-                (_compact_json({"verdict": verdict, "why": why, "at": time.time()}),),
-            )
+            _note_replaced(db, verdict, why)
 
     def replaced(self) -> Optional[dict]:
         """note_replaced()'s last record, or None."""
@@ -319,10 +323,11 @@ class StateStore:
                 ],
             )
 
-    def renumber(self, position: Position, shift: int) -> None:
+    def renumber(self, position: Position, shift: int, why: str) -> None:
         """The events' rows moved `shift` rowids down (a delete, then VACUUM): the outbox's rows and position too.
 
-        One transaction.  Only the rows from the low-water mark on moved by
+        One transaction, with the note for status and doctor (note_replaced):
+        nothing is written of it if any of it fails.  Only the rows from the low-water mark on moved by
         exactly `shift` (the pipeline verified it); a session's rows below it
         moved by less, so its range ends below the new mark and no replay
         meets it.
@@ -336,6 +341,7 @@ class StateStore:
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, time.time())
             )
+            _note_replaced(db, Replacement.RENUMBERED, why)
 
     # -- figures ---------------------------------------------------------------
 
