@@ -469,9 +469,12 @@ class Pipeline:
         counters = dict(self._counters)
         closed, known = self.identity.against_ledger(self._closed, counters, self.config.history_days)
         _assess(closed, self.config.min_quality)
+        # Settled without sending (too short, below min_quality): counted, and handed over once committed.
+        unsent = [session for session in closed if not session.learnable or session.low_quality]
+        too_short = sum(1 for session in unsent if not session.learnable)
         counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
-        counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
-        counters["sessions_low_quality"] = sum(1 for session in closed if session.low_quality)
+        counters["sessions_too_short"] = too_short
+        counters["sessions_low_quality"] = len(unsent) - too_short
         position = self.identity.position(resume_after, max(cursor.after, cursor.replay_until))
         try:
             added = self.state.commit(position, closed, counters, known)
@@ -484,7 +487,6 @@ class Pipeline:
         self._counters = {}
         if added and self.on_outbox is not None:
             self.on_outbox()
-        unsent = [session for session in closed if not session.learnable or session.low_quality]
         if unsent and self.on_unsent is not None:
             self.on_unsent(unsent)
         return True

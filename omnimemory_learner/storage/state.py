@@ -193,7 +193,7 @@ class StateStore:
         """
         now = time.time()
         resume_after = position.resume_after
-        rows = self._outbox_rows(closed, known, resume_after, now)
+        rows, tally = self._outbox_rows(closed, known, resume_after, now)
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
@@ -202,26 +202,32 @@ class StateStore:
             )
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, now))
             add_counters(db, counters)
-            tally: Dict[str, int] = {}
-            for row in rows:
-                tally[row[4]] = tally.get(row[4], 0) + 1
             db.executemany(
                 "INSERT INTO status_counts (status, n) VALUES (?, ?) ON CONFLICT (status) DO UPDATE SET n = n + ?",
-                [(status, n, n) for status, n in tally.items()],
+                [(status, n, n) for status, n in tally.items() if n],
             )
             # Markers below the low-water mark can never be met again.
             db.execute(
                 f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
                 (resume_after, *DONE),
             )
-        return sum(1 for row in rows if row[4] == _PENDING)
+        return tally[_PENDING]
 
     @staticmethod
     def _outbox_rows(
         closed: Iterable[ClosedSession], known: Iterable[ClosedSession], resume_after: int, now: float
-    ) -> List[tuple]:
-        """The sessions table's rows for a commit: whole sessions to send, markers for the rest."""
+    ) -> Tuple[List[tuple], Dict[str, int]]:
+        """A commit's rows of the sessions table (sessions to send, markers for the rest), and each status's count.
+
+        The per-session cost of a catch-up's commit, so one pass with what it
+        needs bound to locals; the counts come from the same pass (the
+        status_counts table adds them; its triggers count only deletes and moves).
+        """
         rows: List[tuple] = []
+        append = rows.append
+        text = _TEXT.get
+        encode = encode_commands
+        pending = low_quality = too_short = 0
         for session in closed:
             # The Idempotency-Key is the content key (core/identity.py): a session
             # read again (a replay, a replaced or rewritten database, a backfill)
@@ -229,7 +235,8 @@ class StateStore:
             # made when the session is taken from the outbox (_pending_session),
             # in the delivery thread, off the reading path.  Markers need none.
             if session.learnable and not session.low_quality:
-                rows.append(
+                reason = session.reason
+                append(
                     (
                         "",
                         session.session_id,
@@ -238,21 +245,29 @@ class StateStore:
                         _PENDING,
                         session.outcome,
                         len(session.pairs),
-                        encode_commands(session),
-                        _TEXT.get(session.reason, session.reason),
+                        encode(session),
+                        text(reason, reason),
                         now,
                         session.quality,
                         session.unmapped,
                     )
                 )
+                pending += 1
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                status = _LOW_QUALITY if session.learnable else _TOO_SHORT
-                rows.append(_marker_row(session, status, now))
+                if session.learnable:
+                    append(_marker_row(session, _LOW_QUALITY, now))
+                    low_quality += 1
+                else:
+                    append(_marker_row(session, _TOO_SHORT, now))
+                    too_short += 1
+        already = 0
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append(_marker_row(session, _ALREADY_DELIVERED, now))
-        return rows
+                append(_marker_row(session, _ALREADY_DELIVERED, now))
+                already += 1
+        tally = {_PENDING: pending, _LOW_QUALITY: low_quality, _TOO_SHORT: too_short, _ALREADY_DELIVERED: already}
+        return rows, tally
 
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict (a core.fates.Replacement), for status and doctor."""
