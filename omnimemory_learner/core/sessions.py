@@ -234,19 +234,20 @@ class SessionTracker:
                     # now, as it is; its id's next event starts a new one.
                     closed.append(finish(sessions.pop(next(iter(sessions))), CloseReason.EVICTED))
                     self.evicted_count += 1
-            elif timestamp - session.latest_time >= idle:
-                closed.append(finish(session, CloseReason.IDLE))
-                session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
-                move_to_end(session_id)
             else:
-                move_to_end(session_id)
-                if timestamp > session.latest_time:
+                latest = session.latest_time
+                if timestamp - latest >= idle:
+                    closed.append(finish(session, CloseReason.IDLE))
+                    session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                elif timestamp > latest:
                     session.latest_time = timestamp
-            session.pairs.append(pair)
+                move_to_end(session_id)
+            pairs = session.pairs
+            pairs.append(pair)
             session.times.append(timestamp)
             session.last_rowid = rowid
             session.last_arrival = now
-            if len(session.pairs) >= max_commands:
+            if len(pairs) >= max_commands:
                 del sessions[session_id]
                 closed.append(finish(session, CloseReason.CHUNK))
             elif close_on and pair[0] in close_on:
