@@ -142,9 +142,9 @@ class Deliverer:
         """Sessions settled without being sent (too short, below min_quality), for the history; never raises.
 
         Queued for the thread, so that a catch-up does not wait on the
-        history (the thread records them between sessions, and while it
-        waits out an API outage: _wait); recorded at once in the caller's
-        thread when the thread is not running or the queue is full.
+        history; recorded at once in the caller's thread when the thread is
+        not running, is waiting out an API outage (they would sit in memory
+        for minutes), or the queue is full.
         """
         try:
             if not self._offer(sessions):
@@ -153,7 +153,7 @@ class Deliverer:
             log.exception("Could not record sessions settled without being sent in the history")
 
     def _offer(self, sessions: List[ClosedSession]) -> bool:
-        if not self.alive or not self.handover.offer(sessions):
+        if not self.alive or self.health.retry_at is not None or not self.handover.offer(sessions):
             return False
         self._wake.set()
         return True
@@ -270,25 +270,12 @@ class Deliverer:
         return 0.0
 
     def _wait(self, run: Run, delay: float) -> bool:
-        """Wait `delay` seconds for the API; True when the service stops meanwhile.
-
-        What is handed over meanwhile (hand_over wakes the thread) is recorded
-        as it comes: during a catch-up with the API down the reading thread
-        hands over every too-short session, and writing them is not its work.
-        Other wakes change nothing here: the retry waits for its time.
-        """
+        """Wait `delay` seconds for the API; True when the service stops meanwhile."""
+        self.handover.record_into(run.settler)  # what was handed over before the outage; _offer refuses meanwhile
         retry_at = self.health.retry_at  # set by health with the wait it asked for
         when = time.strftime("%H:%M:%S", time.localtime(retry_at if retry_at is not None else time.time() + delay))
         log.info("Will retry in %.1f s (%s)", delay, when)
-        until = time.monotonic() + delay
-        while not self._stop.is_set():
-            self.handover.record_into(run.settler)
-            left = until - time.monotonic()
-            if left <= 0:
-                return False
-            self._wake.wait(left)
-            self._wake.clear()
-        return True
+        return self._stop.wait(delay)
 
     def _target(self) -> Target:
         return Target(self.api_url, self.timeout, self.fold_repeats)
