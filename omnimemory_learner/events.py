@@ -499,38 +499,51 @@ def validate_rows(
     fromisoformat = _dt.datetime.fromisoformat
     plain_low = context.plain_low
     plain_high = context.plain_high
+    longest_id = MAX_SESSION_ID_LENGTH
     for rowid, timestamp, event_type, session_id in rows:
-        if type(session_id) is str and 0 < len(session_id) <= MAX_SESSION_ID_LENGTH:
-            sid: Optional[str] = session_id  # the common case, without a call
-        else:
-            sid = _session_id(session_id)
         pair = lookup(event_type)
         if pair is None:
             # Longer than any type: malformed, as read_batch reads it where it does not fetch it.
             if type(event_type) is str and 0 < len(event_type) <= MAX_FIELD_LENGTH:
                 ignored += 1
-                if unmapped_by_id is not None and sid is not None:
-                    unmapped_by_id[sid] = unmapped_by_id.get(sid, 0) + 1
+                if unmapped_by_id is not None:
+                    if type(session_id) is str and 0 < len(session_id) <= longest_id:
+                        sid: Optional[str] = session_id
+                    else:
+                        sid = _session_id(session_id)
+                    if sid is not None:
+                        unmapped_by_id[sid] = unmapped_by_id.get(sid, 0) + 1
             else:
                 bad += 1
             continue
-        seconds = None
+        if type(session_id) is str and 0 < len(session_id) <= longest_id:
+            sid = session_id  # the common case, without a call
+        else:
+            sid = _session_id(session_id)
+            if sid is None:
+                bad += 1
+                continue
         if type(timestamp) is str and len(timestamp) >= 19 and timestamp[10] == "T" and timestamp[-1] not in "Zz":
             try:
                 seconds = fromisoformat(timestamp).timestamp()
             except (ValueError, OverflowError, OSError):
-                pass
-            else:
-                # Inside the span of plain local hours known so far the time is
-                # read and in range; anything else is looked at closely.
-                if not plain_low <= seconds < plain_high:
-                    seconds = _outside_plain_span(timestamp, seconds, context, events)
-                    plain_low, plain_high = context.plain_low, context.plain_high
+                bad += 1
+                continue
+            # Inside the span of plain local hours known so far the time is
+            # read and in range; anything else is looked at closely.
+            if not plain_low <= seconds < plain_high:
+                resolved = _outside_plain_span(timestamp, seconds, context, events)
+                plain_low, plain_high = context.plain_low, context.plain_high
+                if resolved is None:
+                    bad += 1
+                    continue
+                seconds = resolved
         else:
-            seconds = parse_timestamp(timestamp)
-        if seconds is None or sid is None:
-            bad += 1
-            continue
+            parsed = parse_timestamp(timestamp)
+            if parsed is None:
+                bad += 1
+                continue
+            seconds = parsed
         append((rowid, sid, pair, seconds))
     if events:
         context.previous = events[-1][3]

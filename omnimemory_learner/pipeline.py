@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import gc
 import logging
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional
@@ -46,6 +47,8 @@ COMMIT_EVERY_SESSIONS = 5000
 # fsync per live event would put disk latency on every event's path.  A
 # failed commit is retried this often too.
 POSITION_COMMIT_SECONDS = 5.0
+# The garbage collector's first threshold while a drain reads (see drain).
+GC_THRESHOLD_WHILE_READING = 20_000
 # Sessions evicted by the open-session cap are logged at most this often.
 EVICTION_LOG_SECONDS = 60.0
 
@@ -340,11 +343,17 @@ class Pipeline:
         The connection is closed after (EventReader.rest): none stays open
         between drains to keep the writer from leaving WAL mode.
         """
+        threshold = gc.get_threshold()
+        # Each batch makes some 2,000 containers (its rows, its events) that die with it: collected
+        # every 700 allocations, as by default, each batch's were traversed and promoted, a tenth
+        # of a catch-up's CPU.  Cyclic garbage waits a little longer; nothing else changes.
+        gc.set_threshold(max(threshold[0], GC_THRESHOLD_WHILE_READING), *threshold[1:])
         try:
             read = self._read_batches(should_stop, between_batches)
             if read:
                 self._take_low_anchor()
         finally:
+            gc.set_threshold(*threshold)
             self.reader.rest()
         if read:
             self.commit_due()
@@ -510,9 +519,12 @@ class Pipeline:
             self._closed, counters, self.config.history_days, self.identity.rewrite_head
         )
         _assess(closed, self.config.min_quality)
+        # Settled without sending (too short, below min_quality): counted, and handed over once committed.
+        unsent = [session for session in closed if not session.learnable or session.low_quality]
+        too_short = sum(1 for session in unsent if not session.learnable)
         counters["sessions_created"] = counters.get("sessions_created", 0) + len(closed)
-        counters["sessions_too_short"] = sum(1 for session in closed if not session.learnable)
-        counters["sessions_low_quality"] = sum(1 for session in closed if session.low_quality)
+        counters["sessions_too_short"] = too_short
+        counters["sessions_low_quality"] = len(unsent) - too_short
         position = self.identity.position(resume_after, max(cursor.after, cursor.replay_until))
         try:
             added = self.state.commit(position, closed, counters, known)
@@ -525,7 +537,6 @@ class Pipeline:
         self._counters = {}
         if added and self.on_outbox is not None:
             self.on_outbox()
-        unsent = [session for session in closed if not session.learnable or session.low_quality]
         if unsent and self.on_unsent is not None:
             self.on_unsent(unsent)
         return True

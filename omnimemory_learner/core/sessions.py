@@ -46,25 +46,6 @@ Command = Tuple[str, float, str]
 MappedEvent = Tuple[int, str, Tuple[str, str], float]
 
 
-class _OpenSession:
-    # A session is a list of references to the shared (command, event_type)
-    # pairs and an array of timestamps: 16 bytes a command, where a tuple per
-    # command with its own strings and float cost about 150.
-    __slots__ = ("first_rowid", "last_arrival", "last_rowid", "latest_time", "pairs", "session_id", "times", "unmapped")
-
-    def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
-        self.session_id = session_id
-        self.pairs: list = []
-        self.times = array("d")
-        self.first_rowid = rowid
-        self.last_rowid = rowid
-        # The latest event time in the session: the rule cuts from it.
-        self.latest_time = timestamp
-        self.last_arrival = now
-        # Rows of the id of types the event map does not know, while it was open (quality's "signal").
-        self.unmapped = 0
-
-
 class ClosedSession:
     """A finished session, ready for the outbox (or counted as too short)."""
 
@@ -135,7 +116,17 @@ class ClosedSession:
 
     @property
     def outcome(self) -> str:
-        return infer_outcome([command for command, _ in self.pairs[-OUTCOME_WINDOW:]])
+        tail = tuple(self.pairs[-OUTCOME_WINDOW:])
+        try:
+            return _OUTCOMES[tail]
+        except KeyError:
+            pass
+        except TypeError:  # pairs that are not tuples (unhashable): judged without the cache
+            return infer_outcome([command for command, _ in tail])
+        if len(_OUTCOMES) > _OUTCOMES_HELD:
+            _OUTCOMES.clear()
+        outcome = _OUTCOMES[tail] = infer_outcome([command for command, _ in tail])
+        return outcome
 
     @property
     def names(self) -> List[str]:
@@ -153,6 +144,41 @@ class ClosedSession:
             f"ClosedSession({self.session_id!r}, {len(self.pairs)} commands, "
             f"rows {self.first_rowid}-{self.last_rowid}, {self.reason})"
         )
+
+
+class _OpenSession(ClosedSession):
+    """A session still open: the ClosedSession it becomes, being filled (finishing it makes no copy).
+
+    A session is a list of references to the shared (command, event_type)
+    pairs and an array of timestamps: 16 bytes a command, where a tuple per
+    command with its own strings and float cost about 150.
+    """
+
+    __slots__ = ("last_arrival", "latest_time")
+    pairs: list
+
+    def __init__(self, session_id: str, rowid: int, timestamp: float, now: float):
+        # Not ClosedSession.__init__: a call less per session on the catch-up's path.
+        self.session_id = session_id
+        self.pairs = []
+        self.times = array("d")
+        self.first_rowid = rowid
+        self.last_rowid = rowid
+        # The latest event time in the session: the rule cuts from it.
+        self.latest_time = timestamp
+        self.last_arrival = now
+        # Rows of the id of types the event map does not know, while it was open (quality's "signal").
+        self.unmapped = 0
+        self.reason = CloseReason.IDLE  # set when it is finished (SessionTracker._finish), as is learnable
+        self.learnable = False
+        self.quality = None
+        self.low_quality = False
+
+
+# The outcome of the last OUTCOME_WINDOW pairs (shared tuples: mapping.command_pairs), judged
+# once per tail: a catch-up asks it of every session it commits.  Bounded by clearing.
+_OUTCOMES: Dict[tuple, str] = {}
+_OUTCOMES_HELD = 4096
 
 
 class SessionTracker:
@@ -208,19 +234,20 @@ class SessionTracker:
                     # now, as it is; its id's next event starts a new one.
                     closed.append(finish(sessions.pop(next(iter(sessions))), CloseReason.EVICTED))
                     self.evicted_count += 1
-            elif timestamp - session.latest_time >= idle:
-                closed.append(finish(session, CloseReason.IDLE))
-                session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
-                move_to_end(session_id)
             else:
-                move_to_end(session_id)
-                if timestamp > session.latest_time:
+                latest = session.latest_time
+                if timestamp - latest >= idle:
+                    closed.append(finish(session, CloseReason.IDLE))
+                    session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                elif timestamp > latest:
                     session.latest_time = timestamp
-            session.pairs.append(pair)
+                move_to_end(session_id)
+            pairs = session.pairs
+            pairs.append(pair)
             session.times.append(timestamp)
             session.last_rowid = rowid
             session.last_arrival = now
-            if len(session.pairs) >= max_commands:
+            if len(pairs) >= max_commands:
                 del sessions[session_id]
                 closed.append(finish(session, CloseReason.CHUNK))
             elif close_on and pair[0] in close_on:
@@ -263,21 +290,16 @@ class SessionTracker:
         return closed
 
     def _finish(self, session: _OpenSession, reason: str) -> ClosedSession:
-        length = folded_length([command for command, _ in session.pairs]) if self.fold_repeats else len(session.pairs)
+        """The session as closed: the same object, its reason and learnable set (it has left `_open`)."""
+        pairs = session.pairs
+        length = folded_length([command for command, _ in pairs]) if self.fold_repeats else len(pairs)
         learnable = length >= self.min_commands
         self.closed_count += 1
         if not learnable:
             self.too_short_count += 1
-        return ClosedSession(
-            session.session_id,
-            session.pairs,
-            session.times,
-            session.first_rowid,
-            session.last_rowid,
-            reason,
-            learnable,
-            session.unmapped,
-        )
+        session.reason = reason
+        session.learnable = learnable
+        return session
 
     def close_above(self, rowid: int, reason: str) -> List[ClosedSession]:
         """Close the open sessions whose every row is above `rowid` (those rows were deleted): as they are."""

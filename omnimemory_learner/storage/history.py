@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 500
 
+# json.dumps with separators makes an encoder per call: one, made once (the same text).
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
 
 class Entry(NamedTuple):
     key: str
@@ -233,7 +236,7 @@ class HistoryStore(HistoryFile):
                 entry.session_id,
                 entry.first_time,
                 entry.last_time,
-                json.dumps(list(entry.commands), separators=(",", ":")),
+                _compact_json(list(entry.commands)),
                 entry.outcome,
                 entry.pattern_id,
                 entry.closed_reason,

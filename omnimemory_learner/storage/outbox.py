@@ -67,7 +67,7 @@ class PendingSession(NamedTuple):
 
 
 class _PairJSON(dict):
-    """(command, event_type) -> its JSON text, made once per pair.
+    """(command, event_type) -> its JSON text as UTF-8 bytes, made once per pair.
 
     Bounded by the event map's size: pairs come from command_pairs().
     """
@@ -75,7 +75,7 @@ class _PairJSON(dict):
     def __missing__(self, pair):
         if len(self) > 4096:
             self.clear()
-        text = self[pair] = _compact_json(pair)
+        text = self[pair] = _compact_json(pair).encode()
         return text
 
 
@@ -88,14 +88,13 @@ def encode_commands(session: ClosedSession) -> bytes:
     JSON of the (command, event_type) pairs, a NUL (never in JSON text), then
     the timestamps as little-endian doubles: the array's bytes are exact and
     cost nothing to write, where JSON would make a repr of every float on the
-    catch-up's path.
+    catch-up's path.  Joined as bytes: no text of the whole list to encode.
     """
     times = session.times
     if _BIG_ENDIAN:
         times = array("d", times)  # a copy: the session's own array stays as it is
         times.byteswap()
-    names = "[" + ",".join(map(_pair_json, session.pairs)) + "]"
-    return names.encode() + b"\0" + times.tobytes()
+    return b"".join((b"[", b",".join(map(_pair_json, session.pairs)), b"]\0", times.tobytes()))
 
 
 def decode_commands(value) -> List[Tuple[str, float, str]]:

@@ -36,7 +36,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..core.fates import DONE, UNDELIVERED, CloseReason, Fate, Replacement
 from ..core.sessions import ClosedSession
@@ -204,35 +204,45 @@ class StateStore:
         """
         now = time.time()
         resume_after = position.resume_after
-        rows = self._outbox_rows(closed, known, resume_after, now)
+        tally = dict.fromkeys((_PENDING, _LOW_QUALITY, _TOO_SHORT, _ALREADY_DELIVERED), 0)
         with self._transaction() as db:
+            # The rows made as they are inserted, never a list of them all: a catch-up's
+            # commit of 5,000 sessions held their rows and encoded commands at once (MBs).
             db.executemany(
                 "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
                 " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
+                self._outbox_rows(closed, known, resume_after, now, tally),
             )
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, now))
             add_counters(db, counters)
-            tally: Dict[str, int] = {}
-            for row in rows:
-                tally[row[4]] = tally.get(row[4], 0) + 1
             db.executemany(
                 "INSERT INTO status_counts (status, n) VALUES (?, ?) ON CONFLICT (status) DO UPDATE SET n = n + ?",
-                [(status, n, n) for status, n in tally.items()],
+                [(status, n, n) for status, n in tally.items() if n],
             )
             # Markers below the low-water mark can never be met again.
             db.execute(
                 f"DELETE FROM sessions WHERE last_rowid <= ? AND status IN ({_DONE_MARKS})",
                 (resume_after, *DONE),
             )
-        return sum(1 for row in rows if row[4] == _PENDING)
+        return tally[_PENDING]
 
     @staticmethod
     def _outbox_rows(
-        closed: Iterable[ClosedSession], known: Iterable[ClosedSession], resume_after: int, now: float
-    ) -> List[tuple]:
-        """The sessions table's rows for a commit: whole sessions to send, markers for the rest."""
-        rows: List[tuple] = []
+        closed: Iterable[ClosedSession],
+        known: Iterable[ClosedSession],
+        resume_after: int,
+        now: float,
+        tally: Dict[str, int],
+    ) -> Iterator[tuple]:
+        """A commit's rows of the sessions table (sessions to send, markers for the rest), each counted in `tally`.
+
+        The per-session cost of a catch-up's commit, so one pass with what it
+        needs bound to locals; the counts come from the same pass (the
+        status_counts table adds them; its triggers count only deletes and moves).
+        """
+        text = _TEXT.get
+        encode = encode_commands
+        pending = low_quality = too_short = 0
         for session in closed:
             # The Idempotency-Key is the content key (core/identity.py): a session
             # read again (a replay, a replaced or rewritten database, a backfill)
@@ -240,30 +250,39 @@ class StateStore:
             # made when the session is taken from the outbox (_pending_session),
             # in the delivery thread, off the reading path.  Markers need none.
             if session.learnable and not session.low_quality:
-                rows.append(
-                    (
-                        "",
-                        session.session_id,
-                        session.first_rowid,
-                        session.last_rowid,
-                        _PENDING,
-                        session.outcome,
-                        len(session.pairs),
-                        encode_commands(session),
-                        _TEXT.get(session.reason, session.reason),
-                        now,
-                        session.quality,
-                        session.unmapped,
-                    )
+                reason = session.reason
+                yield (
+                    "",
+                    session.session_id,
+                    session.first_rowid,
+                    session.last_rowid,
+                    _PENDING,
+                    session.outcome,
+                    len(session.pairs),
+                    encode(session),
+                    text(reason, reason),
+                    now,
+                    session.quality,
+                    session.unmapped,
                 )
+                pending += 1
             elif session.last_rowid > resume_after:
                 # Too short or below min_quality: kept only as a marker while a replay could meet its rows.
-                status = _LOW_QUALITY if session.learnable else _TOO_SHORT
-                rows.append(_marker_row(session, status, now))
+                if session.learnable:
+                    yield _marker_row(session, _LOW_QUALITY, now)
+                    low_quality += 1
+                else:
+                    yield _marker_row(session, _TOO_SHORT, now)
+                    too_short += 1
+        already = 0
         for session in known:
             if session.last_rowid > resume_after:
-                rows.append(_marker_row(session, _ALREADY_DELIVERED, now))
-        return rows
+                yield _marker_row(session, _ALREADY_DELIVERED, now)
+                already += 1
+        tally[_PENDING] += pending
+        tally[_LOW_QUALITY] += low_quality
+        tally[_TOO_SHORT] += too_short
+        tally[_ALREADY_DELIVERED] += already
 
     def note_replaced(self, verdict: str, why: str) -> None:
         """The last replaced database's verdict (a core.fates.Replacement), for status and doctor."""
