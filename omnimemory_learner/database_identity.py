@@ -22,24 +22,22 @@ head) goes to the state store with the read position, in one value
 
 from __future__ import annotations
 
+import bisect
 import logging
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 from .core import row_digest
 from .core.fates import Replacement
-from .events import LARGEST_ROWID, EventReader, Unavailable, file_identity
+from .events import LARGEST_ROWID, EventReader, Unavailable, cut_by_length, file_identity
 from .storage.state import Fingerprint, Position, StateStore
 
 log = logging.getLogger(__name__)
 
 SAME, COPY, REWRITTEN = Replacement.SAME, Replacement.COPY, Replacement.REWRITTEN
 RENUMBERED = Replacement.RENUMBERED
-
-
-def _same(row: tuple, text: str) -> bool:
-    """Whether a row read now is the one fingerprinted as `text` (a digest, or the older form: the row's repr)."""
-    return row_digest.digest(row) == text if row_digest.is_digest(text) else repr(row) == text
+# Rows with the last row's digest tried as where it moved to (a row written twice is not rare; more is).
+RENUMBER_CANDIDATES = 4
 
 
 def holds_rows_read(db_path: Path, position: Position) -> bool:
@@ -55,11 +53,36 @@ def holds_rows_read(db_path: Path, position: Position) -> bool:
     try:
         rowid, text = last
         row = reader.fingerprint_rows({rowid: row_digest.mask_of(text)}).found.get(rowid)
-        return row is not None and _same(row, text)
+        return row is not None and row_digest.matches(row, text)
     except Unavailable:
         return False
     finally:
         reader.close()
+
+
+def _never_reused(sequence: Optional[int], rowid: int) -> bool:
+    """Whether SQLite will never give `rowid` again: AUTOINCREMENT has given it (or a later one) already."""
+    return sequence is not None and sequence >= rowid
+
+
+def _anchor_among(rows: Sequence[tuple], at: int, below: bool) -> Tuple[bool, Optional[tuple]]:
+    """(found, row): the anchor low_anchor wants, from a batch just read, if it is there as stored.
+
+    A batch's rows are consecutive in rowid order: the row before its last is
+    the newest below it.  A row with a field cut for its length is not as
+    stored (EventReader.read_batch): it is read again.
+    """
+    if not rows:
+        return False, None
+    if below:
+        index = len(rows) - 2 if rows[-1][0] == at else -1
+    else:
+        index = at - rows[0][0]  # rowids are most often dense
+        if not (0 <= index < len(rows) and rows[index][0] == at):
+            index = bisect.bisect_left([row[0] for row in rows], at)
+    if 0 <= index < len(rows) and (below or rows[index][0] == at) and not cut_by_length(rows[index]):
+        return True, tuple(rows[index])
+    return False, None
 
 
 class Finding(NamedTuple):
@@ -68,7 +91,7 @@ class Finding(NamedTuple):
     verdict: Replacement
     why: str = ""  # REWRITTEN, RENUMBERED: what differs
     changed: bool = False
-    shift: int = 0  # RENUMBERED: how many rowids down the last row read moved
+    shifts: Tuple[int, ...] = ()  # RENUMBERED: how many rowids down the last row read may have moved, least first
     deleted_above: Optional[int] = None  # the rows above this rowid, read before, were deleted (never given again)
 
 
@@ -88,6 +111,7 @@ class DatabaseIdentity:
         self.rewrite_head = position.rewrite_head
         self._said: set = set()  # what was said once this run
         self._deleted_above: Optional[int] = None  # what _newest_deleted found at this check
+        self._anchor_of: Optional[Tuple[int, bool]] = None  # what low_row was taken for (low_anchor)
 
     # -- before reading -----------------------------------------------------------
 
@@ -121,21 +145,29 @@ class DatabaseIdentity:
             changed = True
         return Finding(COPY if moved else SAME, changed=changed, deleted_above=self._deleted_above)
 
-    def low_anchor(self, reader: EventReader, needed_from: int) -> bool:
-        """Take the digest of the row at `needed_from` (unless the last row read is below it); whether it changed.
+    def low_anchor(self, reader: EventReader, needed_from: int, rows: Sequence[tuple] = ()) -> bool:
+        """Take the digest of the row at `needed_from` (none needed: the row before the last one read); changed?
 
-        Taken after each drain and before each commit in one (the pipeline);
-        a renumbered table is verified from it (moved_as_one_block).  The low-
-        water mark only rises while the numbering stays, so a row taken
-        earlier is at or below the mark of every later commit.
+        Taken after each batch (from its `rows` if there), drain and commit: a
+        renumbering is verified from it (moved_as_one_block).  The mark only
+        rises while the numbering stays: a row taken earlier is at or below
+        every later commit's.  Only a row of the numbering read is taken.
         """
-        if self.last_row is None or needed_from > self.last_row[0]:
-            wanted = None  # nothing read is needed: the last row read is the anchor
-        elif self.low_row is not None and self.low_row[0] == needed_from:
-            return False
+        if self.last_row is None:
+            at, below = 0, False
+        elif needed_from <= self.last_row[0]:
+            at, below = needed_from, False
         else:
-            row = reader.fingerprint_rows({needed_from: row_digest.UNMASKED}).found.get(needed_from)
-            wanted = [needed_from, row_digest.digest(row)] if row is not None else None
+            at, below = self.last_row[0], True
+        if (at, below) == self._anchor_of:
+            return False
+        found, row = _anchor_among(rows, at, below)
+        if not found and at:
+            found, row = reader.anchor_row(at, below, self.last_row)
+            if not found:
+                return False  # the rows moved: the next read finds out how
+        self._anchor_of = (at, below)
+        wanted = [row[0], row_digest.digest(row)] if row is not None else None
         changed, self.low_row = wanted != self.low_row, wanted
         return changed
 
@@ -150,14 +182,9 @@ class DatabaseIdentity:
             return Finding(SAME)
         self._at_largest(read_after)
         head = reader.head()
-        if head >= read_after or self._never_reused(reader.fingerprint_rows({}).sequence, read_after):
+        if head >= read_after or _never_reused(reader.fingerprint_rows({}).sequence, read_after):
             return Finding(SAME)
         return self._last_row_moved(reader, f"its newest rowid is below our position {read_after}")
-
-    @staticmethod
-    def _never_reused(sequence: Optional[int], rowid: int) -> bool:
-        """Whether SQLite will never give `rowid` again: AUTOINCREMENT has given it (or a later one) already."""
-        return sequence is not None and sequence >= rowid
 
     def _rows_differ(self, reader: EventReader) -> Tuple[Optional[Finding], bool]:
         """(the finding if the rows read before are not there any more, whether the identity to commit changed)."""
@@ -172,14 +199,16 @@ class DatabaseIdentity:
         if self.last_row is not None:
             rowid, text = self.last_row
             row = found.get(rowid)
-            if row is not None and not _same(row, text):
+            if row is not None and not row_digest.matches(row, text):
                 return self._last_row_moved(
                     reader, f"the row at rowid {rowid}, the last one read, is another event"
                 ), False
-            if row is None and reader.head() < rowid:
-                if not self._never_reused(sequence, rowid):
-                    why = f"its newest rowid {reader.head()} is below the last one read, {rowid}"
+            if row is None:
+                head = reader.head()
+                if head < rowid and not _never_reused(sequence, rowid):
+                    why = f"its newest rowid {head} is below the last one read, {rowid}"
                     return self._last_row_moved(reader, why), False
+                # Never given again (AUTOINCREMENT), or rows above it still there: deleted.
                 changed = self._newest_deleted(reader, rowid)
             elif row is not None and not row_digest.is_digest(text):
                 self.last_row = [rowid, row_digest.digest(row)]  # the older form, kept in the new one from now
@@ -187,7 +216,7 @@ class DatabaseIdentity:
         if self.first_row is not None:
             rowid, text = self.first_row
             row = found.get(rowid)
-            if row is not None and not _same(row, text):
+            if row is not None and not row_digest.matches(row, text):
                 return self._rewritten(f"its first row, rowid {rowid}, is another event (rowids reused)"), False
             if first is not None and first[0] < rowid:
                 why = f"it has rows below its first one read before (rowid {first[0]} < {rowid})"
@@ -201,23 +230,24 @@ class DatabaseIdentity:
         return None, changed
 
     def _newest_deleted(self, reader: EventReader, rowid: int) -> bool:
-        """The newest rows, up to `rowid` the last one read, were deleted; AUTOINCREMENT never gives them again.
+        """The last row read, `rowid`, was deleted, perhaps with rows read before it: the same history without them.
 
-        The same history without them: reading goes on above `rowid`, and the
-        fingerprint's last row is the newest row still there (read before:
-        the rows up to the position were all read).
+        Its rowid is never given again (AUTOINCREMENT, or rows above it are
+        there), so reading goes on above `rowid`; the fingerprint's last row is
+        the newest row still there at or below it (read before: the rows up to
+        the position were all read).
         """
-        head = reader.head()
+        newest = reader.newest_up_to(rowid)
         log.info(
-            "The events database %s lost its newest rows (rowids %d to %d deleted; they are never given again): "
-            "the same history, read on",
+            "The events database %s lost rows it was read to (rowids %d to %d deleted, or some of them; they are "
+            "never given again): the same history, read on",
             self.db_path,
-            head + 1,
+            newest + 1,
             rowid,
         )
-        row = reader.fingerprint_rows({head: row_digest.UNMASKED}).found.get(head) if head else None
-        self.last_row = [head, row_digest.digest(row)] if row is not None else None
-        self._deleted_above = head
+        row = reader.fingerprint_rows({newest: row_digest.UNMASKED}).found.get(newest) if newest else None
+        self.last_row = [newest, row_digest.digest(row)] if row is not None else None
+        self._deleted_above = newest
         return True
 
     def _last_row_moved(self, reader: EventReader, why: str) -> Finding:
@@ -231,44 +261,51 @@ class DatabaseIdentity:
         """
         if self.last_row is not None and reader.rowids_renumbered_by_vacuum():
             rowid, text = self.last_row
-            found = reader.rowid_of_digest(rowid, text)
-            if found is not None:
+            # Rows like it (written since, or read before) make more than one place it may have moved to:
+            # the pipeline keeps the one its anchor verifies; past RENUMBER_CANDIDATES, none is tried.
+            matched = reader.rowids_of_digest(rowid, text, most=RENUMBER_CANDIDATES + 1)
+            if len(matched) > RENUMBER_CANDIDATES:
+                return self._rewritten(f"{why}; rows like the last one read are at {len(matched)} rowids or more")
+            if matched:
                 log.info(
-                    "The last row read of the events database %s, rowid %d, is now at rowid %d (%s): renumbered, "
+                    "The last row read of the events database %s, rowid %d, is now at rowid %s (%s): renumbered, "
                     "as VACUUM does after a delete?",
                     self.db_path,
                     rowid,
-                    found,
+                    " or ".join(str(found) for found in matched),
                     why,
                 )
-                return Finding(RENUMBERED, why, shift=rowid - found)
+                return Finding(RENUMBERED, why, shifts=tuple(rowid - found for found in matched))
         return self._rewritten(why)
 
     def not_renumbered(self, finding: Finding) -> Finding:
         """A renumbering the pipeline could not verify: the rows it needs did not move as one block."""
         return self._rewritten(
-            f"{finding.why}; the last row read is {finding.shift} rowids lower, but rows still needed were "
-            "deleted or moved otherwise"
+            f"{finding.why}; the last row read is {' or '.join(map(str, finding.shifts))} rowids lower, but the "
+            "rows still needed were deleted or moved otherwise, or like rows leave more than one way they moved"
         )
 
-    def moved_as_one_block(self, reader: EventReader, needed_from: int, shift: int) -> bool:
+    def moved_as_one_block(self, reader: EventReader, needed_from: int, shift: int, by_last_alone=False) -> bool:
         """Whether every row from `needed_from` to the last one read is now `shift` rowids lower.
 
         VACUUM keeps the rows in order and numbers them 1 to n: with the
         anchor (a row at or below `needed_from`) and the last row read both
         found `shift` lower and no rowid between them free, no row between
-        was deleted and each moved by `shift`.
+        was deleted and each moved by `shift`.  `by_last_alone` (no row read
+        needed): the last row read found there is enough.
         """
         last = self.last_row
         if last is None:
             return False
-        anchor = self.low_row if needed_from <= last[0] else last
+        anchor = self.low_row
+        if needed_from > last[0]:
+            anchor = last if by_last_alone else anchor if anchor is not None and anchor[0] < last[0] else None
         if anchor is None or anchor[0] > needed_from or anchor[0] - shift < 1:
             return False
         if anchor is not last:
             mask = row_digest.mask_of(anchor[1])
             row = reader.fingerprint_rows({anchor[0] - shift: mask}).found.get(anchor[0] - shift)
-            if row is None or not _same(row, anchor[1]):
+            if row is None or not row_digest.matches(row, anchor[1]):
                 return False
         return reader.count_between(anchor[0] - shift, last[0] - shift) == last[0] - anchor[0] + 1
 
@@ -279,14 +316,20 @@ class DatabaseIdentity:
         low = [self.low_row[0] - shift, self.low_row[1]] if self.low_row is not None else None
         # The table's first row is learned again at the next check: it was deleted.
         fingerprint = Fingerprint(None, last, low)
-        return Position(resume_after, read_after, file_identity(self.db_path), fingerprint, self.rewrite_head)
+        # The rows that may hold sessions sent before moved down with the rest: the new ones above are new.
+        rewrite_head = self.rewrite_head - shift if self.rewrite_head is not None else None
+        if rewrite_head is not None and rewrite_head <= resume_after:
+            rewrite_head = None
+        return Position(resume_after, read_after, file_identity(self.db_path), fingerprint, rewrite_head)
 
     def moved_down(self, position: Position) -> None:
         """renumbered()'s position was committed (with its note): the identity is the renumbered table's from now."""
         assert position.fingerprint is not None
         self.first_row = None
         self.last_row, self.low_row = position.fingerprint.last, position.fingerprint.low
+        self._anchor_of = None
         self.file = position.db_identity
+        self.rewrite_head = position.rewrite_head
 
     def _rewritten(self, why: str) -> Finding:
         log.warning(
@@ -309,7 +352,7 @@ class DatabaseIdentity:
         self._state.forget_database(rewrite_head)
         self._state.note_replaced(REWRITTEN, why)
         self.rewrite_head = rewrite_head
-        self.first_row = self.last_row = self.low_row = None
+        self.first_row = self.last_row = self.low_row = self._anchor_of = None
         self.file = file_identity(self.db_path)
 
     # -- while reading ----------------------------------------------------------------

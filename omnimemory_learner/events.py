@@ -22,6 +22,7 @@ last read.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import logging
@@ -30,7 +31,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, TypeVar
 from urllib.parse import quote
 
 from .core import row_digest
@@ -557,7 +558,7 @@ def _decode_lossy(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _bounded(row) -> bool:
+def cut_by_length(row) -> bool:
     """Whether a field of `row` may have been replaced in SQL for its length (it may be NULL as stored too)."""
     return row[1] is None or row[2] is None or row[3] == _TOO_LONG_ID
 
@@ -574,6 +575,56 @@ _Result = TypeVar("_Result")
 # Reads of one call on connections without locks, the files changing under each,
 # before the last one is made through a connection with them.
 _UNLOCKED_ATTEMPTS = 2
+
+
+@contextlib.contextmanager
+def _one_read(connection: sqlite3.Connection) -> Iterator[None]:
+    """The statements inside in one snapshot of the database.
+
+    An _Unlocked connection sees one state of the files or raises _Stale;
+    any other reads each statement in a snapshot of its own (autocommit)
+    unless they share a transaction.
+    """
+    shared = not isinstance(connection, _Unlocked)
+    if shared:
+        connection.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if shared and connection.in_transaction:
+            connection.execute("COMMIT")
+
+
+def _anchor_row(
+    connection: sqlite3.Connection, at: int, below: bool, last_read: Optional[list]
+) -> Tuple[bool, Optional[tuple]]:
+    """EventReader.anchor_row on one connection."""
+    with _one_read(connection):
+        if last_read is not None and not _still_there(connection, last_read):
+            return False, None
+        rowid = at
+        if below:
+            rowid = connection.execute("SELECT max(rowid) FROM events WHERE rowid < ?", (at,)).fetchone()[0]
+        if not rowid:
+            return True, None
+        connection.text_factory = _decode_lossy  # as fingerprint_rows reads
+        try:
+            row = connection.execute(row_digest.select_sql(row_digest.UNMASKED), (rowid,)).fetchone()
+        finally:
+            connection.text_factory = str
+        return True, row_digest.as_row(row, row_digest.UNMASKED) if row is not None else None
+
+
+def _still_there(connection: sqlite3.Connection, last_read: list) -> bool:
+    """Whether the row fingerprinted as `last_read` ([rowid, fingerprint]) is still at its rowid."""
+    rowid, text = last_read
+    mask = row_digest.mask_of(text)
+    connection.text_factory = _decode_lossy
+    try:
+        row = connection.execute(row_digest.select_sql(mask), (rowid,)).fetchone()
+    finally:
+        connection.text_factory = str
+    return row is not None and row_digest.matches(row_digest.as_row(row, mask), text)
 
 
 class EventReader:
@@ -690,8 +741,14 @@ class EventReader:
             except sqlite3.DatabaseError as error:
                 raise self._unavailable(error) from None
 
-    def read_batch(self, after_rowid: int, limit: int) -> list:
-        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order.
+    def read_batch(self, after_rowid: int, limit: int, last_read: Optional[list] = None) -> Optional[list]:
+        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order; None if `last_read` moved.
+
+        `last_read`, [rowid, fingerprint] of the last row read (database_
+        identity), is compared in the same read transaction as the batch is
+        read: a delete, a VACUUM or a rewrite between two batches, or between
+        the drain's check and its first batch, is never read past (None: the
+        caller checks the identity again).
 
         A field too long to be an event's (MAX_FIELD_LENGTH) is read as what
         makes the row malformed (NULL, or an id too long), never fetched,
@@ -699,7 +756,15 @@ class EventReader:
         the batch's last, and from the start its first): those are as stored,
         as fingerprint_rows reads them, each costing its size once.
         """
-        return self._query(lambda connection: self._batch(connection, after_rowid, limit))
+        return self._query(lambda connection: self._verified_batch(connection, after_rowid, limit, last_read))
+
+    def _verified_batch(
+        self, connection: sqlite3.Connection, after_rowid: int, limit: int, last_read: Optional[list]
+    ) -> Optional[list]:
+        if last_read is None:
+            return self._batch(connection, after_rowid, limit)
+        with _one_read(connection):
+            return self._batch(connection, after_rowid, limit) if _still_there(connection, last_read) else None
 
     def _batch(self, connection: sqlite3.Connection, after_rowid: int, limit: int) -> list:
         try:
@@ -719,7 +784,7 @@ class EventReader:
     def _select(connection: sqlite3.Connection, after_rowid: int, limit: int) -> list:
         rows = connection.execute(_BATCH_SQL, (_TOO_LONG_ID, after_rowid, limit)).fetchall()
         for index in {0, len(rows) - 1} if after_rowid == 0 else {len(rows) - 1}:
-            if 0 <= index < len(rows) and _bounded(rows[index]):
+            if 0 <= index < len(rows) and cut_by_length(rows[index]):
                 rows[index] = connection.execute(_ROW_SQL, (rows[index][0],)).fetchone() or rows[index]
         return rows
 
@@ -745,34 +810,48 @@ class EventReader:
             ).fetchone()[0]
         )
 
-    def rowid_of_digest(self, below: int, text: str, chunk: int = 10_000) -> Optional[int]:
-        """The largest rowid below `below` whose row has the digest `text` (core/row_digest.py), or None.
+    def newest_up_to(self, rowid: int) -> int:
+        """The largest rowid at or below `rowid` (0: none)."""
+        sql = "SELECT max(rowid) FROM events WHERE rowid <= ?"
+        value = self._query(lambda connection: connection.execute(sql, (rowid,)).fetchone()[0])
+        return value or 0
+
+    def anchor_row(self, at: int, below: bool, last_read: Optional[list]) -> Tuple[bool, Optional[tuple]]:
+        """(whether `last_read` is still there, the row at `at` or, `below`, the newest below it), in one read.
+
+        Read as fingerprint_rows reads (UNMASKED), in the read that finds the
+        last row read where it was: the row is of the numbering the pipeline
+        holds, or not taken.
+        """
+        return self._query(functools.partial(_anchor_row, at=at, below=below, last_read=last_read))
+
+    def rowids_of_digest(self, below: int, text: str, most: int = 2, chunk: int = 10_000) -> List[int]:
+        """Up to `most` rowids below `below` whose rows have the digest `text` (core/row_digest.py), largest first.
 
         Read newest first, `chunk` rows a query, each field as the digest's
         mask reads it: memory bounded by the chunk, no huge field fetched.
+        Fewer than `most` found means the table was read to its start.
         """
         mask = row_digest.mask_of(text)
         if mask is None:
-            return None  # the older form of fingerprint: no digest to look for
+            return []  # the older form of fingerprint: no digest to look for
         sql = row_digest.select_sql(mask, "rowid < ? ORDER BY rowid DESC LIMIT ?")
 
-        def look(connection: sqlite3.Connection, before: int) -> Tuple[Optional[int], int]:
+        def look(connection: sqlite3.Connection, before: int) -> Tuple[List[int], int]:
             connection.text_factory = _decode_lossy  # as fingerprint_rows reads
             try:
                 rows = connection.execute(sql, (before, chunk)).fetchall()
             finally:
                 connection.text_factory = str
-            for found in rows:
-                if row_digest.digest(row_digest.as_row(found, mask)) == text:
-                    return found[0], 0
-            return None, rows[-1][0] if len(rows) == chunk else 0
+            found = [row[0] for row in rows if row_digest.digest(row_digest.as_row(row, mask)) == text]
+            return found, rows[-1][0] if len(rows) == chunk else 0
 
+        matched: List[int] = []
         before = below
-        while before > 0:
-            rowid, before = self._query(functools.partial(look, before=before))
-            if rowid is not None:
-                return rowid
-        return None
+        while before > 0 and len(matched) < most:
+            found, before = self._query(functools.partial(look, before=before))
+            matched.extend(found)
+        return matched[:most]
 
     def fingerprint_rows(
         self, wanted: Mapping[int, Optional[row_digest.Mask]], learn_first: bool = False

@@ -22,7 +22,7 @@ import dataclasses
 import gc
 import logging
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from .config import Config
 from .core.fates import CloseReason, Unavailability
@@ -49,6 +49,8 @@ COMMIT_EVERY_SESSIONS = 5000
 POSITION_COMMIT_SECONDS = 5.0
 # The garbage collector's first threshold while a drain reads (see drain).
 GC_THRESHOLD_WHILE_READING = 20_000
+# Checks of the identity in a row, each undone by the next batch's read (the table changed between).
+MOVED_CHECKS = 3
 # Sessions evicted by the open-session cap are logged at most this often.
 EVICTION_LOG_SECONDS = 60.0
 
@@ -351,7 +353,7 @@ class Pipeline:
         try:
             read = self._read_batches(should_stop, between_batches)
             if read:
-                self._take_low_anchor()
+                _take_low_anchor(self)
         finally:
             gc.set_threshold(*threshold)
             self.reader.rest()
@@ -363,23 +365,27 @@ class Pipeline:
         batch_size = self.config.batch_size
         cursor = self._cursor
         self._commit.read_on = False
-        first = True
+        first, moved = True, 0
         while not should_stop():
             if self._commit.failing:
                 return False
             try:
                 if first:
                     self._read_again_if(self.identity.check(self.reader, cursor.after))
-                rows = self.reader.read_batch(cursor.after, batch_size)
+                rows = self.reader.read_batch(cursor.after, batch_size, self.identity.last_row)
+                if rows is None:  # the rows read moved since the check: check again
+                    first, moved = True, _moved_again(moved)
+                    continue
                 if not rows and self._read_again_if(self.identity.check_head(self.reader, cursor.after)):
                     continue
             except Unavailable as problem:
                 cursor.note_unavailable(problem)
                 return False
             cursor.note_available(self.config.db_path)
-            first = False
+            first, moved = False, 0
             if rows:
                 self._process(rows)
+                _take_low_anchor(self, rows)  # before anything can change the table again
             if len(rows) < batch_size:
                 cursor.caught_up = True
                 break
@@ -390,17 +396,8 @@ class Pipeline:
                 self.clock() - self._commit.committed_at >= COMMIT_EVERY_SECONDS
                 or len(self._closed) >= COMMIT_EVERY_SESSIONS
             ):
-                self._take_low_anchor()
-                self.commit()
+                self.commit()  # with the anchor taken after the batch
         return True
-
-    def _take_low_anchor(self) -> None:
-        """The digest of the first row still needed, for the commit (DatabaseIdentity.low_anchor)."""
-        try:
-            if self.identity.low_anchor(self.reader, self._needed_from()):
-                self._commit.moved()
-        except Unavailable:
-            pass  # the anchor taken before is still at or below the mark; the next drain takes it
 
     def _process(self, rows: list) -> None:
         now = self.clock()
@@ -455,10 +452,9 @@ class Pipeline:
         closed = self.tracker.close_idle(self.clock())
         if closed:
             self._closed.extend(closed)
-            # The low-water mark rose: the row it is verified from after a renumbering with it
-            # (a retention of the closed sessions' rows must not lose the anchor before the next drain).
+            # The low-water mark rose: its row, before a retention deletes the closed sessions' rows.
             try:
-                self._take_low_anchor()
+                _take_low_anchor(self)
             finally:
                 self.reader.rest()
         return len(closed)
@@ -548,17 +544,39 @@ class Pipeline:
         self.ledger.close()
 
 
-def _move_down(pipeline: Pipeline, finding: Finding, needed_from: int) -> bool:
-    """Renumber what the pipeline holds by `finding.shift`, if every row from `needed_from` on moved by it.
+def _take_low_anchor(pipeline: Pipeline, rows: Sequence[tuple] = ()) -> None:
+    """The digest of the first row still needed, for the commit (DatabaseIdentity.low_anchor)."""
+    try:
+        if pipeline.identity.low_anchor(pipeline.reader, pipeline._needed_from(), rows):
+            pipeline._commit.moved()
+    except Unavailable:
+        pass  # the anchor taken before is still at or below the mark; the next drain takes it
 
-    The outbox's rows, the position and the note for status move in one
-    transaction, then the identity, the open sessions and the cursor: a
-    failure (StateError) or a crash before leaves the old numbering whole,
-    to be found renumbered again.
+
+def _moved_again(times: int) -> int:
+    """One more batch found the last row read gone since its check; a table changing that fast waits for later."""
+    if times >= MOVED_CHECKS:
+        raise Unavailable(Unavailability.LOCKED, f"the events table changed under {MOVED_CHECKS} reads in a row")
+    return times + 1
+
+
+def _move_down(pipeline: Pipeline, finding: Finding, needed_from: int) -> bool:
+    """Renumber what the pipeline holds by the one of `finding.shifts` by which every row from `needed_from` moved.
+
+    None, or more than one (rows alike, nothing open to tell them apart by
+    its anchor): False, a rewrite.  The outbox's rows, the position and the
+    note for status move in one transaction, then the identity, the open
+    sessions and the cursor: a failure (StateError) or a crash before leaves
+    the old numbering whole, to be found renumbered again.
     """
-    identity, cursor, shift = pipeline.identity, pipeline._cursor, finding.shift
-    if not identity.moved_as_one_block(pipeline.reader, needed_from, shift):
+    identity, cursor = pipeline.identity, pipeline._cursor
+    reader, shifts = pipeline.reader, finding.shifts
+    verified = [shift for shift in shifts if identity.moved_as_one_block(reader, needed_from, shift)]
+    if not verified and len(shifts) == 1:  # nothing needed, the row below the last one read deleted as well
+        verified = [shift for shift in shifts if identity.moved_as_one_block(reader, needed_from, shift, True)]
+    if len(verified) != 1:
         return False
+    shift = verified[0]
     assert identity.last_row is not None
     position = identity.renumbered(needed_from - 1 - shift, identity.last_row[0] - shift, shift)
     pipeline.state.renumber(position, shift, f"{finding.why}; its rows now {shift} rowids lower")

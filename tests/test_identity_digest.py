@@ -200,6 +200,6 @@ def test_a_fingerprint_of_the_older_form_compares_and_is_kept_as_a_digest_from_t
         kept = json.loads(stored_fingerprint(tmp_path))
         assert [entry[0] for entry in (kept["first"], kept["last"])] == [1, 5]
         assert all(row_digest.is_digest(entry[1]) and len(entry[1]) < 100 for entry in kept.values())
-        assert pipeline.identity.check(pipeline.reader, pipeline.read_after) == (Replacement.SAME, "", False, 0, None)
+        assert pipeline.identity.check(pipeline.reader, pipeline.read_after) == (Replacement.SAME, "", False, (), None)
     finally:
         pipeline.close()

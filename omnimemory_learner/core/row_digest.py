@@ -97,6 +97,11 @@ def is_digest(text: object) -> bool:
     return isinstance(text, str) and text.startswith(_PREFIX)
 
 
+def matches(row: Sequence[object], text: str) -> bool:
+    """Whether a row read now is the one fingerprinted as `text` (a digest, or the older form: the row's repr)."""
+    return digest(row) == text if is_digest(text) else repr(tuple(row)) == text
+
+
 def mask_of(text: str) -> Optional[Mask]:
     """The fields a digest summarised; None for a fingerprint of the older form (the row's repr)."""
     if not is_digest(text):
