@@ -12,6 +12,7 @@ from ..events import EventReader, Unavailable
 from ..storage.files import LOCK_FILE, STATE_FILE
 from ..storage.lock import lock_is_held, read_lock_pid
 from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot, statistics
+from ..storage.sqlite_file import StateNotMade
 from ..storage.state import RECONCILE_META, StateError, StateStore
 from .exits import EX_NO_STATE, EX_NOT_RUNNING, EX_OK
 from .output import echo, error, print_json, shown
@@ -96,15 +97,20 @@ def collect_status(config: Config) -> Optional[dict]:
 def status(config: Config, as_json: bool) -> int:
     try:
         report = collect_status(config)
+    except StateNotMade:
+        report = None  # the service's first start, a moment before its state store has its tables
     except StateError as problem:
         error(str(problem))
         return EX_NO_STATE
     if report is None:
+        running = lock_is_held(config.state_dir)
         if as_json:
-            print_json({"running": False, "active_sessions": 0, "stats": None, "state_dir": str(config.state_dir)})
+            print_json({"running": running, "active_sessions": 0, "stats": None, "state_dir": str(config.state_dir)})
+        elif running:
+            echo(f"omnimemory-learner is starting with state directory {shown(config.state_dir)}")
         else:
             echo(f"omnimemory-learner has never run with state directory {shown(config.state_dir)}")
-        return EX_NO_STATE
+        return EX_OK if running else EX_NO_STATE
     if as_json:
         print_json(report)
     else:

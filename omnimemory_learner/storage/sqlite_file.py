@@ -38,6 +38,10 @@ class StateError(Exception):
     """The state store cannot be used (permissions, disk, corruption, a newer schema)."""
 
 
+class StateNotMade(StateError):
+    """A reader found the file the service has just created, before its first migration made the tables."""
+
+
 def _create_private(path: Path) -> None:
     """Create the database file 0600 (sqlite3 would honour the umask).
 
@@ -160,6 +164,8 @@ class StoreFile:
             # (0.1.0's has every table and column), and the service migrates it when it starts.
             if found < migrations.latest(migrations.STATE_MIGRATIONS) and self._create:
                 migrations.migrate(self._db, migrations.STATE_MIGRATIONS)
+            elif found == 0 and not self._has_table("sessions"):
+                raise StateNotMade(f"the state store {self.path} is being made (the service is starting)")
         except SchemaTooNew as newer:
             raise StateError(
                 f"the state store {self.path} was made by a newer version of omnimemory-learner ({newer}); "
@@ -168,6 +174,12 @@ class StoreFile:
         if self._create:
             self._count_statuses()
         self.counted = self._counting()
+
+    def _has_table(self, name: str) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+            is not None
+        )
 
     def _count_statuses(self) -> None:
         """Install the counting triggers where they are missing, and count the store once, in one transaction.
