@@ -22,7 +22,6 @@ head) goes to the state store with the read position, in one value
 
 from __future__ import annotations
 
-import bisect
 import logging
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
@@ -66,7 +65,7 @@ def _never_reused(sequence: Optional[int], rowid: int) -> bool:
 
 
 def _anchor_among(rows: Sequence[tuple], at: int, below: bool) -> Tuple[bool, Optional[tuple]]:
-    """(found, row): the anchor low_anchor wants, from a batch just read, if it is there as stored.
+    """(found, row): the anchor wanted (anchor_wanted), from a batch just read, if it is there as stored.
 
     A batch's rows are consecutive in rowid order: the row before its last is
     the newest below it.  A row with a field cut for its length is not as
@@ -79,7 +78,11 @@ def _anchor_among(rows: Sequence[tuple], at: int, below: bool) -> Tuple[bool, Op
     else:
         index = at - rows[0][0]  # rowids are most often dense
         if not (0 <= index < len(rows) and rows[index][0] == at):
-            index = bisect.bisect_left([row[0] for row in rows], at)
+            low, high = 0, len(rows)
+            while low < high:  # bisect by rowid, without a list of them
+                middle = (low + high) // 2
+                low, high = (middle + 1, high) if rows[middle][0] < at else (low, middle)
+            index = low
     if 0 <= index < len(rows) and (below or rows[index][0] == at) and not cut_by_length(rows[index]):
         return True, tuple(rows[index])
     return False, None
@@ -106,12 +109,12 @@ class DatabaseIdentity:
         # [rowid, digest of the row] of the table's first row and of the last row read (core/row_digest.py).
         self.first_row: Optional[list] = fingerprint.first
         self.last_row: Optional[list] = fingerprint.last
-        # [rowid, digest] of a row at or below the first one the pipeline still needs (see low_anchor).
+        # [rowid, digest] of a row at or below the first one the pipeline still needs (see anchor_wanted).
         self.low_row: Optional[list] = fingerprint.low
         self.rewrite_head = position.rewrite_head
         self._said: set = set()  # what was said once this run
         self._deleted_above: Optional[int] = None  # what _newest_deleted found at this check
-        self._anchor_of: Optional[Tuple[int, bool]] = None  # what low_row was taken for (low_anchor)
+        self._anchor_of: Optional[Tuple[int, bool]] = None  # what low_row was taken for (anchor_wanted)
 
     # -- before reading -----------------------------------------------------------
 
@@ -145,31 +148,35 @@ class DatabaseIdentity:
             changed = True
         return Finding(COPY if moved else SAME, changed=changed, deleted_above=self._deleted_above)
 
-    def low_anchor(self, reader: EventReader, needed_from: int, rows: Sequence[tuple] = ()) -> bool:
-        """Take the digest of the row at `needed_from` (none needed: the row before the last one read); changed?
+    def anchor_wanted(self, needed_from: int) -> Optional[Tuple[int, bool]]:
+        """The low anchor to take, (at, below), unless held: the row at `needed_from`, or the one before the last read.
 
-        Taken after each batch (from its `rows` if there), drain and commit: a
-        renumbering is verified from it (moved_as_one_block).  The mark only
-        rises while the numbering stays: a row taken earlier is at or below
-        every later commit's.  Only a row of the numbering read is taken.
+        A renumbering is verified from it (moved_as_one_block); with nothing
+        needed, it tells the last row read from rows like it written since.
         """
         if self.last_row is None:
-            at, below = 0, False
-        elif needed_from <= self.last_row[0]:
-            at, below = needed_from, False
-        else:
-            at, below = self.last_row[0], True
-        if (at, below) == self._anchor_of:
-            return False
-        found, row = _anchor_among(rows, at, below)
-        if not found and at:
-            found, row = reader.anchor_row(at, below, self.last_row)
-            if not found:
-                return False  # the rows moved: the next read finds out how
-        self._anchor_of = (at, below)
-        wanted = [row[0], row_digest.digest(row)] if row is not None else None
-        changed, self.low_row = wanted != self.low_row, wanted
+            return None
+        wanted = (needed_from, False) if needed_from <= self.last_row[0] else (self.last_row[0], True)
+        return None if wanted == self._anchor_of else wanted
+
+    def take_anchor(self, wanted: Tuple[int, bool], row: Optional[tuple]) -> bool:
+        """`row` read for anchor_wanted's `wanted`, of the numbering read; whether the anchor changed."""
+        self._anchor_of = wanted
+        anchor = [row[0], row_digest.digest(row)] if row is not None else None
+        changed, self.low_row = anchor != self.low_row, anchor
         return changed
+
+    def anchor_from_batch(self, rows: Sequence[tuple], needed_from: int) -> bool:
+        """The anchor from a batch just read, if its row is there as stored (else the next read takes it)."""
+        wanted = self.anchor_wanted(needed_from)
+        found, row = _anchor_among(rows, *wanted) if wanted is not None else (False, None)
+        return self.take_anchor(wanted, row) if found and wanted is not None else False
+
+    def low_anchor(self, reader: EventReader, needed_from: int) -> bool:
+        """The anchor read now (after a drain; the rows of the numbering read, or none taken)."""
+        wanted = self.anchor_wanted(needed_from)
+        found, row = reader.anchor_row(*wanted, self.last_row) if wanted is not None else (False, None)
+        return self.take_anchor(wanted, row) if found and wanted is not None else False
 
     def check_head(self, reader: EventReader, read_after: int) -> Finding:
         """After a read found nothing: a head below the position is a rewritten history.

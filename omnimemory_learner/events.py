@@ -201,6 +201,7 @@ class _Unlocked(sqlite3.Connection):
 
     path: Path
     files_at_open: DatabaseFiles
+    deferring = False  # inside _one_read: the files are compared once, at its end
 
     def stale(self) -> bool:
         return database_files(self.path) != self.files_at_open
@@ -212,7 +213,7 @@ class _Unlocked(sqlite3.Connection):
             if self.stale():
                 raise _Stale(f"the database changed while it was read: {error}") from None
             raise
-        if self.stale():
+        if not self.deferring and self.stale():
             raise _Stale("the database changed while it was read (its writer started)")
         return _Fetched(rows)
 
@@ -581,38 +582,52 @@ _UNLOCKED_ATTEMPTS = 2
 def _one_read(connection: sqlite3.Connection) -> Iterator[None]:
     """The statements inside in one snapshot of the database.
 
-    An _Unlocked connection sees one state of the files or raises _Stale;
-    any other reads each statement in a snapshot of its own (autocommit)
-    unless they share a transaction.
+    An _Unlocked connection sees one state of the files: compared once at
+    the end (each statement's own comparison costs a few stats).  Any other
+    reads each statement in a snapshot of its own (autocommit) unless they
+    share a transaction.
     """
-    shared = not isinstance(connection, _Unlocked)
-    if shared:
-        connection.execute("BEGIN")
+    if isinstance(connection, _Unlocked):
+        connection.deferring = True
+        try:
+            yield
+        finally:
+            connection.deferring = False
+        if connection.stale():
+            raise _Stale("the database changed while it was read")
+        return
+    connection.execute("BEGIN")
     try:
         yield
     finally:
-        if shared and connection.in_transaction:
+        if connection.in_transaction:
             connection.execute("COMMIT")
 
 
-def _anchor_row(
-    connection: sqlite3.Connection, at: int, below: bool, last_read: Optional[list]
-) -> Tuple[bool, Optional[tuple]]:
-    """EventReader.anchor_row on one connection."""
+def _anchor_row(connection: sqlite3.Connection, at: int, below: bool) -> Optional[tuple]:
+    """The row at `at`, or (`below`) the newest below it, read as fingerprint_rows reads (UNMASKED)."""
+    rowid = at
+    if below:
+        rowid = connection.execute("SELECT max(rowid) FROM events WHERE rowid < ?", (at,)).fetchone()[0]
+    if not rowid:
+        return None
+    connection.text_factory = _decode_lossy
+    try:
+        row = connection.execute(row_digest.select_sql(row_digest.UNMASKED), (rowid,)).fetchone()
+    finally:
+        connection.text_factory = str
+    return row_digest.as_row(row, row_digest.UNMASKED) if row is not None else None
+
+
+def _checked_read(
+    connection: sqlite3.Connection, last_read: Optional[list], anchor: Optional[Tuple[int, bool]], read: Callable
+) -> Optional[Tuple[object, Optional[tuple]]]:
+    """`read()` and the anchor row asked for, in one read checking that `last_read` is still there (None if not)."""
     with _one_read(connection):
         if last_read is not None and not _still_there(connection, last_read):
-            return False, None
-        rowid = at
-        if below:
-            rowid = connection.execute("SELECT max(rowid) FROM events WHERE rowid < ?", (at,)).fetchone()[0]
-        if not rowid:
-            return True, None
-        connection.text_factory = _decode_lossy  # as fingerprint_rows reads
-        try:
-            row = connection.execute(row_digest.select_sql(row_digest.UNMASKED), (rowid,)).fetchone()
-        finally:
-            connection.text_factory = str
-        return True, row_digest.as_row(row, row_digest.UNMASKED) if row is not None else None
+            return None
+        row = _anchor_row(connection, *anchor) if anchor is not None else None
+        return read(), row
 
 
 def _still_there(connection: sqlite3.Connection, last_read: list) -> bool:
@@ -741,14 +756,8 @@ class EventReader:
             except sqlite3.DatabaseError as error:
                 raise self._unavailable(error) from None
 
-    def read_batch(self, after_rowid: int, limit: int, last_read: Optional[list] = None) -> Optional[list]:
-        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order; None if `last_read` moved.
-
-        `last_read`, [rowid, fingerprint] of the last row read (database_
-        identity), is compared in the same read transaction as the batch is
-        read: a delete, a VACUUM or a rewrite between two batches, or between
-        the drain's check and its first batch, is never read past (None: the
-        caller checks the identity again).
+    def read_batch(self, after_rowid: int, limit: int) -> list:
+        """Raw rows with rowid > after_rowid, at most `limit`, in rowid order.
 
         A field too long to be an event's (MAX_FIELD_LENGTH) is read as what
         makes the row malformed (NULL, or an id too long), never fetched,
@@ -756,15 +765,24 @@ class EventReader:
         the batch's last, and from the start its first): those are as stored,
         as fingerprint_rows reads them, each costing its size once.
         """
-        return self._query(lambda connection: self._verified_batch(connection, after_rowid, limit, last_read))
+        return self._query(lambda connection: self._batch(connection, after_rowid, limit))
 
-    def _verified_batch(
-        self, connection: sqlite3.Connection, after_rowid: int, limit: int, last_read: Optional[list]
-    ) -> Optional[list]:
-        if last_read is None:
-            return self._batch(connection, after_rowid, limit)
-        with _one_read(connection):
-            return self._batch(connection, after_rowid, limit) if _still_there(connection, last_read) else None
+    def read_on(
+        self, after_rowid: int, limit: int, last_read: Optional[list], anchor: Optional[Tuple[int, bool]] = None
+    ) -> Optional[Tuple[list, Optional[tuple]]]:
+        """read_batch, in one read transaction with database_identity's questions; None if `last_read` moved.
+
+        `last_read`, [rowid, fingerprint] of the last row read, is compared
+        first: a delete, a VACUUM or a rewrite between two batches, or between
+        the drain's check and its first batch, is never read past (None: the
+        caller checks the identity again).  `anchor` (at, below): the row at
+        `at` (or the newest below it) as well, of the numbering read.
+        """
+
+        def read(connection: sqlite3.Connection):
+            return _checked_read(connection, last_read, anchor, lambda: self._batch(connection, after_rowid, limit))
+
+        return self._query(read)
 
     def _batch(self, connection: sqlite3.Connection, after_rowid: int, limit: int) -> list:
         try:
@@ -817,13 +835,9 @@ class EventReader:
         return value or 0
 
     def anchor_row(self, at: int, below: bool, last_read: Optional[list]) -> Tuple[bool, Optional[tuple]]:
-        """(whether `last_read` is still there, the row at `at` or, `below`, the newest below it), in one read.
-
-        Read as fingerprint_rows reads (UNMASKED), in the read that finds the
-        last row read where it was: the row is of the numbering the pipeline
-        holds, or not taken.
-        """
-        return self._query(functools.partial(_anchor_row, at=at, below=below, last_read=last_read))
+        """(whether `last_read` is still there, the row at `at` or, `below`, the newest below it), in one read."""
+        found = self._query(lambda connection: _checked_read(connection, last_read, (at, below), lambda: None))
+        return (False, None) if found is None else (True, found[1])
 
     def rowids_of_digest(self, below: int, text: str, most: int = 2, chunk: int = 10_000) -> List[int]:
         """Up to `most` rowids below `below` whose rows have the digest `text` (core/row_digest.py), largest first.

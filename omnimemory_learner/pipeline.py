@@ -22,7 +22,7 @@ import dataclasses
 import gc
 import logging
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 from .config import Config
 from .core.fates import CloseReason, Unavailability
@@ -372,7 +372,7 @@ class Pipeline:
             try:
                 if first:
                     self._read_again_if(self.identity.check(self.reader, cursor.after))
-                rows = self.reader.read_batch(cursor.after, batch_size, self.identity.last_row)
+                rows = _read_checked(self)
                 if rows is None:  # the rows read moved since the check: check again
                     first, moved = True, _moved_again(moved)
                     continue
@@ -385,7 +385,6 @@ class Pipeline:
             first, moved = False, 0
             if rows:
                 self._process(rows)
-                _take_low_anchor(self, rows)  # before anything can change the table again
             if len(rows) < batch_size:
                 cursor.caught_up = True
                 break
@@ -439,6 +438,7 @@ class Pipeline:
             self._evictions.note(evicted, now, tracker.max_open)
         cursor.after = last_rowid
         cursor.head = max(cursor.head, last_rowid)
+        self.identity.anchor_from_batch(rows, self._needed_from())
         self._commit.moved()
 
     def _count(self, name: str, amount: int) -> None:
@@ -544,10 +544,20 @@ class Pipeline:
         self.ledger.close()
 
 
-def _take_low_anchor(pipeline: Pipeline, rows: Sequence[tuple] = ()) -> None:
+def _read_checked(pipeline: Pipeline) -> Optional[list]:
+    """A batch, in one read with the identity's questions: the last row read still there (else None), the anchor."""
+    identity = pipeline.identity
+    anchor = identity.anchor_wanted(pipeline._needed_from())
+    batch = pipeline.reader.read_on(pipeline._cursor.after, pipeline.config.batch_size, identity.last_row, anchor)
+    if batch is not None and anchor is not None and identity.take_anchor(anchor, batch[1]):
+        pipeline._commit.moved()
+    return None if batch is None else batch[0]
+
+
+def _take_low_anchor(pipeline: Pipeline) -> None:
     """The digest of the first row still needed, for the commit (DatabaseIdentity.low_anchor)."""
     try:
-        if pipeline.identity.low_anchor(pipeline.reader, pipeline._needed_from(), rows):
+        if pipeline.identity.low_anchor(pipeline.reader, pipeline._needed_from()):
             pipeline._commit.moved()
     except Unavailable:
         pass  # the anchor taken before is still at or below the mark; the next drain takes it

@@ -27,6 +27,8 @@ Callers pass `now` (monotonic seconds) in; nothing here reads a clock.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
@@ -204,6 +206,10 @@ class SessionTracker:
         # Ordered by last arrival: the first entry is always the longest idle,
         # so the next deadline and eviction are O(1).
         self._open: OrderedDict[str, _OpenSession] = OrderedDict()
+        # (first rowid, tie, session) of the sessions opened, closed ones left until they come up:
+        # low_water, asked at every batch, in O(log n) instead of a pass over every open session.
+        self._firsts: List[Tuple[int, int, _OpenSession]] = []
+        self._tie = itertools.count()
         self.closed_count = 0
         self.too_short_count = 0
         self.evicted_count = 0
@@ -225,10 +231,12 @@ class SessionTracker:
         max_commands = self.max_commands
         max_open = self.max_open
         close_on = self.close_on
+        firsts, tie, push = self._firsts, self._tie, heapq.heappush
         for rowid, session_id, pair, timestamp in events:
             session = get(session_id)
             if session is None:
                 session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                push(firsts, (rowid, next(tie), session))
                 if len(sessions) > max_open:
                     # The memory cap: the least recently arriving session goes
                     # now, as it is; its id's next event starts a new one.
@@ -239,6 +247,7 @@ class SessionTracker:
                 if timestamp - latest >= idle:
                     closed.append(finish(session, CloseReason.IDLE))
                     session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
+                    push(firsts, (rowid, next(tie), session))
                 elif timestamp > latest:
                     session.latest_time = timestamp
                 move_to_end(session_id)
@@ -287,6 +296,7 @@ class SessionTracker:
         """Close every open session (end of a backfill, a replaced database)."""
         closed = [self._finish(session, reason) for session in self._open.values()]
         self._open.clear()
+        self._firsts.clear()
         return closed
 
     def _finish(self, session: _OpenSession, reason: str) -> ClosedSession:
@@ -313,6 +323,11 @@ class SessionTracker:
         for session in self._open.values():
             session.first_rowid -= shift
             session.last_rowid -= shift
+        self._index_firsts()
+
+    def _index_firsts(self) -> None:
+        self._firsts = [(session.first_rowid, next(self._tie), session) for session in self._open.values()]
+        heapq.heapify(self._firsts)
 
     # -- questions the service loop asks ---------------------------------------
 
@@ -324,9 +339,17 @@ class SessionTracker:
 
     def low_water(self) -> Optional[int]:
         """The smallest rowid an open session still needs, or None."""
-        if not self._open:
+        sessions, firsts = self._open, self._firsts
+        if not sessions:
             return None
-        return min(session.first_rowid for session in self._open.values())
+        if len(firsts) > 2 * len(sessions) + 64:
+            self._index_firsts()  # closed sessions' entries: at most as many again as the open ones
+        # Every open session has its entry (feed); one whose session is no longer its id's is closed.
+        while True:
+            rowid, _, session = firsts[0]
+            if sessions.get(session.session_id) is session:
+                return rowid
+            heapq.heappop(firsts)
 
     @property
     def open_count(self) -> int:
