@@ -257,3 +257,21 @@ def test_a_dropped_session_is_in_the_history_and_so_never_sent_after_a_rewrite(t
     # What the delivery thread asks before a POST (rejected ones alone do not count as settled).
     assert history.delivered([key], excluding=("rejected",)) == {key}
     history.close()
+
+
+def test_the_services_connections_keep_a_small_page_cache_the_commands_the_default(tmp_path):
+    """The service's stores append: a catch-up filled 2 MB caches it never read again (issue 25's peak RSS)."""
+    from omnimemory_learner.storage.state import SERVICE_CACHE_KIB, StateStore
+
+    state, history = StateStore(tmp_path), HistoryStore(tmp_path)
+    assert history._open()
+    reader_state, reader_history = StateStore(tmp_path, create=False), HistoryStore(tmp_path, create=False)
+    assert reader_history._open()
+    try:
+        for store in (state, history):
+            assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -SERVICE_CACHE_KIB
+        for store in (reader_state, reader_history):
+            assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -2000  # report, status: as before
+    finally:
+        for store in (state, history, reader_state, reader_history):
+            store.close()

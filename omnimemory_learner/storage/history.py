@@ -39,6 +39,7 @@ from . import migrations
 from .files import HISTORY_FILE, ensure_private_dir
 from .outbox import PendingSession
 from .sqlite_file import connect_wal
+from .state import SERVICE_CACHE_KIB
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class HistoryFile:
                     pass  # there already, or another connection of ours made it just now
             db = connect_wal(self.path, 5.0, "NORMAL")
             try:
+                if self._create:  # the service's connections, which append (state.SERVICE_CACHE_KIB)
+                    db.execute(f"PRAGMA cache_size = -{SERVICE_CACHE_KIB}")
                 self._migrate(db)
                 db.execute("SELECT count(*) FROM history WHERE 0").fetchone()
             except (sqlite3.DatabaseError, migrations.SchemaTooNew):

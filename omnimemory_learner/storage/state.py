@@ -136,6 +136,13 @@ class Position(NamedTuple):
     rewrite_head: Optional[int] = None
 
 
+# The page cache of each of the service's connections to state.db and history.db, in KiB (SQLite's
+# default is 2,000).  Their writes append (the outbox's rows, their indexes' ends, the history's
+# rows): a catch-up filled five caches of 2 MB with pages it never read again, and a smaller one
+# costs it no time (issue 25's database: peak RSS 55.4 -> 51.6 MB, the same CPU).
+SERVICE_CACHE_KIB = 256
+
+
 class StateStore:
     """One connection to the state database; each thread opens its own."""
 
@@ -146,6 +153,9 @@ class StateStore:
             raise StateError(f"no state at {self.path}")
         self._made_keys: Dict[int, str] = {}  # see outbox_keys
         self._file = StoreFile(self.path, create, synchronous)
+        if create:
+            # The service's connections (the reader's and the delivery thread's): see SERVICE_CACHE_KIB.
+            self._db.execute(f"PRAGMA cache_size = -{SERVICE_CACHE_KIB}")
         # The delivery side's work on the sessions table, on the same connection.
         self.outbox = Outbox(self._file)
 
