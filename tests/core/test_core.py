@@ -236,3 +236,54 @@ def test_drop_replayed_equals_a_plain_scan_of_the_ranges(plan, data):
     events = [(r, data.draw(st.sampled_from("abcd")), ("edit_code", "code_edit"), 1.0) for r in range(1, rowid + 3)]
     plain = [e for e in events if not any(first <= e[0] <= last for first, last in ranges.get(e[1], []))]
     assert list(drop_replayed(events, ranges)) == plain
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("feed"), st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3000)), max_size=30)),
+            st.tuples(st.just("idle"), st.integers(0, 3)),
+            st.tuples(st.just("above"), st.integers(0, 200)),
+            st.tuples(st.just("renumber"), st.integers(0, 5)),
+            st.tuples(st.just("all"), st.just(0)),
+        ),
+        max_size=30,
+    )
+)
+def test_low_water_is_the_smallest_first_rowid_of_the_open_sessions(steps):
+    """Kept as a heap with closed sessions' entries left in: the same answer as a min over the open ones."""
+    tracker = SessionTracker(IDLE, min_commands=1, max_commands=4, max_open=3)
+    rowid, now = 0, 0.0
+    for kind, value in steps:
+        now += 1.0
+        if kind == "feed":
+            events = []
+            for sid, seconds in value:
+                rowid += 1
+                events.append(event(rowid, f"s{sid}", "open_file", 1000.0 + seconds * 10))
+            tracker.feed(events, now)
+        elif kind == "idle":
+            tracker.close_idle(now + value * IDLE)
+        elif kind == "above":
+            tracker.close_above(value, "rows_deleted")
+        elif kind == "renumber":
+            shift = min(value, tracker.low_water() or 0)
+            tracker.renumber(shift)
+            rowid -= shift
+        else:
+            tracker.close_all()
+        firsts = [session.first_rowid for session in tracker._open.values()]
+        assert tracker.low_water() == (min(firsts) if firsts else None)
+
+
+def test_low_water_entries_of_closed_sessions_stay_bounded():
+    tracker = SessionTracker(IDLE, min_commands=1)
+    tracker.feed([event(1, "long", "open_file", 1000.0)], 0.0)  # open throughout: its entry stays on top
+    closed = 0
+    for batch in range(20):
+        rows = range(2 + batch * 500, 2 + (batch + 1) * 500)
+        # Each event IDLE after its id's last: it cuts that session (an entry left behind).
+        closed += len(tracker.feed([event(r, f"s{r % 9}", "open_file", 1000.0 + r * IDLE) for r in rows], 1.0))
+        assert tracker.low_water() == 1
+    assert closed > 9000 and tracker.open_count == 10
+    assert len(tracker._firsts) <= 2 * tracker.open_count + 1024
