@@ -30,7 +30,6 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
-from heapq import heapify, heappop, heappush
 from operator import itemgetter
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -205,10 +204,6 @@ class SessionTracker:
         # Ordered by last arrival: the first entry is always the longest idle,
         # so the next deadline and eviction are O(1).
         self._open: OrderedDict[str, _OpenSession] = OrderedDict()
-        # (first_rowid, session_id) of every open session, a heap, with entries of closed ones left
-        # in until they reach the top (or a rebuild): low_water() is asked per commit and per batch,
-        # and a min over thousands of open sessions each time was a catch-up's second per-batch cost.
-        self._firsts: List[Tuple[int, str]] = []
         self.closed_count = 0
         self.too_short_count = 0
         self.evicted_count = 0
@@ -230,12 +225,10 @@ class SessionTracker:
         max_commands = self.max_commands
         max_open = self.max_open
         close_on = self.close_on
-        firsts = self._firsts
         for rowid, session_id, pair, timestamp in events:
             session = get(session_id)
             if session is None:
                 session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
-                heappush(firsts, (rowid, session_id))
                 if len(sessions) > max_open:
                     # The memory cap: the least recently arriving session goes
                     # now, as it is; its id's next event starts a new one.
@@ -246,7 +239,6 @@ class SessionTracker:
                 if timestamp - latest >= idle:
                     closed.append(finish(session, CloseReason.IDLE))
                     session = sessions[session_id] = _OpenSession(session_id, rowid, timestamp, now)
-                    heappush(firsts, (rowid, session_id))
                 elif timestamp > latest:
                     session.latest_time = timestamp
                 move_to_end(session_id)
@@ -262,13 +254,7 @@ class SessionTracker:
                 # Per id and in rowid order, like the cut: the same on any read or replay.
                 del sessions[session_id]
                 closed.append(finish(session, CloseReason.CLOSE_ON))
-        if len(firsts) > 2 * len(sessions) + 1024:
-            self._index_firsts()  # entries of closed sessions: bounded by the open ones
         return closed
-
-    def _index_firsts(self) -> None:
-        self._firsts = [(session.first_rowid, session.session_id) for session in self._open.values()]
-        heapify(self._firsts)
 
     def note_unmapped(self, counts: Mapping[str, int]) -> None:
         """Rows of unmapped types, per id, read in the last batch: they count against its open session."""
@@ -301,7 +287,6 @@ class SessionTracker:
         """Close every open session (end of a backfill, a replaced database)."""
         closed = [self._finish(session, reason) for session in self._open.values()]
         self._open.clear()
-        self._firsts = []
         return closed
 
     def _finish(self, session: _OpenSession, reason: str) -> ClosedSession:
@@ -328,7 +313,6 @@ class SessionTracker:
         for session in self._open.values():
             session.first_rowid -= shift
             session.last_rowid -= shift
-        self._index_firsts()
 
     # -- questions the service loop asks ---------------------------------------
 
@@ -340,14 +324,9 @@ class SessionTracker:
 
     def low_water(self) -> Optional[int]:
         """The smallest rowid an open session still needs, or None."""
-        firsts, sessions = self._firsts, self._open
-        while firsts:
-            rowid, session_id = firsts[0]
-            session = sessions.get(session_id)
-            if session is not None and session.first_rowid == rowid:
-                return rowid
-            heappop(firsts)  # a closed session's (its id may be open again, from a later row)
-        return None
+        if not self._open:
+            return None
+        return min(session.first_rowid for session in self._open.values())
 
     @property
     def open_count(self) -> int:
