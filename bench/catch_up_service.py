@@ -1,6 +1,6 @@
 """The catch-up as the service runs it, trees paired: from its start to every row counted in state.db.
 
-    python3 bench/catch_up_service.py TREE [TREE ...] [--mode down|up] [--rounds 5] [--db PATH]
+    python3 bench/catch_up_service.py TREE [TREE ...] [--mode down|up] [--rounds 5] [--db PATH] [--delivered]
 
 Each round starts `omnimemory-learner run` of each tree in turn (alternating,
 so a noisy machine weighs on both alike) on the same events database, the API
@@ -9,7 +9,8 @@ and polls state.db until events_processed + events_ignored + events_skipped
 reach the table's rows.  Per tree: the rate and its ratio to a bare sqlite3
 loop (bench/run.py's, measured before every round and after the last), the
 process's CPU and its reading (main) thread's, and its peak RSS (VmHWM) once
-caught up; medians and ranges.  Without --db it makes issue 25's database:
+caught up; with the API up and --delivered also the time (and CPU, peak
+RSS) until the outbox holds no pending session; medians and ranges.  Without --db it makes issue 25's database:
 2,000,000 events, sessions of 1-20 events over 5,000 ids, 15% unmapped
 (about 190,000 sessions), in a temporary directory.
 """
@@ -35,6 +36,7 @@ from run import bare_loop
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 COUNTED = "SELECT sum(value) FROM counters WHERE name IN ('events_processed', 'events_ignored', 'events_skipped')"
+PENDING = "SELECT coalesce(sum(n), 0) FROM status_counts WHERE status = 'pending'"
 API = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
@@ -52,18 +54,23 @@ def cpu_seconds(stat_path: str) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def counted(state_db: Path) -> int:
+def ask(state_db: Path, query: str, otherwise: int) -> int:
     try:
         db = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=0.05)
         try:
-            return db.execute(COUNTED).fetchone()[0] or 0
+            return db.execute(query).fetchone()[0] or 0
         finally:
             db.close()
     except sqlite3.Error:
-        return 0
+        return otherwise
 
 
-def one_run(tree: Path, db: Path, rows: int, api_url: str) -> dict:
+def peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM")) / 1024
+
+
+def one_run(tree: Path, db: Path, rows: int, api_url: str, delivered: bool) -> dict:
     work = Path(tempfile.mkdtemp(prefix="catch-up-service."))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIMEMORY_LEARNER_")}
     env.update(
@@ -88,20 +95,29 @@ def one_run(tree: Path, db: Path, rows: int, api_url: str) -> dict:
         state_db = work / "state" / "state.db"
         while True:
             time.sleep(0.02)
-            if state_db.exists() and counted(state_db) >= rows:
+            if state_db.exists() and ask(state_db, COUNTED, 0) >= rows:
                 seconds = time.perf_counter() - started
                 break
             if time.perf_counter() - started > 600 or service.poll() is not None:
                 raise RuntimeError(f"{tree}: the catch-up did not end")
         cpu = cpu_seconds(f"/proc/{service.pid}/stat")
         reading = cpu_seconds(f"/proc/{service.pid}/task/{service.pid}/stat")
-        with open(f"/proc/{service.pid}/status") as handle:
-            peak_kb = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM"))
+        figures = {"seconds": seconds, "cpu": cpu, "reading_cpu": reading, "peak_mb": peak_mb(service.pid)}
+        # The API up: on to the outbox's last pending session (committed by then) answered.
+        while delivered:
+            time.sleep(0.05)
+            if ask(state_db, PENDING, 1) == 0:
+                figures["delivered"] = time.perf_counter() - started
+                figures["delivered_cpu"] = cpu_seconds(f"/proc/{service.pid}/stat")
+                figures["delivered_peak_mb"] = peak_mb(service.pid)
+                break
+            if time.perf_counter() - started > 900 or service.poll() is not None:
+                raise RuntimeError(f"{tree}: the outbox was not delivered")
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(60)
         shutil.rmtree(work, ignore_errors=True)
-    return {"seconds": seconds, "cpu": cpu, "reading_cpu": reading, "peak_mb": peak_kb / 1024}
+    return figures
 
 
 def spread(values) -> str:
@@ -114,6 +130,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("down", "up"), default="down")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--db", type=Path)
+    parser.add_argument("--delivered", action="store_true", help="the API up: go on until no session is pending")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         db = options.db
@@ -134,7 +151,7 @@ def main() -> None:
             for _ in range(options.rounds):
                 bare.append(bare_loop(db))
                 for tree in options.trees:
-                    runs[tree].append(one_run(tree.resolve(), db, rows, api_url))
+                    runs[tree].append(one_run(tree.resolve(), db, rows, api_url, api is not None and options.delivered))
             bare.append(bare_loop(db))
         finally:
             if api is not None:
@@ -149,6 +166,12 @@ def main() -> None:
             f"{spread([run['reading_cpu'] for run in figures])} s; "
             f"peak RSS {spread([run['peak_mb'] for run in figures])} MB"
         )
+        if "delivered" in figures[0]:
+            print(
+                f"    every session delivered: {spread([run['delivered'] for run in figures])} s, "
+                f"CPU {spread([run['delivered_cpu'] for run in figures])} s, "
+                f"peak RSS {spread([run['delivered_peak_mb'] for run in figures])} MB"
+            )
 
 
 if __name__ == "__main__":

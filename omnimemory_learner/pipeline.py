@@ -32,7 +32,7 @@ from .database_identity import RENUMBERED, REWRITTEN, DatabaseIdentity, Finding
 from .events import EventReader, LocalTimeContext, Unavailable, validate_rows
 from .rewrite_ledger import RewriteLedger
 from .storage.snapshot import statistics
-from .storage.state import StateError, StateStore
+from .storage.state import READER_CACHE_KIB, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Pipeline:
         self.on_outbox = on_outbox
         self.on_unsent = on_unsent
         self.clock = clock
-        self.state = StateStore(config.state_dir)
+        self.state = StateStore(config.state_dir, cache_kib=READER_CACHE_KIB)
         self.reader = EventReader(config.db_path)
         self.tracker = _new_tracker(config)
         self.pairs = command_pairs(config.event_map)

@@ -6,6 +6,9 @@ without sending go to it for the history), and at shutdown no such session
 is lost: what the stopped thread had not recorded yet is recorded here, after
 the last commit and before the stores close.
 
+While the pipeline drains a backlog the delivery thread holds its POSTs
+(`drain`): the reader has the GIL to itself, the sessions wait in the outbox.
+
 And when db_path changed since the last run, the sessions left open in the
 previous database (a session spanning the stop is rebuilt by reading its rows
 again, which a different database no longer holds) are read to its end and
@@ -73,6 +76,28 @@ class Runner:
     def close(self) -> None:
         self.pipeline.close()
         self.deliverer.close()
+
+
+def drain(
+    pipeline: Pipeline,
+    deliverer: Deliverer,
+    should_stop: Callable[[], bool] = lambda: False,
+    between_batches: Optional[Callable[[], None]] = None,
+) -> bool:
+    """`pipeline.drain`, the delivery thread holding its POSTs while it reads a backlog (BacklogHold).
+
+    A batch read full means more wait: the hold begins there and ends with the drain.
+    """
+
+    def next_batch() -> None:
+        deliverer.reading(True)
+        if between_batches is not None:
+            between_batches()
+
+    try:
+        return pipeline.drain(should_stop, next_batch)
+    finally:
+        deliverer.reading(False)
 
 
 def finish_previous_database(config: Config, on_unsent: Callable[[List[ClosedSession]], None]) -> None:

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 from .config import Config, ConfigError
 from .delivery import Deliverer
 from .pipeline import Pipeline
-from .runner import Runner
+from .runner import Runner, drain
 from .storage.lock import AlreadyRunning, InstanceLock
 from .storage.snapshot import write_snapshot
 from .storage.state import LISTENER_META, StateError
@@ -597,7 +597,7 @@ class Service:
         # after a pause (SIGSTOP, suspend) its events may be committed but
         # not yet read, and a file event may not have woken us yet.
         if forced or pipeline.should_read_on() or ((read or closing) and pipeline.changed()):
-            pipeline.drain(lambda: self._stop_requested, self._between_batches)
+            drain(pipeline, self._deliverer, lambda: self._stop_requested, self._between_batches)
         pipeline.close_idle()
         pipeline.commit_due()
         return pipeline.should_read_on()

@@ -257,3 +257,28 @@ def test_a_dropped_session_is_in_the_history_and_so_never_sent_after_a_rewrite(t
     # What the delivery thread asks before a POST (rejected ones alone do not count as settled).
     assert history.delivered([key], excluding=("rejected",)) == {key}
     history.close()
+
+
+def test_the_reading_threads_connections_keep_a_small_page_cache_the_others_the_default(tmp_path):
+    """The reader's writes append: a catch-up filled 2 MB caches it never read again (issue 25's peak RSS)."""
+    from omnimemory_learner.config import load_config
+    from omnimemory_learner.delivery.settle import Handover
+    from omnimemory_learner.pipeline import Pipeline
+    from omnimemory_learner.storage.state import READER_CACHE_KIB, StateStore
+
+    env = {"HOME": str(tmp_path), "OMNIMEMORY_LEARNER_STATE_DIR": str(tmp_path)}
+    pipeline = Pipeline(load_config(env={**env, "OMNIMEMORY_LEARNER_DB_PATH": str(tmp_path / "events.db")}))
+    reader_state, handover = pipeline.state, Handover(tmp_path)
+    delivery_state, delivery_history = StateStore(tmp_path, synchronous="NORMAL"), HistoryStore(tmp_path)
+    try:
+        assert reader_state._db.execute("PRAGMA cache_size").fetchone()[0] == -READER_CACHE_KIB
+        own = handover._own.history
+        assert own._open() and own._db.execute("PRAGMA cache_size").fetchone()[0] == -READER_CACHE_KIB
+        # The delivery thread's (and the commands'): updates and lookups all over the files, as before.
+        assert delivery_state._db.execute("PRAGMA cache_size").fetchone()[0] == -2000
+        assert delivery_history._open() and delivery_history._db.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    finally:
+        handover.close()
+        pipeline.close()
+        for store in (delivery_state, delivery_history):
+            store.close()

@@ -14,7 +14,7 @@ from ..config import Config
 from ..core.fates import CloseReason, Fate
 from ..events import Unavailable
 from ..logs import setup_logging
-from ..runner import Runner
+from ..runner import Runner, drain
 from ..storage.lock import AlreadyRunning, InstanceLock
 from ..storage.state import StateError
 from .exits import EX_CANTCREAT, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
@@ -71,7 +71,7 @@ def _learn(config: Config, runner: Runner, until_delivered_timeout: Optional[flo
         learned, pending = learned_and_pending()
         progress.show(pipeline.read_after - start, total, learned, pending, force)
 
-    if not pipeline.drain(between_batches=show):
+    if not drain(pipeline, deliverer, between_batches=show):
         error(str(pipeline.problem()))
         return EX_UNAVAILABLE
     pipeline.close_all(CloseReason.END)

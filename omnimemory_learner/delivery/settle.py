@@ -24,7 +24,7 @@ from ..core.unusual import UnusualDetector
 from ..logs import NOTICE
 from ..storage.history import HistoryStore, settled_entry, unsent_entry
 from ..storage.outbox import PendingSession
-from ..storage.state import StateStore
+from ..storage.state import READER_CACHE_KIB, StateStore
 from .health import Blame
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,9 @@ class Retention(NamedTuple):
 class Settler:
     """The writer of settled sessions, with its own connection to the history (opened when first needed)."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, cache_kib: Optional[int] = None):
         self._state_dir = state_dir
+        self._cache_kib = cache_kib  # the history connection's page cache (None: SQLite's default)
         self._history: Optional[HistoryStore] = None
         # The user's transition model (judge_from_history): in the delivery
         # thread, not the reading thread, which closes sessions far faster
@@ -63,7 +64,7 @@ class Settler:
     @property
     def history(self) -> HistoryStore:
         if self._history is None:
-            self._history = HistoryStore(self._state_dir)
+            self._history = HistoryStore(self._state_dir, cache_kib=self._cache_kib)
         return self._history
 
     def close(self) -> None:
@@ -219,7 +220,8 @@ class Handover:
 
     def __init__(self, state_dir: Path):
         self._queue: Deque[ClosedSession] = deque()
-        self._own = Settler(state_dir)
+        # The reading thread's own connection, which appends what a catch-up settles unsent: a small cache.
+        self._own = Settler(state_dir, READER_CACHE_KIB)
 
     def offer(self, sessions: List[ClosedSession]) -> bool:
         """Queued for the delivery thread; False when the queue has no room for them."""

@@ -7,7 +7,8 @@ time probes it; a POST left unanswered is held until GET /patterns says
 whether it landed.  What one attempt does, and its guarantee (after a 2xx
 only the record is retried), is run.py's.  `stop()` gives a POST in flight a
 grace, and records in the caller's thread what was handed over and not yet
-recorded.
+recorded.  While the reading thread drains a backlog the thread holds its
+POSTs (BacklogHold): the sessions wait in the outbox, the reader keeps the GIL.
 """
 
 from __future__ import annotations
@@ -36,6 +37,55 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL_SECONDS = 0.001
 # Longest wait for the delivery thread with nothing due (a wake comes sooner).
 IDLE_WAIT_SECONDS = 60.0
+# Longest hold of delivery while the reading thread drains a backlog (a writer that never stops).
+BACKLOG_HOLD_SECONDS = 60.0
+
+
+class BacklogHold:
+    """The reading thread drains a backlog (batch after full batch): delivery waits for the drain's end.
+
+    Both threads run Python under one GIL: during a catch-up every POST,
+    record and handover the delivery thread made was CPU taken from the
+    reader, which went at 0.6 of its speed with the API down.  The
+    sessions are durable in the outbox meanwhile, and a catch-up's sessions
+    are not live ones: a caught-up service reads one short batch at a time
+    and never holds.  The hold ends with the drain, or `limit` seconds
+    after the drain began, so that a writer that never stops cannot starve
+    delivery.
+    """
+
+    def __init__(self, limit: float = BACKLOG_HOLD_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._since: Optional[float] = None  # when the backlog's drain began
+
+    def reading(self, backlog: bool) -> None:
+        """The reading thread: a drain found more than one batch waiting (True), or it ended (False)."""
+        with self._changed:
+            if not backlog:
+                self._since = None
+                self._changed.notify_all()
+            elif self._since is None:
+                self._since = self._clock()
+
+    @property
+    def holding(self) -> bool:
+        since = self._since
+        return since is not None and self._clock() - since < self.limit
+
+    def wait(self, stop: threading.Event) -> None:
+        """The delivery thread: wait while holding (until the drain ends, the limit, or `release()` for a stop)."""
+        with self._changed:
+            while not stop.is_set() and self._since is not None:
+                left = self._since + self.limit - self._clock()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
+
+    def release(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
 
 class Deliverer:
@@ -74,6 +124,7 @@ class Deliverer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.hold = BacklogHold()
 
     @classmethod
     def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
@@ -152,8 +203,13 @@ class Deliverer:
         except Exception:  # the history never stops reading
             log.exception("Could not record sessions settled without being sent in the history")
 
+    def reading(self, backlog: bool) -> None:
+        """The reading thread drains a backlog (True) or ended its drain (False): see BacklogHold."""
+        self.hold.reading(backlog)
+
     def _offer(self, sessions: List[ClosedSession]) -> bool:
-        if not self.alive or self.health.retry_at is not None or not self.handover.offer(sessions):
+        # Held for a backlog, the thread would leave them in memory until the drain's end.
+        if not self.alive or self.health.retry_at is not None or self.hold.holding or not self.handover.offer(sessions):
             return False
         self._wake.set()
         return True
@@ -166,6 +222,7 @@ class Deliverer:
         """
         self._stop.set()
         self._wake.set()
+        self.hold.release()
         self._watch.stop()
         stopped = True
         if self._thread is not None:
@@ -228,6 +285,9 @@ class Deliverer:
         wrapped = False  # this pass started again from the oldest
         passed_over = False  # this pass skipped due sessions that failed since the API last took one
         while not self._stop.is_set():
+            self.hold.wait(self._stop)
+            if self._stop.is_set():
+                break
             self._wake.clear()
             self.handover.record_into(run.settler)  # between batches too: a long catch-up hands over many
             now = time.time()

@@ -83,12 +83,14 @@ def _entry(row: Sequence[Any]) -> Entry:
 class HistoryFile:
     """One connection to history.db, opened again when the file is lost, replaced or corrupt."""
 
-    def __init__(self, state_dir: Path, create: bool = True):
+    def __init__(self, state_dir: Path, create: bool = True, cache_kib: Optional[int] = None):
+        """`cache_kib`: the connection's page cache (None: SQLite's default; see state.READER_CACHE_KIB)."""
         self.path = Path(state_dir) / HISTORY_FILE
         self.problem: Optional[str] = None
         self._db: Optional[sqlite3.Connection] = None
         self._identity: Optional[tuple] = None
         self._create = create
+        self._cache_kib = cache_kib
         self.version = 0  # the file's schema version once open
         # The names table as this connection knows it (token -> id); None: read it again.
         self._name_ids: Optional[Dict[bytes, int]] = None
@@ -110,6 +112,8 @@ class HistoryFile:
                     pass  # there already, or another connection of ours made it just now
             db = connect_wal(self.path, 5.0, "NORMAL")
             try:
+                if self._cache_kib is not None:
+                    db.execute(f"PRAGMA cache_size = -{int(self._cache_kib)}")
                 self._migrate(db)
                 db.execute("SELECT count(*) FROM history WHERE 0").fetchone()
             except (sqlite3.DatabaseError, migrations.SchemaTooNew):

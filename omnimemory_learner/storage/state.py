@@ -136,16 +136,28 @@ class Position(NamedTuple):
     rewrite_head: Optional[int] = None
 
 
+# The page cache of the reading thread's connection to state.db, in KiB (SQLite's default is 2,000).
+# Its writes append (the outbox's rows, the ends of their indexes): a catch-up filled 2 MB with
+# pages it never read again.  The delivery thread's connections keep the default: they update
+# and look up rows all over the outbox and the history.
+READER_CACHE_KIB = 256
+
+
 class StateStore:
     """One connection to the state database; each thread opens its own."""
 
-    def __init__(self, state_dir: Path, create: bool = True, synchronous: str = "FULL"):
+    def __init__(
+        self, state_dir: Path, create: bool = True, synchronous: str = "FULL", cache_kib: Optional[int] = None
+    ):
+        """`cache_kib`: the connection's page cache (None: SQLite's default); see READER_CACHE_KIB."""
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / STATE_FILE
         if not create and not self.path.exists():
             raise StateError(f"no state at {self.path}")
         self._made_keys: Dict[int, str] = {}  # see outbox_keys
         self._file = StoreFile(self.path, create, synchronous)
+        if cache_kib is not None:
+            self._db.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
         # The delivery side's work on the sessions table, on the same connection.
         self.outbox = Outbox(self._file)
 
