@@ -604,19 +604,27 @@ def _one_read(connection: sqlite3.Connection) -> Iterator[None]:
             connection.execute("COMMIT")
 
 
+def _fingerprinted_row(connection: sqlite3.Connection, rowid: int, mask: Optional[row_digest.Mask]) -> Optional[tuple]:
+    """The row at `rowid` as its digest of `mask` compares it (row_digest.select_sql), or None.
+
+    Its text decoded as read_batch falls back to for text that is not UTF-8
+    (the same for valid text): every row a fingerprint is taken of or
+    compared with is read here.
+    """
+    connection.text_factory = _decode_lossy
+    try:
+        row = connection.execute(row_digest.select_sql(mask), (rowid,)).fetchone()
+    finally:
+        connection.text_factory = str
+    return row_digest.as_row(row, mask) if row is not None else None
+
+
 def _anchor_row(connection: sqlite3.Connection, at: int, below: bool) -> Optional[tuple]:
-    """The row at `at`, or (`below`) the newest below it, read as fingerprint_rows reads (UNMASKED)."""
+    """The row at `at`, or (`below`) the newest below it, read UNMASKED."""
     rowid = at
     if below:
         rowid = connection.execute("SELECT max(rowid) FROM events WHERE rowid < ?", (at,)).fetchone()[0]
-    if not rowid:
-        return None
-    connection.text_factory = _decode_lossy
-    try:
-        row = connection.execute(row_digest.select_sql(row_digest.UNMASKED), (rowid,)).fetchone()
-    finally:
-        connection.text_factory = str
-    return row_digest.as_row(row, row_digest.UNMASKED) if row is not None else None
+    return _fingerprinted_row(connection, rowid, row_digest.UNMASKED) if rowid else None
 
 
 def _checked_read(
@@ -624,22 +632,13 @@ def _checked_read(
 ) -> Optional[Tuple[object, Optional[tuple]]]:
     """`read()` and the anchor row asked for, in one read checking that `last_read` is still there (None if not)."""
     with _one_read(connection):
-        if last_read is not None and not _still_there(connection, last_read):
-            return None
-        row = _anchor_row(connection, *anchor) if anchor is not None else None
-        return read(), row
-
-
-def _still_there(connection: sqlite3.Connection, last_read: list) -> bool:
-    """Whether the row fingerprinted as `last_read` ([rowid, fingerprint]) is still at its rowid."""
-    rowid, text = last_read
-    mask = row_digest.mask_of(text)
-    connection.text_factory = _decode_lossy
-    try:
-        row = connection.execute(row_digest.select_sql(mask), (rowid,)).fetchone()
-    finally:
-        connection.text_factory = str
-    return row is not None and row_digest.matches(row_digest.as_row(row, mask), text)
+        if last_read is not None:
+            rowid, text = last_read
+            row = _fingerprinted_row(connection, rowid, row_digest.mask_of(text))
+            if row is None or not row_digest.matches(row, text):
+                return None
+        anchored = _anchor_row(connection, *anchor) if anchor is not None else None
+        return read(), anchored
 
 
 class EventReader:
@@ -882,18 +881,15 @@ class EventReader:
         is (rowid,) unless learn_first: then it is read UNMASKED.
         """
         connection = self._open()
-        # As read_batch falls back to for text that is not UTF-8: the same for valid text.
-        connection.text_factory = _decode_lossy
         try:
             first = connection.execute("SELECT rowid FROM events ORDER BY rowid LIMIT 1").fetchone()
             found: Dict[int, tuple] = {}
             for rowid, mask in wanted.items():
-                row = connection.execute(row_digest.select_sql(mask), (rowid,)).fetchone()
+                row = _fingerprinted_row(connection, rowid, mask)
                 if row is not None:
-                    found[rowid] = row_digest.as_row(row, mask)
+                    found[rowid] = row
             if first is not None and learn_first:
-                row = connection.execute(row_digest.select_sql(row_digest.UNMASKED), (first[0],)).fetchone()
-                first = row_digest.as_row(row, row_digest.UNMASKED) if row is not None else None
+                first = _fingerprinted_row(connection, first[0], row_digest.UNMASKED)
             sequence = None
             # Without an AUTOINCREMENT table in the file there is no sqlite_sequence to ask.
             if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
@@ -903,8 +899,6 @@ class EventReader:
                 sequence = found_sequence[0] if found_sequence and type(found_sequence[0]) is int else None
         except sqlite3.DatabaseError as error:
             raise self._unavailable(error) from None
-        finally:
-            connection.text_factory = str
         return row_digest.Fingerprinted(tuple(first) if first else None, found, sequence)
 
     def _unavailable(self, error: sqlite3.Error) -> Unavailable:
