@@ -1,6 +1,7 @@
 """How well an outcome rule labels sessions whose outcome is known: a labelled generator, two rules, their scores.
 
-    python3 bench/outcome_labels.py [--sessions 800] [--seed 7] [--noise 0 0.1 0.2]
+    python3 bench/outcome_labels.py [--sessions 800] [--seed 7] [--noise 0 0.1 0.2] [--cut 0.25]
+    python3 bench/outcome_labels.py --model [--pairs 10] [--threshold 0.9] [--cut 0.25]
 
 Eight workflow templates, four that end well and four given up or failing by
 construction, each with runs of edits of random length; then noise at a rate
@@ -9,19 +10,33 @@ one left out, a run of edits inserted.  For each noise level, the evidence
 rule (core/evidence.py, inconclusive sent as success) and the original's
 (core/outcome.py, "last3"): accuracy, macro-F1 over success and failure, and
 failure recall.
+
+--cut: that share of the sessions cut short after their last edit, with a
+save and a build started that the session does not see finish (the rules
+can only call most of them inconclusive); each keeps its template's outcome.
+
+--model: the evidence rule alone (inconclusive sent as success) against the
+rule with bench/outcome_model.py asked for its inconclusive sessions, trained
+on the rule's verdicts of one seed's sessions (never their labels) and scored
+on the next seed's, for --pairs pairs of seeds: both scores, the gain, how
+many inconclusive sessions it decided and how many of those it got right.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, List, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from omnimemory_learner.core.evidence import judge, sent_outcome
+from outcome_model import OutcomeModel
+
+from omnimemory_learner.core.evidence import INCONCLUSIVE, judge, sent_outcome
 from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP
 from omnimemory_learner.core.outcome import infer_outcome
 
@@ -90,11 +105,21 @@ def noisy(commands: Sequence[str], rate: float, rng: random.Random) -> List[str]
     return out or list(commands[:1])
 
 
-def labelled(count: int, rate: float, seed: int) -> List[Tuple[List[str], str]]:
+def cut_short(commands: Sequence[str]) -> List[str]:
+    """The session up to its last edit, then a save and a build started that it did not see finish."""
+    last = max(index for index, command in enumerate(commands) if command == "edit_code")
+    return [*commands[: last + 1], "save_file", "build_project"]
+
+
+def labelled(count: int, rate: float, seed: int, cut: float = 0.0) -> List[Tuple[List[str], str]]:
+    """`count` sessions with their template's outcome; a share `cut` of them cut short (cut_short), label kept."""
     rng = random.Random(seed)
     sessions = []
     for index in range(count):
         commands, label = _template(rng, index % 8)
+        # Drawn only when asked for: without --cut the sessions are the same as before it existed.
+        if cut and rng.random() < cut:
+            commands = cut_short(commands)
         sessions.append((noisy(commands, rate, rng), label))
     return sessions
 
@@ -117,16 +142,78 @@ def evidence_rule(commands: Sequence[str]) -> str:
     return sent_outcome(judge(commands), "success")
 
 
+def held_out(
+    train: Sequence[Tuple[Sequence[str], str]], test: Sequence[Tuple[Sequence[str], str]], threshold: float
+) -> dict:
+    """The model trained on `train`'s rule verdicts, asked for `test`'s inconclusive sessions: scores, counts."""
+    model = OutcomeModel()
+    for commands, _label in train:
+        verdict = judge(commands)
+        if verdict.outcome != INCONCLUSIVE:
+            model.learn(commands, verdict.outcome)
+
+    def ruled(commands: Sequence[str]) -> str:
+        verdict = judge(commands)
+        if verdict.outcome != INCONCLUSIVE:
+            return verdict.outcome
+        return model.guess(commands, threshold) or "success"  # abstained: sent as the rules alone send it
+
+    guesses = [(model.guess(c, threshold), label) for c, label in test if judge(c).outcome == INCONCLUSIVE]
+    asked, decided = len(guesses), sum(guess is not None for guess, _ in guesses)
+    right = sum(guess == label for guess, label in guesses)
+    alone, both = scores(test, evidence_rule), scores(test, ruled)
+    return {"alone": alone, "both": both, "asked": asked, "decided": decided, "right": right}
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--model: rules alone against rules + model, trained on seed A, measured on seed B, for each pair of seeds."""
+    print(
+        f"rules alone against rules + model (threshold {args.threshold}), {args.sessions} sessions, cut {args.cut:.0%}"
+    )
+    print("noise  train/test  accuracy alone -> +model  macro-F1 alone -> +model  inconclusive  decided  right")
+    for rate in args.noise:
+        gains = []
+        for pair in range(args.pairs):
+            a, b = args.seed + 2 * pair, args.seed + 2 * pair + 1
+            got = held_out(
+                labelled(args.sessions, rate, a, args.cut), labelled(args.sessions, rate, b, args.cut), args.threshold
+            )
+            alone, both = got["alone"], got["both"]
+            gains.append((both["accuracy"] - alone["accuracy"], both["macro_f1"] - alone["macro_f1"]))
+            print(
+                f"{rate:5.0%}  {a:5}/{b:<5}  {alone['accuracy']:14.3f} -> {both['accuracy']:.3f}"
+                f"  {alone['macro_f1']:14.3f} -> {both['macro_f1']:.3f}"
+                f"  {got['asked']:12}  {got['decided']:7}  {got['right']:5}"
+            )
+        for name, values in (("accuracy", [g[0] for g in gains]), ("macro-F1", [g[1] for g in gains])):
+            mean = statistics.mean(values)
+            spread = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+            better, worse = sum(v > 0 for v in values), sum(v < 0 for v in values)
+            print(
+                f"{rate:5.0%}  gain in {name}: mean {mean:+.4f} (s.e. {spread:.4f}), {better} pairs better,"
+                f" {worse} worse, min {min(values):+.4f} max {max(values):+.4f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=800)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.2])
+    parser.add_argument("--cut", type=float, default=0.0, help="share of sessions cut short (cut_short)")
+    parser.add_argument("--model", action="store_true", help="rules alone against rules + bench/outcome_model.py")
+    parser.add_argument("--pairs", type=int, default=10, help="--model: pairs of seeds (train, test) from --seed on")
+    parser.add_argument("--threshold", type=float, default=0.9, help="--model: the posterior it must reach")
     args = parser.parse_args()
-    print(f"{args.sessions} sessions of 8 templates (half failing by construction), seed {args.seed}")
+    if args.model:
+        compare(args)
+        return
+    print(
+        f"{args.sessions} sessions of 8 templates (half failing by construction), seed {args.seed}, cut {args.cut:.0%}"
+    )
     print("noise  rule      accuracy  macro-F1  failure recall")
     for rate in args.noise:
-        sessions = labelled(args.sessions, rate, args.seed)
+        sessions = labelled(args.sessions, rate, args.seed, args.cut)
         for name, rule in (("evidence", evidence_rule), ("last3", infer_outcome)):
             got = scores(sessions, rule)
             print(
