@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
+from .core.evidence import OUTCOME_RULES, SENT_OUTCOMES, OutcomeRule
 from .core.mapping import build_event_map
 
 ENV_PREFIX = "OMNIMEMORY_LEARNER_"
@@ -72,6 +73,8 @@ class Config:
     close_on: Tuple[str, ...] = ()
     fold_repeats: bool = False
     min_quality: float = 0.0
+    outcome_rule: str = "evidence"
+    inconclusive_outcome: str = "success"
     history_days: float = 30.0
     history_max_sessions: int = 100000
     reconcile: bool = True
@@ -84,6 +87,10 @@ class Config:
     @property
     def idle_seconds(self) -> float:
         return self.session_idle_minutes * 60.0
+
+    @property
+    def outcome(self) -> OutcomeRule:
+        return OutcomeRule(self.outcome_rule, self.inconclusive_outcome)
 
 
 # key -> (kind, lower bound) for the scalar keys.
@@ -107,6 +114,8 @@ _SCALARS: Dict[str, tuple] = {
     "close_on": ("commands", None),
     "fold_repeats": ("bool", None),
     "min_quality": ("fraction", None),
+    "outcome_rule": ("choice", OUTCOME_RULES),
+    "inconclusive_outcome": ("choice", SENT_OUTCOMES),
     "history_days": ("float", 0.0),
     "history_max_sessions": ("int", 1),
     "reconcile": ("bool", None),
@@ -147,6 +156,10 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise bad("expected a non-empty string")
         return _TEXT_KINDS[kind](value.strip(), bad)
+    if kind == "choice":
+        if not isinstance(value, str) or value.strip().lower() not in lower:
+            raise bad("expected one of " + ", ".join(lower))
+        return value.strip().lower()
     if kind == "commands":
         return _commands(value, from_text, bad)
     if kind == "fraction":

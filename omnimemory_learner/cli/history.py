@@ -60,14 +60,19 @@ def sequence_text(names: Sequence[str], limit: int = 8) -> str:
     return " > ".join(parts)
 
 
-HEADER = f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'QUALITY':<6}  {'':>9}  {'SESSION':<40}  COMMANDS"
+HEADER = (
+    f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'BY RULE':<13}  {'REWORK':>6}  {'QUALITY':<6}  "
+    f"{'':>9}  {'SESSION':<40}  COMMANDS"
+)
 
 
 def entry_line(entry: Entry) -> str:
     quality = f"q={entry.quality:.2f}" if entry.quality is not None else "q=-"
     flag = "  UNUSUAL" if entry.unusual else ""
+    rework = "-" if entry.rework is None else str(entry.rework)
     return (
-        f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  {quality}  "
+        f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  "
+        f"{shown(entry.rule or '-'):<13}  {rework:>6}  {quality}  "
         f"{len(entry.commands):>4} cmds  {shown(entry.session_id, 40)}  {shown(sequence_text(entry.commands))}"
         f"{flag}"
     )

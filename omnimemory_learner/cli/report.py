@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import Config
+from ..core.evidence import reason_of
 from ..core.graph import SUCCESS, Tally, WorkflowCounter, to_dot
 from ..storage.history import HistoryStore
 from .exits import EX_CANTCREAT, EX_NO_STATE, EX_OK, EX_UNAVAILABLE, EX_USAGE
@@ -76,14 +77,22 @@ def gather(store: HistoryStore, since: Optional[float]) -> Tuple[Dict[str, Any],
     days = DayCounts()
     counter = WorkflowCounter(store.name_ids())
     unusual: List[Tuple[float, str]] = []
-    for key, last_time, outcome, settled, commands, workflow, sequence, flagged in store.report_rows(since):
+    by_rule: Dict[str, List[int]] = {}  # rule -> [sessions, successes, rework]
+    rows = store.report_rows(since)
+    for key, last_time, outcome, settled, commands, workflow, sequence, flagged, rule, rework in rows:
         days.add(last_time, key, outcome or "none", settled)
+        success = (outcome or SUCCESS) == SUCCESS
+        rework = rework if type(rework) is int else 0  # NULL in rows earlier builds recorded
         if commands is None:
-            counter.add_workflow(workflow, sequence, (outcome or SUCCESS) == SUCCESS)
+            counter.add_workflow(workflow, sequence, success, rework)
         else:
-            counter.add(commands, (outcome or SUCCESS) == SUCCESS)
+            counter.add(commands, success, rework)
         if flagged:
             unusual.append((last_time, key))
+        held = by_rule.setdefault(str(rule) if rule else "-", [0, 0, 0])
+        held[0] += 1
+        held[1] += success
+        held[2] += rework
     edges = counter.directly_follows()
     ranked_edges = sorted(edges.items(), key=lambda item: (-item[1].occurrences, item[0]))
     exact, folded = counter.recurrence()
@@ -93,8 +102,17 @@ def gather(store: HistoryStore, since: Optional[float]) -> Tuple[Dict[str, Any],
         "last": days.last,
         "per_day": days.per_day(),
         "workflows": [
-            {"commands": list(sequence), "count": tally.occurrences, "success_rate": round(tally.success_share, 3)}
+            {
+                "commands": list(sequence),
+                "count": tally.occurrences,
+                "success_rate": round(tally.success_share, 3),
+                "rework_per_session": round(tally.rework_per_session, 3),
+            }
             for sequence, tally in counter.workflows(TOP_WORKFLOWS)
+        ],
+        "outcome_rules": [
+            {"rule": rule, "reason": reason_of(rule), "sessions": count, "successes": successes, "rework": rework}
+            for rule, (count, successes, rework) in sorted(by_rule.items(), key=lambda item: (-item[1][0], item[0]))
         ],
         "transitions": [
             {"from": source, "to": target, "count": tally.occurrences, "success_share": round(tally.success_share, 3)}
@@ -133,7 +151,14 @@ def _human(report: Dict[str, Any]) -> List[str]:
     for workflow in report["workflows"]:
         lines.append(
             f"  {workflow['count']:>6}  {workflow['success_rate']:>6.0%} success  "
-            f"{shown(' > '.join(workflow['commands']), 200)}"
+            f"{workflow['rework_per_session']:>5.2f} rework  {shown(' > '.join(workflow['commands']), 200)}"
+        )
+    lines.append("")
+    lines.append("Outcomes by the rule that judged them:")
+    for judged in report["outcome_rules"]:
+        lines.append(
+            f"  {judged['sessions']:>6}  {judged['successes'] / judged['sessions']:>6.0%} success  "
+            f"{shown(judged['rule'], 20):<14} {judged['reason'] or 'judged by an earlier build'}"
         )
     lines.append("")
     lines.append("Most frequent transitions:")

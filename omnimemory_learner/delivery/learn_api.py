@@ -91,7 +91,7 @@ def learn_body(session: PendingSession, fold_repeats: bool = False) -> Dict[str,
     body: Dict[str, Any] = {
         "session_commands": commands,
         # Inferred on the commands before folding.
-        "session_outcome": session.outcome,
+        "session_outcome": session.told,
         "session_id": session.session_id,
         "tool_id": TOOL_ID,
     }

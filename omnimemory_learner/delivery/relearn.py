@@ -41,6 +41,7 @@ from collections import Counter, deque
 from typing import AbstractSet, Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from ..config import Config
+from ..core.evidence import OutcomeRule
 from ..core.fates import Verdict
 from ..core.reconcile import SUCCESS, Reconciliation, Taught, reconcile
 from ..storage.history import HistoryStore
@@ -260,9 +261,9 @@ class Relearner:
         self.doubts.add(session, attempt, store)
         self.ask(Reasons.UNANSWERED, even_if_off=True)
 
-    def resume(self, store: StateStore, fold_repeats: bool) -> None:
+    def resume(self, store: StateStore, fold_repeats: bool, outcome_rule: OutcomeRule) -> None:
         """At the thread's start: the doubts a previous run left are held again, and asked about."""
-        if self.doubts.load(store, fold_repeats):
+        if self.doubts.load(store, fold_repeats, outcome_rule):
             self.ask(Reasons.UNANSWERED, even_if_off=True)
 
     @property

@@ -84,6 +84,7 @@ class Run:
         if self.settler.in_ledger(session):
             record(self._stop, self.settler.already_delivered, self.store, session)
             return None  # if stopping unrecorded, the next run asks the ledger again
+        session = session.judged(self.settler.outcome_rule)
         self.api.configure(target.api_url, target.timeout)
         attempt = self.api.learn(session, target.fold_repeats)
         if attempt.verdict == Verdict.RETRY:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..config import Config
+from ..core.evidence import DEFAULT_OUTCOME_RULE, OutcomeRule
 from ..core.sessions import ClosedSession
 from ..storage.outbox import PendingSession
 from ..storage.state import StateStore
@@ -104,6 +105,7 @@ class Deliverer:
         history_days: float = 30.0,
         history_max_sessions: int = 100_000,
         relearner: Optional[Relearner] = None,
+        outcome_rule: OutcomeRule = DEFAULT_OUTCOME_RULE,
     ):
         self.state_dir = state_dir
         self.api_url = api_url.rstrip("/")
@@ -125,6 +127,7 @@ class Deliverer:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.hold = BacklogHold()
+        self.outcome_rule = outcome_rule
 
     @classmethod
     def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
@@ -140,6 +143,7 @@ class Deliverer:
             history_days=config.history_days,
             history_max_sessions=config.history_max_sessions,
             relearner=Relearner.from_config(config),
+            outcome_rule=config.outcome,
         )
 
     def apply_config(self, config: Config) -> None:
@@ -148,10 +152,20 @@ class Deliverer:
         self.timeout = config.request_timeout_seconds
         self.health.configure(config.retry_max_seconds, config.session_retry_limit, config.session_retry_seconds)
         self.fold_repeats = config.fold_repeats
+        self.outcome_rule = config.outcome
         self.retention = Retention(config.history_days, config.history_max_sessions)
         self.relearner.configure(config)
         self._watch_api()
         self._wake.set()  # a reconcile turned on, or sooner, is due now
+
+    @property
+    def outcome_rule(self) -> OutcomeRule:
+        return self._settler.outcome_rule
+
+    @outcome_rule.setter
+    def outcome_rule(self, rule: OutcomeRule) -> None:
+        # Both writers of settled sessions judge by it: this thread's, and the reading thread's (the handover's).
+        self._settler.outcome_rule = self.handover.outcome_rule = rule
 
     @property
     def alive(self) -> bool:
@@ -248,7 +262,8 @@ class Deliverer:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             settler = self._settler
             settler.judge_from_history()
-            self.relearner.resume(store, self.fold_repeats)  # the unanswered POSTs a previous run left
+            # The unanswered POSTs a previous run left.
+            self.relearner.resume(store, self.fold_repeats, settler.outcome_rule)
             client = BoundedClient(self.timeout)
             api = LearnAPI(client, self.api_url)
             run = Run(store, api, settler, self.health, self.relearner, self._stop, self._on_progress)

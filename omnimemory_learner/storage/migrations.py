@@ -114,6 +114,9 @@ STATE_MIGRATIONS: Tuple[Migration, ...] = (
         + STATUS_COUNT_STATEMENTS
         + STATUS_RECOUNT,
     ),
+    # No table changes: from here the sessions' `outcome` is NULL until the delivery thread judges
+    # it (outcome_rule), and a build that would send a NULL outcome must not read this file.
+    Migration(2, ()),
 )
 
 # -- history.db ----------------------------------------------------------------
@@ -165,6 +168,9 @@ HISTORY_MIGRATIONS: Tuple[Migration, ...] = (
             "ALTER TABLE history ADD COLUMN exact BLOB",
         ),
     ),
+    # How the outcome was judged (core/evidence.py): the rule's name and the session's rework count.
+    # NULL for older rows.
+    Migration(5, ("ALTER TABLE history ADD COLUMN rule TEXT", "ALTER TABLE history ADD COLUMN rework INTEGER")),
 )
 
 

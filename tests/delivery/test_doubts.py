@@ -10,6 +10,7 @@ import time
 
 from test_relearn import session
 
+from omnimemory_learner.core.evidence import OutcomeRule
 from omnimemory_learner.core.fates import Verdict
 from omnimemory_learner.core.reconcile import Taught, expected_pattern_id, parse_patterns
 from omnimemory_learner.delivery.doubts import SETTLE_AFTER_SECONDS, UNANSWERED_META, UNREADABLE_LIMIT, Doubts
@@ -91,9 +92,9 @@ def test_unreadable_answers_in_a_row_send_the_doubts_again_and_a_readable_one_re
 def test_a_saved_doubt_whose_session_is_gone_is_not_loaded(tmp_path):
     store = StateStore(tmp_path)
     store.note(UNANSWERED_META, json.dumps({"41": time.time(), "x": 1, "42": "later"}))
-    assert Doubts().load(store, fold_repeats=False) == 0
+    assert Doubts().load(store, False, OutcomeRule()) == 0
     store.note(UNANSWERED_META, "[not a mapping")
-    assert Doubts().load(store, fold_repeats=False) == 0
+    assert Doubts().load(store, False, OutcomeRule()) == 0
     store.close()
 
 
