@@ -8,6 +8,7 @@ turns that into exit status 78 (EX_CONFIG) before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import stat
@@ -22,6 +23,7 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
 from .core.mapping import build_event_map
+from .core.privacy import PatternError, Privacy, compile_patterns
 
 ENV_PREFIX = "OMNIMEMORY_LEARNER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -77,6 +79,9 @@ class Config:
     reconcile: bool = True
     reconcile_interval_minutes: float = 10.0
     event_map: Mapping[str, str] = dataclasses.field(default_factory=build_event_map)
+    # What may not be learned (core/privacy.py): glob patterns of session ids, exact event types.
+    exclude_session_ids: Tuple[str, ...] = ()
+    exclude_event_types: Tuple[str, ...] = ()
     # key -> "default" | "file PATH" | "environment VAR" | "flag --x"
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     config_file: Optional[Path] = dataclasses.field(default=None, compare=False)
@@ -84,6 +89,11 @@ class Config:
     @property
     def idle_seconds(self) -> float:
         return self.session_idle_minutes * 60.0
+
+    @functools.cached_property
+    def privacy(self) -> Privacy:
+        """The exclusion rules, compiled once per configuration (a reload builds a new one)."""
+        return Privacy(self.exclude_session_ids, self.exclude_event_types)
 
 
 # key -> (kind, lower bound) for the scalar keys.
@@ -111,6 +121,9 @@ _SCALARS: Dict[str, tuple] = {
     "history_max_sessions": ("int", 1),
     "reconcile": ("bool", None),
     "reconcile_interval_minutes": ("float_or_off", 0.0),  # 0: never periodically
+    # -- what may not be learned (issue 26) --
+    "exclude_session_ids": ("patterns", None),
+    "exclude_event_types": ("names", None),
 }
 KEYS = (*tuple(_SCALARS), "event_map")
 
@@ -149,6 +162,8 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
         return _TEXT_KINDS[kind](value.strip(), bad)
     if kind == "commands":
         return _commands(value, from_text, bad)
+    if kind in ("patterns", "names"):
+        return _exclusions(kind, value, from_text, bad)
     if kind == "fraction":
         return _fraction(value, from_text, bad)
     if kind == "bool":
@@ -198,6 +213,21 @@ def _commands(value: Any, from_text: bool, bad: _Bad) -> Tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
         raise bad("expected a list of non-empty command names")
     return tuple(item.strip() for item in value)
+
+
+def _exclusions(kind: str, value: Any, from_text: bool, bad: _Bad) -> Tuple[str, ...]:
+    # TOML: an array of strings; environment and flags: comma-separated. Kept as written (a
+    # pattern's spaces are part of it), except that text drops the spaces around its commas.
+    if from_text and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise bad("expected a list of non-empty strings")
+    if kind == "patterns":
+        try:
+            compile_patterns(value)
+        except PatternError as error:
+            raise bad(str(error)) from None
+    return tuple(value)
 
 
 def _fraction(value: Any, from_text: bool, bad: _Bad) -> float:

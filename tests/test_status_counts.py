@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery.learn_api import learn_body
+from omnimemory_learner.storage.migrations import STATE_MIGRATIONS, latest
 from omnimemory_learner.storage.sqlite_file import StoreFile
 from omnimemory_learner.storage.state import Position, StateError, StateStore
 
@@ -185,7 +186,7 @@ def test_a_store_of_0_1_0_or_rebuilt_by_hand_put_in_place_under_a_running_servic
             [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")],
         )
         assert store.status_counts() == plain_counts(tmp_path / "live" / "state.db")
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == latest(STATE_MIGRATIONS)
     store.close()
 
 
@@ -241,5 +242,5 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
     store.commit(Position(40, 40), [session(4, 4)], {})
     assert [row.session_id for row in store.outbox.pending()] == ["s2", "s4"]
     assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == latest(STATE_MIGRATIONS)
     store.close()

@@ -47,7 +47,12 @@ def reconcile_command(config: Config, dry_run: bool, as_json: bool) -> int:
     client = BoundedClient(config.request_timeout_seconds)
     try:
         found = survey(
-            LearnAPI(client, config.api_url), history, store, config.request_timeout_seconds, config.history_days
+            LearnAPI(client, config.api_url),
+            history,
+            store,
+            config.request_timeout_seconds,
+            config.history_days,
+            privacy=config.privacy,
         )
     finally:
         client.close()
@@ -110,7 +115,7 @@ def _teach_here(config: Config, as_json: bool) -> tuple:
         relearner.enabled, relearner.interval = True, 0.0
         relearner.ask(Reasons.ASKED)
         api = LearnAPI(client, config.api_url)
-        while relearner.step(api, history, store, config.request_timeout_seconds) is not None:
+        while relearner.step(api, history, store, config.request_timeout_seconds, config.privacy) is not None:
             if not relearner.plan and relearner.check_at is not None:
                 break  # stopped by a failure: the next reconcile starts afresh
         history.close()

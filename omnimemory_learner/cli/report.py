@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import Config
 from ..core.graph import SUCCESS, Tally, WorkflowCounter, to_dot
+from ..core.privacy import NO_RULES, Privacy
 from ..storage.history import HistoryStore
 from .exits import EX_CANTCREAT, EX_NO_STATE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from .history import BadTime, local_time, open_history, parse_when
@@ -71,12 +72,20 @@ class DayCounts:
         return per_day
 
 
-def gather(store: HistoryStore, since: Optional[float]) -> Tuple[Dict[str, Any], Dict[Tuple[str, str], Tally]]:
-    """The report as data (what --json prints) and the directly-follows edges, in one pass over history.db."""
+def gather(
+    store: HistoryStore, since: Optional[float], privacy: Privacy = NO_RULES
+) -> Tuple[Dict[str, Any], Dict[Tuple[str, str], Tally]]:
+    """The report as data (what --json prints) and the directly-follows edges, in one pass over history.db.
+
+    Sessions the exclusion rules exclude now (recorded before a rule) are left out.
+    """
     days = DayCounts()
     counter = WorkflowCounter(store.name_ids())
     unusual: List[Tuple[float, str]] = []
+    hidden = store.keys_of_ids(privacy.excludes_id, since) if privacy.active else set()
     for key, last_time, outcome, settled, commands, workflow, sequence, flagged in store.report_rows(since):
+        if hidden and key in hidden:
+            continue
         days.add(last_time, key, outcome or "none", settled)
         if commands is None:
             counter.add_workflow(workflow, sequence, (outcome or SUCCESS) == SUCCESS)
@@ -187,7 +196,7 @@ def report(
         error(f"no history yet in {config.state_dir}: the learner keeps one once it has settled a session")
         return EX_NO_STATE
     try:
-        data, edges = gather(store, start)
+        data, edges = gather(store, start, config.privacy)
     finally:
         store.close()
     dot_text = to_dot(edges) if (dot_file or svg_file) else ""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..config import Config
+from ..core.privacy import NO_RULES, Privacy
 from ..core.sessions import ClosedSession
 from ..storage.outbox import PendingSession
 from ..storage.state import StateStore
@@ -104,11 +105,11 @@ class Deliverer:
         history_days: float = 30.0,
         history_max_sessions: int = 100_000,
         relearner: Optional[Relearner] = None,
+        privacy: Privacy = NO_RULES,
     ):
         self.state_dir = state_dir
-        self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
-        self.fold_repeats = fold_repeats
+        # Where and how each POST goes, and what may not be sent: one value, replaced on reload.
+        self.target = Target(api_url.rstrip("/"), timeout, fold_repeats, privacy)
         self.retention = Retention(history_days, history_max_sessions)
         # Kept across restarts of the thread: an API that was down still is.
         self.health: Health[PendingSession] = Health(retry_max_seconds, session_retry_limit, session_retry_seconds)
@@ -140,14 +141,15 @@ class Deliverer:
             history_days=config.history_days,
             history_max_sessions=config.history_max_sessions,
             relearner=Relearner.from_config(config),
+            privacy=config.privacy,
         )
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration: the next request uses it."""
-        self.api_url = config.api_url.rstrip("/")
-        self.timeout = config.request_timeout_seconds
+        self.target = Target(
+            config.api_url.rstrip("/"), config.request_timeout_seconds, config.fold_repeats, config.privacy
+        )
         self.health.configure(config.retry_max_seconds, config.session_retry_limit, config.session_retry_seconds)
-        self.fold_repeats = config.fold_repeats
         self.retention = Retention(config.history_days, config.history_max_sessions)
         self.relearner.configure(config)
         self._watch_api()
@@ -338,4 +340,16 @@ class Deliverer:
         return self._stop.wait(delay)
 
     def _target(self) -> Target:
-        return Target(self.api_url, self.timeout, self.fold_repeats)
+        return self.target
+
+    @property
+    def api_url(self) -> str:
+        return self.target.api_url
+
+    @property
+    def timeout(self) -> float:
+        return self.target.timeout
+
+    @property
+    def fold_repeats(self) -> bool:
+        return self.target.fold_repeats

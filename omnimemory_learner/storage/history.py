@@ -497,6 +497,12 @@ class HistoryStore(HistoryFile):
             )
         return self._rows(sql, [since] if since is not None else [])
 
+    def keys_of_ids(self, wanted: Callable[[str], bool], since: Optional[float] = None) -> set:
+        """The content keys of the sessions whose id `wanted` picks (the exclusion rules ask it)."""
+        where = " WHERE +last_time >= ?" if since is not None else ""
+        rows = self._rows(f"SELECT key, session_id FROM history{where}", [since] if since is not None else [])
+        return {key for key, session_id in rows if wanted(session_id)}
+
     def by_keys(self, keys: Iterable[str]) -> Iterator[Entry]:
         """The entries of these content keys, in the order given (a key not there is left out)."""
         sql = f"SELECT {_COLUMNS} FROM history WHERE key = ?"
