@@ -27,6 +27,7 @@ from .core.privacy import PatternError, Privacy, compile_patterns
 
 ENV_PREFIX = "OMNIMEMORY_LEARNER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SESSION_ID_POLICIES = ("plain", "hashed", "omit")  # send_session_id (delivery/learn_api.py SessionIds)
 
 
 class ConfigError(Exception):
@@ -82,6 +83,7 @@ class Config:
     # What may not be learned (core/privacy.py): glob patterns of session ids, exact event types.
     exclude_session_ids: Tuple[str, ...] = ()
     exclude_event_types: Tuple[str, ...] = ()
+    send_session_id: str = "plain"  # "plain" | "hashed" | "omit": what a body's session_id tells the API
     # key -> "default" | "file PATH" | "environment VAR" | "flag --x"
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     config_file: Optional[Path] = dataclasses.field(default=None, compare=False)
@@ -124,6 +126,7 @@ _SCALARS: Dict[str, tuple] = {
     # -- what may not be learned (issue 26) --
     "exclude_session_ids": ("patterns", None),
     "exclude_event_types": ("names", None),
+    "send_session_id": ("session_id_policy", None),
 }
 KEYS = (*tuple(_SCALARS), "event_map")
 
@@ -164,6 +167,10 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
         return _commands(value, from_text, bad)
     if kind in ("patterns", "names"):
         return _exclusions(kind, value, from_text, bad)
+    if kind == "session_id_policy":
+        if not isinstance(value, str) or value.strip().lower() not in SESSION_ID_POLICIES:
+            raise bad("expected one of " + ", ".join(SESSION_ID_POLICIES))
+        return value.strip().lower()
     if kind == "fraction":
         return _fraction(value, from_text, bad)
     if kind == "bool":

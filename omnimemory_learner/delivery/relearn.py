@@ -46,11 +46,12 @@ from ..core.privacy import NO_RULES, Privacy
 from ..core.reconcile import SUCCESS, Reconciliation, Taught, reconcile
 from ..storage.history import HistoryStore
 from ..storage.outbox import PendingSession
+from ..storage.secret import SecretError
 from ..storage.state import RECONCILE_META, StateStore
 from .doubts import Doubts
 from .health import Backoff
 from .http import BoundedClient
-from .learn_api import Attempt, LearnAPI, PatternsRead, rebuilt_body, sent_names
+from .learn_api import PLAIN_IDS, Attempt, LearnAPI, PatternsRead, SessionIds, rebuilt_body, sent_names
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +262,9 @@ class Relearner:
         self.doubts.add(session, attempt, store)
         self.ask(Reasons.UNANSWERED, even_if_off=True)
 
-    def resume(self, store: StateStore, fold_repeats: bool) -> None:
+    def resume(self, store: StateStore, fold_repeats: bool, session_ids: SessionIds = PLAIN_IDS) -> None:
         """At the thread's start: the doubts a previous run left are held again, and asked about."""
-        if self.doubts.load(store, fold_repeats):
+        if self.doubts.load(store, fold_repeats, session_ids):
             self.ask(Reasons.UNANSWERED, even_if_off=True)
 
     @property
@@ -391,6 +392,13 @@ class Relearner:
         if privacy.active and privacy.excludes_id(sent.session_id):
             return Steps()  # excluded since it was learned: never sent again
         body = sent.body if sent.body is not None else rebuilt_body(sent, self._event_types)
+        try:
+            body = api.session_ids.retold(body, sent.session_id)  # what send_session_id says now
+        except SecretError as error:
+            log.error("Teaching the procedural API again waits: cannot hash session ids: %s", error)
+            self.plan.clear()
+            self._retry()
+            return Steps(taught=1)
         attempt = api.post(body, key, sent.session_id, sent_names(body))
         if attempt.verdict in (Verdict.LEARNED, Verdict.NOT_LEARNED):
             answered_id = attempt.detail if attempt.verdict == Verdict.LEARNED else None

@@ -24,7 +24,7 @@ from ..core.privacy import NO_RULES, Privacy
 from ..storage.outbox import PendingSession
 from ..storage.state import StateError, StateStore
 from .health import FIRST_BACKOFF_SECONDS, Failure, Health
-from .learn_api import Attempt, LearnAPI
+from .learn_api import PLAIN_IDS, Attempt, LearnAPI, SessionIds
 from .relearn import Reasons, Relearner, Steps
 from .settle import Settler
 
@@ -63,6 +63,7 @@ class Target(NamedTuple):
     timeout: float
     fold_repeats: bool
     privacy: Privacy = NO_RULES  # what may not be sent (core/privacy.py), as of the last reload
+    session_ids: SessionIds = PLAIN_IDS  # what a body's session_id says (send_session_id)
 
 
 class Run:
@@ -95,7 +96,7 @@ class Run:
         if self.settler.in_ledger(session):
             record(self._stop, self.settler.already_delivered, self.store, session)
             return None  # if stopping unrecorded, the next run asks the ledger again
-        self.api.configure(target.api_url, target.timeout)
+        self.api.configure(target.api_url, target.timeout, target.session_ids)
         attempt = self.api.learn(session, target.fold_repeats)
         if attempt.verdict == Verdict.RETRY:
             return self._failed(session, attempt)
@@ -156,7 +157,7 @@ class Run:
 
     def relearn(self, target: Target) -> bool:
         """One request of the relearner's, when it has one due; True if it made one."""
-        self.api.configure(target.api_url, target.timeout)
+        self.api.configure(target.api_url, target.timeout, target.session_ids)
         steps: Optional[Steps] = self.relearner.step(
             self.api, self.settler.history, self.store, target.timeout, target.privacy
         )

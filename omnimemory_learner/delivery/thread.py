@@ -27,7 +27,7 @@ from ..storage.outbox import PendingSession
 from ..storage.state import StateStore
 from .health import Health
 from .http import BoundedClient
-from .learn_api import LearnAPI
+from .learn_api import PLAIN_IDS, LearnAPI, SessionIds
 from .relearn import Reasons, Relearner
 from .run import Run, Target
 from .settle import Handover, Retention, Settler
@@ -106,10 +106,11 @@ class Deliverer:
         history_max_sessions: int = 100_000,
         relearner: Optional[Relearner] = None,
         privacy: Privacy = NO_RULES,
+        session_ids: SessionIds = PLAIN_IDS,
     ):
         self.state_dir = state_dir
         # Where and how each POST goes, and what may not be sent: one value, replaced on reload.
-        self.target = Target(api_url.rstrip("/"), timeout, fold_repeats, privacy)
+        self.target = Target(api_url.rstrip("/"), timeout, fold_repeats, privacy, session_ids)
         self.retention = Retention(history_days, history_max_sessions)
         # Kept across restarts of the thread: an API that was down still is.
         self.health: Health[PendingSession] = Health(retry_max_seconds, session_retry_limit, session_retry_seconds)
@@ -142,12 +143,16 @@ class Deliverer:
             history_max_sessions=config.history_max_sessions,
             relearner=Relearner.from_config(config),
             privacy=config.privacy,
+            session_ids=SessionIds(config.send_session_id, config.state_dir),
         )
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration: the next request uses it."""
+        session_ids = self.target.session_ids  # its secret kept, when the policy stays
+        if session_ids.policy != config.send_session_id:
+            session_ids = SessionIds(config.send_session_id, self.state_dir)
         self.target = Target(
-            config.api_url.rstrip("/"), config.request_timeout_seconds, config.fold_repeats, config.privacy
+            config.api_url.rstrip("/"), config.request_timeout_seconds, config.fold_repeats, config.privacy, session_ids
         )
         self.health.configure(config.retry_max_seconds, config.session_retry_limit, config.session_retry_seconds)
         self.retention = Retention(config.history_days, config.history_max_sessions)
@@ -250,9 +255,10 @@ class Deliverer:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             settler = self._settler
             settler.judge_from_history()
-            self.relearner.resume(store, self.fold_repeats)  # the unanswered POSTs a previous run left
+            # The unanswered POSTs a previous run left.
+            self.relearner.resume(store, self.fold_repeats, self.target.session_ids)
             client = BoundedClient(self.timeout)
-            api = LearnAPI(client, self.api_url)
+            api = LearnAPI(client, self.api_url, self.target.session_ids)
             run = Run(store, api, settler, self.health, self.relearner, self._stop, self._on_progress)
             while not self._stop.is_set():
                 self.handover.record_into(settler)
