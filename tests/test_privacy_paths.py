@@ -190,6 +190,10 @@ def test_a_rule_added_later_hides_what_was_learned_and_stops_what_waits_and_what
         store.commit(store.position(), [ClosedSession.from_commands("secret-02z", commands, len(rows), len(rows))], {})
         store.close()
         ruled = dict(env, OMNIMEMORY_LEARNER_EXCLUDE_SESSION_IDS="secret-*")
+        assert [entry["session_id"] for entry in json.loads(run_learner(env, "outbox", "list", "--json").stdout)] == [
+            "secret-02z"
+        ]
+        assert json.loads(run_learner(ruled, "outbox", "list", "--json").stdout) == []  # not shown either
         before = len(bodies)
         api.restart()
         result = run_learner(ruled, "backfill", "--until-delivered-timeout", "30")

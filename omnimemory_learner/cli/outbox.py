@@ -14,6 +14,7 @@ from typing import List
 
 from ..config import Config
 from ..core.fates import Fate
+from ..core.privacy import NO_RULES, Privacy
 from ..delivery.settle import Settler
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
@@ -42,7 +43,7 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
         return EX_NO_STATE
     try:
         if action == "list":
-            return _list(store, ids, as_json)
+            return _list(store, ids, as_json, config.privacy)
         if action == "retry":
             return _retry(store, ids)
         return _drop(config, store, ids, yes)
@@ -50,8 +51,10 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
         store.close()
 
 
-def _list(store: StateStore, ids: List[int], as_json: bool) -> int:
+def _list(store: StateStore, ids: List[int], as_json: bool, privacy: Privacy = NO_RULES) -> int:
     entries = store.outbox.entries()
+    if privacy.active:  # committed before a rule excluded them: the delivery thread removes them unsent
+        entries = [entry for entry in entries if not privacy.excludes_id(entry["session_id"])]
     if ids:
         entries = [entry for entry in entries if entry["id"] in ids]
     if as_json:
