@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import re
 import sys
 import time
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Optional, Sequence
 
 from ..config import Config
 from ..storage.files import HISTORY_FILE
@@ -116,10 +117,10 @@ def history(
         return EX_NO_STATE
     try:
         if as_json:
-            _print_json_list(entry.as_json() for entry in store.entries(start, end, session, limit))
+            _print_json_list(entry.as_json() for entry in _allowed(config, store, start, end, session, limit))
             return EX_OK
         shown_any = False
-        for entry in store.entries(start, end, session, limit):
+        for entry in _allowed(config, store, start, end, session, limit):
             if not shown_any:
                 echo(HEADER)
                 shown_any = True
@@ -129,6 +130,22 @@ def history(
         return EX_OK
     finally:
         store.close()
+
+
+def _allowed(
+    config: Config,
+    store: HistoryStore,
+    start: Optional[float],
+    end: Optional[float],
+    session: Optional[str],
+    limit: Optional[int],
+) -> Iterator[Entry]:
+    """The entries the exclusion rules let be shown (a session recorded before a rule excluded it is not)."""
+    privacy = config.privacy
+    if not privacy.active:
+        return store.entries(start, end, session, limit)
+    allowed = (entry for entry in store.entries(start, end, session) if not privacy.excludes_id(entry.session_id))
+    return itertools.islice(allowed, limit)
 
 
 def _print_json_list(items: Iterable[Any]) -> None:

@@ -26,8 +26,9 @@ from ..core.evidence import OutcomeRule
 from ..core.fates import Verdict
 from ..core.reconcile import Doubt, Taught, expected_pattern_id, landed
 from ..storage.outbox import PendingSession
+from ..storage.secret import SecretError
 from ..storage.state import StateStore
-from .learn_api import Attempt, PatternsRead, encoded_learn_body
+from .learn_api import OMITTED_IDS, PLAIN_IDS, Attempt, PatternsRead, SessionIds, encoded_learn_body
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,9 @@ class Doubts:
         except Exception:  # kept in memory all the same; a stop then sends them again
             log.warning("Could not keep the unanswered POSTs in the state store", exc_info=True)
 
-    def load(self, store: StateStore, fold_repeats: bool, outcome_rule: OutcomeRule) -> int:
+    def load(
+        self, store: StateStore, fold_repeats: bool, outcome_rule: OutcomeRule, session_ids: SessionIds = PLAIN_IDS
+    ) -> int:
         """The doubts a previous run left (their sessions still pending); how many.
 
         Their bodies made again as deliver_one made them: judged by `outcome_rule`, folded or not.
@@ -159,7 +162,10 @@ class Doubts:
             if session is None or outbox_id in self.held:
                 continue
             session = session.judged(outcome_rule)
-            body, names = encoded_learn_body(session, fold_repeats)
+            try:
+                body, names = encoded_learn_body(session, fold_repeats, session_ids)
+            except SecretError:  # its names are what decides; the body is told again when taught again
+                body, names = encoded_learn_body(session, fold_repeats, OMITTED_IDS)
             attempt = Attempt(Verdict.RETRY, None, commands=len(names), body=body, unanswered=True, names=names)
             doubt = Doubt(session.content_key, expected_pattern_id(names), session.told)
             self.held[outbox_id] = Held(session, doubt, attempt, sent_at)

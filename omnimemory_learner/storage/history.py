@@ -81,6 +81,19 @@ _COLUMNS = ", ".join(Entry._fields)
 _OLDER_COLUMNS = _BASE_COLUMNS + ", NULL, NULL"  # read from a file of an older version
 
 
+def _row(entry: Entry, body: Optional[bytes], now: float) -> Tuple[Any, ...]:
+    """An entry as record() writes it: the base columns, the body sent (packed), then rule and rework."""
+    return (
+        *entry[:4],
+        _compact_json(list(entry.commands)),
+        *entry[5:13],
+        entry.settled_at or now,
+        _pack(body),
+        entry.rule,
+        entry.rework,
+    )
+
+
 def _columns(version: int) -> str:
     return _COLUMNS if version >= 5 else _OLDER_COLUMNS
 
@@ -246,28 +259,7 @@ class HistoryStore(HistoryFile):
         """
         now = time.time()
         bodies = sent or {}
-        rows = [
-            (
-                entry.key,
-                entry.session_id,
-                entry.first_time,
-                entry.last_time,
-                _compact_json(list(entry.commands)),
-                entry.outcome,
-                entry.pattern_id,
-                entry.closed_reason,
-                entry.settled,
-                entry.quality,
-                entry.unusual_score,
-                int(entry.unusual),
-                entry.rarest,
-                entry.settled_at or now,
-                _pack(bodies.get(entry.key)),
-                entry.rule,
-                entry.rework,
-            )
-            for entry in entries
-        ]
+        rows = [_row(entry, bodies.get(entry.key), now) for entry in entries]
         if not rows:
             return True
 
@@ -523,6 +515,12 @@ class HistoryStore(HistoryFile):
                 f" workflow, exact, unusual{judged} FROM history{where}"
             )
         return self._rows(sql, [since] if since is not None else [])
+
+    def keys_of_ids(self, wanted: Callable[[str], bool], since: Optional[float] = None) -> set:
+        """The content keys of the sessions whose id `wanted` picks (the exclusion rules ask it)."""
+        where = " WHERE +last_time >= ?" if since is not None else ""
+        rows = self._rows(f"SELECT key, session_id FROM history{where}", [since] if since is not None else [])
+        return {key for key, session_id in rows if wanted(session_id)}
 
     def by_keys(self, keys: Iterable[str]) -> Iterator[Entry]:
         """The entries of these content keys, in the order given (a key not there is left out)."""

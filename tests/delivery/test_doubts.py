@@ -120,3 +120,24 @@ def test_a_plan_cut_short_or_an_api_that_forgot_meanwhile_is_not_the_listings_fa
     plan.taught[("a", "success")] += 3
     # Restarted meanwhile: b went down (counts never do while it runs), a shows less than taught.
     assert plan.not_shown({"a": (1, 0)}) == set() and plan.unlisted == set()
+
+
+def test_a_doubt_loaded_after_a_restart_is_rebuilt_with_the_session_id_policy(tmp_path):
+    # What the history records for it if GET /patterns shows it landed: the body as send_session_id sends it.
+    from omnimemory_learner.core.sessions import ClosedSession
+    from omnimemory_learner.delivery.learn_api import SessionIds
+
+    store = StateStore(tmp_path)
+    commands = [(name, 1_700_000_000.0 + i, "file_open") for i, name in enumerate(NAMES)]
+    store.commit(store.position(), [ClosedSession.from_commands("erin-laptop", commands, 1, 3)], {})
+    outbox_id = store.outbox.pending()[0].id
+    store.note(UNANSWERED_META, json.dumps({str(outbox_id): time.time()}))
+    hashed = SessionIds(SessionIds.HASHED, tmp_path)
+    doubts = Doubts()
+    assert doubts.load(store, False, OutcomeRule(), hashed) == 1
+    body = json.loads(doubts.held[outbox_id].attempt.body)
+    assert body["session_id"] == hashed.told("erin-laptop") != "erin-laptop"
+    omitted = Doubts()
+    assert omitted.load(store, False, OutcomeRule(), SessionIds(SessionIds.OMIT)) == 1
+    assert "session_id" not in json.loads(omitted.held[outbox_id].attempt.body)
+    store.close()
