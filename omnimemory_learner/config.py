@@ -8,6 +8,7 @@ turns that into exit status 78 (EX_CONFIG) before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import stat
@@ -21,10 +22,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
+from .core.evidence import OUTCOME_RULES, SENT_OUTCOMES, OutcomeRule
 from .core.mapping import build_event_map
+from .core.privacy import PatternError, Privacy, compile_patterns
 
 ENV_PREFIX = "OMNIMEMORY_LEARNER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SESSION_ID_POLICIES = ("plain", "hashed", "omit")  # send_session_id (delivery/learn_api.py SessionIds)
 
 
 class ConfigError(Exception):
@@ -72,11 +76,17 @@ class Config:
     close_on: Tuple[str, ...] = ()
     fold_repeats: bool = False
     min_quality: float = 0.0
+    outcome_rule: str = "evidence"
+    inconclusive_outcome: str = "success"
     history_days: float = 30.0
     history_max_sessions: int = 100000
     reconcile: bool = True
     reconcile_interval_minutes: float = 10.0
     event_map: Mapping[str, str] = dataclasses.field(default_factory=build_event_map)
+    # What may not be learned (core/privacy.py): glob patterns of session ids, exact event types.
+    exclude_session_ids: Tuple[str, ...] = ()
+    exclude_event_types: Tuple[str, ...] = ()
+    send_session_id: str = "plain"  # "plain" | "hashed" | "omit": what a body's session_id tells the API
     # key -> "default" | "file PATH" | "environment VAR" | "flag --x"
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
     config_file: Optional[Path] = dataclasses.field(default=None, compare=False)
@@ -84,6 +94,15 @@ class Config:
     @property
     def idle_seconds(self) -> float:
         return self.session_idle_minutes * 60.0
+
+    @property
+    def outcome(self) -> OutcomeRule:
+        return OutcomeRule(self.outcome_rule, self.inconclusive_outcome)
+
+    @functools.cached_property
+    def privacy(self) -> Privacy:
+        """The exclusion rules, compiled once per configuration (a reload builds a new one)."""
+        return Privacy(self.exclude_session_ids, self.exclude_event_types)
 
 
 # key -> (kind, lower bound) for the scalar keys.
@@ -107,10 +126,16 @@ _SCALARS: Dict[str, tuple] = {
     "close_on": ("commands", None),
     "fold_repeats": ("bool", None),
     "min_quality": ("fraction", None),
+    "outcome_rule": ("choice", OUTCOME_RULES),
+    "inconclusive_outcome": ("choice", SENT_OUTCOMES),
     "history_days": ("float", 0.0),
     "history_max_sessions": ("int", 1),
     "reconcile": ("bool", None),
     "reconcile_interval_minutes": ("float_or_off", 0.0),  # 0: never periodically
+    # -- what may not be learned (issue 26) --
+    "exclude_session_ids": ("patterns", None),
+    "exclude_event_types": ("names", None),
+    "send_session_id": ("session_id_policy", None),
 }
 KEYS = (*tuple(_SCALARS), "event_map")
 
@@ -147,8 +172,18 @@ def _convert(key: str, value: Any, source: str, from_text: bool) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise bad("expected a non-empty string")
         return _TEXT_KINDS[kind](value.strip(), bad)
+    if kind == "choice":
+        if not isinstance(value, str) or value.strip().lower() not in lower:
+            raise bad("expected one of " + ", ".join(lower))
+        return value.strip().lower()
     if kind == "commands":
         return _commands(value, from_text, bad)
+    if kind in ("patterns", "names"):
+        return _exclusions(kind, value, from_text, bad)
+    if kind == "session_id_policy":
+        if not isinstance(value, str) or value.strip().lower() not in SESSION_ID_POLICIES:
+            raise bad("expected one of " + ", ".join(SESSION_ID_POLICIES))
+        return value.strip().lower()
     if kind == "fraction":
         return _fraction(value, from_text, bad)
     if kind == "bool":
@@ -198,6 +233,21 @@ def _commands(value: Any, from_text: bool, bad: _Bad) -> Tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in value):
         raise bad("expected a list of non-empty command names")
     return tuple(item.strip() for item in value)
+
+
+def _exclusions(kind: str, value: Any, from_text: bool, bad: _Bad) -> Tuple[str, ...]:
+    # TOML: an array of strings; environment and flags: comma-separated. Kept as written (a
+    # pattern's spaces are part of it), except that text drops the spaces around its commas.
+    if from_text and isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise bad("expected a list of non-empty strings")
+    if kind == "patterns":
+        try:
+            compile_patterns(value)
+        except PatternError as error:
+            raise bad(str(error)) from None
+    return tuple(value)
 
 
 def _fraction(value: Any, from_text: bool, bad: _Bad) -> float:

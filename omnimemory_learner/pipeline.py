@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import logging
 import time
+from operator import itemgetter
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 from .config import Config
@@ -217,6 +218,14 @@ def _new_tracker(config: Config) -> SessionTracker:
     )
 
 
+def _pairs(config: Config) -> Dict[str, tuple]:
+    """What validate_rows maps; an excluded type too (its rows then dropped and counted as excluded, not unmapped)."""
+    pairs = command_pairs(config.event_map)
+    for event_type in config.exclude_event_types:
+        pairs.setdefault(event_type, ("", event_type))
+    return pairs
+
+
 def _assess(closed: List[ClosedSession], min_quality: float) -> None:
     """Score the sessions min_quality must judge now, once each (a retried commit finds them scored).
 
@@ -258,7 +267,7 @@ class Pipeline:
         self.state = StateStore(config.state_dir, cache_kib=READER_CACHE_KIB)
         self.reader = EventReader(config.db_path)
         self.tracker = _new_tracker(config)
-        self.pairs = command_pairs(config.event_map)
+        self.pairs = _pairs(config)
         position = self.state.position()
         replaying = position.replay_until > position.resume_after
         closed_ranges = self.state.closed_ranges(position.resume_after) if replaying else {}
@@ -284,7 +293,7 @@ class Pipeline:
         tracker.max_open = config.max_open_sessions
         tracker.close_on = frozenset(config.close_on)
         tracker.fold_repeats = config.fold_repeats
-        self.pairs = command_pairs(config.event_map)
+        self.pairs = _pairs(config)
         self.config = dataclasses.replace(config, db_path=self.config.db_path, state_dir=self.config.state_dir)
 
     # -- questions for whoever runs it ------------------------------------------------
@@ -411,7 +420,7 @@ class Pipeline:
             split = bisect.bisect_right([row[0] for row in rows], cursor.replay_until)
             replayed, rows = rows[:split], rows[split:]
             unmapped: Dict[str, int] = {}
-            replayed_events, _, _ = validate_rows(replayed, self.pairs, cursor.time_context, unmapped)
+            replayed_events, _, _ = _read_events(self, replayed, unmapped, counted=False)  # counted when first read
             kept = drop_replayed(replayed_events, cursor.closed_ranges)
             self._closed.extend(tracker.feed(kept, now))
             tracker.note_unmapped(unmapped)
@@ -419,7 +428,7 @@ class Pipeline:
                 cursor.closed_ranges = {}
         if rows:
             unmapped = {}
-            mapped, ignored, bad = validate_rows(rows, self.pairs, cursor.time_context, unmapped)
+            mapped, ignored, bad = _read_events(self, rows, unmapped)
             self._closed.extend(tracker.feed(mapped, now))
             if unmapped:
                 tracker.note_unmapped(unmapped)
@@ -512,7 +521,7 @@ class Pipeline:
         resume_after = cursor.after if low_water is None else low_water - 1
         counters = dict(self._counters)
         closed, known = self.ledger.against(
-            self._closed, counters, self.config.history_days, self.identity.rewrite_head
+            _without_excluded(self, counters), counters, self.config.history_days, self.identity.rewrite_head
         )
         _assess(closed, self.config.min_quality)
         # Settled without sending (too short, below min_quality): counted, and handed over once committed.
@@ -542,6 +551,41 @@ class Pipeline:
         self.reader.close()
         self.state.close()
         self.ledger.close()
+
+
+def _read_events(pipeline: Pipeline, rows: list, unmapped: Dict[str, int], counted: bool = True) -> tuple:
+    """validate_rows, then the exclusion rules: the events no rule drops, rows of other types, malformed rows.
+
+    The rows dropped are counted (events_excluded) unless `counted` is False (a replay:
+    counted when first read).
+    """
+    events, ignored, bad = validate_rows(rows, pipeline.pairs, pipeline._cursor.time_context, unmapped)
+    privacy = pipeline.config.privacy
+    if not privacy.active:
+        return events, ignored, bad
+    events, excluded = privacy.keep(events, unmapped)
+    if counted:
+        pipeline._count("events_excluded", excluded)
+    return events, ignored, bad
+
+
+def _without_excluded(pipeline: Pipeline, counters: Dict[str, int]) -> List[ClosedSession]:
+    """The closed sessions less those a rule added by a reload excludes (open when it came): never committed.
+
+    Their events are counted both in the commit's `counters` and in what a failed commit keeps for the next.
+    """
+    privacy, closed = pipeline.config.privacy, pipeline._closed
+    if not privacy.active or not closed:
+        return closed
+    kept = []
+    for session in closed:
+        if privacy.excludes_session(session.session_id, map(itemgetter(1), session.pairs)):
+            counters["events_excluded"] = counters.get("events_excluded", 0) + len(session.pairs)
+            pipeline._count("events_excluded", len(session.pairs))
+        else:
+            kept.append(session)
+    pipeline._closed = kept
+    return kept
 
 
 def _read_checked(pipeline: Pipeline) -> Optional[list]:

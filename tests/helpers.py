@@ -15,6 +15,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from reference import reference_outcome
+
 from omnimemory_learner.core.mapping import DEFAULT_EVENT_MAP, command_pairs
 from omnimemory_learner.core.sessions import SessionTracker
 from omnimemory_learner.events import validate_rows
@@ -414,7 +416,12 @@ def true_sessions(db_path, idle=IDLE_MINUTES * 60, min_commands=3):
     mapped, _, _ = validate_rows(rows, command_pairs(DEFAULT_EVENT_MAP))
     tracker = SessionTracker(idle, min_commands)
     closed = tracker.feed(mapped, 0.0) + tracker.close_all()
-    return sorted((c.session_id, tuple(cmd for cmd, _, _ in c.commands), c.outcome) for c in closed if c.learnable)
+    return sorted(
+        (c.session_id, names, reference_outcome(names))
+        for c in closed
+        if c.learnable
+        for names in [tuple(cmd for cmd, _, _ in c.commands)]
+    )
 
 
 def received(api):

@@ -249,3 +249,39 @@ def test_close_on_may_name_a_command_of_the_users_own_event_map(tmp_path):
     path = tmp_path / "learner.toml"
     path.write_text('close_on = ["deploy"]\n[event_map]\ndeploy_done = "deploy"\n')
     assert load_config(path, {"HOME": str(tmp_path)}, {}).close_on == ("deploy",)
+
+
+def test_exclusions_from_the_file_and_the_environment_and_check_config_shows_them(fs, env, monkeypatch, capsys):
+    path = write(
+        fs, "/cfg/l.toml", 'exclude_session_ids = ["scratch-*", "client [x]"]\nexclude_event_types = ["git_push"]\n'
+    )
+    config = load_config(path, env)
+    assert config.exclude_session_ids == ("scratch-*", "client [x]") and config.exclude_event_types == ("git_push",)
+    assert config.privacy is config.privacy  # compiled once per configuration
+    assert config.privacy.excludes_id("scratch-1") and config.privacy.excludes_id("client x")
+    from_env = load_config(None, dict(env, OMNIMEMORY_LEARNER_EXCLUDE_SESSION_IDS="a*, b?"))
+    assert from_env.exclude_session_ids == ("a*", "b?")
+    monkeypatch.setattr(os, "environ", dict(env))
+    assert cli.main(["--config", "/cfg/l.toml", "check-config"]) == 0
+    parsed = tomllib.loads(capsys.readouterr().out)
+    assert parsed["exclude_session_ids"] == ["scratch-*", "client [x]"] and parsed["exclude_event_types"] == [
+        "git_push"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('exclude_session_ids = ["ok-*", "bad-[x"]', "'bad-\\[x'.*never closed"),
+        ('exclude_session_ids = [""]', "non-empty"),
+        ("exclude_session_ids = 3", "list of non-empty strings"),
+        ('exclude_event_types = ["git_push", 1]', "list of non-empty strings"),
+    ],
+)
+def test_an_invalid_exclusion_names_the_key_and_the_pattern_and_exits_78(fs, env, monkeypatch, capsys, text, message):
+    path = write(fs, "/cfg/x.toml", text + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env)
+    monkeypatch.setattr(os, "environ", dict(env))
+    assert cli.main(["--config", "/cfg/x.toml", "check-config"]) == EX_CONFIG
+    assert "exclude_" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from omnimemory_learner.cli.outbox import outbox as outbox_command
 from omnimemory_learner.config import load_config
+from omnimemory_learner.core.evidence import OutcomeRule
 from omnimemory_learner.core.quality import session_quality
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery import Deliverer
@@ -76,7 +77,7 @@ def test_outbox_keeps_commands_exactly(tmp_path):
     (new,) = store.outbox.pending()
     assert new.commands == commands  # every float bit for bit, every character
     assert len(new.idempotency_key) == 32 and int(new.idempotency_key, 16) >= 0
-    assert learn_body(new)["session_commands"][1] == {
+    assert learn_body(new.judged(OutcomeRule()))["session_commands"][1] == {
         "command": 'say "hi"\n\u00e9',
         "timestamp": 0.1 + 0.2,
         "context": {"event_type": "lint\x00run"},

@@ -69,6 +69,8 @@ def test_a_0_1_0_store_is_migrated_once_and_keeps_every_row_and_counter(tmp_path
     store = StateStore(state)
     assert user_version(state / "state.db") == CURRENT
     after = {table: rows(state / "state.db", f"SELECT * FROM {table} ORDER BY 1") for table in before}
+    # Migration 2 adds a counter (events_excluded, issue 26), at 0.
+    assert after.pop("counters") == sorted([*before.pop("counters"), ("events_excluded", 0)])
     assert after == before  # 0.1.0's counts were right: recounting changed nothing either
     assert store.status_counts() == dict(rows(state / "state.db", "SELECT status, count(*) FROM sessions GROUP BY 1"))
     assert store.counters()["events_processed"] == 90 and store.counters()["patterns_learned"] == 1
@@ -86,9 +88,9 @@ def test_a_0_1_0_store_is_migrated_once_and_keeps_every_row_and_counter(tmp_path
     history = HistoryStore(state)
     assert history.problem is None and user_version(state / "history.db") == migrations.latest(HISTORY_MIGRATIONS)
     # Every row as it was, with version 3's columns after it (no body kept, never taught again) and
-    # version 4's (no workflow key: the report folds its commands).
+    # version 4's (no workflow key: the report folds its commands) and version 5's (no rule, no rework).
     assert rows(state / "history.db", "SELECT * FROM history ORDER BY key") == [
-        (*row, None, 0, None, None, None) for row in history_before
+        (*row, None, 0, None, None, None, None, None) for row in history_before
     ]
     assert {entry.session_id: entry.settled for entry in history.sessions()} == {
         "session-3": Fate.TOO_SHORT,

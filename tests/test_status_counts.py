@@ -9,8 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from omnimemory_learner.core.evidence import OutcomeRule
 from omnimemory_learner.core.sessions import ClosedSession
 from omnimemory_learner.delivery.learn_api import learn_body
+from omnimemory_learner.storage.migrations import STATE_MIGRATIONS, latest
 from omnimemory_learner.storage.sqlite_file import StoreFile
 from omnimemory_learner.storage.state import Position, StateError, StateStore
 
@@ -137,7 +139,7 @@ def test_the_quality_scored_when_sent_equals_the_quality_at_close(tmp_path_facto
     store.commit(Position(0, len(events)), [closed], {})
     (pending,) = store.outbox.pending()
     assert pending.quality is None and pending.scored_quality() == at_close
-    assert learn_body(pending)["quality"] == at_close
+    assert learn_body(pending.judged(OutcomeRule()))["quality"] == at_close
     store.close()
 
 
@@ -151,8 +153,8 @@ def test_outbox_rows_of_earlier_builds_keep_their_quality_or_have_none(tmp_path)
     connection.commit()
     connection.close()
     by_id = {row.id: row for row in store.outbox.pending()}
-    assert learn_body(by_id[first])["quality"] == 0.42
-    assert "quality" not in learn_body(by_id[second])
+    assert learn_body(by_id[first].judged(OutcomeRule()))["quality"] == 0.42
+    assert "quality" not in learn_body(by_id[second].judged(OutcomeRule()))
     store.close()
 
 
@@ -185,7 +187,7 @@ def test_a_store_of_0_1_0_or_rebuilt_by_hand_put_in_place_under_a_running_servic
             [r[0] for r in store._db.execute("select name from sqlite_master where type='trigger'")],
         )
         assert store.status_counts() == plain_counts(tmp_path / "live" / "state.db")
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == latest(STATE_MIGRATIONS)
     store.close()
 
 
@@ -241,5 +243,5 @@ def test_a_replaced_store_that_cannot_be_prepared_now_is_prepared_on_the_next_wr
     store.commit(Position(40, 40), [session(4, 4)], {})
     assert [row.session_id for row in store.outbox.pending()] == ["s2", "s4"]
     assert store.status_counts() == {"pending": 2} == plain_counts(tmp_path / "state.db")
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == latest(STATE_MIGRATIONS)
     store.close()

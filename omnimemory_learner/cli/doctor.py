@@ -20,7 +20,8 @@ from typing import Any, List, NamedTuple, Optional
 import httpx
 
 from ..config import Config, ConfigError
-from ..core.fates import Fate, Replacement
+from ..core.evidence import LOPSIDED_WINDOW, lopsided
+from ..core.fates import TAKEN_BY_API, Fate, Replacement
 from ..delivery.http import ANSWER_CAP, BoundedClient
 from ..delivery.learn_api import redirect_target
 from ..events import LARGEST_ROWID, database_files, events_table_problem, file_identity, open_read_only, parse_timestamp
@@ -30,6 +31,7 @@ from ..storage.snapshot import STALE_AFTER_SECONDS, read_snapshot
 from ..storage.state import StateError, StateStore
 from ..watching import resolve, watch_problem
 from .exits import EX_FAILURE, EX_OK
+from .history import open_history
 from .output import echo, print_json, shown
 from .reconcile import relearning_findings
 from .status import replaced_line
@@ -74,6 +76,7 @@ def doctor(config: Config, as_json: bool) -> int:
     checks += check_paths(config)
     checks += check_outbox(config)
     checks += check_relearning(config)
+    checks += check_outcomes(config)
     _print(checks, as_json)
     return EX_FAILURE if any(check.level == PROBLEM for check in checks) else EX_OK
 
@@ -479,6 +482,33 @@ def check_relearning(config: Config) -> List[Check]:
     """The last reconcile with the API: what it found, what was taught again (cli/reconcile.py)."""
     levels = {"ok": OK, "warning": WARNING}
     return [Check("relearning", levels[level], what, fix) for level, what, fix in relearning_findings(config)]
+
+
+def check_outcomes(config: Config) -> List[Check]:
+    """Whether the outcomes the API was told say anything: not nearly all one (core/evidence.py lopsided)."""
+    store = open_history(config)
+    if store is None:
+        return []
+    try:
+        sent = store.sessions(limit=LOPSIDED_WINDOW, settled=[str(fate) for fate in TAKEN_BY_API])
+    finally:
+        store.close()
+    found = lopsided([(entry.outcome, entry.rule) for entry in sent])
+    told = f"outcome_rule = {config.outcome_rule}, inconclusive_outcome = {config.inconclusive_outcome}"
+    if found is None:
+        return [Check("outcomes", OK, f"{len(sent)} newest sessions sent, not nearly all one outcome ({told})")]
+    rules = ", ".join(f"{rule} {count}" for rule, count in found.rules)
+    return [
+        Check(
+            "outcomes",
+            WARNING,
+            f"{found.times} of the newest {found.of} sessions sent were {found.outcome} ({told}; "
+            f"by rule: {rules}): an outcome that is nearly always the same teaches the API nothing",
+            "see OUTCOME in omnimemory-learner(1): map your test, build and commit events in event_map "
+            "so the evidence rule has something to read; sessions without evidence are sent as "
+            "inconclusive_outcome",
+        )
+    ]
 
 
 def check_outbox(config: Config) -> List[Check]:

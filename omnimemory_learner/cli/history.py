@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import re
 import sys
 import time
-from typing import Any, Iterable, List, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Optional, Sequence
 
 from ..config import Config
 from ..storage.files import HISTORY_FILE
@@ -60,14 +61,19 @@ def sequence_text(names: Sequence[str], limit: int = 8) -> str:
     return " > ".join(parts)
 
 
-HEADER = f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'QUALITY':<6}  {'':>9}  {'SESSION':<40}  COMMANDS"
+HEADER = (
+    f"{'LAST EVENT':<19}  {'SETTLED':<11}  {'OUTCOME':<7}  {'BY RULE':<13}  {'REWORK':>6}  {'QUALITY':<6}  "
+    f"{'':>9}  {'SESSION':<40}  COMMANDS"
+)
 
 
 def entry_line(entry: Entry) -> str:
     quality = f"q={entry.quality:.2f}" if entry.quality is not None else "q=-"
     flag = "  UNUSUAL" if entry.unusual else ""
+    rework = "-" if entry.rework is None else str(entry.rework)
     return (
-        f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  {quality}  "
+        f"{local_time(entry.last_time)}  {entry.settled:<11}  {entry.outcome or '-':<7}  "
+        f"{shown(entry.rule or '-'):<13}  {rework:>6}  {quality}  "
         f"{len(entry.commands):>4} cmds  {shown(entry.session_id, 40)}  {shown(sequence_text(entry.commands))}"
         f"{flag}"
     )
@@ -111,10 +117,10 @@ def history(
         return EX_NO_STATE
     try:
         if as_json:
-            _print_json_list(entry.as_json() for entry in store.entries(start, end, session, limit))
+            _print_json_list(entry.as_json() for entry in _allowed(config, store, start, end, session, limit))
             return EX_OK
         shown_any = False
-        for entry in store.entries(start, end, session, limit):
+        for entry in _allowed(config, store, start, end, session, limit):
             if not shown_any:
                 echo(HEADER)
                 shown_any = True
@@ -124,6 +130,22 @@ def history(
         return EX_OK
     finally:
         store.close()
+
+
+def _allowed(
+    config: Config,
+    store: HistoryStore,
+    start: Optional[float],
+    end: Optional[float],
+    session: Optional[str],
+    limit: Optional[int],
+) -> Iterator[Entry]:
+    """The entries the exclusion rules let be shown (a session recorded before a rule excluded it is not)."""
+    privacy = config.privacy
+    if not privacy.active:
+        return store.entries(start, end, session, limit)
+    allowed = (entry for entry in store.entries(start, end, session) if not privacy.excludes_id(entry.session_id))
+    return itertools.islice(allowed, limit)
 
 
 def _print_json_list(items: Iterable[Any]) -> None:

@@ -13,7 +13,9 @@ import time
 from typing import List
 
 from ..config import Config
+from ..core.evidence import OutcomeRule
 from ..core.fates import Fate
+from ..core.privacy import NO_RULES, Privacy
 from ..delivery.settle import Settler
 from ..storage.state import StateError, StateStore
 from .exits import EX_FAILURE, EX_NO_STATE, EX_OK, EX_USAGE
@@ -42,7 +44,7 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
         return EX_NO_STATE
     try:
         if action == "list":
-            return _list(store, ids, as_json)
+            return _list(store, ids, as_json, config.outcome, config.privacy)
         if action == "retry":
             return _retry(store, ids)
         return _drop(config, store, ids, yes)
@@ -50,8 +52,12 @@ def outbox(config: Config, action: str, ids: List[int], yes: bool, as_json: bool
         store.close()
 
 
-def _list(store: StateStore, ids: List[int], as_json: bool) -> int:
-    entries = store.outbox.entries()
+def _list(
+    store: StateStore, ids: List[int], as_json: bool, outcome_rule: OutcomeRule, privacy: Privacy = NO_RULES
+) -> int:
+    entries = store.outbox.entries(outcome_rule=outcome_rule)
+    if privacy.active:  # committed before a rule excluded them: the delivery thread removes them unsent
+        entries = [entry for entry in entries if not privacy.excludes_id(entry["session_id"])]
     if ids:
         entries = [entry for entry in entries if entry["id"] in ids]
     if as_json:
@@ -107,6 +113,7 @@ def _drop(config: Config, store: StateStore, ids: List[int], yes: bool) -> int:
             echo("Not dropped.")
             return EX_FAILURE
     settler = Settler(config.state_dir)
+    settler.outcome_rule = config.outcome
     try:
         dropped = settler.dropped(store, ids[0])
     finally:

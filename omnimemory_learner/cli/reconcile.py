@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ..config import Config
 from ..core.reconcile import Reconciliation
 from ..delivery.http import BoundedClient
-from ..delivery.learn_api import LearnAPI
+from ..delivery.learn_api import LearnAPI, SessionIds
 from ..delivery.relearn import Reasons, Relearner, Survey, survey
 from ..logs import setup_logging
 from ..storage.files import LOCK_FILE, STATE_FILE
@@ -47,7 +47,12 @@ def reconcile_command(config: Config, dry_run: bool, as_json: bool) -> int:
     client = BoundedClient(config.request_timeout_seconds)
     try:
         found = survey(
-            LearnAPI(client, config.api_url), history, store, config.request_timeout_seconds, config.history_days
+            LearnAPI(client, config.api_url),
+            history,
+            store,
+            config.request_timeout_seconds,
+            config.history_days,
+            privacy=config.privacy,
         )
     finally:
         client.close()
@@ -109,8 +114,8 @@ def _teach_here(config: Config, as_json: bool) -> tuple:
         relearner = Relearner.from_config(config)
         relearner.enabled, relearner.interval = True, 0.0
         relearner.ask(Reasons.ASKED)
-        api = LearnAPI(client, config.api_url)
-        while relearner.step(api, history, store, config.request_timeout_seconds) is not None:
+        api = LearnAPI(client, config.api_url, SessionIds(config.send_session_id, config.state_dir))
+        while relearner.step(api, history, store, config.request_timeout_seconds, config.privacy) is not None:
             if not relearner.plan and relearner.check_at is not None:
                 break  # stopped by a failure: the next reconcile starts afresh
         history.close()

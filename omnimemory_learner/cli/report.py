@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..config import Config
+from ..core.evidence import reason_of
 from ..core.graph import SUCCESS, Tally, WorkflowCounter, to_dot
+from ..core.privacy import NO_RULES, Privacy
 from ..storage.history import HistoryStore
 from .exits import EX_CANTCREAT, EX_NO_STATE, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from .history import BadTime, local_time, open_history, parse_when
@@ -71,19 +73,53 @@ class DayCounts:
         return per_day
 
 
-def gather(store: HistoryStore, since: Optional[float]) -> Tuple[Dict[str, Any], Dict[Tuple[str, str], Tally]]:
-    """The report as data (what --json prints) and the directly-follows edges, in one pass over history.db."""
+class RuleCounts:
+    """Per rule that judged the outcome: sessions, successes and rework ("-": recorded before rules were kept)."""
+
+    def __init__(self) -> None:
+        self._held: Dict[str, List[int]] = {}
+
+    def add(self, rule: Optional[str], success: bool, rework: int) -> None:
+        held = self._held.setdefault(str(rule) if rule else "-", [0, 0, 0])
+        held[0] += 1
+        held[1] += success
+        held[2] += rework
+
+    def as_json(self) -> List[Dict[str, Any]]:
+        ranked = sorted(self._held.items(), key=lambda item: (-item[1][0], item[0]))
+        return [
+            {"rule": rule, "reason": reason_of(rule), "sessions": count, "successes": successes, "rework": rework}
+            for rule, (count, successes, rework) in ranked
+        ]
+
+
+def gather(
+    store: HistoryStore, since: Optional[float], privacy: Privacy = NO_RULES
+) -> Tuple[Dict[str, Any], Dict[Tuple[str, str], Tally]]:
+    """The report as data (what --json prints) and the directly-follows edges, in one pass over history.db.
+
+    Sessions the exclusion rules exclude now (recorded before a rule) are left out.
+    """
     days = DayCounts()
     counter = WorkflowCounter(store.name_ids())
     unusual: List[Tuple[float, str]] = []
-    for key, last_time, outcome, settled, commands, workflow, sequence, flagged in store.report_rows(since):
+    by_rule = RuleCounts()
+    hidden = store.keys_of_ids(privacy.excludes_id, since) if privacy.active else set()
+    for key, last_time, outcome, settled, commands, workflow, sequence, flagged, rule, rework in store.report_rows(
+        since
+    ):
+        if hidden and key in hidden:
+            continue
         days.add(last_time, key, outcome or "none", settled)
+        success = (outcome or SUCCESS) == SUCCESS
+        rework = rework if type(rework) is int else 0  # NULL in rows earlier builds recorded
         if commands is None:
-            counter.add_workflow(workflow, sequence, (outcome or SUCCESS) == SUCCESS)
+            counter.add_workflow(workflow, sequence, success, rework)
         else:
-            counter.add(commands, (outcome or SUCCESS) == SUCCESS)
+            counter.add(commands, success, rework)
         if flagged:
             unusual.append((last_time, key))
+        by_rule.add(rule, success, rework)
     edges = counter.directly_follows()
     ranked_edges = sorted(edges.items(), key=lambda item: (-item[1].occurrences, item[0]))
     exact, folded = counter.recurrence()
@@ -93,26 +129,37 @@ def gather(store: HistoryStore, since: Optional[float]) -> Tuple[Dict[str, Any],
         "last": days.last,
         "per_day": days.per_day(),
         "workflows": [
-            {"commands": list(sequence), "count": tally.occurrences, "success_rate": round(tally.success_share, 3)}
+            {
+                "commands": list(sequence),
+                "count": tally.occurrences,
+                "success_rate": round(tally.success_share, 3),
+                "rework_per_session": round(tally.rework_per_session, 3),
+            }
             for sequence, tally in counter.workflows(TOP_WORKFLOWS)
         ],
+        "outcome_rules": by_rule.as_json(),
         "transitions": [
             {"from": source, "to": target, "count": tally.occurrences, "success_share": round(tally.success_share, 3)}
             for (source, target), tally in ranked_edges[:TOP_TRANSITIONS]
         ],
         "repeated_patterns": {"exact": exact, "folded": folded, "sessions": counter.sessions},
-        "unusual": [
-            {
-                "session_id": entry.session_id,
-                "last_time": entry.last_time,
-                "score": entry.unusual_score,
-                "rarest": entry.rarest,
-                "commands": list(entry.commands),
-            }
-            for entry in store.by_keys(key for _, key in sorted(unusual))
-        ],
+        "unusual": _unusual(store, unusual),
     }
     return data, edges
+
+
+def _unusual(store: HistoryStore, flagged: List[Tuple[float, str]]) -> List[Dict[str, Any]]:
+    """The sessions flagged unusual, oldest first, with what made them so."""
+    return [
+        {
+            "session_id": entry.session_id,
+            "last_time": entry.last_time,
+            "score": entry.unusual_score,
+            "rarest": entry.rarest,
+            "commands": list(entry.commands),
+        }
+        for entry in store.by_keys(key for _, key in sorted(flagged))
+    ]
 
 
 def _human(report: Dict[str, Any]) -> List[str]:
@@ -133,7 +180,14 @@ def _human(report: Dict[str, Any]) -> List[str]:
     for workflow in report["workflows"]:
         lines.append(
             f"  {workflow['count']:>6}  {workflow['success_rate']:>6.0%} success  "
-            f"{shown(' > '.join(workflow['commands']), 200)}"
+            f"{workflow['rework_per_session']:>5.2f} rework  {shown(' > '.join(workflow['commands']), 200)}"
+        )
+    lines.append("")
+    lines.append("Outcomes by the rule that judged them:")
+    for judged in report["outcome_rules"]:
+        lines.append(
+            f"  {judged['sessions']:>6}  {judged['successes'] / judged['sessions']:>6.0%} success  "
+            f"{shown(judged['rule'], 20):<14} {judged['reason'] or 'judged by an earlier build'}"
         )
     lines.append("")
     lines.append("Most frequent transitions:")
@@ -187,7 +241,7 @@ def report(
         error(f"no history yet in {config.state_dir}: the learner keeps one once it has settled a session")
         return EX_NO_STATE
     try:
-        data, edges = gather(store, start)
+        data, edges = gather(store, start, config.privacy)
     finally:
         store.close()
     dot_text = to_dot(edges) if (dot_file or svg_file) else ""

@@ -150,7 +150,7 @@ def _human_status(report: dict) -> str:
         + (f" (down since {_when(report['api_down_since'])})" if report.get("api_down_since") else ""),
         f"  Open sessions: {report['active_sessions']}",
         f"         Events: {stats['events_processed']} processed, {stats['events_skipped']} malformed skipped,"
-        f" {stats['events_ignored']} of other types",
+        f" {stats['events_ignored']} of other types, {stats.get('events_excluded', 0)} excluded by the rules",
         f"       Sessions: {stats['sessions_created']} created, {stats['patterns_learned']} learned,"
         f" {stats['sessions_too_short']} too short, {stats.get('sessions_low_quality', 0)} below min_quality,"
         f" {stats['sessions_not_learned']} not learned by the API, {stats.get('sessions_evicted', 0)} closed early"

@@ -24,7 +24,10 @@ or times), before folding; a command this module does not know (a user's
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Sequence
+from collections import Counter
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+from .outcome import has_outcome_indicator, infer_outcome
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -106,3 +109,75 @@ def judge(commands: Sequence[str]) -> Verdict:
 def sent_outcome(verdict: Verdict, inconclusive_outcome: str) -> str:
     """What the API is told: "success" or "failure" (an inconclusive verdict as configured)."""
     return inconclusive_outcome if verdict.outcome == INCONCLUSIVE else verdict.outcome
+
+
+# -- the rule a configuration chooses (outcome_rule, inconclusive_outcome) ----------
+
+EVIDENCE = "evidence"
+LAST3 = "last3"
+OUTCOME_RULES = (EVIDENCE, LAST3)
+SENT_OUTCOMES = (SUCCESS, FAILURE)
+# The original rule's two ways to decide, named as the evidence rules are (history's `rule`).
+LAST3_RULES = (
+    ("last3", "-", "a save, commit, push or finished command (success) or a delete (failure) in the last three"),
+    ("last3-default", SUCCESS, "none of those in the last three commands: success by default"),
+)
+_REASONS = {name: reason for name, _, reason in RULES + LAST3_RULES}
+
+
+class Judged(NamedTuple):
+    """What is sent and kept of one session's outcome."""
+
+    outcome: str  # as the API is told: SUCCESS or FAILURE
+    rule: str  # the rule that gave it (RULES or LAST3_RULES)
+    rework: int
+
+
+class OutcomeRule(NamedTuple):
+    """`outcome_rule` and `inconclusive_outcome`: how a command sequence becomes what the API is told."""
+
+    name: str = EVIDENCE
+    inconclusive: str = SUCCESS
+
+    def judged(self, commands: Sequence[str]) -> Judged:
+        """The outcome of `commands` (before folding); rework is counted under either rule."""
+        verdict = judge(commands)
+        if self.name == LAST3:
+            rule = "last3" if has_outcome_indicator(commands) else "last3-default"
+            return Judged(infer_outcome(commands), rule, verdict.rework)
+        return Judged(sent_outcome(verdict, self.inconclusive), verdict.rule, verdict.rework)
+
+
+DEFAULT_OUTCOME_RULE = OutcomeRule()
+
+
+def reason_of(rule: Optional[str]) -> Optional[str]:
+    """The one-line reason of a rule's name (None for one this build does not know, or none)."""
+    return _REASONS.get(rule) if rule else None
+
+
+# -- a labeller that says one thing (doctor) -------------------------------------------
+
+LOPSIDED_WINDOW = 200  # the newest sessions sent
+LOPSIDED_SHARE = 0.97
+LOPSIDED_FEWEST = 50  # fewer say too little to warn about
+
+
+class Lopsided(NamedTuple):
+    outcome: str
+    times: int  # sessions with that outcome
+    of: int
+    rules: Tuple[Tuple[str, int], ...]  # the rules that gave it, most often first
+
+
+def lopsided(judged: Sequence[Tuple[Optional[str], Optional[str]]]) -> Optional[Lopsided]:
+    """Whether more than LOPSIDED_SHARE of `judged` ((outcome, rule) of sessions sent) share one outcome."""
+    outcomes = Counter(outcome for outcome, _ in judged if outcome)
+    total = sum(outcomes.values())
+    if total < LOPSIDED_FEWEST:
+        return None
+    outcome, count = max(outcomes.items(), key=lambda item: (item[1], item[0]))
+    if count <= LOPSIDED_SHARE * total:
+        return None
+    rules = Counter(rule or "-" for found, rule in judged if found == outcome)
+    return Lopsided(outcome, count, total, tuple(sorted(rules.items(), key=lambda item: (-item[1], item[0]))))

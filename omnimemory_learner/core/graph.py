@@ -46,6 +46,11 @@ def summarize(names: Sequence[str], outcome: str) -> SessionSummary:
 class Tally(NamedTuple):
     occurrences: int
     successes: int
+    rework: int = 0  # verifications or builds made again after edits, over the sessions counted
+
+    @property
+    def rework_per_session(self) -> float:
+        return self.rework / self.occurrences if self.occurrences else 0.0
 
     @property
     def success_share(self) -> float:
@@ -220,34 +225,34 @@ class WorkflowCounter:
         self._exact: Set[bytes] = set()
         self._counts: Dict[bytes, int] = {}
         self._successes: Dict[bytes, int] = {}
+        self._rework: Dict[bytes, int] = {}
 
-    def add(self, text: bytes, success: bool) -> None:
+    def add(self, text: bytes, success: bool, rework: int = 0) -> None:
         """A session by its commands (JSON)."""
         parsed = name_tokens(text)
         if parsed is None or not parsed[1]:
             return
         exact, tokens = parsed
-        self._count(_folded(tokens), blake2b(exact, digest_size=16).digest(), success)
+        self._count_key(self._key(_folded(tokens)), blake2b(exact, digest_size=16).digest(), success, rework)
 
-    def add_workflow(self, key: Optional[bytes], exact: Optional[bytes], success: bool) -> None:
+    def add_workflow(self, key: Optional[bytes], exact: Optional[bytes], success: bool, rework: int = 0) -> None:
         """A session by what workflow_of made of its commands (the history keeps it): nothing to fold."""
         if not isinstance(key, bytes) or not isinstance(exact, bytes) or not key:
             return  # not as workflow_of makes them: a history edited by hand
         wide = key[:1] == b"\xff"
         if (wide and len(key) % 4 != 1) or max(self._id_list(key)) >= self._next_id:
             return  # an id the names table does not have: the same
-        self._count_key(key, exact, success)
+        self._count_key(key, exact, success, rework)
 
-    def _count(self, folded: List[bytes], exact: bytes, success: bool) -> None:
-        self._count_key(self._key(folded), exact, success)
-
-    def _count_key(self, key: bytes, exact: bytes, success: bool) -> None:
+    def _count_key(self, key: bytes, exact: bytes, success: bool, rework: int) -> None:
         self.sessions += 1
         self._exact.add(exact)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
         if success:
             self._successes[key] = self._successes.get(key, 0) + 1
+        if rework:
+            self._rework[key] = self._rework.get(key, 0) + rework
 
     def _key(self, folded: List[bytes]) -> bytes:
         """workflow_key() of the tokens' ids, a name not seen before given the next id."""
@@ -286,7 +291,10 @@ class WorkflowCounter:
             if count >= floor
         ]
         ranked = heapq.nsmallest(top, candidates)
-        return [(sequence, Tally(-negative, self._successes.get(key, 0))) for negative, sequence, key in ranked]
+        return [
+            (sequence, Tally(-negative, self._successes.get(key, 0), self._rework.get(key, 0)))
+            for negative, sequence, key in ranked
+        ]
 
     def directly_follows(self) -> Dict[Tuple[str, str], Tally]:
         """As directly_follows(sessions)."""

@@ -38,7 +38,6 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 from .fates import CloseReason
 from .folding import folded_length
 from .identity import key_of_pairs
-from .outcome import OUTCOME_WINDOW, infer_outcome
 from .quality import quality_score
 
 # One command as the API gets it: (command, timestamp, event_type).
@@ -117,20 +116,6 @@ class ClosedSession:
         return key_of_pairs(self.session_id, self.pairs, self.times)
 
     @property
-    def outcome(self) -> str:
-        tail = tuple(self.pairs[-OUTCOME_WINDOW:])
-        try:
-            return _OUTCOMES[tail]
-        except KeyError:
-            pass
-        except TypeError:  # pairs that are not tuples (unhashable): judged without the cache
-            return infer_outcome([command for command, _ in tail])
-        if len(_OUTCOMES) > _OUTCOMES_HELD:
-            _OUTCOMES.clear()
-        outcome = _OUTCOMES[tail] = infer_outcome([command for command, _ in tail])
-        return outcome
-
-    @property
     def names(self) -> List[str]:
         return list(map(itemgetter(0), self.pairs))
 
@@ -175,12 +160,6 @@ class _OpenSession(ClosedSession):
         self.learnable = False
         self.quality = None
         self.low_quality = False
-
-
-# The outcome of the last OUTCOME_WINDOW pairs (shared tuples: mapping.command_pairs), judged
-# once per tail: a catch-up asks it of every session it commits.  Bounded by clearing.
-_OUTCOMES: Dict[tuple, str] = {}
-_OUTCOMES_HELD = 4096
 
 
 class SessionTracker:

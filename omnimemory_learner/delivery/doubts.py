@@ -22,11 +22,13 @@ import logging
 import time
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+from ..core.evidence import OutcomeRule
 from ..core.fates import Verdict
 from ..core.reconcile import Doubt, Taught, expected_pattern_id, landed
 from ..storage.outbox import PendingSession
+from ..storage.secret import SecretError
 from ..storage.state import StateStore
-from .learn_api import Attempt, PatternsRead, encoded_learn_body
+from .learn_api import OMITTED_IDS, PLAIN_IDS, Attempt, PatternsRead, SessionIds, encoded_learn_body
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Doubts:
         return iter(self.held)
 
     def add(self, session: PendingSession, attempt: Attempt, store: StateStore) -> None:
-        doubt = Doubt(session.content_key, expected_pattern_id(attempt.names), session.outcome)
+        doubt = Doubt(session.content_key, expected_pattern_id(attempt.names), session.told)
         self.held[session.id] = Held(session, doubt, attempt, self._clock())
         self.save(store)
 
@@ -138,8 +140,13 @@ class Doubts:
         except Exception:  # kept in memory all the same; a stop then sends them again
             log.warning("Could not keep the unanswered POSTs in the state store", exc_info=True)
 
-    def load(self, store: StateStore, fold_repeats: bool) -> int:
-        """The doubts a previous run left (their sessions still pending); how many."""
+    def load(
+        self, store: StateStore, fold_repeats: bool, outcome_rule: OutcomeRule, session_ids: SessionIds = PLAIN_IDS
+    ) -> int:
+        """The doubts a previous run left (their sessions still pending); how many.
+
+        Their bodies made again as deliver_one made them: judged by `outcome_rule`, folded or not.
+        """
         try:
             kept = json.loads(store.meta_value(UNANSWERED_META) or "{}")
         except ValueError:
@@ -154,8 +161,12 @@ class Doubts:
             session = store.outbox.undelivered(outbox_id)
             if session is None or outbox_id in self.held:
                 continue
-            body, names = encoded_learn_body(session, fold_repeats)
+            session = session.judged(outcome_rule)
+            try:
+                body, names = encoded_learn_body(session, fold_repeats, session_ids)
+            except SecretError:  # its names are what decides; the body is told again when taught again
+                body, names = encoded_learn_body(session, fold_repeats, OMITTED_IDS)
             attempt = Attempt(Verdict.RETRY, None, commands=len(names), body=body, unanswered=True, names=names)
-            doubt = Doubt(session.content_key, expected_pattern_id(names), session.outcome)
+            doubt = Doubt(session.content_key, expected_pattern_id(names), session.told)
             self.held[outbox_id] = Held(session, doubt, attempt, sent_at)
         return len(self.held)

@@ -27,9 +27,12 @@ was sent and got no answer is `unanswered`: the API may have counted it.
 from __future__ import annotations
 
 import email.utils
+import hashlib
+import hmac
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import httpx
@@ -39,6 +42,7 @@ from ..core.folding import fold_runs
 from ..core.reconcile import PatternCounts, expected_pattern_id, parse_patterns
 from ..storage.history import SentSession
 from ..storage.outbox import PendingSession
+from ..storage.secret import SecretError, session_id_secret
 from .http import ANSWER_CAP, Answer, BoundedClient, bounded_text
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,69 @@ class Attempt(NamedTuple):
     names: Tuple[str, ...] = ()  # the command names sent (after folding): what the pattern id is made of
 
 
+class SessionIds:
+    """What a body's `session_id` tells the API (send_session_id): the id, a keyed hash of it, or nothing.
+
+    PLAIN sends the id, as the original service does; HASHED the first 32 hex
+    digits of HMAC-SHA256 of its UTF-8 under the installation's secret
+    (storage/secret.py: stable across sessions and restarts, so the API and the
+    metrics service it passes `session_id` to still group one id's sessions,
+    and never the id); OMIT leaves the field out (the API reads it as null).
+    """
+
+    PLAIN, HASHED, OMIT = "plain", "hashed", "omit"
+    __slots__ = ("_secret", "policy", "state_dir")
+
+    def __init__(self, policy: str = PLAIN, state_dir: Optional[Path] = None):
+        self.policy = policy
+        self.state_dir = state_dir
+        self._secret: Optional[bytes] = None
+
+    def told(self, session_id: str) -> Optional[str]:
+        """What the API is told for this id (None: nothing); SecretError when HASHED cannot have its secret."""
+        if self.policy == self.PLAIN:
+            return session_id
+        if self.policy == self.OMIT:
+            return None
+        if self._secret is None:
+            if self.state_dir is None:
+                raise SecretError("no state directory to keep the secret of hashed session ids in")
+            self._secret = session_id_secret(self.state_dir)
+        text = session_id.encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, text, hashlib.sha256).hexdigest()[:32]
+
+    def retold(self, body: bytes, session_id: str) -> bytes:
+        """A body kept as sent (taught again), its session_id as this policy says now; the bytes unchanged if so."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(data, dict):
+            return body
+        wanted = self.told(session_id)
+        if data.get("session_id") == wanted and ("session_id" in data) == (wanted is not None):
+            return body
+        return _encoded(_with_session_id(data, wanted))
+
+
+PLAIN_IDS = SessionIds()
+OMITTED_IDS = SessionIds(SessionIds.OMIT)
+
+
+def _with_session_id(body: Dict[str, Any], told: Optional[str]) -> Dict[str, Any]:
+    """The body with its session_id set to `told`, in its place among the fields, or left out (None)."""
+    out: Dict[str, Any] = {}
+    for name, value in body.items():
+        if name == "session_id":
+            if told is not None:
+                out[name] = told
+        else:
+            out[name] = value
+    if told is not None and "session_id" not in out:
+        out["session_id"] = told
+    return out
+
+
 class PatternsRead(NamedTuple):
     """What one GET /patterns came to."""
 
@@ -79,8 +146,10 @@ class PatternsRead(NamedTuple):
     answered: bool = True  # False: no answer came (not reached, or no whole answer in time)
 
 
-def learn_body(session: PendingSession, fold_repeats: bool = False) -> Dict[str, Any]:
-    """The JSON body of POST /learn for one outbox session."""
+def learn_body(
+    session: PendingSession, fold_repeats: bool = False, session_ids: SessionIds = PLAIN_IDS
+) -> Dict[str, Any]:
+    """The JSON body of POST /learn for one outbox session (its session_id as `session_ids` says)."""
     if fold_repeats:
         commands = [run.as_payload() for run in fold_runs(session.commands)]
     else:
@@ -91,10 +160,12 @@ def learn_body(session: PendingSession, fold_repeats: bool = False) -> Dict[str,
     body: Dict[str, Any] = {
         "session_commands": commands,
         # Inferred on the commands before folding.
-        "session_outcome": session.outcome,
+        "session_outcome": session.told,
         "session_id": session.session_id,
         "tool_id": TOOL_ID,
     }
+    if session_ids is not PLAIN_IDS:
+        body = _with_session_id(body, session_ids.told(session.session_id))
     quality = session.scored_quality()
     if quality is not None:
         body["quality"] = quality
@@ -142,9 +213,11 @@ def sent_names(body: bytes) -> Tuple[str, ...]:
         return ()
 
 
-def encoded_learn_body(session: PendingSession, fold_repeats: bool = False) -> Tuple[bytes, Tuple[str, ...]]:
+def encoded_learn_body(
+    session: PendingSession, fold_repeats: bool = False, session_ids: SessionIds = PLAIN_IDS
+) -> Tuple[bytes, Tuple[str, ...]]:
     """The bytes POSTed for a session, and the command names they send (what its pattern id is made of)."""
-    body = learn_body(session, fold_repeats)
+    body = learn_body(session, fold_repeats, session_ids)
     return _encoded(body), tuple(command["command"] for command in body["session_commands"])
 
 
@@ -155,18 +228,24 @@ def _encoded(body: Dict[str, Any]) -> bytes:
 class LearnAPI:
     """The procedural API at one base URL, through one bounded client."""
 
-    def __init__(self, client: BoundedClient, url: str):
+    def __init__(self, client: BoundedClient, url: str, session_ids: SessionIds = PLAIN_IDS):
         self.client = client
         self.url = url.rstrip("/")
+        self.session_ids = session_ids
 
-    def configure(self, url: str, timeout: float) -> None:
+    def configure(self, url: str, timeout: float, session_ids: Optional[SessionIds] = None) -> None:
         """A reloaded configuration: the next request uses it."""
         self.url = url.rstrip("/")
         self.client.timeout = timeout
+        if session_ids is not None:
+            self.session_ids = session_ids
 
     def learn(self, session: PendingSession, fold_repeats: bool = False) -> Attempt:
         """POST /learn of one session, as one Attempt; raises nothing of httpx's."""
-        body, names = encoded_learn_body(session, fold_repeats)
+        try:
+            body, names = encoded_learn_body(session, fold_repeats, self.session_ids)
+        except SecretError as error:  # never the plain id instead: nothing is sent until the secret can be had
+            return Attempt(Verdict.RETRY, str(error), False, None, f"Cannot hash session ids: {error}")
         if session.attempts == 0:
             log.info(
                 "Learning from session %s: %d commands, outcome=%s", session.session_id, len(names), session.outcome

@@ -41,15 +41,18 @@ from collections import Counter, deque
 from typing import AbstractSet, Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from ..config import Config
+from ..core.evidence import OutcomeRule
 from ..core.fates import Verdict
+from ..core.privacy import NO_RULES, Privacy
 from ..core.reconcile import SUCCESS, Reconciliation, Taught, reconcile
 from ..storage.history import HistoryStore
 from ..storage.outbox import PendingSession
+from ..storage.secret import SecretError
 from ..storage.state import RECONCILE_META, StateStore
 from .doubts import Doubts
 from .health import Backoff
 from .http import BoundedClient
-from .learn_api import Attempt, LearnAPI, PatternsRead, rebuilt_body, sent_names
+from .learn_api import PLAIN_IDS, Attempt, LearnAPI, PatternsRead, SessionIds, rebuilt_body, sent_names
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +263,11 @@ class Relearner:
         self.doubts.add(session, attempt, store)
         self.ask(Reasons.UNANSWERED, even_if_off=True)
 
-    def resume(self, store: StateStore, fold_repeats: bool) -> None:
+    def resume(
+        self, store: StateStore, fold_repeats: bool, outcome_rule: OutcomeRule, session_ids: SessionIds = PLAIN_IDS
+    ) -> None:
         """At the thread's start: the doubts a previous run left are held again, and asked about."""
-        if self.doubts.load(store, fold_repeats):
+        if self.doubts.load(store, fold_repeats, outcome_rule, session_ids):
             self.ask(Reasons.UNANSWERED, even_if_off=True)
 
     @property
@@ -276,26 +281,37 @@ class Relearner:
 
     # -- one step ------------------------------------------------------------------------
 
-    def step(self, api: LearnAPI, history: HistoryStore, store: StateStore, timeout: float) -> Optional[Steps]:
-        """One step, if one is due: a GET /patterns asked or taken, or one session taught again; None when idle."""
+    def step(
+        self, api: LearnAPI, history: HistoryStore, store: StateStore, timeout: float, privacy: Privacy = NO_RULES
+    ) -> Optional[Steps]:
+        """One step, if one is due: a GET /patterns asked or taken, or one session taught again; None when idle.
+
+        `privacy`: the exclusion rules; a session they exclude now is never taught again.
+        """
         done = self.reads.take()
         if done is not None:
-            return self._check(done[0], done[1], history, store, timeout)
+            return self._check(done[0], done[1], history, store, timeout, privacy)
         if self.reads.busy:
             return None
         if self.check_at is not None and self.check_at <= self._clock():
             self.check_at = None  # asked again (or retried) once this read is taken
             self.reads.start(api.url, patterns_timeout(timeout))
             done = self.reads.take()  # at once when the read runs here
-            return Steps() if done is None else self._check(done[0], done[1], history, store, timeout)
+            return Steps() if done is None else self._check(done[0], done[1], history, store, timeout, privacy)
         if self.plan:
-            return self._teach_one(api, history, store)
+            return self._teach_one(api, history, store, privacy)
         return None
 
     def _check(
-        self, read: PatternsRead, read_at: float, history: HistoryStore, store: StateStore, timeout: float
+        self,
+        read: PatternsRead,
+        read_at: float,
+        history: HistoryStore,
+        store: StateStore,
+        timeout: float,
+        privacy: Privacy = NO_RULES,
     ) -> Steps:
-        _, taught, found = compared(read, history, store, self.history_days, self.plan.unlisted)
+        _, taught, found = compared(read, history, store, self.history_days, self.plan.unlisted, privacy)
         if read.counts is None or found is None:
             return self._no_counts(read, store)
         self.patterns_supported = True
@@ -371,12 +387,21 @@ class Relearner:
             self.doubts.save(store)
         return Steps(landed=settled.landed, released=settled.released, wait=settled.wait)
 
-    def _teach_one(self, api: LearnAPI, history: HistoryStore, store: StateStore) -> Steps:
+    def _teach_one(self, api: LearnAPI, history: HistoryStore, store: StateStore, privacy: Privacy) -> Steps:
         key = self.plan.keys.popleft()
         sent = history.sent_session(key)
         if sent is None:
             return Steps()  # pruned since the plan was made: the next reconcile counts it
+        if privacy.active and privacy.excludes_id(sent.session_id):
+            return Steps()  # excluded since it was learned: never sent again
         body = sent.body if sent.body is not None else rebuilt_body(sent, self._event_types)
+        try:
+            body = api.session_ids.retold(body, sent.session_id)  # what send_session_id says now
+        except SecretError as error:
+            log.error("Teaching the procedural API again waits: cannot hash session ids: %s", error)
+            self.plan.clear()
+            self._retry()
+            return Steps(taught=1)
         attempt = api.post(body, key, sent.session_id, sent_names(body))
         if attempt.verdict in (Verdict.LEARNED, Verdict.NOT_LEARNED):
             answered_id = attempt.detail if attempt.verdict == Verdict.LEARNED else None
@@ -450,21 +475,30 @@ def survey(
     timeout: float,
     history_days: float,
     unlisted: AbstractSet[str] = frozenset(),
+    privacy: Privacy = NO_RULES,
 ) -> Survey:
     """What the API holds against what the history says it was taught (within history_days); writes nothing.
 
     `unlisted`: patterns whose listing cannot be believed (Plan.unlisted), left alone like unreadable ones.
     """
-    return compared(api.patterns(patterns_timeout(timeout)), history, store, history_days, unlisted)
+    return compared(api.patterns(patterns_timeout(timeout)), history, store, history_days, unlisted, privacy)
 
 
 def compared(
-    read: PatternsRead, history: HistoryStore, store: StateStore, history_days: float, unlisted: AbstractSet[str]
+    read: PatternsRead,
+    history: HistoryStore,
+    store: StateStore,
+    history_days: float,
+    unlisted: AbstractSet[str],
+    privacy: Privacy = NO_RULES,
 ) -> Survey:
-    """One answer of GET /patterns against the history."""
+    """One answer of GET /patterns against the history; sessions the rules exclude now count as never taught."""
     if read.counts is None:
         return Survey(read, [], None)
     taught = history.taught(time.time() - history_days * 86400.0)
+    if privacy.active:
+        hidden = history.keys_of_ids(privacy.excludes_id)
+        taught = [session for session in taught if session[3] not in hidden]
     learned_ever = store.counters().get("patterns_learned")
     unknown = read.counts.unknown | unlisted
     return Survey(read, taught, reconcile(taught, read.counts.counts, unknown, learned_ever))

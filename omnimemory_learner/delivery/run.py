@@ -20,10 +20,11 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 from ..core.fates import Verdict
+from ..core.privacy import NO_RULES, Privacy
 from ..storage.outbox import PendingSession
 from ..storage.state import StateError, StateStore
 from .health import FIRST_BACKOFF_SECONDS, Failure, Health
-from .learn_api import Attempt, LearnAPI
+from .learn_api import PLAIN_IDS, Attempt, LearnAPI, SessionIds
 from .relearn import Reasons, Relearner, Steps
 from .settle import Settler
 
@@ -50,12 +51,19 @@ def record(stop: threading.Event, write: Callable[..., Any], *args: Any) -> Tupl
         wait = min(wait * 2, RECORD_RETRY_MAX_SECONDS)
 
 
+def excluded(privacy: Privacy, session: PendingSession) -> bool:
+    """A session in the outbox the rules exclude now (its id, or one of its event types)."""
+    return privacy.active and privacy.excludes_session(session.session_id, (command[2] for command in session.commands))
+
+
 class Target(NamedTuple):
     """Where and how a POST goes; read again for every attempt, since a reload may change it."""
 
     api_url: str
     timeout: float
     fold_repeats: bool
+    privacy: Privacy = NO_RULES  # what may not be sent (core/privacy.py), as of the last reload
+    session_ids: SessionIds = PLAIN_IDS  # what a body's session_id says (send_session_id)
 
 
 class Run:
@@ -81,10 +89,15 @@ class Run:
 
     def deliver_one(self, session: PendingSession, target: Target) -> Optional[float]:
         """One attempt.  None to go on with the next session; else seconds to wait for the API."""
+        if excluded(target.privacy, session):
+            # Committed before a rule (a reload) excluded it: removed unsent, not recorded anywhere else.
+            record(self._stop, self.store.outbox.drop, session.id)
+            return None
         if self.settler.in_ledger(session):
             record(self._stop, self.settler.already_delivered, self.store, session)
             return None  # if stopping unrecorded, the next run asks the ledger again
-        self.api.configure(target.api_url, target.timeout)
+        session = session.judged(self.settler.outcome_rule)
+        self.api.configure(target.api_url, target.timeout, target.session_ids)
         attempt = self.api.learn(session, target.fold_repeats)
         if attempt.verdict == Verdict.RETRY:
             return self._failed(session, attempt)
@@ -145,8 +158,10 @@ class Run:
 
     def relearn(self, target: Target) -> bool:
         """One request of the relearner's, when it has one due; True if it made one."""
-        self.api.configure(target.api_url, target.timeout)
-        steps: Optional[Steps] = self.relearner.step(self.api, self.settler.history, self.store, target.timeout)
+        self.api.configure(target.api_url, target.timeout, target.session_ids)
+        steps: Optional[Steps] = self.relearner.step(
+            self.api, self.settler.history, self.store, target.timeout, target.privacy
+        )
         if steps is None:
             return False
         for session, pattern_id, attempt in steps.landed:

@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Deque, Iterable, List, NamedTuple, Optional, Tuple
 
+from ..core.evidence import OutcomeRule
 from ..core.fates import TAKEN_BY_API, Fate
 from ..core.sessions import ClosedSession
 from ..core.unusual import UnusualDetector
@@ -58,6 +59,8 @@ class Settler:
         # thread, not the reading thread, which closes sessions far faster
         # than the API takes them during a catch-up.
         self._unusual: Optional[UnusualDetector] = None
+        # outcome_rule: what judges a session reaching the history unjudged (see PendingSession.judged).
+        self.outcome_rule = OutcomeRule()
         # Sessions settled without a POST because the ledger had their key: said once a run.
         self._already_delivered_said = False
 
@@ -165,7 +168,8 @@ class Settler:
 
     def unsent(self, sessions: Iterable[ClosedSession]) -> None:
         """Too short or below min_quality: into the history only (the outbox has them as markers)."""
-        entries = [unsent_entry(session) for session in sessions]
+        rule = self.outcome_rule
+        entries = [unsent_entry(session, rule) for session in sessions]
         if entries:
             self.history.record(entries)
 
@@ -178,6 +182,8 @@ class Settler:
     def _remember(
         self, session: PendingSession, settled: Fate, pattern_id: Optional[str] = None, sent: bytes = b""
     ) -> None:
+        if session.rule is None:  # not judged on its way here (dropped by the operator, say)
+            session = session.judged(self.outcome_rule)
         unusual = self._judge(session) if settled in TAKEN_BY_API else None
         self.history.record(
             [settled_entry(session, settled, pattern_id, unusual)], {session.content_key: sent} if sent else None
@@ -241,6 +247,14 @@ class Handover:
             except IndexError:  # taken meanwhile by take_back
                 pass
             settler.unsent(batch)
+
+    @property
+    def outcome_rule(self) -> OutcomeRule:
+        return self._own.outcome_rule
+
+    @outcome_rule.setter
+    def outcome_rule(self, rule: OutcomeRule) -> None:
+        self._own.outcome_rule = rule
 
     def record_now(self, sessions: List[ClosedSession]) -> None:
         """In the caller's thread, with its own connection to the history."""

@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..config import Config
+from ..core.evidence import DEFAULT_OUTCOME_RULE, OutcomeRule
+from ..core.privacy import NO_RULES, Privacy
 from ..core.sessions import ClosedSession
 from ..storage.outbox import PendingSession
 from ..storage.state import StateStore
 from .health import Health
 from .http import BoundedClient
-from .learn_api import LearnAPI
+from .learn_api import PLAIN_IDS, LearnAPI, SessionIds
 from .relearn import Reasons, Relearner
 from .run import Run, Target
 from .settle import Handover, Retention, Settler
@@ -104,11 +106,13 @@ class Deliverer:
         history_days: float = 30.0,
         history_max_sessions: int = 100_000,
         relearner: Optional[Relearner] = None,
+        outcome_rule: OutcomeRule = DEFAULT_OUTCOME_RULE,
+        privacy: Privacy = NO_RULES,
+        session_ids: SessionIds = PLAIN_IDS,
     ):
         self.state_dir = state_dir
-        self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
-        self.fold_repeats = fold_repeats
+        # Where and how each POST goes, and what may not be sent: one value, replaced on reload.
+        self.target = Target(api_url.rstrip("/"), timeout, fold_repeats, privacy, session_ids)
         self.retention = Retention(history_days, history_max_sessions)
         # Kept across restarts of the thread: an API that was down still is.
         self.health: Health[PendingSession] = Health(retry_max_seconds, session_retry_limit, session_retry_seconds)
@@ -125,6 +129,7 @@ class Deliverer:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.hold = BacklogHold()
+        self.outcome_rule = outcome_rule
 
     @classmethod
     def from_config(cls, config: Config, on_progress: Optional[Callable[[], None]] = None) -> Deliverer:
@@ -140,18 +145,34 @@ class Deliverer:
             history_days=config.history_days,
             history_max_sessions=config.history_max_sessions,
             relearner=Relearner.from_config(config),
+            outcome_rule=config.outcome,
+            privacy=config.privacy,
+            session_ids=SessionIds(config.send_session_id, config.state_dir),
         )
 
     def apply_config(self, config: Config) -> None:
         """A reloaded configuration: the next request uses it."""
-        self.api_url = config.api_url.rstrip("/")
-        self.timeout = config.request_timeout_seconds
+        session_ids = self.target.session_ids  # its secret kept, when the policy stays
+        if session_ids.policy != config.send_session_id:
+            session_ids = SessionIds(config.send_session_id, self.state_dir)
+        self.target = Target(
+            config.api_url.rstrip("/"), config.request_timeout_seconds, config.fold_repeats, config.privacy, session_ids
+        )
         self.health.configure(config.retry_max_seconds, config.session_retry_limit, config.session_retry_seconds)
-        self.fold_repeats = config.fold_repeats
+        self.outcome_rule = config.outcome
         self.retention = Retention(config.history_days, config.history_max_sessions)
         self.relearner.configure(config)
         self._watch_api()
         self._wake.set()  # a reconcile turned on, or sooner, is due now
+
+    @property
+    def outcome_rule(self) -> OutcomeRule:
+        return self._settler.outcome_rule
+
+    @outcome_rule.setter
+    def outcome_rule(self, rule: OutcomeRule) -> None:
+        # Both writers of settled sessions judge by it: this thread's, and the reading thread's (the handover's).
+        self._settler.outcome_rule = self.handover.outcome_rule = rule
 
     @property
     def alive(self) -> bool:
@@ -248,9 +269,10 @@ class Deliverer:
             store = StateStore(self.state_dir, synchronous="NORMAL")
             settler = self._settler
             settler.judge_from_history()
-            self.relearner.resume(store, self.fold_repeats)  # the unanswered POSTs a previous run left
+            # The unanswered POSTs a previous run left.
+            self.relearner.resume(store, self.target.fold_repeats, settler.outcome_rule, self.target.session_ids)
             client = BoundedClient(self.timeout)
-            api = LearnAPI(client, self.api_url)
+            api = LearnAPI(client, self.api_url, self.target.session_ids)
             run = Run(store, api, settler, self.health, self.relearner, self._stop, self._on_progress)
             while not self._stop.is_set():
                 self.handover.record_into(settler)
@@ -338,4 +360,16 @@ class Deliverer:
         return self._stop.wait(delay)
 
     def _target(self) -> Target:
-        return Target(self.api_url, self.timeout, self.fold_repeats)
+        return self.target
+
+    @property
+    def api_url(self) -> str:
+        return self.target.api_url
+
+    @property
+    def timeout(self) -> float:
+        return self.target.timeout
+
+    @property
+    def fold_repeats(self) -> bool:
+        return self.target.fold_repeats

@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, cast
 
+from ..core.evidence import OutcomeRule, reason_of
 from ..core.fates import Fate
 from ..core.graph import workflow_of
 from ..core.reconcile import Taught
@@ -63,14 +64,38 @@ class Entry(NamedTuple):
     unusual: bool = False
     rarest: Optional[str] = None
     settled_at: float = 0.0
+    # How the outcome was judged (core/evidence.py); None for sessions recorded by earlier builds.
+    rule: Optional[str] = None
+    rework: Optional[int] = None
 
     def as_json(self) -> Dict[str, Any]:
         data = self._asdict()
         data["commands"] = list(self.commands)
+        data["reason"] = reason_of(self.rule)
         return data
 
 
+# Every version's columns, and those version 5 added (migrations.HISTORY_MIGRATIONS).
+_BASE_COLUMNS = ", ".join(Entry._fields[:14])
 _COLUMNS = ", ".join(Entry._fields)
+_OLDER_COLUMNS = _BASE_COLUMNS + ", NULL, NULL"  # read from a file of an older version
+
+
+def _row(entry: Entry, body: Optional[bytes], now: float) -> Tuple[Any, ...]:
+    """An entry as record() writes it: the base columns, the body sent (packed), then rule and rework."""
+    return (
+        *entry[:4],
+        _compact_json(list(entry.commands)),
+        *entry[5:13],
+        entry.settled_at or now,
+        _pack(body),
+        entry.rule,
+        entry.rework,
+    )
+
+
+def _columns(version: int) -> str:
+    return _COLUMNS if version >= 5 else _OLDER_COLUMNS
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -234,26 +259,7 @@ class HistoryStore(HistoryFile):
         """
         now = time.time()
         bodies = sent or {}
-        rows = [
-            (
-                entry.key,
-                entry.session_id,
-                entry.first_time,
-                entry.last_time,
-                _compact_json(list(entry.commands)),
-                entry.outcome,
-                entry.pattern_id,
-                entry.closed_reason,
-                entry.settled,
-                entry.quality,
-                entry.unusual_score,
-                int(entry.unusual),
-                entry.rarest,
-                entry.settled_at or now,
-                _pack(bodies.get(entry.key)),
-            )
-            for entry in entries
-        ]
+        rows = [_row(entry, bodies.get(entry.key), now) for entry in entries]
         if not rows:
             return True
 
@@ -262,14 +268,22 @@ class HistoryStore(HistoryFile):
                 with db:
                     db.execute("BEGIN IMMEDIATE")
                     if self.version < 4:  # a history this build could not migrate: as that version wrote it
-                        sql = f"INSERT OR REPLACE INTO history ({_COLUMNS}, sent) VALUES ({'?,' * 14}?)"
-                        db.executemany(sql, rows)
+                        sql = f"INSERT OR REPLACE INTO history ({_BASE_COLUMNS}, sent) VALUES ({'?,' * 14}?)"
+                        db.executemany(sql, [row[:15] for row in rows])
                         return True
                     id_of = self._id_of(db)
-                    sql = f"INSERT OR REPLACE INTO history ({_COLUMNS}, sent, workflow, exact) VALUES ({'?,' * 16}?)"
-                    db.executemany(
-                        sql, [(*row, *(workflow_of(row[4].encode(), id_of) or (None, None))) for row in rows]
-                    )
+                    judged = self.version >= 5
+                    names = f"{_BASE_COLUMNS}, sent, workflow, exact" + (", rule, rework" if judged else "")
+                    sql = f"INSERT OR REPLACE INTO history ({names}) VALUES ({'?,' * (18 if judged else 16)}?)"
+                    made = [
+                        (
+                            *row[:15],
+                            *(workflow_of(row[4].encode(), id_of) or (None, None)),
+                            *(row[15:] if judged else ()),
+                        )
+                        for row in rows
+                    ]
+                    db.executemany(sql, made)
             except BaseException:
                 self._name_ids = None  # ids given in a transaction that did not commit
                 raise
@@ -417,7 +431,7 @@ class HistoryStore(HistoryFile):
         tail = " LIMIT ?" if limit is not None else ""
         if limit is not None:
             values.append(limit)
-        sql = f"SELECT {_COLUMNS} FROM history{where} ORDER BY last_time {order}, key{tail}"
+        sql = f"SELECT {_columns(self.version)} FROM history{where} ORDER BY last_time {order}, key{tail}"
         return list(self._run(lambda db: [_entry(row) for row in db.execute(sql, values)], []))
 
     def count(self) -> int:
@@ -450,7 +464,7 @@ class HistoryStore(HistoryFile):
         """sessions(), newest first, one entry at a time."""
         where, values = _where(None, since, until, session_id)
         tail = " LIMIT ?" if limit is not None else ""
-        sql = f"SELECT {_COLUMNS} FROM history{where} ORDER BY last_time DESC, key{tail}"
+        sql = f"SELECT {_columns(self.version)} FROM history{where} ORDER BY last_time DESC, key{tail}"
         return map(_entry, self._rows(sql, [*values, *([limit] if limit is not None else [])]))
 
     def _id_of(self, db: sqlite3.Connection) -> Callable[[bytes], int]:
@@ -476,8 +490,12 @@ class HistoryStore(HistoryFile):
 
     def report_rows(
         self, since: Optional[float] = None
-    ) -> Iterator[Tuple[str, float, Optional[str], str, Optional[bytes], Optional[bytes], Optional[bytes], int]]:
-        """(key, last_time, outcome, settled, commands, workflow, exact, unusual) of every session, in no order.
+    ) -> Iterator[
+        Tuple[str, float, Optional[str], str, Optional[bytes], Optional[bytes], Optional[bytes], int, Any, Any]
+    ]:
+        """(key, last_time, outcome, settled, commands, workflow, exact, unusual, rule, rework) of every session.
+
+        In no order; rule and rework are NULL in rows earlier builds recorded.
 
         `workflow` and `exact` as core.graph.workflow_of made them when the
         session was recorded, `commands` (JSON bytes) only where they were not
@@ -488,18 +506,25 @@ class HistoryStore(HistoryFile):
         """
         where = " WHERE +last_time >= ?" if since is not None else ""
         if self.version < 4:  # read as that version wrote it (a reader never migrates)
-            sql = "SELECT key, last_time, outcome, settled, CAST(commands AS BLOB), NULL, NULL, unusual FROM history"
-            sql += where
+            sql = "SELECT key, last_time, outcome, settled, CAST(commands AS BLOB), NULL, NULL, unusual, NULL, NULL"
+            sql += f" FROM history{where}"
         else:
+            judged = ", rule, rework" if self.version >= 5 else ", NULL, NULL"
             sql = (
                 "SELECT key, last_time, outcome, settled, CASE WHEN exact IS NULL THEN CAST(commands AS BLOB) END,"
-                f" workflow, exact, unusual FROM history{where}"
+                f" workflow, exact, unusual{judged} FROM history{where}"
             )
         return self._rows(sql, [since] if since is not None else [])
 
+    def keys_of_ids(self, wanted: Callable[[str], bool], since: Optional[float] = None) -> set:
+        """The content keys of the sessions whose id `wanted` picks (the exclusion rules ask it)."""
+        where = " WHERE +last_time >= ?" if since is not None else ""
+        rows = self._rows(f"SELECT key, session_id FROM history{where}", [since] if since is not None else [])
+        return {key for key, session_id in rows if wanted(session_id)}
+
     def by_keys(self, keys: Iterable[str]) -> Iterator[Entry]:
         """The entries of these content keys, in the order given (a key not there is left out)."""
-        sql = f"SELECT {_COLUMNS} FROM history WHERE key = ?"
+        sql = f"SELECT {_columns(self.version)} FROM history WHERE key = ?"
         for key in keys:
             yield from map(_entry, self._rows(sql, (key,)))
 
@@ -605,23 +630,29 @@ def settled_entry(
         unusual[0] if unusual else None,
         unusual is not None,
         unusual[1] if unusual else None,
+        rule=session.rule,
+        rework=session.rework,
     )
 
 
-def unsent_entry(session: ClosedSession) -> Entry:
-    """The history entry of a session settled without being sent: too short, or below min_quality."""
+def unsent_entry(session: ClosedSession, rule: OutcomeRule) -> Entry:
+    """The history entry of a session settled without being sent (too short, below min_quality), judged by `rule`."""
     times = session.times
+    names = session.names
+    judged = rule.judged(names)
     return Entry(
         session.key,
         session.session_id,
         min(times) if len(times) else 0.0,
         max(times) if len(times) else 0.0,
-        session.names,
-        session.outcome,
+        names,
+        judged.outcome,
         None,
         session.reason,
         Fate.LOW_QUALITY if session.learnable else Fate.TOO_SHORT,
         session.score_quality() if session.quality is None else session.quality,
+        rule=judged.rule,
+        rework=judged.rework,
     )
 
 

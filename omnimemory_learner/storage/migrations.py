@@ -102,8 +102,11 @@ _COUNTERS_V1 = (
     "errors",
 )
 
+# Rows the exclusion rules dropped (core/privacy.py), counted only: migration 2.
+_COUNTERS_V2 = ("events_excluded",)
+
 # Every counter state.db keeps: a counter added later comes with the migration that inserts it.
-COUNTERS = _COUNTERS_V1
+COUNTERS = _COUNTERS_V1 + _COUNTERS_V2
 
 STATE_MIGRATIONS: Tuple[Migration, ...] = (
     # 0.1.0's format (or nothing) -> the tables, every counter, the status counts made right once.
@@ -114,6 +117,9 @@ STATE_MIGRATIONS: Tuple[Migration, ...] = (
         + STATUS_COUNT_STATEMENTS
         + STATUS_RECOUNT,
     ),
+    # Counters for the exclusion rules; and from here the sessions' `outcome` is NULL until the delivery
+    # thread judges it (outcome_rule), so a build that would send a NULL outcome must not read this file.
+    Migration(2, tuple(f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{name}', 0)" for name in _COUNTERS_V2)),
 )
 
 # -- history.db ----------------------------------------------------------------
@@ -165,6 +171,9 @@ HISTORY_MIGRATIONS: Tuple[Migration, ...] = (
             "ALTER TABLE history ADD COLUMN exact BLOB",
         ),
     ),
+    # How the outcome was judged (core/evidence.py): the rule's name and the session's rework count.
+    # NULL for older rows.
+    Migration(5, ("ALTER TABLE history ADD COLUMN rule TEXT", "ALTER TABLE history ADD COLUMN rework INTEGER")),
 )
 
 

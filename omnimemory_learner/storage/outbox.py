@@ -22,6 +22,7 @@ import time
 from array import array
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from ..core.evidence import OutcomeRule
 from ..core.fates import UNDELIVERED, Fate
 from ..core.identity import session_key
 from ..core.quality import quality_score
@@ -39,7 +40,7 @@ class PendingSession(NamedTuple):
     id: int
     idempotency_key: str
     session_id: str
-    outcome: str
+    outcome: Optional[str]  # None until judged (judged): the outbox keeps none (state.db schema 2)
     commands: list  # [(command, timestamp, event_type), ...]
     attempts: int
     failures: int = 0  # the session's own failures (see StateStore.blame_failure)
@@ -50,6 +51,26 @@ class PendingSession(NamedTuple):
     # from the outbox: the ledger's and the history's index, and its
     # Idempotency-Key (the outbox stores the key empty: it is made from the row).
     content_key: str = ""
+    # The outcome's rule and the session's rework count (core/evidence.py), once judged.
+    rule: Optional[str] = None
+    rework: Optional[int] = None
+
+    def judged(self, rule: OutcomeRule) -> PendingSession:
+        """The session with its outcome judged by `rule`, from its commands as they are (before folding).
+
+        Judged when it is sent or settled, in the delivery thread: nothing of
+        it is worked out on the reading path, and the rule in force then
+        (a reload may change it) is the one the API is told.
+        """
+        judged = rule.judged([command for command, _, _ in self.commands])
+        return self._replace(outcome=judged.outcome, rule=judged.rule, rework=judged.rework)
+
+    @property
+    def told(self) -> str:
+        """The outcome the API is told: a session is sent only once judged, never with a null outcome."""
+        if self.outcome is None:
+            raise ValueError(f"outbox session {self.id} was not judged (PendingSession.judged)")
+        return self.outcome
 
     def scored_quality(self) -> Optional[float]:
         """The quality score: as committed, else worked out now from what the session was read with.
@@ -301,9 +322,14 @@ class Outbox:
             )
             return cursor.rowcount == 1
 
-    def entries(self, statuses=UNDELIVERED) -> List[dict]:
+    def entries(self, statuses=UNDELIVERED, outcome_rule: Optional[OutcomeRule] = None) -> List[dict]:
+        """The sessions of these statuses, as `outbox` shows them.
+
+        `outcome_rule`: what judges those not judged yet (pending: the
+        delivery thread judges a session when it sends it), as it would now.
+        """
         marks = ",".join("?" * len(statuses))
-        return [
+        listed = [
             {
                 "id": row[0],
                 "session_id": row[1],
@@ -318,11 +344,17 @@ class Outbox:
                 "next_attempt_at": row[10],
                 "failures": row[11] or 0,
                 "first_failed_at": row[12],
+                "_commands": row[13],
             }
             for row in self._db.execute(
                 "SELECT id, session_id, status, outcome, n_commands, attempts, last_error, closed_at,"
                 " first_rowid, last_rowid, next_attempt_at, failures,"
-                f" first_failed_at FROM sessions WHERE status IN ({marks}) ORDER BY id",
+                f" first_failed_at, commands FROM sessions WHERE status IN ({marks}) ORDER BY id",
                 tuple(statuses),
             )
         ]
+        for entry in listed:
+            commands = entry.pop("_commands")
+            if outcome_rule is not None and entry["outcome"] is None and commands is not None:
+                entry["outcome"] = outcome_rule.judged([name for name, _, _ in decode_commands(commands)]).outcome
+        return listed

@@ -59,6 +59,7 @@ def statistics(store: StateStore, open_sessions: int = 0) -> dict:
         "errors": counters.get("errors", 0),
         "events_skipped": counters.get("events_skipped", 0),
         "events_ignored": counters.get("events_ignored", 0),
+        "events_excluded": counters.get("events_excluded", 0),
         "sessions_too_short": counters.get("sessions_too_short", 0),
         "sessions_evicted": counters.get("sessions_evicted", 0),
         "sessions_low_quality": counters.get("sessions_low_quality", 0),

@@ -107,7 +107,6 @@ def _marker_row(session: ClosedSession, status: str, now: float) -> tuple:
         session.first_rowid,
         session.last_rowid,
         status,
-        None,
         len(session.pairs),
         None,
         _TEXT.get(session.reason, session.reason),
@@ -221,8 +220,8 @@ class StateStore:
             # The rows made as they are inserted, never a list of them all: a catch-up's
             # commit of 5,000 sessions held their rows and encoded commands at once (MBs).
             db.executemany(
-                "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status, outcome,"
-                " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO sessions (idempotency_key, session_id, first_rowid, last_rowid, status,"
+                " n_commands, commands, reason, closed_at, quality, unmapped) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 self._outbox_rows(closed, known, resume_after, now, tally),
             )
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", _position_meta(position, now))
@@ -269,7 +268,6 @@ class StateStore:
                     session.first_rowid,
                     session.last_rowid,
                     _PENDING,
-                    session.outcome,
                     len(session.pairs),
                     encode(session),
                     text(reason, reason),

@@ -16,6 +16,8 @@ from omnimemory_learner.core.evidence import FAILURE, INCONCLUSIVE, RULES, SUCCE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from outcome_labels import evidence_rule, labelled, scores
+from reference import KINDS
+from reference import reference_verdict as reference
 
 from omnimemory_learner.core.outcome import infer_outcome
 
@@ -61,45 +63,6 @@ def test_an_inconclusive_verdict_is_sent_as_configured():
     assert verdict.outcome == INCONCLUSIVE
     assert sent_outcome(verdict, "success") == SUCCESS and sent_outcome(verdict, "failure") == FAILURE
     assert sent_outcome(judge([TEST, EDIT]), "success") == FAILURE
-
-
-KINDS = {
-    EDIT: "edit",
-    "modify_file": "edit",
-    "create_file": "edit",
-    SAVE: "save",
-    TEST: "verify",
-    DONE: "verify",
-    BUILD: "attempt",
-    COMMIT: "commit",
-    PUSH: "commit",
-    DELETE: "delete",
-}
-
-
-def reference(commands):
-    """The rules over the whole list, each a lookup of its own."""
-    kinds = [KINDS.get(command) for command in commands]
-
-    def last(*wanted):
-        return max([index for index, kind in enumerate(kinds) if kind in wanted], default=-1)
-
-    rework = 0
-    for i, kind in enumerate(kinds):
-        if kind in ("verify", "attempt"):
-            before = [j for j in range(i) if commands[j] == commands[i]]
-            if before and "edit" in kinds[before[-1] + 1 : i]:
-                rework += 1
-    edit, check = last("edit"), last("verify", "attempt")
-    if last("delete") > last("save", "commit"):
-        return "deleted", rework
-    if last("commit") > edit:
-        return "committed", rework
-    if rework and last("commit") < check:
-        return "rework", rework
-    if check > edit:
-        return ("verified" if kinds[check] == "verify" else "inconclusive"), rework
-    return ("abandoned" if check >= 0 else "inconclusive"), rework
 
 
 commands = st.lists(st.sampled_from([*KINDS, OPEN, "pull_changes", "something_else", ""]), max_size=30)

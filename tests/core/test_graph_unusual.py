@@ -42,7 +42,9 @@ def test_directly_follows_equals_a_plain_count(sessions):
         for i in range(len(folded) - 1):
             count, wins = expected.get((folded[i], folded[i + 1]), (0, 0))
             expected[(folded[i], folded[i + 1])] = (count + 1, wins + (session.outcome == "success"))
-    assert {pair: tuple(tally) for pair, tally in directly_follows(sessions).items()} == expected
+    assert {
+        pair: (tally.occurrences, tally.successes) for pair, tally in directly_follows(sessions).items()
+    } == expected
 
 
 @given(SESSIONS)

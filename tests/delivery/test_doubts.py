@@ -10,6 +10,7 @@ import time
 
 from test_relearn import session
 
+from omnimemory_learner.core.evidence import OutcomeRule
 from omnimemory_learner.core.fates import Verdict
 from omnimemory_learner.core.reconcile import Taught, expected_pattern_id, parse_patterns
 from omnimemory_learner.delivery.doubts import SETTLE_AFTER_SECONDS, UNANSWERED_META, UNREADABLE_LIMIT, Doubts
@@ -91,9 +92,9 @@ def test_unreadable_answers_in_a_row_send_the_doubts_again_and_a_readable_one_re
 def test_a_saved_doubt_whose_session_is_gone_is_not_loaded(tmp_path):
     store = StateStore(tmp_path)
     store.note(UNANSWERED_META, json.dumps({"41": time.time(), "x": 1, "42": "later"}))
-    assert Doubts().load(store, fold_repeats=False) == 0
+    assert Doubts().load(store, False, OutcomeRule()) == 0
     store.note(UNANSWERED_META, "[not a mapping")
-    assert Doubts().load(store, fold_repeats=False) == 0
+    assert Doubts().load(store, False, OutcomeRule()) == 0
     store.close()
 
 
@@ -119,3 +120,24 @@ def test_a_plan_cut_short_or_an_api_that_forgot_meanwhile_is_not_the_listings_fa
     plan.taught[("a", "success")] += 3
     # Restarted meanwhile: b went down (counts never do while it runs), a shows less than taught.
     assert plan.not_shown({"a": (1, 0)}) == set() and plan.unlisted == set()
+
+
+def test_a_doubt_loaded_after_a_restart_is_rebuilt_with_the_session_id_policy(tmp_path):
+    # What the history records for it if GET /patterns shows it landed: the body as send_session_id sends it.
+    from omnimemory_learner.core.sessions import ClosedSession
+    from omnimemory_learner.delivery.learn_api import SessionIds
+
+    store = StateStore(tmp_path)
+    commands = [(name, 1_700_000_000.0 + i, "file_open") for i, name in enumerate(NAMES)]
+    store.commit(store.position(), [ClosedSession.from_commands("erin-laptop", commands, 1, 3)], {})
+    outbox_id = store.outbox.pending()[0].id
+    store.note(UNANSWERED_META, json.dumps({str(outbox_id): time.time()}))
+    hashed = SessionIds(SessionIds.HASHED, tmp_path)
+    doubts = Doubts()
+    assert doubts.load(store, False, OutcomeRule(), hashed) == 1
+    body = json.loads(doubts.held[outbox_id].attempt.body)
+    assert body["session_id"] == hashed.told("erin-laptop") != "erin-laptop"
+    omitted = Doubts()
+    assert omitted.load(store, False, OutcomeRule(), SessionIds(SessionIds.OMIT)) == 1
+    assert "session_id" not in json.loads(omitted.held[outbox_id].attempt.body)
+    store.close()
