@@ -171,6 +171,9 @@ def test_the_pending_sessions_of_a_0_1_0_store_are_delivered_once(tmp_path, api)
     load_0_1_0(tmp_path / "state")
     store = StateStore(tmp_path / "state", create=False)
     keys = {session.session_id: session.content_key for session in store.outbox.pending()}
+    # 0.1.0 judged them by the original rule when it committed them (and may have sent them): told as it judged.
+    judged = {session.session_id: session.outcome for session in store.outbox.pending()}
+    assert None not in judged.values()
     store.close()
     # The fixture's sessions are older than the history keeps by default.
     env = learner_env(tmp_path, api.url, create_db(tmp_path / "events.db"), OMNIMEMORY_LEARNER_HISTORY_DAYS="100000")
@@ -178,6 +181,7 @@ def test_the_pending_sessions_of_a_0_1_0_store_are_delivered_once(tmp_path, api)
     assert result.returncode == 0, result.stdout + result.stderr
     sent = sorted((body["session_id"], key) for key, body in api.sessions())
     assert sent == sorted(keys.items())  # each once, with its content key as the Idempotency-Key
+    assert {body["session_id"]: body["session_outcome"] for _, body in api.sessions()} == judged
     store = StateStore(tmp_path / "state", create=False)
     counts = store.status_counts()
     store.close()

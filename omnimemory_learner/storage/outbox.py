@@ -22,7 +22,7 @@ import time
 from array import array
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ..core.evidence import OutcomeRule
+from ..core.evidence import LAST3, OutcomeRule
 from ..core.fates import UNDELIVERED, Fate
 from ..core.identity import session_key
 from ..core.quality import quality_score
@@ -31,6 +31,8 @@ from .sqlite_file import StoreFile
 
 _compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _BIG_ENDIAN = sys.byteorder == "big"
+
+LAST3_RULE = OutcomeRule(LAST3)
 
 # PendingSession's fields, as the outbox keeps them.
 PENDING_COLUMNS = "id, idempotency_key, session_id, outcome, commands, attempts, failures, quality, reason, unmapped"
@@ -62,7 +64,15 @@ class PendingSession(NamedTuple):
         it is worked out on the reading path, and the rule in force then
         (a reload may change it) is the one the API is told.
         """
-        judged = rule.judged([command for command, _, _ in self.commands])
+        if self.rule is not None:
+            return self
+        names = [command for command, _, _ in self.commands]
+        if self.outcome is not None:
+            # Committed by a build before outcome rules (state.db schema 1), which judged it by the
+            # original rule and may have sent it already (a POST left unanswered): told as it was.
+            judged = LAST3_RULE.judged(names)
+            return self._replace(rule=judged.rule, rework=judged.rework)
+        judged = rule.judged(names)
         return self._replace(outcome=judged.outcome, rule=judged.rule, rework=judged.rework)
 
     @property

@@ -141,3 +141,31 @@ def test_a_doubt_loaded_after_a_restart_is_rebuilt_with_the_session_id_policy(tm
     assert omitted.load(store, False, OutcomeRule(), SessionIds(SessionIds.OMIT)) == 1
     assert "session_id" not in json.loads(omitted.held[outbox_id].attempt.body)
     store.close()
+
+
+def test_a_doubt_an_older_build_left_tells_the_outcome_that_build_sent(tmp_path):
+    # state.db schema 1 kept the outcome judged by the original rule; the POST that left the doubt told it.
+    import sqlite3
+
+    from omnimemory_learner.core.sessions import ClosedSession
+
+    store = StateStore(tmp_path)
+    names = ["run_tests", "edit_code", "save_file"]  # last3: success; evidence: abandoned, failure
+    commands = [(name, 1_700_000_000.0 + i, "file_open") for i, name in enumerate(names)]
+    store.commit(store.position(), [ClosedSession.from_commands("old", commands, 1, 3)], {})
+    outbox_id = store.outbox.pending()[0].id
+    store.note(UNANSWERED_META, json.dumps({str(outbox_id): time.time()}))
+    store.close()
+    connection = sqlite3.connect(str(tmp_path / "state.db"))
+    with connection:
+        connection.execute("UPDATE sessions SET outcome = 'success'")
+    connection.close()
+    store = StateStore(tmp_path)
+    doubts = Doubts()
+    assert doubts.load(store, False, OutcomeRule()) == 1
+    held = doubts.held[outbox_id]
+    assert json.loads(held.attempt.body)["session_outcome"] == "success" == held.doubt.outcome
+    assert held.session.rule == "last3"
+    fresh = store.outbox.pending()[0]._replace(outcome=None)
+    assert fresh.judged(OutcomeRule()).outcome == "failure"  # the same commands committed by this build
+    store.close()
