@@ -1,3 +1,6 @@
+import json
+
+import original_api
 import pytest
 from helpers import RecordingAPI
 
@@ -8,3 +11,17 @@ def api():
     server = RecordingAPI().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def bodies(monkeypatch):
+    """Every POST /learn body the stand-in reads, as sent (JSON)."""
+    seen = []
+    read = original_api.read_learn_body
+
+    def recording(raw):
+        seen.append(json.loads(raw))
+        return read(raw)
+
+    monkeypatch.setattr(original_api, "read_learn_body", recording)
+    return seen

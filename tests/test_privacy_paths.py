@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import original_api
-import pytest
 from helpers import create_db, insert_events, learner_env, run_learner, start_learner, stop, wait_until
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -34,20 +32,6 @@ TYPES = ["file_open", "code_edit", "file_save", "test_run", "git_commit", "git_p
 # Ids of fixed length ending in "z": none is a part of another, so a search for one finds only it.
 FAMILIES = ("keep", "secret", "tmp")
 PATTERNS = ["secret-*", "tmp-0?z", "*-1[0-3]z", "keep-04z"]
-
-
-@pytest.fixture
-def bodies(monkeypatch):
-    """Every POST /learn body the stand-in reads, as sent (JSON)."""
-    seen = []
-    read = original_api.read_learn_body
-
-    def recording(raw):
-        seen.append(json.loads(raw))
-        return read(raw)
-
-    monkeypatch.setattr(original_api, "read_learn_body", recording)
-    return seen
 
 
 def stamp(seconds: float) -> str:

@@ -12,7 +12,6 @@ import re
 import stat
 import time
 
-import original_api
 import pytest
 from helpers import create_db, insert_events, learner_env, run_learner
 from original_api import OriginalAPI
@@ -23,20 +22,6 @@ from omnimemory_learner.delivery.learn_api import SessionIds
 from omnimemory_learner.storage.secret import SECRET_FILE, SecretError, session_id_secret
 
 HASH = re.compile(r"^[0-9a-f]{32}$")
-
-
-@pytest.fixture
-def bodies(monkeypatch):
-    """Every POST /learn body the stand-in reads, as sent (JSON)."""
-    seen = []
-    read = original_api.read_learn_body
-
-    def recording(raw):
-        seen.append(json.loads(raw))
-        return read(raw)
-
-    monkeypatch.setattr(original_api, "read_learn_body", recording)
-    return seen
 
 
 def sessions_of(ids, start, count=2):
